@@ -1,0 +1,90 @@
+//! Everything a member needs to start, independent of how it was given (flags, env vars,
+//! tests). Field names follow etcd's flags so the mapping stays obvious.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// TLS material for one listener family (client or peer).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require and verify a client certificate signed by `trusted_ca_file`.
+    pub client_cert_auth: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterState {
+    #[default]
+    New,
+    Existing,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep `retention` worth of history (etcd `--auto-compaction-mode=periodic`).
+    Periodic(Duration),
+    /// Keep the last N revisions (etcd `--auto-compaction-mode=revision`).
+    Revision(i64),
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// `http://host:port` or `https://host:port` URLs to listen on for clients.
+    pub listen_client_urls: Vec<url::Url>,
+    pub advertise_client_urls: Vec<url::Url>,
+    pub listen_peer_urls: Vec<url::Url>,
+    pub initial_advertise_peer_urls: Vec<url::Url>,
+    /// `name -> peer URLs` of the initial members, in flag order.
+    pub initial_cluster: Vec<(String, Vec<url::Url>)>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub snapshot_count: u64,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+    /// 0 = the default quota (2 GiB, as etcd).
+    pub quota_backend_bytes: u64,
+    pub max_request_bytes: usize,
+    pub auto_compaction: Option<AutoCompaction>,
+    pub client_tls: TlsFiles,
+    pub peer_tls: TlsFiles,
+    /// Extra plain-HTTP listeners for `/metrics`, `/health`, `/livez`, `/readyz`.
+    pub listen_metrics_urls: Vec<url::Url>,
+    /// How often idle `progress_notify` watchers get a progress response (etcd: 10 min).
+    pub watch_progress_notify_interval: Duration,
+}
+
+impl Config {
+    /// etcd's defaults for a member called `name`.
+    pub fn with_defaults(name: &str) -> Config {
+        let url = |s: &str| url::Url::parse(s).ok().into_iter().collect::<Vec<_>>();
+        Config {
+            name: name.to_string(),
+            data_dir: PathBuf::from(format!("{name}.etcd")),
+            listen_client_urls: url("http://localhost:2379"),
+            advertise_client_urls: url("http://localhost:2379"),
+            listen_peer_urls: url("http://localhost:2380"),
+            initial_advertise_peer_urls: url("http://localhost:2380"),
+            initial_cluster: vec![(name.to_string(), url("http://localhost:2380"))],
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "etcd-cluster".to_string(),
+            snapshot_count: 100_000,
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            quota_backend_bytes: 0,
+            max_request_bytes: 1536 * 1024,
+            auto_compaction: None,
+            client_tls: TlsFiles::default(),
+            peer_tls: TlsFiles::default(),
+            listen_metrics_urls: Vec::new(),
+            watch_progress_notify_interval: Duration::from_secs(600),
+        }
+    }
+
+    pub fn member_dir(&self) -> PathBuf {
+        self.data_dir.join("member")
+    }
+}
