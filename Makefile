@@ -9,6 +9,7 @@ RUN_DIR ?= .run
 all: build
 
 build:
+	$(CARGO) fetch
 	$(CARGO) build --workspace --bins
 
 ## make run: build ferrokv and start a local cluster of $(MEMBERS) members on loopback.
@@ -26,6 +27,7 @@ deps:
 
 ## make test: install test dependencies, build every binary, run every test.
 test: deps
+	$(CARGO) fetch
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 	@scripts/e2e-available.sh || true
