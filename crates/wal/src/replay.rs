@@ -1,0 +1,439 @@
+//! Reading the WAL back: segment names, record scanning with torn-tail detection, and the
+//! replay rules for entries (truncation, snapshot markers, gaps).
+
+use std::path::{Path, PathBuf};
+
+use crate::fs::FileSystem;
+use crate::record::{self, Record};
+use crate::{io_err, Entry, Error, HardState, Replay, Result, SnapshotMarker};
+
+pub(crate) const SEGMENT_SUFFIX: &str = ".wal";
+/// Segments are written under this suffix and renamed into place once their header is
+/// durable, so a crash while rotating never leaves a half-written segment under a real name.
+pub(crate) const TMP_SUFFIX: &str = ".wal.tmp";
+
+/// `<seq:016x>-<first_index:016x>.wal`: etcd's naming, so the sequence number and the first
+/// entry index a segment may hold can be read off a directory listing.
+pub(crate) fn segment_name(seq: u64, first_index: u64) -> String {
+    format!("{seq:016x}-{first_index:016x}{SEGMENT_SUFFIX}")
+}
+
+/// Parses a segment file name; None for anything else (other files are not ours).
+pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
+    let (seq, first) = stem.split_once('-')?;
+    let hex16 = |s: &str| {
+        if s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            u64::from_str_radix(s, 16).ok()
+        } else {
+            None
+        }
+    };
+    Some((hex16(seq)?, hex16(first)?))
+}
+
+/// A segment on disk, as the writer tracks it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentInfo {
+    pub seq: u64,
+    pub first_index: u64,
+    pub path: PathBuf,
+    /// The highest entry index written into this segment (None: no entries). Used to decide
+    /// which whole segments `release_before` may delete.
+    pub max_index: Option<u64>,
+}
+
+/// Segment files in `dir` sorted by sequence number, plus leftover temporary files.
+pub(crate) fn list_segments(
+    fs: &dyn FileSystem,
+    dir: &Path,
+) -> Result<(Vec<SegmentInfo>, Vec<PathBuf>)> {
+    let paths = match fs.list_dir(dir) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound(dir.to_path_buf()))
+        }
+        Err(e) => return Err(io_err("list wal dir", dir)(e)),
+    };
+    let mut segments = Vec::new();
+    let mut tmps = Vec::new();
+    for path in paths {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.ends_with(TMP_SUFFIX) {
+            tmps.push(path);
+        } else if let Some((seq, first_index)) = parse_segment_name(name) {
+            segments.push(SegmentInfo {
+                seq,
+                first_index,
+                path,
+                max_index: None,
+            });
+        }
+    }
+    segments.sort_by_key(|s| s.seq);
+    Ok((segments, tmps))
+}
+
+/// Whether the next entry index is accepted, and whether replay keeps it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// At or below the newest snapshot: covered by it, not part of the replayed log.
+    Skip,
+    /// Part of the log; entries >= its index are replaced by it.
+    Keep,
+}
+
+/// The index rules shared by replay and by `append` (which checks a batch before writing it,
+/// so that it never writes something replay would refuse).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct IndexTracker {
+    /// Index of the last entry kept after the snapshot, if any.
+    pub last: Option<u64>,
+    pub snapshot: Option<SnapshotMarker>,
+}
+
+impl IndexTracker {
+    pub fn admit(&mut self, index: u64) -> Result<Admit> {
+        if let Some(s) = self.snapshot {
+            if index <= s.index {
+                // Still a rewrite of index: every kept entry (all > s.index >= index) is
+                // replaced, so the log restarts right after the snapshot.
+                self.last = None;
+                return Ok(Admit::Skip);
+            }
+        }
+        // An entry may rewrite any earlier index (raft truncation) but never skip ahead.
+        let expected = match (self.last, self.snapshot) {
+            (Some(last), _) => Some(last.saturating_add(1)),
+            (None, Some(s)) => Some(s.index.saturating_add(1)),
+            // The oldest segments may have been released: the first entry can be anything.
+            (None, None) => None,
+        };
+        if let Some(expected) = expected {
+            if index > expected {
+                return Err(Error::Gap {
+                    expected,
+                    found: index,
+                });
+            }
+        }
+        self.last = Some(index);
+        Ok(Admit::Keep)
+    }
+
+    /// Snapshots only move forward in raft, so the marker with the highest index is the
+    /// newest; an older marker repeated in a segment header must not move it back.
+    pub fn on_snapshot(&mut self, m: SnapshotMarker) {
+        if self.snapshot.is_some_and(|s| s.index > m.index) {
+            return;
+        }
+        if self.last.is_some_and(|last| last <= m.index) {
+            self.last = None;
+        }
+        self.snapshot = Some(m);
+    }
+
+    /// The index the next appended entry is expected to have (used to name new segments).
+    pub fn next_index(&self) -> u64 {
+        match (self.last, self.snapshot) {
+            (Some(last), _) => last.saturating_add(1),
+            (None, Some(s)) => s.index.saturating_add(1),
+            (None, None) => 0,
+        }
+    }
+}
+
+/// A bad record at the tail of the last segment.
+#[derive(Debug)]
+pub(crate) struct TornTail {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub reason: String,
+}
+
+/// Everything a full replay of the directory found.
+pub(crate) struct Loaded {
+    pub replay: Replay,
+    pub segments: Vec<SegmentInfo>,
+    pub tracker: IndexTracker,
+    pub stale_tmps: Vec<PathBuf>,
+    /// Length of the valid prefix of the last segment.
+    pub last_valid_end: u64,
+    pub torn: Option<TornTail>,
+}
+
+/// Returns the offset of a valid record that starts after `bad` in `buf`, if any. A bad
+/// record followed by a valid one is not a torn write (a crash only damages the end of
+/// the file), so it must be reported as corruption rather than cut off.
+fn valid_record_after(buf: &[u8], bad: usize) -> Option<usize> {
+    // Where the bad record claims to end is the likely start of the next record; try it
+    // first, then every later offset (the length field itself may be the damaged part).
+    let claimed_end = buf
+        .get(bad..bad + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .and_then(|len| bad.checked_add(record::HEADER_LEN)?.checked_add(len));
+    if let Some(end) = claimed_end {
+        if end < buf.len() && record::read_frame(buf, end).is_ok() {
+            return Some(end);
+        }
+    }
+    (bad + 1..buf.len()).find(|&off| record::read_frame(buf, off).is_ok())
+}
+
+/// Replay state machine over the records of all segments, in order.
+#[derive(Default)]
+struct ReplayState {
+    metadata: Option<Vec<u8>>,
+    hard_state: HardState,
+    tracker: IndexTracker,
+    entries: Vec<Entry>,
+}
+
+impl ReplayState {
+    fn apply(&mut self, rec: Record, seg: &mut SegmentInfo, offset: u64) -> Result<()> {
+        match rec {
+            Record::Metadata(m) => match &self.metadata {
+                None => self.metadata = Some(m),
+                Some(first) if *first == m => {}
+                Some(_) => {
+                    return Err(Error::Corrupt {
+                        path: seg.path.clone(),
+                        offset,
+                        reason: "metadata differs from the first segment's".into(),
+                    })
+                }
+            },
+            Record::HardState(hs) => self.hard_state = hs,
+            Record::Snapshot(m) => {
+                self.tracker.on_snapshot(m);
+                let upto = self.tracker.snapshot.map_or(m.index, |s| s.index);
+                let covered = self.entries.partition_point(|e| e.index <= upto);
+                self.entries.drain(..covered);
+            }
+            Record::Entry(e) => {
+                seg.max_index = Some(seg.max_index.map_or(e.index, |m| m.max(e.index)));
+                let admit = self.tracker.admit(e.index)?;
+                // Either way the record replaces the entries >= its index.
+                let keep = self.entries.partition_point(|x| x.index < e.index);
+                self.entries.truncate(keep);
+                if admit == Admit::Keep {
+                    self.entries.push(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks every segment of `dir`. Never writes.
+pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Loaded> {
+    let (mut segments, stale_tmps) = list_segments(fs, dir)?;
+    if segments.is_empty() {
+        return Err(Error::NotFound(dir.to_path_buf()));
+    }
+    // A missing segment in the middle means lost records: refuse rather than replay around it.
+    for pair in segments.windows(2) {
+        if pair[1].seq != pair[0].seq.wrapping_add(1) {
+            return Err(Error::Corrupt {
+                path: pair[1].path.clone(),
+                offset: 0,
+                reason: format!(
+                    "segment sequence jumps from {} to {}: a segment is missing",
+                    pair[0].seq, pair[1].seq
+                ),
+            });
+        }
+    }
+
+    // Pass 1 decodes everything; pass 2 applies the replay rules. Two passes because the
+    // newest snapshot marker can come after entries whose predecessors were in released
+    // segments (the oldest kept segment repeats an older marker in its header): only with
+    // the newest marker known up front can those entries be told apart from a real gap.
+    let mut records: Vec<(usize, u64, Record)> = Vec::new();
+    let mut torn = None;
+    let mut last_valid_end = 0u64;
+    let count = segments.len();
+    for (i, seg) in segments.iter().enumerate() {
+        let is_last = i + 1 == count;
+        let buf = fs
+            .read_file(&seg.path)
+            .map_err(io_err("read segment", &seg.path))?;
+        let mut off = 0usize;
+        while off < buf.len() {
+            let frame = match record::read_frame(&buf, off) {
+                Ok(f) => f,
+                Err(reason) => {
+                    let follower = if is_last {
+                        valid_record_after(&buf, off)
+                    } else {
+                        None
+                    };
+                    if is_last && follower.is_none() {
+                        torn = Some(TornTail {
+                            path: seg.path.clone(),
+                            offset: off as u64,
+                            reason,
+                        });
+                        break;
+                    }
+                    let reason = match follower {
+                        Some(next) => {
+                            format!("{reason}; a valid record follows at offset {next}")
+                        }
+                        None => format!("{reason}; not at the tail of the last segment"),
+                    };
+                    return Err(Error::Corrupt {
+                        path: seg.path.clone(),
+                        offset: off as u64,
+                        reason,
+                    });
+                }
+            };
+            // The CRC matched, so an undecodable payload was written that way: it is not a
+            // torn write wherever it is, and dropping it could lose acknowledged data.
+            let rec = record::decode(&frame).map_err(|reason| Error::Corrupt {
+                path: seg.path.clone(),
+                offset: off as u64,
+                reason,
+            })?;
+            if off == 0 && !matches!(rec, Record::Metadata(_)) {
+                return Err(Error::Corrupt {
+                    path: seg.path.clone(),
+                    offset: 0,
+                    reason: "segment does not start with a metadata record".into(),
+                });
+            }
+            records.push((i, off as u64, rec));
+            off = frame.end;
+        }
+        if is_last {
+            last_valid_end = torn.as_ref().map_or(buf.len() as u64, |t| t.offset);
+            if last_valid_end == 0 {
+                // Segments are renamed into place only after their header is durable, so an
+                // empty last segment is not a crash artefact we can explain: refuse.
+                return Err(Error::Corrupt {
+                    path: seg.path.clone(),
+                    offset: 0,
+                    reason: "last segment has no valid metadata record".into(),
+                });
+            }
+        }
+    }
+
+    let mut state = ReplayState::default();
+    let newest = records
+        .iter()
+        .filter_map(|(_, _, r)| match r {
+            Record::Snapshot(m) => Some(*m),
+            _ => None,
+        })
+        .max_by_key(|m| m.index);
+    if let Some(m) = newest {
+        state.tracker.on_snapshot(m);
+    }
+    for (i, off, rec) in records {
+        state.apply(rec, &mut segments[i], off)?;
+    }
+    let metadata = state.metadata.unwrap_or_default();
+    Ok(Loaded {
+        replay: Replay {
+            metadata,
+            hard_state: state.hard_state,
+            snapshot: state.tracker.snapshot,
+            entries: state.entries,
+            repaired_tail: torn.is_some(),
+        },
+        segments,
+        tracker: state.tracker,
+        stale_tmps,
+        last_valid_end,
+        torn,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip_and_reject_others() {
+        assert_eq!(
+            segment_name(1, 0x2a),
+            "0000000000000001-000000000000002a.wal"
+        );
+        let cases: &[(&str, Option<(u64, u64)>)] = &[
+            ("0000000000000001-000000000000002a.wal", Some((1, 42))),
+            (
+                "ffffffffffffffff-ffffffffffffffff.wal",
+                Some((u64::MAX, u64::MAX)),
+            ),
+            ("0000000000000001-000000000000002a.wal.tmp", None),
+            ("1-2a.wal", None),
+            ("000000000000000g-000000000000002a.wal", None),
+            ("0000000000000001_000000000000002a.wal", None),
+            ("0000000000000001-000000000000002a.snap", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(parse_segment_name(name), *want, "{name}");
+        }
+    }
+
+    fn snap(index: u64) -> SnapshotMarker {
+        SnapshotMarker { index, term: 1 }
+    }
+
+    #[test]
+    fn index_rules() {
+        // (snapshot marker before the entries, entry indices, expected outcome of the last)
+        type Case = (Option<u64>, &'static [u64], Result<Admit, (u64, u64)>);
+        let cases: &[Case] = &[
+            (None, &[5], Ok(Admit::Keep)),
+            (None, &[5, 6], Ok(Admit::Keep)),
+            (None, &[5, 6, 6], Ok(Admit::Keep)),
+            (None, &[5, 6, 7, 3], Ok(Admit::Keep)),
+            (None, &[5, 7], Err((6, 7))),
+            (Some(10), &[11], Ok(Admit::Keep)),
+            (Some(10), &[10], Ok(Admit::Skip)),
+            (Some(10), &[3], Ok(Admit::Skip)),
+            // A rewrite at or below the snapshot drops the entries kept after it.
+            (Some(10), &[11, 12, 13, 9, 12], Err((11, 12))),
+            (Some(10), &[11, 12, 13, 9, 11], Ok(Admit::Keep)),
+            (Some(10), &[12], Err((11, 12))),
+            (Some(10), &[11, 12, 14], Err((13, 14))),
+        ];
+        for (snapshot, indices, want) in cases {
+            let mut t = IndexTracker::default();
+            if let Some(s) = snapshot {
+                t.on_snapshot(snap(*s));
+            }
+            let (init, lastix) = indices.split_at(indices.len() - 1);
+            for &i in init {
+                t.admit(i).unwrap();
+            }
+            let got = t.admit(lastix[0]).map_err(|e| match e {
+                Error::Gap { expected, found } => (expected, found),
+                other => panic!("unexpected {other}"),
+            });
+            assert_eq!(got, *want, "snapshot {snapshot:?} indices {indices:?}");
+        }
+    }
+
+    #[test]
+    fn snapshot_beyond_last_entry_resets_the_expected_index() {
+        let mut t = IndexTracker::default();
+        t.admit(1).unwrap();
+        t.admit(2).unwrap();
+        t.on_snapshot(snap(100));
+        assert_eq!(t.next_index(), 101);
+        assert_eq!(t.admit(101).unwrap(), Admit::Keep);
+        // An older marker (e.g. repeated in a segment header) changes nothing.
+        t.on_snapshot(snap(50));
+        assert_eq!(t.snapshot, Some(snap(100)));
+        assert_eq!(t.next_index(), 102);
+        // A newer snapshot below the last entry keeps the entries after it.
+        t.on_snapshot(snap(101));
+        assert_eq!(t.next_index(), 102);
+    }
+}
