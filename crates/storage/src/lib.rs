@@ -1,0 +1,442 @@
+//! ferrokv-storage: the MVCC keyspace of a ferrokv member, on redb.
+//!
+//! Owns: revisions (main, sub), the newest state of every key, history for reads at older
+//! revisions and watch replay, range with limit/count/sort/filters, txn compare/execute,
+//! compaction, the leases table, and the meta table with the applied raft index. It speaks
+//! the etcd wire types (`ferrokv_proto`) as its request/response types and returns etcd's
+//! exact error messages.
+//!
+//! Must not depend on: tokio, tonic, raft, or any networking. It is a synchronous library;
+//! one `WriteBatch` (one redb write transaction) at a time, reads concurrently with it.
+
+mod record;
+mod span;
+mod tables;
+mod view;
+mod write;
+
+pub mod validate;
+
+pub use write::WriteBatch;
+
+use ferrokv_proto::{etcdserverpb as pb, mvccpb};
+use record::decode_history;
+use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use span::Span;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+use tables::*;
+use view::{check_revision, View};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every failure of the storage layer. Display is etcd's exact message where one exists,
+/// because clients match on the text.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    /// An undecodable record: data loss; the member must stop.
+    #[error("storage corrupt: {0}")]
+    Corrupt(String),
+    /// Any redb failure, with redb's message.
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+macro_rules! backend_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Error {
+                Error::Backend(e.to_string())
+            }
+        }
+    )*};
+}
+backend_error!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError,
+    std::io::Error
+);
+
+/// A lease as stored: granted TTL and the last checkpointed remaining TTL (0 = unknown/full).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub id: i64,
+    pub ttl: i64,
+    pub remaining_ttl: i64,
+}
+
+/// The keyspace. `Send + Sync`: reads run concurrently with the one open `WriteBatch`.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    // Mirrors of the meta table, updated after each commit, so that hot callers (headers,
+    // watch) need no read transaction.
+    revision: AtomicI64,
+    compacted: AtomicI64,
+    applied: Mutex<(u64, u64)>,
+}
+
+type MetaTable = ReadOnlyTable<&'static str, &'static [u8]>;
+
+impl Store {
+    /// Opens the keyspace at `path`, creating an empty one (revision 1) if missing.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = Database::create(path)?;
+        // Create every table up front so read transactions never see a missing table.
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(LATEST)?;
+            txn.open_table(HISTORY)?;
+            txn.open_table(KEY_INDEX)?;
+            txn.open_table(LEASES)?;
+            txn.open_table(LEASE_KEYS)?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        let rtx = db.begin_read()?;
+        let meta = rtx.open_table(META)?;
+        let revision = meta_i64(&meta, META_REVISION)?.unwrap_or(1);
+        let compacted = meta_i64(&meta, META_COMPACTED)?.unwrap_or(0);
+        let applied = meta_applied(&meta)?;
+        tracing::info!(path = %path.display(), revision, compacted, applied_index = applied.0, "opened keyspace");
+        Ok(Store {
+            db,
+            path: path.to_path_buf(),
+            revision: AtomicI64::new(revision),
+            compacted: AtomicI64::new(compacted),
+            applied: Mutex::new(applied),
+        })
+    }
+
+    pub fn current_revision(&self) -> i64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    pub fn compacted_revision(&self) -> i64 {
+        self.compacted.load(Ordering::Acquire)
+    }
+
+    /// The (index, term) of the last raft entry applied to this keyspace.
+    pub fn applied_index(&self) -> (u64, u64) {
+        // A poisoned lock only means a panic elsewhere; the pair itself is always whole.
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on a consistent read snapshot: the view plus its (current, compacted) revisions.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(
+            &View<
+                '_,
+                ReadOnlyTable<&'static [u8], &'static [u8]>,
+                ReadOnlyTable<IndexKey, bool>,
+                ReadOnlyTable<HistoryKey, &'static [u8]>,
+            >,
+            i64,
+            i64,
+        ) -> Result<T>,
+    ) -> Result<T> {
+        let rtx = self.db.begin_read()?;
+        let latest = rtx.open_table(LATEST)?;
+        let index = rtx.open_table(KEY_INDEX)?;
+        let history = rtx.open_table(HISTORY)?;
+        let meta = rtx.open_table(META)?;
+        let current = meta_i64(&meta, META_REVISION)?.unwrap_or(1);
+        let compacted = meta_i64(&meta, META_COMPACTED)?.unwrap_or(0);
+        let view = View {
+            latest: &latest,
+            index: &index,
+            history: &history,
+        };
+        f(&view, current, compacted)
+    }
+
+    /// etcd Range on a consistent snapshot; header.revision is the current revision.
+    pub fn range(&self, req: &pb::RangeRequest) -> Result<pb::RangeResponse> {
+        self.read(|v, cur, comp| v.range(req, cur, comp))
+    }
+
+    /// Starts the one write transaction; blocks while another batch is open.
+    pub fn write_batch(&self) -> Result<WriteBatch<'_>> {
+        WriteBatch::begin(self)
+    }
+
+    /// Events with revision >= `start_rev` (and <= current) for keys in [key, range_end), in
+    /// revision order, each with prev_kv when `prev_kv`. Err(Compacted) if start_rev <=
+    /// compacted (compaction may have dropped part of that revision). Stops after
+    /// `max_revisions` distinct revisions that had matching events, never splitting one.
+    pub fn events_since(
+        &self,
+        start_rev: i64,
+        key: &[u8],
+        range_end: &[u8],
+        prev_kv: bool,
+        max_revisions: usize,
+    ) -> Result<Vec<mvccpb::Event>> {
+        self.read(|v, current, compacted| {
+            if start_rev <= compacted {
+                return Err(Error::Compacted);
+            }
+            let span = Span::new(key, range_end);
+            let mut events = Vec::new();
+            let mut revisions = 0usize;
+            let mut last_rev = None;
+            let start = view::rev_u64(start_rev);
+            let end = view::rev_u64(current);
+            for r in v.history.range((start, 0u32)..=(end, u32::MAX))? {
+                let (k, rec) = r?;
+                let (main, sub) = k.value();
+                let (h, key, value) = decode_history(rec.value())?;
+                if !span.contains(key) {
+                    continue;
+                }
+                if last_rev != Some(main) {
+                    if revisions == max_revisions {
+                        break;
+                    }
+                    revisions += 1;
+                    last_rev = Some(main);
+                }
+                let prev = if prev_kv {
+                    v.live_before(key, main, sub)?
+                } else {
+                    None
+                };
+                let kind = if h.tombstone {
+                    mvccpb::event::EventType::Delete
+                } else {
+                    mvccpb::event::EventType::Put
+                };
+                events.push(mvccpb::Event {
+                    r#type: kind as i32,
+                    kv: Some(record::to_kv(key, &h, value)),
+                    prev_kv: prev,
+                });
+            }
+            Ok(events)
+        })
+    }
+
+    pub fn leases(&self) -> Result<Vec<LeaseRecord>> {
+        let rtx = self.db.begin_read()?;
+        let t = rtx.open_table(LEASES)?;
+        let mut out = Vec::new();
+        for r in t.iter()? {
+            let (k, v) = r?;
+            let (ttl, remaining_ttl) = v.value();
+            out.push(LeaseRecord {
+                id: k.value(),
+                ttl,
+                remaining_ttl,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn lease(&self, id: i64) -> Result<Option<LeaseRecord>> {
+        let rtx = self.db.begin_read()?;
+        let t = rtx.open_table(LEASES)?;
+        Ok(t.get(id)?.map(|g| {
+            let (ttl, remaining_ttl) = g.value();
+            LeaseRecord {
+                id,
+                ttl,
+                remaining_ttl,
+            }
+        }))
+    }
+
+    /// Keys currently attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
+        let rtx = self.db.begin_read()?;
+        let t = rtx.open_table(LEASE_KEYS)?;
+        write::attached_keys(&t, id)
+    }
+
+    /// CRC32 over every kept key revision with main revision <= `revision` (0 = current):
+    /// equal on members that applied the same log. Returns (hash, compacted, hashed revision).
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64)> {
+        self.read(|v, current, compacted| {
+            let rev = if revision <= 0 { current } else { revision };
+            check_revision(rev, current, compacted)?;
+            let mut h = crc32fast::Hasher::new();
+            for r in v.history.range(..=(view::rev_u64(rev), u32::MAX))? {
+                let (k, rec) = r?;
+                let (main, sub) = k.value();
+                h.update(&main.to_be_bytes());
+                h.update(&sub.to_be_bytes());
+                h.update(rec.value());
+            }
+            Ok((h.finalize(), compacted, rev))
+        })
+    }
+
+    /// CRC32 over every table of the keyspace, meta included.
+    pub fn hash(&self) -> Result<u32> {
+        let rtx = self.db.begin_read()?;
+        let mut h = crc32fast::Hasher::new();
+        fn feed<K: redb::Key + 'static, V: redb::Value + 'static>(
+            h: &mut crc32fast::Hasher,
+            t: &ReadOnlyTable<K, V>,
+        ) -> Result<()> {
+            for r in t.iter()? {
+                let (k, v) = r?;
+                h.update(K::as_bytes(&k.value()).as_ref());
+                h.update(V::as_bytes(&v.value()).as_ref());
+            }
+            Ok(())
+        }
+        feed(&mut h, &rtx.open_table(LATEST)?)?;
+        feed(&mut h, &rtx.open_table(HISTORY)?)?;
+        feed(&mut h, &rtx.open_table(KEY_INDEX)?)?;
+        feed(&mut h, &rtx.open_table(LEASES)?)?;
+        feed(&mut h, &rtx.open_table(LEASE_KEYS)?)?;
+        feed(&mut h, &rtx.open_table(META)?)?;
+        Ok(h.finalize())
+    }
+
+    /// (file size, bytes in use). In use is the bytes of every table's pages as redb reports
+    /// them from a read snapshot (an estimate: free pages inside the file are not counted),
+    /// so it never waits for the writer.
+    pub fn db_size(&self) -> Result<(i64, i64)> {
+        let file = std::fs::metadata(&self.path)?.len();
+        let rtx = self.db.begin_read()?;
+        fn used<K: redb::Key + 'static, V: redb::Value + 'static>(
+            t: &ReadOnlyTable<K, V>,
+        ) -> Result<u64> {
+            let st = t.stats()?;
+            Ok(st.stored_bytes() + st.metadata_bytes() + st.fragmented_bytes())
+        }
+        let in_use = used(&rtx.open_table(LATEST)?)?
+            + used(&rtx.open_table(HISTORY)?)?
+            + used(&rtx.open_table(KEY_INDEX)?)?
+            + used(&rtx.open_table(LEASES)?)?
+            + used(&rtx.open_table(LEASE_KEYS)?)?
+            + used(&rtx.open_table(META)?)?;
+        Ok((
+            i64::try_from(file).unwrap_or(i64::MAX),
+            i64::try_from(in_use.min(file)).unwrap_or(i64::MAX),
+        ))
+    }
+
+    /// A free-form metadata entry written with `WriteBatch::set_meta`.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let rtx = self.db.begin_read()?;
+        let t = rtx.open_table(META)?;
+        Ok(t.get(user_meta_key(key).as_str())?
+            .map(|g| g.value().to_vec()))
+    }
+
+    /// Writes a consistent, self-contained copy of the keyspace to a new redb file at `dest`
+    /// (which must not exist). Taken from one read snapshot, so writers are not blocked.
+    pub fn snapshot_to(&self, dest: &Path) -> Result<()> {
+        if dest.exists() {
+            return Err(Error::Backend(format!(
+                "snapshot destination {} already exists",
+                dest.display()
+            )));
+        }
+        let rtx = self.db.begin_read()?;
+        let out = Database::create(dest)?;
+        let wtx = out.begin_write()?;
+        fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
+            src: &redb::ReadTransaction,
+            dst: &redb::WriteTransaction,
+            def: redb::TableDefinition<K, V>,
+        ) -> Result<()> {
+            let from = src.open_table(def)?;
+            let mut to = dst.open_table(def)?;
+            for r in from.iter()? {
+                let (k, v) = r?;
+                to.insert(k.value(), v.value())?;
+            }
+            Ok(())
+        }
+        copy(&rtx, &wtx, LATEST)?;
+        copy(&rtx, &wtx, HISTORY)?;
+        copy(&rtx, &wtx, KEY_INDEX)?;
+        copy(&rtx, &wtx, LEASES)?;
+        copy(&rtx, &wtx, LEASE_KEYS)?;
+        copy(&rtx, &wtx, META)?;
+        wtx.commit()?;
+        tracing::info!(dest = %dest.display(), "wrote keyspace snapshot");
+        Ok(())
+    }
+
+    /// Makes every commit so far durable: redb persists earlier non-durable commits with the
+    /// next durable one, so an empty durable commit is enough.
+    pub fn sync(&self) -> Result<()> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn publish(&self, revision: i64, compacted: i64, applied: Option<(u64, u64)>) {
+        self.revision.store(revision, Ordering::Release);
+        self.compacted.store(compacted, Ordering::Release);
+        if let Some(a) = applied {
+            *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = a;
+        }
+    }
+}
+
+pub(crate) fn meta_i64<M: ReadableTable<&'static str, &'static [u8]>>(
+    meta: &M,
+    key: &str,
+) -> Result<Option<i64>> {
+    let Some(g) = meta.get(key)? else {
+        return Ok(None);
+    };
+    let b: [u8; 8] = g
+        .value()
+        .try_into()
+        .map_err(|_| Error::Corrupt(format!("meta {key} is not 8 bytes")))?;
+    Ok(Some(i64::from_le_bytes(b)))
+}
+
+fn meta_applied(meta: &MetaTable) -> Result<(u64, u64)> {
+    let Some(g) = meta.get(META_APPLIED)? else {
+        return Ok((0, 0));
+    };
+    let b = g.value();
+    if b.len() != 16 {
+        return Err(Error::Corrupt("meta applied index is not 16 bytes".into()));
+    }
+    let mut i = [0u8; 8];
+    let mut t = [0u8; 8];
+    i.copy_from_slice(&b[..8]);
+    t.copy_from_slice(&b[8..]);
+    Ok((u64::from_le_bytes(i), u64::from_le_bytes(t)))
+}
+
+#[cfg(test)]
+mod tests;
