@@ -1,0 +1,395 @@
+//! The `EtcdCluster` custom resource (`ferrokv.io/v1alpha1`).
+//!
+//! This crate owns only the shape of the API: the spec a user writes and the status the
+//! operator reports, with `///` docs that become the schema descriptions of the generated CRD.
+//! It must not depend on the operator, on any client code or on the member crates, so that
+//! other tools (CLIs, tests, other controllers) can read and write `EtcdCluster` objects
+//! without pulling in the controller.
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// API group of every ferrokv resource.
+pub const GROUP: &str = "ferrokv.io";
+/// Served and stored version.
+pub const VERSION: &str = "v1alpha1";
+
+/// Largest cluster the operator manages; beyond this raft write latency grows with no gain in
+/// fault tolerance worth having.
+pub const MAX_REPLICAS: i32 = 9;
+
+/// Condition types the operator sets on `status.conditions`.
+pub mod condition {
+    /// Quorum is up and every voter the spec asks for is a healthy member.
+    pub const AVAILABLE: &str = "Available";
+    /// A membership or rolling change is in flight.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Some member is unhealthy, or the spec is invalid and cannot be acted on.
+    pub const DEGRADED: &str = "Degraded";
+}
+
+/// A replicated ferrokv (or etcd) cluster managed by the ferrokv operator.
+///
+/// The operator creates one Pod and one PersistentVolumeClaim per member, a headless Service
+/// for peer traffic, a client Service, certificates and a PodDisruptionBudget, and changes
+/// membership one member at a time through the etcd v3 Cluster API.
+// Two printer columns share `type_ = "integer"`, which clippy mistakes for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    group = "ferrokv.io",
+    version = "v1alpha1",
+    kind = "EtcdCluster",
+    namespaced,
+    status = "EtcdClusterStatus",
+    shortname = "etcdc",
+    category = "ferrokv",
+    derive = "PartialEq",
+    doc = "A replicated ferrokv (etcd-compatible) cluster managed by the ferrokv operator.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyMembers",
+        description = "healthy members"
+    ),
+    printcolumn(
+        name = "Members",
+        type_ = "integer",
+        json_path = ".status.replicas",
+        description = "current members (voters and learners)"
+    ),
+    printcolumn(
+        name = "Leader",
+        type_ = "string",
+        json_path = ".status.leader",
+        description = "name of the raft leader"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdClusterSpec {
+    /// Number of voting members. 1 to 9; odd sizes are recommended because an even size
+    /// tolerates no more failures than the odd size below it. 0 and sizes above 9 are refused
+    /// with a `Degraded` condition; the operator then waits for a spec change.
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+
+    /// Member version, used as the image tag when `image` is not set (e.g. `0.1.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+
+    /// Full container image of the member (e.g. `ghcr.io/ferrokv/ferrokv:0.1.0`, or an etcd
+    /// image: the member flags are etcd's). Overrides `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// Where each member keeps its data directory.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// Transport security for client and peer traffic.
+    #[serde(default)]
+    pub tls: TlsSpec,
+
+    /// Tuning flags passed to every member.
+    #[serde(default)]
+    pub options: MemberOptions,
+
+    /// CPU and memory requests/limits of the member container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Node labels a member pod must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Affinity rules of member pods (e.g. anti-affinity across nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Tolerations of member pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+
+    /// Topology spread constraints of member pods (e.g. across zones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+
+    /// Reserved: scheduled backups to object storage (implemented by a later release; the
+    /// operator currently ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+
+    /// Reserved: bootstrap a new cluster from a backup (implemented by a later release; the
+    /// operator currently ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
+}
+
+/// Data-directory storage of each member.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each member's PersistentVolumeClaim (default `1Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
+
+    /// StorageClass of the claims; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+
+    /// Use an `emptyDir` instead of a claim. Data is lost with the pod, which the operator
+    /// treats as a failed member and replaces; for tests only.
+    #[serde(default)]
+    pub empty_dir: bool,
+}
+
+/// How certificates are obtained.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, JsonSchema)]
+pub enum TlsMode {
+    /// The operator runs a CA per cluster and issues, renews and rolls all certificates.
+    #[default]
+    Auto,
+    /// The user provides the Secrets named in `tls.secrets`.
+    Secrets,
+    /// Plain-text client and peer traffic (tests and trusted networks only).
+    Disabled,
+}
+
+/// Transport security of the cluster.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// `Auto` (default), `Secrets` or `Disabled`.
+    #[serde(default)]
+    pub mode: TlsMode,
+
+    /// With `mode: Secrets`: Secrets holding `tls.crt`, `tls.key` and `ca.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<TlsSecrets>,
+
+    /// With `mode: Auto`: lifetime of leaf certificates in days (default 90). They are
+    /// renewed after two thirds of it and members are rolled one at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub certificate_lifetime_days: Option<u32>,
+}
+
+/// Names of user-provided TLS Secrets (each with `tls.crt`, `tls.key`, `ca.crt`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSecrets {
+    /// Server certificate for client traffic; its SANs must cover the member DNS names and
+    /// the client Service.
+    pub server: String,
+    /// Peer certificate (used as both server and client between members).
+    pub peer: String,
+    /// Client certificate the operator uses to manage members.
+    pub client: String,
+}
+
+/// Member tuning, passed as etcd-compatible flags.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberOptions {
+    /// Applied entries between raft snapshots (`--snapshot-count`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_count: Option<u64>,
+    /// Raft heartbeat interval in milliseconds (`--heartbeat-interval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval: Option<u32>,
+    /// Raft election timeout in milliseconds (`--election-timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub election_timeout: Option<u32>,
+    /// Backend size quota in bytes (`--quota-backend-bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_backend_bytes: Option<i64>,
+    /// Automatic compaction of old revisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_compaction: Option<AutoCompaction>,
+}
+
+/// `--auto-compaction-mode` and `--auto-compaction-retention`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoCompaction {
+    /// `periodic` (retention is a duration such as `1h`) or `revision` (retention is a count).
+    pub mode: AutoCompactionMode,
+    /// Retention, e.g. `1h` or `10000`.
+    pub retention: String,
+}
+
+/// Compaction mode.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoCompactionMode {
+    /// Keep a time window of revisions.
+    Periodic,
+    /// Keep a number of revisions.
+    Revision,
+}
+
+/// Reserved for scheduled backups.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Cron schedule (UTC), e.g. `0 */6 * * *`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Destination URL (`s3://bucket/prefix`, `gs://…`, `az://…`, `file:///…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// Number of backups to keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<u32>,
+    /// Secret with object-store credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+}
+
+/// Reserved for restoring a new cluster from a backup.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSpec {
+    /// URL of the snapshot to restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Secret with object-store credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+}
+
+/// Coarse lifecycle phase, for humans; automation should read the conditions.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum ClusterPhase {
+    /// No member has answered yet.
+    Creating,
+    /// Members match the spec and all are healthy.
+    Running,
+    /// Members are being added or removed.
+    Scaling,
+    /// A member is unhealthy or being replaced, or the spec is invalid.
+    Degraded,
+}
+
+/// Observed state of an `EtcdCluster`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdClusterStatus {
+    /// Coarse phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ClusterPhase>,
+    /// The `metadata.generation` this status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Available`, `Progressing` and `Degraded`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Members as reported by the cluster's member list.
+    #[serde(default)]
+    pub members: Vec<MemberStatus>,
+    /// Cluster id (hex) from the member list header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Name of the current raft leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// Members that answer their status call.
+    #[serde(default)]
+    pub ready_members: i32,
+    /// Current number of members (for the `/scale` subresource).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Label selector of member pods (for the `/scale` subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Ordinal the next new member gets. Member names are never reused, so this only grows.
+    #[serde(default)]
+    pub next_ordinal: u64,
+}
+
+/// One member as seen through the etcd v3 API.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Member name (`<cluster>-<ordinal>`), also its pod name.
+    pub name: String,
+    /// Raft member id (hex).
+    pub id: String,
+    /// Non-voting learner that is still catching up.
+    #[serde(default)]
+    pub learner: bool,
+    /// Current raft leader.
+    #[serde(default)]
+    pub leader: bool,
+    /// Answered its status call.
+    #[serde(default)]
+    pub healthy: bool,
+    /// Server version it reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Backend size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_size: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn crd_has_scale_status_and_columns() {
+        let crd = EtcdCluster::crd();
+        assert_eq!(crd.spec.group, GROUP);
+        let v = &crd.spec.versions[0];
+        assert_eq!(v.name, VERSION);
+        let sub = v.subresources.as_ref().expect("subresources");
+        assert!(sub.status.is_some());
+        let scale = sub.scale.as_ref().expect("scale");
+        assert_eq!(scale.spec_replicas_path, ".spec.replicas");
+        assert_eq!(scale.status_replicas_path, ".status.replicas");
+        let cols: Vec<&str> = v
+            .additional_printer_columns
+            .as_ref()
+            .expect("columns")
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(cols, ["Ready", "Members", "Leader", "Age"]);
+    }
+
+    #[test]
+    fn minimal_spec_deserializes_with_defaults() {
+        let spec: EtcdClusterSpec = serde_json::from_str(r#"{"replicas":3}"#).expect("parse");
+        assert_eq!(spec.replicas, 3);
+        assert_eq!(spec.tls.mode, TlsMode::Auto);
+        assert!(!spec.storage.empty_dir);
+        assert!(spec.backup.is_none());
+    }
+
+    #[test]
+    fn field_docs_become_schema_descriptions() {
+        let crd = serde_json::to_value(EtcdCluster::crd()).expect("json");
+        let replicas = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["spec"]["properties"]["replicas"];
+        let desc = replicas["description"].as_str().unwrap_or_default();
+        assert!(desc.contains("Number of voting members"), "{desc}");
+    }
+}

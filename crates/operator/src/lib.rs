@@ -1,0 +1,178 @@
+//! ferrokv operator: turns `EtcdCluster` resources into running, healthy member pods.
+//!
+//! Pipeline per reconcile (see `controller`): observe Kubernetes objects and the members
+//! through the etcd v3 API → `plan` (pure) picks the one next step → apply it (server-side
+//! apply, member API calls) → write status. `plan`, `certs` and `resources` are pure and take
+//! no client. This crate talks to members only through the etcd v3 API (`etcd-client`), never
+//! through ferrokv's internal crates, so it manages ferrokv and the reference etcd alike.
+
+pub mod certs;
+pub mod controller;
+pub mod members;
+pub mod metrics;
+pub mod plan;
+pub mod resources;
+
+/// Everything that can fail in the operator; one variant per failed step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    #[error("kubernetes API call {op} failed: {source}")]
+    Kube {
+        op: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("member API call {op} failed: {source}")]
+    Member {
+        op: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("member {0} not found")]
+    MemberNotFound(String),
+    #[error("certificate: {0}")]
+    Certificate(String),
+    #[error("missing object field: {0}")]
+    MissingField(&'static str),
+    #[error("serialization: {0}")]
+    Serialize(#[from] serde_json::Error),
+    #[error("yaml: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+}
+
+impl Error {
+    /// Short label for the `errors` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "invalid_spec",
+            Error::Kube { .. } => "kube",
+            Error::Member { .. } => "member",
+            Error::MemberNotFound(_) => "member_not_found",
+            Error::Certificate(_) => "certificate",
+            Error::MissingField(_) => "missing_field",
+            Error::Serialize(_) => "serialize",
+            Error::Yaml(_) => "yaml",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The CRD as YAML, exactly what `ferrokv-operator crd` prints and `crds/` holds.
+pub fn crd_yaml() -> Result<String> {
+    use kube::CustomResourceExt;
+    Ok(serde_yaml::to_string(
+        &ferrokv_cluster_api::EtcdCluster::crd(),
+    )?)
+}
+
+#[cfg(test)]
+mod drift_tests {
+    /// `make crds` regenerates both files; this fails when the Rust types changed without it.
+    #[test]
+    fn committed_crds_match_the_types() {
+        let want = super::crd_yaml().expect("crd");
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        for path in [
+            "crds/etcdcluster.yaml",
+            "charts/ferrokv-operator/crds/etcdcluster.yaml",
+        ] {
+            let got = std::fs::read_to_string(format!("{root}/{path}")).unwrap_or_default();
+            assert!(got == want, "{path} is out of date: run `make crds`");
+        }
+    }
+
+    fn read(path: &str) -> String {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        std::fs::read_to_string(format!("{root}/{path}")).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The `rules:` block of a ClusterRole file, up to the next document.
+    fn rules_block(text: &str) -> String {
+        let start = text.find("\nrules:\n").expect("rules block");
+        let rest = &text[start..];
+        rest.split("\n---")
+            .next()
+            .unwrap_or(rest)
+            .trim()
+            .to_string()
+    }
+
+    #[test]
+    fn chart_and_plain_install_grant_the_same_rbac() {
+        let chart = rules_block(&read("charts/ferrokv-operator/templates/clusterrole.yaml"));
+        let install = read("manifests/install.yaml");
+        let plain = rules_block(&install);
+        assert_eq!(chart, plain);
+        // The plain install is valid YAML, one object per document.
+        use serde::Deserialize;
+        let kinds: Vec<String> = serde_yaml::Deserializer::from_str(&install)
+            .map(|doc| {
+                let v = serde_yaml::Value::deserialize(doc).expect("valid YAML");
+                v["kind"].as_str().unwrap_or_default().to_string()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "Namespace",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Deployment",
+                "Service"
+            ]
+        );
+        // Every verb the controller needs is there (spot checks of the calls it makes).
+        for needle in [
+            "etcdclusters/status",
+            "poddisruptionbudgets",
+            "events.k8s.io",
+            "\"delete\"",
+        ] {
+            assert!(plain.contains(needle), "{needle}");
+        }
+    }
+
+    #[test]
+    fn example_cluster_parses_and_is_valid() {
+        let ec: ferrokv_cluster_api::EtcdCluster =
+            serde_yaml::from_str(&read("manifests/examples/etcdcluster.yaml"))
+                .expect("example parses");
+        assert_eq!(ec.spec.replicas, 3);
+        assert!(crate::plan::validate_replicas(ec.spec.replicas)
+            .expect("valid")
+            .is_empty());
+        let pod = crate::resources::member_pod(
+            &{
+                let mut ec = ec.clone();
+                ec.metadata.uid = Some("u".into());
+                ec
+            },
+            &crate::resources::MemberPod {
+                member: "demo-0",
+                initial_members: vec!["demo-0".into()],
+                state: crate::resources::InitialState::New,
+                config_hash: "",
+            },
+        )
+        .expect("pod");
+        let args = pod
+            .spec
+            .and_then(|s| s.containers.into_iter().next())
+            .and_then(|c| c.args)
+            .unwrap_or_default();
+        for flag in [
+            "--auto-compaction-mode=periodic",
+            "--auto-compaction-retention=1h",
+            "--quota-backend-bytes=2147483648",
+        ] {
+            assert!(
+                args.iter().any(|a| a == flag),
+                "{flag} missing from {args:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,1016 @@
+//! Membership planning: desired spec + what was observed → the one next step.
+//!
+//! This is a pure function so that every rule (quorum safety, one change at a time, never
+//! reusing names, surviving an operator crash between any two steps) is tested without a
+//! cluster. It keeps no memory between reconciles: everything it needs is re-derived from the
+//! member list, the pods and the status, which is what makes a crash at any point harmless.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Raft entries a learner may trail the leader by and still be promoted. etcd itself refuses a
+/// promotion of a learner that is not "in sync"; staying well inside that avoids a failed call.
+pub const CATCH_UP_LAG: u64 = 100;
+
+/// Timing rules of the planner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanConfig {
+    /// A voter unhealthy for longer than this is replaced (if quorum allows).
+    pub unhealthy_grace: Duration,
+    /// A learner that has not caught up after this long is removed and a fresh one added.
+    pub catch_up_grace: Duration,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        Self {
+            unhealthy_grace: Duration::from_secs(300),
+            catch_up_grace: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One raft member as seen through `MemberList` and its own `Status` call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedMember {
+    pub id: u64,
+    /// Member name derived from its peer URL host (a learner that never started has no name in
+    /// etcd's member list, but its peer URL names its pod).
+    pub name: String,
+    pub learner: bool,
+    /// Has run at least once (etcd reports a name only after the member started).
+    pub started: bool,
+    /// Its `Status` call answered.
+    pub healthy: bool,
+    pub leader: bool,
+    /// Raft index from `Status`, to judge whether a learner has caught up.
+    pub raft_index: Option<u64>,
+}
+
+/// One member pod (and its claim) as seen in Kubernetes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedPod {
+    pub name: String,
+    /// How long the pod has existed.
+    pub age: Duration,
+    /// How long the pod has been not Ready (zero when Ready).
+    pub unready_for: Duration,
+    /// Hash of the configuration (certificates, flags) the pod was created with.
+    pub config_hash: String,
+}
+
+/// Everything the planner looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// Desired voters from the spec.
+    pub replicas: i32,
+    /// `None` when no member answered the member list call.
+    pub members: Option<Vec<ObservedMember>>,
+    pub pods: Vec<ObservedPod>,
+    /// Names of the member data claims that exist.
+    pub claims: BTreeSet<String>,
+    /// Members keep data in an `emptyDir`, which dies with the pod.
+    pub empty_dir: bool,
+    /// A cluster id was ever recorded in status (so "no answer" is an outage, not a bootstrap).
+    pub bootstrapped: bool,
+    /// `status.nextOrdinal`.
+    pub next_ordinal: u64,
+    /// Hash of the configuration pods should run with now.
+    pub desired_config_hash: String,
+}
+
+/// The one next action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The spec cannot be acted on; wait for a change.
+    Invalid { message: String },
+    /// Create the single seed member pod with `--initial-cluster-state=new`.
+    BootstrapSeed { name: String },
+    /// `MemberAdd` as learner; its pod is created by the next reconcile.
+    AddLearner { name: String },
+    /// Create the pod of a member that is in the member list (`--initial-cluster-state=existing`).
+    CreatePod { name: String },
+    /// `MemberPromote` a learner that caught up.
+    PromoteLearner { id: u64, name: String },
+    /// `MoveLeader` to `to` before `from` is removed.
+    MoveLeader { from: u64, to: u64 },
+    /// `MemberRemove`; its pod and claim are deleted by the next reconcile.
+    RemoveMember {
+        id: u64,
+        name: String,
+        reason: RemoveReason,
+    },
+    /// Delete the pod and claim of a name that is no longer a member.
+    DeletePod { name: String },
+    /// Delete a member pod so it is recreated with the current configuration (cert renewal).
+    RollMember { name: String },
+    /// Nothing safe to do now; look again later.
+    Wait { reason: String },
+    /// Members match the spec.
+    Steady,
+}
+
+/// Why a member is removed (goes into the Event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveReason {
+    ScaleDown,
+    Failed,
+    DataLost,
+    LearnerStuck,
+    LearnerNotNeeded,
+}
+
+/// The planner's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub step: Step,
+    /// Problems worth a condition message that do not block (e.g. even sizes).
+    pub warnings: Vec<String>,
+    /// Value for `status.nextOrdinal`: above every name seen so far. A name handed out by this
+    /// step is not counted until it is seen (as a member, pod or claim), so a failed `MemberAdd`
+    /// does not burn a name, while a successful one can never be handed out again.
+    pub next_ordinal: u64,
+}
+
+/// `<cluster>-<ordinal>`: member, pod and PVC name.
+pub fn member_name(cluster: &str, ordinal: u64) -> String {
+    format!("{cluster}-{ordinal}")
+}
+
+/// The ordinal of a member name of this cluster, if it is one.
+pub fn ordinal_of(cluster: &str, name: &str) -> Option<u64> {
+    name.strip_prefix(cluster)?.strip_prefix('-')?.parse().ok()
+}
+
+/// Majority of `n` voters.
+pub fn quorum(n: usize) -> usize {
+    n / 2 + 1
+}
+
+/// Checks the spec; `Err` is the condition message.
+pub fn validate_replicas(replicas: i32) -> Result<Vec<String>, String> {
+    let max = ferrokv_cluster_api::MAX_REPLICAS;
+    if replicas < 1 {
+        return Err(format!(
+            "spec.replicas must be between 1 and {max}, got {replicas}"
+        ));
+    }
+    if replicas > max {
+        return Err(format!(
+            "spec.replicas must be between 1 and {max}, got {replicas}: larger clusters slow every write without adding useful fault tolerance"
+        ));
+    }
+    if replicas % 2 == 0 {
+        return Ok(vec![format!(
+            "spec.replicas is {replicas}: an even size tolerates no more failures than {}",
+            replicas - 1
+        )]);
+    }
+    Ok(Vec::new())
+}
+
+/// Decides the next step.
+pub fn plan(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
+    let max_seen = obs
+        .pods
+        .iter()
+        .map(|p| p.name.as_str())
+        .chain(obs.members.iter().flatten().map(|m| m.name.as_str()))
+        .chain(obs.claims.iter().map(String::as_str))
+        .filter_map(|n| ordinal_of(cluster, n))
+        .max();
+    // Never reuse a name: the counter in status and every name still visible both bound it.
+    let next_ordinal = obs.next_ordinal.max(max_seen.map_or(0, |m| m + 1));
+    let out = |step: Step, warnings: Vec<String>, next: u64| Plan {
+        step,
+        warnings,
+        next_ordinal: next,
+    };
+
+    let warnings = match validate_replicas(obs.replicas) {
+        Ok(w) => w,
+        Err(message) => return out(Step::Invalid { message }, Vec::new(), next_ordinal),
+    };
+    let desired = usize::try_from(obs.replicas).unwrap_or(0);
+
+    let Some(members) = obs.members.as_ref() else {
+        if obs.pods.is_empty() && !obs.bootstrapped {
+            let name = member_name(cluster, next_ordinal);
+            return out(Step::BootstrapSeed { name }, warnings, next_ordinal);
+        }
+        let reason = if obs.bootstrapped && obs.pods.is_empty() {
+            "all members are gone; the cluster needs a restore".to_string()
+        } else {
+            "waiting for a member to answer".to_string()
+        };
+        return out(Step::Wait { reason }, warnings, next_ordinal);
+    };
+
+    let pod = |name: &str| obs.pods.iter().find(|p| p.name == name);
+    let voters: Vec<&ObservedMember> = members.iter().filter(|m| !m.learner).collect();
+    let learners: Vec<&ObservedMember> = members.iter().filter(|m| m.learner).collect();
+    let healthy_voters = voters.iter().filter(|m| m.healthy).count();
+    let has_quorum = healthy_voters >= quorum(voters.len());
+    // A removal is itself a raft proposal, so it needs a healthy majority now, and it must
+    // leave a healthy majority of the remaining voters.
+    let can_remove = |m: &ObservedMember| {
+        if m.learner {
+            return true;
+        }
+        let remaining = voters.len().saturating_sub(1);
+        let healthy_after = healthy_voters - usize::from(m.healthy);
+        has_quorum && remaining >= 1 && healthy_after >= quorum(remaining)
+    };
+
+    // 1. Pods whose member is gone (removed, or a seed/learner that never joined): clean up.
+    let member_names: BTreeSet<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    let orphan = obs
+        .pods
+        .iter()
+        .map(|p| p.name.as_str())
+        .chain(obs.claims.iter().map(String::as_str));
+    if let Some(name) = orphan.filter(|n| !member_names.contains(n)).min() {
+        return out(
+            Step::DeletePod {
+                name: name.to_string(),
+            },
+            warnings,
+            next_ordinal,
+        );
+    }
+
+    // 2. A learner the spec no longer needs (spec shrank during a scale-up) goes first, before
+    //    it is started or promoted.
+    if let Some(l) = learners.first() {
+        if voters.len() >= desired {
+            let step = Step::RemoveMember {
+                id: l.id,
+                name: l.name.clone(),
+                reason: RemoveReason::LearnerNotNeeded,
+            };
+            return out(step, warnings, next_ordinal);
+        }
+    }
+
+    // 3. Members that lost their data: a started member without its volume would rejoin empty.
+    for m in members.iter().filter(|m| m.started) {
+        let lost = if obs.empty_dir {
+            pod(&m.name).is_none()
+        } else {
+            !obs.claims.contains(&m.name)
+        };
+        if lost {
+            if can_remove(m) {
+                let step = Step::RemoveMember {
+                    id: m.id,
+                    name: m.name.clone(),
+                    reason: RemoveReason::DataLost,
+                };
+                return out(step, warnings, next_ordinal);
+            }
+            let reason = format!(
+                "member {} lost its data but removing it would lose quorum",
+                m.name
+            );
+            return out(Step::Wait { reason }, warnings, next_ordinal);
+        }
+    }
+
+    // 4. Members in the list without a pod (crash after MemberAdd, or a deleted pod): start them.
+    if let Some(m) = members.iter().find(|m| pod(&m.name).is_none()) {
+        return out(
+            Step::CreatePod {
+                name: m.name.clone(),
+            },
+            warnings,
+            next_ordinal,
+        );
+    }
+
+    // 5. Voters unhealthy past the grace period are replaced, never at the cost of quorum.
+    for m in voters.iter().filter(|m| !m.healthy) {
+        let unready = pod(&m.name).map_or(Duration::MAX, |p| p.unready_for);
+        if unready >= cfg.unhealthy_grace {
+            if can_remove(m) {
+                let step = Step::RemoveMember {
+                    id: m.id,
+                    name: m.name.clone(),
+                    reason: RemoveReason::Failed,
+                };
+                return out(step, warnings, next_ordinal);
+            }
+            let reason = format!(
+                "member {} is unhealthy but removing it would lose quorum",
+                m.name
+            );
+            return out(Step::Wait { reason }, warnings, next_ordinal);
+        }
+    }
+
+    // 6. At most one learner at a time: promote it once caught up, replace it if stuck.
+    if let Some(l) = learners.first() {
+        let leader_index = members.iter().find(|m| m.leader).and_then(|m| m.raft_index);
+        let caught_up = match (l.healthy, l.raft_index, leader_index) {
+            (true, Some(li), Some(ld)) => li + CATCH_UP_LAG >= ld,
+            _ => false,
+        };
+        if caught_up && has_quorum {
+            return out(
+                Step::PromoteLearner {
+                    id: l.id,
+                    name: l.name.clone(),
+                },
+                warnings,
+                next_ordinal,
+            );
+        }
+        let age = pod(&l.name).map_or(Duration::ZERO, |p| p.age);
+        if age >= cfg.catch_up_grace {
+            let step = Step::RemoveMember {
+                id: l.id,
+                name: l.name.clone(),
+                reason: RemoveReason::LearnerStuck,
+            };
+            return out(step, warnings, next_ordinal);
+        }
+        let reason = format!("waiting for learner {} to catch up", l.name);
+        return out(Step::Wait { reason }, warnings, next_ordinal);
+    }
+
+    if !has_quorum {
+        let reason = format!(
+            "only {healthy_voters} of {} voters are healthy",
+            voters.len()
+        );
+        return out(Step::Wait { reason }, warnings, next_ordinal);
+    }
+
+    // 7. Grow by one learner.
+    if voters.len() < desired {
+        let name = member_name(cluster, next_ordinal);
+        return out(Step::AddLearner { name }, warnings, next_ordinal);
+    }
+
+    // 8. Shrink by one voter: unhealthy first, else the newest; leadership moves away first.
+    if voters.len() > desired {
+        let victim = voters
+            .iter()
+            .filter(|m| !m.healthy)
+            .max_by_key(|m| ordinal_of(cluster, &m.name))
+            .or_else(|| voters.iter().max_by_key(|m| ordinal_of(cluster, &m.name)));
+        if let Some(v) = victim {
+            if !can_remove(v) {
+                let reason = format!("removing {} now would lose quorum", v.name);
+                return out(Step::Wait { reason }, warnings, next_ordinal);
+            }
+            if v.leader {
+                let target = voters
+                    .iter()
+                    .filter(|m| m.id != v.id && m.healthy)
+                    .min_by_key(|m| ordinal_of(cluster, &m.name));
+                if let Some(t) = target {
+                    return out(
+                        Step::MoveLeader {
+                            from: v.id,
+                            to: t.id,
+                        },
+                        warnings,
+                        next_ordinal,
+                    );
+                }
+            }
+            let step = Step::RemoveMember {
+                id: v.id,
+                name: v.name.clone(),
+                reason: RemoveReason::ScaleDown,
+            };
+            return out(step, warnings, next_ordinal);
+        }
+    }
+
+    // 9. Roll members whose configuration (certificates) changed, one at a time, only when every
+    //    member is healthy so a restart never costs quorum.
+    if members.iter().all(|m| m.healthy) {
+        let stale = obs
+            .pods
+            .iter()
+            .filter(|p| p.config_hash != obs.desired_config_hash)
+            .min_by_key(|p| ordinal_of(cluster, &p.name));
+        if let Some(p) = stale {
+            return out(
+                Step::RollMember {
+                    name: p.name.clone(),
+                },
+                warnings,
+                next_ordinal,
+            );
+        }
+    }
+
+    if members.iter().any(|m| !m.healthy) {
+        let reason = "some members are unhealthy".to_string();
+        return out(Step::Wait { reason }, warnings, next_ordinal);
+    }
+    out(Step::Steady, warnings, next_ordinal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: &str = "kv";
+    const H: &str = "h1";
+
+    fn voter(ord: u64, leader: bool) -> ObservedMember {
+        ObservedMember {
+            id: 100 + ord,
+            name: member_name(C, ord),
+            learner: false,
+            started: true,
+            healthy: true,
+            leader,
+            raft_index: Some(1000),
+        }
+    }
+    fn learner(ord: u64, started: bool, index: Option<u64>) -> ObservedMember {
+        ObservedMember {
+            id: 100 + ord,
+            name: member_name(C, ord),
+            learner: true,
+            started,
+            healthy: started,
+            leader: false,
+            raft_index: index,
+        }
+    }
+    fn down(mut m: ObservedMember) -> ObservedMember {
+        m.healthy = false;
+        m.raft_index = None;
+        m
+    }
+    fn pod(ord: u64) -> ObservedPod {
+        ObservedPod {
+            name: member_name(C, ord),
+            age: Duration::from_secs(60),
+            unready_for: Duration::ZERO,
+            config_hash: H.into(),
+        }
+    }
+    fn pods(ords: &[u64]) -> Vec<ObservedPod> {
+        ords.iter().map(|&o| pod(o)).collect()
+    }
+    fn obs(
+        replicas: i32,
+        members: Option<Vec<ObservedMember>>,
+        pods: Vec<ObservedPod>,
+        next: u64,
+    ) -> Observed {
+        Observed {
+            replicas,
+            bootstrapped: members.is_some(),
+            members,
+            claims: pods.iter().map(|p| p.name.clone()).collect(),
+            pods,
+            empty_dir: false,
+            next_ordinal: next,
+            desired_config_hash: H.into(),
+        }
+    }
+    fn unready(mut p: ObservedPod, secs: u64) -> ObservedPod {
+        p.unready_for = Duration::from_secs(secs);
+        p
+    }
+    fn remove(ord: u64, reason: RemoveReason) -> Step {
+        Step::RemoveMember {
+            id: 100 + ord,
+            name: member_name(C, ord),
+            reason,
+        }
+    }
+    fn wait() -> Step {
+        Step::Wait {
+            reason: String::new(),
+        }
+    }
+
+    /// Wait reasons are prose; rows compare only the variant for them.
+    fn same(a: &Step, b: &Step) -> bool {
+        match (a, b) {
+            (Step::Wait { .. }, Step::Wait { .. }) => true,
+            (Step::Invalid { .. }, Step::Invalid { .. }) => true,
+            _ => a == b,
+        }
+    }
+
+    #[test]
+    fn table() {
+        use RemoveReason::*;
+        let n = |o: u64| member_name(C, o);
+        let mut stuck_pod = pod(3);
+        stuck_pod.age = Duration::from_secs(3600);
+        let mut lost = obs(
+            3,
+            Some(vec![voter(0, true), voter(1, false), voter(2, false)]),
+            pods(&[0, 1, 2]),
+            3,
+        );
+        lost.claims.remove(&n(1));
+        let mut kept = obs(
+            3,
+            Some(vec![voter(0, true), voter(1, false), voter(2, false)]),
+            pods(&[0, 1]),
+            3,
+        );
+        kept.claims.insert(n(2));
+        let mut empty_dir_lost = kept.clone();
+        empty_dir_lost.empty_dir = true;
+        let mut orphan_claim = obs(
+            3,
+            Some(vec![voter(0, true), voter(1, false), voter(2, false)]),
+            pods(&[0, 1, 2]),
+            4,
+        );
+        orphan_claim.claims.insert(n(3));
+        let mut stale = pod(1);
+        stale.config_hash = "old".into();
+        let cases: Vec<(&str, Observed, Step)> = vec![
+            // bootstrap
+            (
+                "fresh cluster bootstraps a seed",
+                obs(3, None, vec![], 0),
+                Step::BootstrapSeed { name: n(0) },
+            ),
+            (
+                "seed pod created, not answering yet",
+                obs(3, None, pods(&[0]), 1),
+                wait(),
+            ),
+            (
+                "seed up, grow with a learner",
+                obs(3, Some(vec![voter(0, true)]), pods(&[0]), 1),
+                Step::AddLearner { name: n(1) },
+            ),
+            // scale 1 -> 3
+            (
+                "crash after MemberAdd: start the learner, don't add again",
+                obs(
+                    3,
+                    Some(vec![voter(0, true), learner(1, false, None)]),
+                    pods(&[0]),
+                    1,
+                ),
+                Step::CreatePod { name: n(1) },
+            ),
+            (
+                "learner started, behind",
+                obs(
+                    3,
+                    Some(vec![voter(0, true), learner(1, true, Some(10))]),
+                    pods(&[0, 1]),
+                    2,
+                ),
+                wait(),
+            ),
+            (
+                "learner caught up: promote",
+                obs(
+                    3,
+                    Some(vec![voter(0, true), learner(1, true, Some(995))]),
+                    pods(&[0, 1]),
+                    2,
+                ),
+                Step::PromoteLearner {
+                    id: 101,
+                    name: n(1),
+                },
+            ),
+            (
+                "two voters of three: add third",
+                obs(
+                    3,
+                    Some(vec![voter(0, true), voter(1, false)]),
+                    pods(&[0, 1]),
+                    2,
+                ),
+                Step::AddLearner { name: n(2) },
+            ),
+            (
+                "three of three: steady",
+                obs(
+                    3,
+                    Some(vec![voter(0, true), voter(1, false), voter(2, false)]),
+                    pods(&[0, 1, 2]),
+                    3,
+                ),
+                Step::Steady,
+            ),
+            // 3 -> 5
+            (
+                "3 -> 5 adds one learner",
+                obs(
+                    5,
+                    Some(vec![voter(0, true), voter(1, false), voter(2, false)]),
+                    pods(&[0, 1, 2]),
+                    3,
+                ),
+                Step::AddLearner { name: n(3) },
+            ),
+            (
+                "3 -> 5 one learner at a time",
+                obs(
+                    5,
+                    Some(vec![
+                        voter(0, true),
+                        voter(1, false),
+                        voter(2, false),
+                        learner(3, true, Some(5)),
+                    ]),
+                    pods(&[0, 1, 2, 3]),
+                    4,
+                ),
+                wait(),
+            ),
+            (
+                "4 -> 5",
+                obs(
+                    5,
+                    Some(vec![
+                        voter(0, true),
+                        voter(1, false),
+                        voter(2, false),
+                        voter(3, false),
+                    ]),
+                    pods(&[0, 1, 2, 3]),
+                    4,
+                ),
+                Step::AddLearner { name: n(4) },
+            ),
+            // 5 -> 3 -> 1
+            (
+                "5 -> 3 removes the newest",
+                obs(
+                    3,
+                    Some((0..5).map(|o| voter(o, o == 0)).collect()),
+                    pods(&[0, 1, 2, 3, 4]),
+                    5,
+                ),
+                remove(4, ScaleDown),
+            ),
+            (
+                "removed member's pod is deleted",
+                obs(
+                    3,
+                    Some((0..4).map(|o| voter(o, o == 0)).collect()),
+                    pods(&[0, 1, 2, 3, 4]),
+                    5,
+                ),
+                Step::DeletePod { name: n(4) },
+            ),
+            (
+                "3 -> 1",
+                obs(
+                    1,
+                    Some(vec![voter(0, true), voter(1, false), voter(2, false)]),
+                    pods(&[0, 1, 2]),
+                    5,
+                ),
+                remove(2, ScaleDown),
+            ),
+            (
+                "2 -> 1",
+                obs(
+                    1,
+                    Some(vec![voter(0, true), voter(1, false)]),
+                    pods(&[0, 1]),
+                    5,
+                ),
+                remove(1, ScaleDown),
+            ),
+            (
+                "leader is the member to remove: move leadership first",
+                obs(
+                    1,
+                    Some(vec![voter(0, false), voter(1, true)]),
+                    pods(&[0, 1]),
+                    5,
+                ),
+                Step::MoveLeader { from: 101, to: 100 },
+            ),
+            (
+                "names are never reused after a shrink",
+                obs(2, Some(vec![voter(0, true)]), pods(&[0]), 5),
+                Step::AddLearner { name: n(5) },
+            ),
+            // member down
+            (
+                "member down within grace: wait",
+                obs(
+                    3,
+                    Some(vec![voter(0, true), down(voter(1, false)), voter(2, false)]),
+                    vec![pod(0), unready(pod(1), 10), pod(2)],
+                    3,
+                ),
+                wait(),
+            ),
+            (
+                "member down past grace: replace",
+                obs(
+                    3,
+                    Some(vec![voter(0, true), down(voter(1, false)), voter(2, false)]),
+                    vec![pod(0), unready(pod(1), 900), pod(2)],
+                    3,
+                ),
+                remove(1, Failed),
+            ),
+            (
+                "two of three down: never remove (quorum at risk)",
+                obs(
+                    3,
+                    Some(vec![
+                        voter(0, true),
+                        down(voter(1, false)),
+                        down(voter(2, false)),
+                    ]),
+                    vec![pod(0), unready(pod(1), 900), unready(pod(2), 900)],
+                    3,
+                ),
+                wait(),
+            ),
+            (
+                "one of two down: no removal, no growth",
+                obs(
+                    3,
+                    Some(vec![voter(0, true), down(voter(1, false))]),
+                    vec![pod(0), unready(pod(1), 900)],
+                    2,
+                ),
+                wait(),
+            ),
+            (
+                "scale down prefers the unhealthy member",
+                obs(
+                    3,
+                    Some(vec![
+                        voter(0, true),
+                        down(voter(1, false)),
+                        voter(2, false),
+                        voter(3, false),
+                    ]),
+                    vec![pod(0), unready(pod(1), 5), pod(2), pod(3)],
+                    4,
+                ),
+                remove(1, ScaleDown),
+            ),
+            ("claim lost: replace", lost, remove(1, DataLost)),
+            (
+                "started member's pod deleted, claim kept: recreate",
+                kept,
+                Step::CreatePod { name: n(2) },
+            ),
+            (
+                "emptyDir member's pod deleted: data gone, replace",
+                empty_dir_lost,
+                remove(2, DataLost),
+            ),
+            (
+                "claim left behind by a removed member is deleted",
+                orphan_claim,
+                Step::DeletePod { name: n(3) },
+            ),
+            // learner problems
+            (
+                "learner never catches up: removed",
+                obs(
+                    5,
+                    Some(vec![
+                        voter(0, true),
+                        voter(1, false),
+                        voter(2, false),
+                        learner(3, true, Some(1)),
+                    ]),
+                    vec![pod(0), pod(1), pod(2), stuck_pod],
+                    4,
+                ),
+                remove(3, LearnerStuck),
+            ),
+            // spec changes mid-operation
+            (
+                "spec shrinks while a learner waits for its pod",
+                obs(
+                    1,
+                    Some(vec![voter(0, true), learner(1, false, None)]),
+                    pods(&[0]),
+                    2,
+                ),
+                remove(1, LearnerNotNeeded),
+            ),
+            (
+                "spec shrinks while learner catching up",
+                obs(
+                    3,
+                    Some(vec![
+                        voter(0, true),
+                        voter(1, false),
+                        voter(2, false),
+                        learner(3, true, Some(5)),
+                    ]),
+                    pods(&[0, 1, 2, 3]),
+                    4,
+                ),
+                remove(3, LearnerNotNeeded),
+            ),
+            (
+                "spec grows mid scale-down: stop removing",
+                obs(
+                    5,
+                    Some((0..4).map(|o| voter(o, o == 0)).collect()),
+                    pods(&[0, 1, 2, 3]),
+                    5,
+                ),
+                Step::AddLearner { name: n(5) },
+            ),
+            // certificate roll
+            (
+                "renewed certs roll one member",
+                obs(
+                    3,
+                    Some(vec![voter(0, true), voter(1, false), voter(2, false)]),
+                    vec![pod(0), stale.clone(), pod(2)],
+                    3,
+                ),
+                Step::RollMember { name: n(1) },
+            ),
+            (
+                "no roll while a member is down",
+                obs(
+                    3,
+                    Some(vec![voter(0, true), voter(1, false), down(voter(2, false))]),
+                    vec![pod(0), stale, unready(pod(2), 5)],
+                    3,
+                ),
+                wait(),
+            ),
+            // invalid specs
+            (
+                "zero replicas refused",
+                obs(0, Some(vec![voter(0, true)]), pods(&[0]), 1),
+                Step::Invalid {
+                    message: String::new(),
+                },
+            ),
+            (
+                "ten replicas refused",
+                obs(10, Some(vec![voter(0, true)]), pods(&[0]), 1),
+                Step::Invalid {
+                    message: String::new(),
+                },
+            ),
+            (
+                "even size allowed",
+                obs(2, Some(vec![voter(0, true)]), pods(&[0]), 1),
+                Step::AddLearner { name: n(1) },
+            ),
+        ];
+        let cfg = PlanConfig::default();
+        for (name, o, want) in cases {
+            let got = plan(C, &o, &cfg);
+            assert!(
+                same(&got.step, &want),
+                "{name}: got {:?}, want {:?}",
+                got.step,
+                want
+            );
+        }
+    }
+
+    #[test]
+    fn warnings_and_messages() {
+        let cases: Vec<(i32, Result<usize, &str>)> = vec![
+            (1, Ok(0)),
+            (2, Ok(1)),
+            (3, Ok(0)),
+            (9, Ok(0)),
+            (0, Err("spec.replicas must be between 1 and 9, got 0")),
+            (-1, Err("spec.replicas must be between 1 and 9, got -1")),
+            (10, Err("spec.replicas must be between 1 and 9, got 10")),
+        ];
+        for (r, want) in cases {
+            match (validate_replicas(r), want) {
+                (Ok(w), Ok(n)) => assert_eq!(w.len(), n, "replicas {r}"),
+                (Err(m), Err(prefix)) => assert!(m.starts_with(prefix), "replicas {r}: {m}"),
+                (got, want) => panic!("replicas {r}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn next_ordinal_advances_on_add_and_never_goes_back() {
+        let o = obs(
+            3,
+            Some(vec![voter(0, true), voter(7, false)]),
+            pods(&[0, 7]),
+            2,
+        );
+        let p = plan(C, &o, &PlanConfig::default());
+        assert_eq!(
+            p.step,
+            Step::AddLearner {
+                name: member_name(C, 8)
+            }
+        );
+        assert_eq!(p.next_ordinal, 8, "counted once kv-8 is seen");
+        let o = obs(1, Some(vec![voter(0, true)]), pods(&[0]), 12);
+        assert_eq!(plan(C, &o, &PlanConfig::default()).next_ordinal, 12);
+    }
+
+    /// Drives the planner against a simulated cluster from nothing to 1, 3, 5, 3, 1 and checks
+    /// quorum is never lost and names are never reused.
+    #[test]
+    fn simulated_scale_sequence_keeps_quorum() {
+        let cfg = PlanConfig::default();
+        let mut members: Vec<ObservedMember> = Vec::new();
+        let mut pods_: Vec<ObservedPod> = Vec::new();
+        let mut next = 0u64;
+        let mut used = BTreeSet::new();
+        let mut claims: BTreeSet<String> = BTreeSet::new();
+        for target in [1, 3, 5, 3, 1] {
+            for _ in 0..100 {
+                let o = Observed {
+                    replicas: target,
+                    bootstrapped: !members.is_empty(),
+                    members: if members.is_empty() {
+                        None
+                    } else {
+                        Some(members.clone())
+                    },
+                    pods: pods_.clone(),
+                    claims: claims.clone(),
+                    empty_dir: false,
+                    next_ordinal: next,
+                    desired_config_hash: H.into(),
+                };
+                let p = plan(C, &o, &cfg);
+                next = p.next_ordinal;
+                match p.step {
+                    Step::BootstrapSeed { name } | Step::AddLearner { name } => {
+                        assert!(used.insert(name.clone()), "name reused: {name}");
+                        let ord = ordinal_of(C, &name).unwrap_or(0);
+                        let mut m = if members.is_empty() {
+                            voter(ord, true)
+                        } else {
+                            learner(ord, false, None)
+                        };
+                        m.started = false;
+                        members.push(m);
+                        if members.len() == 1 {
+                            pods_.push(pod(ord));
+                            claims.insert(name.clone());
+                            members[0].started = true;
+                        }
+                    }
+                    Step::CreatePod { name } => {
+                        claims.insert(name.clone());
+                        pods_.push(pod(ordinal_of(C, &name).unwrap_or(0)));
+                        for m in members.iter_mut().filter(|m| m.name == name) {
+                            m.started = true;
+                            m.healthy = true;
+                            m.raft_index = Some(1000);
+                        }
+                    }
+                    Step::PromoteLearner { id, .. } => {
+                        for m in members.iter_mut().filter(|m| m.id == id) {
+                            m.learner = false;
+                        }
+                    }
+                    Step::MoveLeader { from, to } => {
+                        for m in members.iter_mut() {
+                            m.leader = m.id == to;
+                        }
+                        assert_ne!(from, to);
+                    }
+                    Step::RemoveMember { id, .. } => {
+                        let m = members.iter().find(|m| m.id == id).cloned();
+                        assert!(!m.is_some_and(|m| m.leader), "removed the leader");
+                        members.retain(|m| m.id != id);
+                        let voters = members.iter().filter(|m| !m.learner).count();
+                        let healthy = members.iter().filter(|m| !m.learner && m.healthy).count();
+                        assert!(healthy >= quorum(voters), "quorum lost");
+                    }
+                    Step::DeletePod { name } => {
+                        pods_.retain(|p| p.name != name);
+                        claims.remove(&name);
+                    }
+                    Step::Steady => break,
+                    other => panic!("unexpected step {other:?} at target {target}"),
+                }
+            }
+            let voters = members.iter().filter(|m| !m.learner).count();
+            assert_eq!(
+                voters,
+                usize::try_from(target).unwrap_or(0),
+                "target {target}"
+            );
+            assert_eq!(pods_.len(), voters);
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! Member management against real member processes (the reference `etcd`).
+//!
+//! The test plays the part of Kubernetes (it starts and stops member processes instead of
+//! pods) and otherwise runs the controller's own code: `MemberClient` observes the members,
+//! `plan::plan` picks the next step, and `MemberClient` applies it. A writer keeps writing the
+//! whole time and every write must land.
+
+use ferrokv_operator::certs::{self, LeafKind};
+use ferrokv_operator::members::{ClientTls, ClusterView, MemberClient};
+use ferrokv_operator::plan::{self, Observed, ObservedPod, PlanConfig, Step};
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const C: &str = "kv";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Member {
+    scheme: &'static str,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+    started_at: Instant,
+}
+
+impl Member {
+    fn client_url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
+    }
+    fn peer_url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme, self.peer_port)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The stand-in for Kubernetes: member processes keyed by name, data dirs in a tempdir.
+struct Processes {
+    dir: tempfile::TempDir,
+    members: BTreeMap<String, Member>,
+    /// With TLS: the operator's client identity; member certs are in `dir/tls`.
+    tls: Option<ClientTls>,
+}
+
+impl Processes {
+    fn reserve(&mut self, name: &str) -> String {
+        if let Some(m) = self.members.get(name) {
+            return m.peer_url();
+        }
+        let m = Member {
+            scheme: if self.tls.is_some() { "https" } else { "http" },
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+            started_at: Instant::now(),
+        };
+        let url = m.peer_url();
+        self.members.insert(name.to_string(), m);
+        url
+    }
+
+    fn start(&mut self, name: &str, initial: &[String], state: &str) {
+        if !self.members.contains_key(name) {
+            self.reserve(name);
+        }
+        let initial_cluster = initial
+            .iter()
+            .filter_map(|n| self.members.get(n).map(|m| format!("{n}={}", m.peer_url())))
+            .collect::<Vec<_>>()
+            .join(",");
+        let data = self.dir.path().join(name);
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
+        let tls_flags: Vec<String> = if self.tls.is_some() {
+            let d = self.dir.path().join("tls");
+            let f = |n: &str| d.join(n).display().to_string();
+            vec![
+                format!("--cert-file={}", f("server.crt")),
+                format!("--key-file={}", f("server.key")),
+                format!("--trusted-ca-file={}", f("ca.crt")),
+                "--client-cert-auth".into(),
+                format!("--peer-cert-file={}", f("peer.crt")),
+                format!("--peer-key-file={}", f("peer.key")),
+                format!("--peer-trusted-ca-file={}", f("ca.crt")),
+                "--peer-client-cert-auth".into(),
+            ]
+        } else {
+            Vec::new()
+        };
+        let m = self.members.get_mut(name).expect("reserved");
+        let child = Command::new("etcd")
+            .arg(format!("--name={name}"))
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls={}", m.client_url()))
+            .arg(format!("--advertise-client-urls={}", m.client_url()))
+            .arg(format!("--listen-peer-urls={}", m.peer_url()))
+            .arg(format!("--initial-advertise-peer-urls={}", m.peer_url()))
+            .arg(format!("--initial-cluster={initial_cluster}"))
+            .arg(format!("--initial-cluster-state={state}"))
+            .arg("--initial-cluster-token=ferrokv-operator-test")
+            .arg("--heartbeat-interval=50")
+            .arg("--election-timeout=500")
+            .args(tls_flags)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        m.child = Some(child);
+        m.started_at = Instant::now();
+    }
+
+    fn stop_and_delete(&mut self, name: &str) {
+        self.members.remove(name);
+        let _ = std::fs::remove_dir_all(self.dir.path().join(name));
+    }
+
+    fn running(&self) -> impl Iterator<Item = (&String, &Member)> {
+        self.members.iter().filter(|(_, m)| m.child.is_some())
+    }
+
+    /// SIGKILLs a member and wipes its data: what a lost node with a local volume looks like.
+    fn kill_and_wipe(&mut self, name: &str) {
+        if let Some(m) = self.members.get_mut(name) {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.dir.path().join(name));
+    }
+
+    fn client(&self) -> MemberClient {
+        MemberClient::new(self.endpoints(), self.tls.clone())
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.running().map(|(_, m)| m.client_url()).collect()
+    }
+
+    fn name_by_peer_url(&self, url: &str) -> Option<String> {
+        self.members
+            .iter()
+            .find(|(_, m)| m.peer_url() == url)
+            .map(|(n, _)| n.clone())
+    }
+}
+
+fn etcd_available() -> bool {
+    Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// What the controller's observe step produces, with processes in place of pods.
+async fn observe(
+    procs: &Processes,
+    next_ordinal: u64,
+    replicas: i32,
+) -> (Observed, Option<ClusterView>, MemberClient) {
+    let client = procs.client();
+    let view = client.observe().await;
+    let members = view.as_ref().map(|v| {
+        let mut obs = v.observed();
+        // In Kubernetes the peer URL names the pod; here it is a loopback port, so the test maps
+        // it back to the name it reserved.
+        for (o, (info, _)) in obs.iter_mut().zip(&v.members) {
+            if o.name.is_empty() || plan::ordinal_of(C, &o.name).is_none() {
+                if let Some(n) = info
+                    .peer_urls
+                    .first()
+                    .and_then(|u| procs.name_by_peer_url(u))
+                {
+                    o.name = n;
+                }
+            }
+        }
+        obs
+    });
+    let pods = procs
+        .running()
+        .map(|(n, m)| ObservedPod {
+            name: n.clone(),
+            age: m.started_at.elapsed(),
+            unready_for: Duration::ZERO,
+            config_hash: String::new(),
+        })
+        .collect();
+    let claims: BTreeSet<String> = procs.running().map(|(n, _)| n.clone()).collect();
+    let o = Observed {
+        replicas,
+        members,
+        pods,
+        claims,
+        empty_dir: false,
+        bootstrapped: next_ordinal > 0,
+        next_ordinal,
+        desired_config_hash: String::new(),
+    };
+    (o, view, client)
+}
+
+/// Runs observe → plan → apply until the planner reports `Steady`; returns the steps taken.
+async fn converge(procs: &mut Processes, next: &mut u64, replicas: i32) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut steps = Vec::new();
+    let cfg = PlanConfig::default();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "did not converge to {replicas}; steps: {steps:?}"
+        );
+        let (obs, view, client) = observe(procs, *next, replicas).await;
+        let p = plan::plan(C, &obs, &cfg);
+        *next = p.next_ordinal;
+        match &p.step {
+            Step::Steady => return steps,
+            Step::Wait { .. } => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            _ => {}
+        }
+        let label = format!("{:?}", p.step);
+        // A failed call is retried by the next round, as the controller's error policy does
+        // (etcd refuses MemberAdd for a few seconds after a membership change: "unhealthy
+        // cluster").
+        let res: Result<(), ferrokv_operator::Error> = match p.step {
+            Step::BootstrapSeed { name } => {
+                procs.start(&name, std::slice::from_ref(&name), "new");
+                Ok(())
+            }
+            Step::AddLearner { name } => {
+                let url = procs.reserve(&name);
+                client.add_learner(&url).await.map(|_| ())
+            }
+            Step::CreatePod { name } => {
+                let mut initial: Vec<String> = obs
+                    .members
+                    .iter()
+                    .flatten()
+                    .map(|m| m.name.clone())
+                    .collect();
+                if !initial.contains(&name) {
+                    initial.push(name.clone());
+                }
+                procs.start(&name, &initial, "existing");
+                Ok(())
+            }
+            Step::PromoteLearner { id, .. } => client.promote(id).await,
+            Step::MoveLeader { to, .. } => client.move_leader(to).await,
+            Step::RemoveMember { id, .. } => client.remove(id).await,
+            Step::DeletePod { name } => {
+                procs.stop_and_delete(&name);
+                Ok(())
+            }
+            other => panic!("unexpected step {other:?} (view: {view:?})"),
+        };
+        match res {
+            Ok(()) => steps.push(label),
+            Err(e) => {
+                eprintln!("{label} failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn voters(procs: &Processes) -> Vec<(String, bool)> {
+    let client = procs.client();
+    let view = client.observe().await.expect("view");
+    let leader = view.leader().map(|l| l.id);
+    view.members
+        .iter()
+        .filter(|(m, _)| !m.learner)
+        .map(|(m, _)| (m.name.clone(), Some(m.id) == leader))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grow_promote_move_leader_shrink_while_writing() {
+    if !etcd_available() {
+        eprintln!("skipped: etcd not installed (apt-get install etcd-server)");
+        return;
+    }
+    let mut procs = Processes {
+        dir: tempfile::tempdir().expect("tempdir"),
+        members: BTreeMap::new(),
+        tls: None,
+    };
+    let mut next = 0u64;
+
+    let steps = converge(&mut procs, &mut next, 1).await;
+    assert_eq!(steps, vec![r#"BootstrapSeed { name: "kv-0" }"#]);
+    let seed = procs.members["kv-0"].client_url();
+
+    // A writer through the seed (which stays for the whole test), retrying each key briefly:
+    // leader changes make single requests fail, but no key may be lost.
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, written) = (stop.clone(), written.clone());
+        tokio::spawn(async move {
+            let mut client = etcd_client::Client::connect([seed], None)
+                .await
+                .expect("writer connect");
+            let mut longest_gap = Duration::ZERO;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                loop {
+                    match client.put(format!("k{i:06}"), format!("v{i}"), None).await {
+                        Ok(_) => break,
+                        Err(e) => {
+                            assert!(t.elapsed() < Duration::from_secs(10), "writes stalled: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                longest_gap = longest_gap.max(t.elapsed());
+                i += 1;
+                written.store(i, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (client, i, longest_gap)
+        })
+    };
+
+    // 1 -> 3: one learner at a time, started, caught up, promoted.
+    let steps = converge(&mut procs, &mut next, 3).await;
+    assert_eq!(
+        steps
+            .iter()
+            .map(|s| s.split(' ').next().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        [
+            "AddLearner",
+            "CreatePod",
+            "PromoteLearner",
+            "AddLearner",
+            "CreatePod",
+            "PromoteLearner"
+        ],
+        "{steps:?}"
+    );
+    assert_eq!(voters(&procs).await.len(), 3);
+    let before = written.load(Ordering::Relaxed);
+
+    // Make the member the planner will remove first the leader, so leadership must move.
+    let client = procs.client();
+    let view = client.observe().await.expect("view");
+    let kv2 = view
+        .members
+        .iter()
+        .find(|(m, _)| m.name == "kv-2")
+        .map(|(m, _)| m.id)
+        .expect("kv-2");
+    let mut moved = Err(ferrokv_operator::Error::MemberNotFound("not tried".into()));
+    for _ in 0..20 {
+        moved = client.move_leader(kv2).await;
+        if moved.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    moved.expect("move leader to kv-2");
+    assert!(
+        voters(&procs).await.contains(&("kv-2".to_string(), true)),
+        "kv-2 did not become leader"
+    );
+
+    // 3 -> 1: leadership moves away from kv-2 before it is removed; then kv-1 goes.
+    let steps = converge(&mut procs, &mut next, 1).await;
+    assert_eq!(
+        steps
+            .iter()
+            .map(|s| s.split(' ').next().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        [
+            "MoveLeader",
+            "RemoveMember",
+            "DeletePod",
+            "RemoveMember",
+            "DeletePod"
+        ],
+        "{steps:?}"
+    );
+    assert_eq!(voters(&procs).await, vec![("kv-0".to_string(), true)]);
+
+    // Crash between MemberAdd and pod creation, then the spec shrinks back: the learner that
+    // never started is removed, not started and not duplicated.
+    let (obs, _, client) = observe(&procs, next, 2).await;
+    let p = plan::plan(C, &obs, &PlanConfig::default());
+    let Step::AddLearner { name } = p.step else {
+        panic!("expected AddLearner, got {:?}", p.step)
+    };
+    assert_eq!(name, "kv-3", "names are never reused");
+    next = p.next_ordinal;
+    let url = procs.reserve(&name);
+    client.add_learner(&url).await.expect("MemberAdd");
+    // (operator "crashes" here: no pod is created)
+    let steps = converge(&mut procs, &mut next, 1).await;
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert!(
+        steps[0].starts_with("RemoveMember") && steps[0].contains("LearnerNotNeeded"),
+        "{steps:?}"
+    );
+    assert_eq!(voters(&procs).await.len(), 1);
+
+    // Writes kept landing throughout, and every key is there.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut client, n, gap) = writer.await.expect("writer");
+    assert!(
+        n > before && before > 0,
+        "writer made no progress ({before} then {n})"
+    );
+    let all = client
+        .get(
+            "k",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
+        .await
+        .expect("count");
+    assert_eq!(u64::try_from(all.count()).unwrap_or(0), n);
+    eprintln!("{n} writes, longest single-write stall {gap:?}");
+}
+
+/// The operator's certificates work with a real member: etcd serves client and peer traffic
+/// with them (`--client-cert-auth`, `--peer-client-cert-auth`), and the operator's
+/// `MemberClient` grows the cluster over TLS with its client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_certificates_secure_client_and_peer_traffic() {
+    if !etcd_available() {
+        eprintln!("skipped: etcd not installed (apt-get install etcd-server)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = time::OffsetDateTime::now_utc();
+    let life = Duration::from_secs(90 * 86400);
+    let ca = certs::generate_ca(C, now).expect("ca");
+    let sans = certs::member_sans(C, "test");
+    let server =
+        certs::issue_leaf(&ca, LeafKind::Server, "kv-server", &sans, now, life).expect("server");
+    let peer = certs::issue_leaf(&ca, LeafKind::Peer, "kv-peer", &sans, now, life).expect("peer");
+    let op = certs::issue_leaf(&ca, LeafKind::Client, "ferrokv-operator", &[], now, life)
+        .expect("client");
+    let tls_dir = dir.path().join("tls");
+    std::fs::create_dir_all(&tls_dir).expect("mkdir");
+    for (n, body) in [
+        ("ca.crt", &ca.cert),
+        ("server.crt", &server.cert),
+        ("server.key", &server.key),
+        ("peer.crt", &peer.cert),
+        ("peer.key", &peer.key),
+    ] {
+        std::fs::write(tls_dir.join(n), body).expect("write");
+    }
+    let tls = ClientTls {
+        ca: op.ca.clone(),
+        cert: op.cert.clone(),
+        key: op.key.clone(),
+    };
+    let mut procs = Processes {
+        dir,
+        members: BTreeMap::new(),
+        tls: Some(tls.clone()),
+    };
+    let mut next = 0u64;
+    converge(&mut procs, &mut next, 1).await;
+    // Peer traffic is TLS too: a second member joins, catches up and is promoted.
+    let steps = converge(&mut procs, &mut next, 2).await;
+    assert!(
+        steps.iter().any(|s| s.starts_with("PromoteLearner")),
+        "{steps:?}"
+    );
+    let view = procs.client().observe().await.expect("view over TLS");
+    assert_eq!(view.members.len(), 2);
+    assert!(
+        view.members.iter().all(|(m, h)| !m.learner && h.is_some()),
+        "{view:?}"
+    );
+
+    // Without the operator's client certificate the member refuses the call.
+    let other_ca = certs::generate_ca("other", now).expect("ca");
+    let stranger =
+        certs::issue_leaf(&other_ca, LeafKind::Client, "x", &[], now, life).expect("client");
+    let wrong = ClientTls {
+        ca: ca.cert.clone(),
+        cert: stranger.cert,
+        key: stranger.key,
+    };
+    let refused = MemberClient::new(procs.endpoints(), Some(wrong))
+        .list()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a foreign client certificate was accepted"
+    );
+}
+
+/// A member whose data is lost is removed and replaced by a new member with a new name; when
+/// removing would lose quorum, nothing is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_member_is_replaced_but_never_at_the_cost_of_quorum() {
+    if !etcd_available() {
+        eprintln!("skipped: etcd not installed (apt-get install etcd-server)");
+        return;
+    }
+    let mut procs = Processes {
+        dir: tempfile::tempdir().expect("tempdir"),
+        members: BTreeMap::new(),
+        tls: None,
+    };
+    let mut next = 0u64;
+    converge(&mut procs, &mut next, 3).await;
+
+    procs.kill_and_wipe("kv-1");
+    let steps = converge(&mut procs, &mut next, 3).await;
+    let kinds: Vec<&str> = steps
+        .iter()
+        .map(|s| s.split(' ').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["RemoveMember", "AddLearner", "CreatePod", "PromoteLearner"],
+        "{steps:?}"
+    );
+    assert!(
+        steps[0].contains("kv-1") && steps[0].contains("DataLost"),
+        "{steps:?}"
+    );
+    assert!(
+        steps[1].contains("kv-3"),
+        "replacement must get a new name: {steps:?}"
+    );
+    let mut names: Vec<String> = voters(&procs).await.into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    assert_eq!(names, ["kv-0", "kv-2", "kv-3"]);
+
+    // Two of three gone: the survivor has no quorum, so nothing may be removed.
+    procs.kill_and_wipe("kv-2");
+    procs.kill_and_wipe("kv-3");
+    for _ in 0..3 {
+        let (obs, _, _) = observe(&procs, next, 3).await;
+        let p = plan::plan(C, &obs, &PlanConfig::default());
+        assert!(matches!(p.step, Step::Wait { .. }), "{:?}", p.step);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let client = procs.client();
+    let (_, list) = client.list().await.expect("member list from the survivor");
+    assert_eq!(list.len(), 3, "a member was removed without quorum");
+}
