@@ -190,8 +190,9 @@ impl Store {
     }
 
     /// Events with revision >= `start_rev` (and <= current) for keys in [key, range_end), in
-    /// revision order, each with prev_kv when `prev_kv`. Err(Compacted) if start_rev <=
-    /// compacted (compaction may have dropped part of that revision). Stops after
+    /// revision order, each with prev_kv when `prev_kv`. Err(Compacted) if start_rev <
+    /// compacted. Like etcd, a start at exactly the compacted revision is served with what
+    /// compaction kept of it (a delete tombstone at that revision is gone). Stops after
     /// `max_revisions` distinct revisions that had matching events, never splitting one.
     pub fn events_since(
         &self,
@@ -202,7 +203,7 @@ impl Store {
         max_revisions: usize,
     ) -> Result<Vec<mvccpb::Event>> {
         self.read(|v, current, compacted| {
-            if start_rev <= compacted {
+            if start_rev < compacted {
                 return Err(Error::Compacted);
             }
             let span = Span::new(key, range_end);
