@@ -299,15 +299,23 @@ fn exec_txn(
     })
 }
 
-/// Every response inside a txn carries the txn's revision.
+/// Every response inside a txn carries the txn's revision, except the header of a nested
+/// txn: etcd leaves that one empty (revision 0), and clients comparing responses see it.
 fn fill_headers(resp: &mut pb::TxnResponse, revision: i64) {
     resp.header = Some(header(revision));
+    fill_op_headers(resp, revision);
+}
+
+fn fill_op_headers(resp: &mut pb::TxnResponse, revision: i64) {
     for op in &mut resp.responses {
         match &mut op.response {
             Some(Response::ResponseRange(r)) => r.header = Some(header(revision)),
             Some(Response::ResponsePut(r)) => r.header = Some(header(revision)),
             Some(Response::ResponseDeleteRange(r)) => r.header = Some(header(revision)),
-            Some(Response::ResponseTxn(r)) => fill_headers(r, revision),
+            Some(Response::ResponseTxn(r)) => {
+                r.header = Some(header(0));
+                fill_op_headers(r, revision);
+            }
             None => {}
         }
     }
