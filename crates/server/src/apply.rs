@@ -1,0 +1,429 @@
+//! The apply loop: executes committed raft entries against the MVCC store, one storage write
+//! transaction per committed batch, and completes the waiting client requests.
+//!
+//! Ordering rules kept here:
+//! - the applied index (and the conf state / member list when they change) is written in the
+//!   SAME storage transaction as the data, so a restart replays exactly the entries after it;
+//! - events are published to the watch hub and waiters are completed only AFTER the commit, so
+//!   nobody observes a revision that a crash could take back from storage (the WAL has it);
+//! - the batch is committed without fsync; `store.sync()` runs periodically and only then is
+//!   the index reported durable to raft, which may then drop WAL entries up to it.
+//!
+//! It runs on its own OS thread: storage calls are synchronous and must not stall the async
+//! runtime that serves clients.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferrokv_proto::etcdserverpb::{
+    self as pb, alarm_request::AlarmAction, AlarmMember, AlarmResponse, CompactionResponse,
+    DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse, TxnResponse,
+};
+use ferrokv_proto::ferrokvpb::{internal_request::Request, ConfChangeContext, InternalRequest};
+use ferrokv_proto::mvccpb;
+use ferrokv_raftnode::eraftpb::{ConfChangeType, EntryType};
+use ferrokv_raftnode::{eraftpb, Committed, RaftHandle};
+use ferrokv_storage::{Store, WriteBatch};
+use parking_lot::Mutex;
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::{Error, Result};
+use crate::lease::Lessor;
+use crate::membership;
+use crate::watch::WatchHub;
+
+/// How often the apply loop makes storage durable (and lets raft compact the WAL).
+const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// ...or after this many applied entries, whichever comes first.
+const SYNC_ENTRIES: u64 = 10_000;
+
+/// The outcome of one applied request, handed to the proposer's waiter.
+#[derive(Debug)]
+pub enum Applied {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    Alarm(AlarmResponse),
+    /// Requests whose only answer is "done" (member attributes, lease checkpoints).
+    Done,
+}
+
+/// A per-request failure is the storage error etcd would return for that request.
+pub type ApplyResult = std::result::Result<Applied, ferrokv_storage::Error>;
+
+/// Request id -> the proposer waiting for the entry to be applied.
+#[derive(Default)]
+pub struct Waiters {
+    inner: Mutex<HashMap<u64, oneshot::Sender<ApplyResult>>>,
+}
+
+impl Waiters {
+    /// Register before proposing: the entry may be applied before `propose` returns.
+    pub fn register(&self, id: u64) -> oneshot::Receiver<ApplyResult> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.lock().insert(id, tx);
+        rx
+    }
+
+    pub fn cancel(&self, id: u64) {
+        self.inner.lock().remove(&id);
+    }
+
+    fn complete(&self, id: u64, result: ApplyResult) {
+        if let Some(tx) = self.inner.lock().remove(&id) {
+            // The proposer may have timed out and gone; nothing to do then.
+            let _ = tx.send(result);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The alarms raised in the cluster (replicated through raft, kept in memory).
+#[derive(Default)]
+pub struct Alarms {
+    inner: Mutex<Vec<AlarmMember>>,
+}
+
+impl Alarms {
+    pub fn list(&self) -> Vec<AlarmMember> {
+        self.inner.lock().clone()
+    }
+
+    /// Some member raised NOSPACE: writes that grow the store are refused until disarmed.
+    pub fn no_space(&self) -> bool {
+        self.inner
+            .lock()
+            .iter()
+            .any(|a| a.alarm == pb::AlarmType::Nospace as i32)
+    }
+
+    fn apply(&self, req: &pb::AlarmRequest) -> AlarmResponse {
+        let mut list = self.inner.lock();
+        let this = AlarmMember {
+            member_id: req.member_id,
+            alarm: req.alarm,
+        };
+        let alarms = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Activate) => {
+                if req.alarm != pb::AlarmType::None as i32 && !list.contains(&this) {
+                    list.push(this);
+                }
+                vec![this]
+            }
+            Ok(AlarmAction::Deactivate) => {
+                let before = list.len();
+                list.retain(|a| a != &this);
+                if before != list.len() {
+                    vec![this]
+                } else {
+                    vec![]
+                }
+            }
+            _ => list.clone(),
+        };
+        AlarmResponse {
+            header: None,
+            alarms,
+        }
+    }
+}
+
+/// Everything the apply loop needs; moved onto its thread.
+pub struct Applier {
+    pub store: Arc<Store>,
+    pub raft: RaftHandle,
+    pub hub: Arc<WatchHub>,
+    pub waiters: Arc<Waiters>,
+    pub lessor: Arc<Lessor>,
+    pub alarms: Arc<Alarms>,
+    pub applied_tx: watch::Sender<u64>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Set at shutdown: the loop ends once nothing more is queued, even if raft still holds
+    /// the channel (anything not applied is in the WAL and replayed on restart).
+    pub stop: watch::Receiver<bool>,
+    pub transport: Arc<crate::transport::PeerTransport>,
+    pub member_id: u64,
+    /// Asks the member to stop (used when this member is removed from the cluster).
+    pub request_stop: Arc<watch::Sender<bool>>,
+}
+
+/// Things to do once the batch is committed: telling the lessor about grants/revokes earlier
+/// would let it act on a lease the store does not have yet.
+enum AfterCommit {
+    Granted(i64, i64),
+    Revoked(i64),
+    PeerAdded(u64, Vec<String>),
+    PeerRemoved(u64),
+}
+
+impl Applier {
+    /// Runs until raft closes the channel (shutdown). `Err` = fail-stop.
+    pub fn run(self, mut rx: mpsc::Receiver<Committed>) -> Result<()> {
+        // A private single-threaded runtime only for the receive timeout: the loop must not
+        // depend on the serving runtime, which may be shutting down while we drain.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| Error::Fatal(format!("apply loop runtime: {e}")))?;
+        let mut durable = self.store.applied_index().0;
+        let mut last_sync = Instant::now();
+        self.raft.report_durable_applied(durable);
+        loop {
+            let next = rt.block_on(async { tokio::time::timeout(SYNC_INTERVAL, rx.recv()).await });
+            match next {
+                Ok(Some(batch)) => self.apply_batch(batch)?,
+                Ok(None) => break,
+                Err(_) => {
+                    if *self.stop.borrow() {
+                        while let Ok(batch) = rx.try_recv() {
+                            self.apply_batch(batch)?;
+                        }
+                        break;
+                    }
+                }
+            }
+            let applied = *self.applied_tx.borrow();
+            if applied > durable
+                && (last_sync.elapsed() >= SYNC_INTERVAL || applied - durable >= SYNC_ENTRIES)
+            {
+                self.sync(applied)?;
+                durable = applied;
+                last_sync = Instant::now();
+            }
+        }
+        let applied = *self.applied_tx.borrow();
+        if applied > durable {
+            self.sync(applied)?;
+        }
+        tracing::info!(applied, "apply loop stopped");
+        Ok(())
+    }
+
+    fn sync(&self, applied: u64) -> Result<()> {
+        self.store.sync().map_err(|e| {
+            tracing::error!(error = %e, "storage fsync failed; stopping the member");
+            Error::Fatal(format!("storage sync: {e}"))
+        })?;
+        self.raft.report_durable_applied(applied);
+        Ok(())
+    }
+
+    /// Applies one committed batch in one storage transaction.
+    pub fn apply_batch(&self, committed: Committed) -> Result<()> {
+        let Some(last) = committed.entries.last() else {
+            return Ok(());
+        };
+        let (last_index, last_term) = (last.index, last.term);
+        let span =
+            tracing::debug_span!("apply_batch", entries = committed.entries.len(), last_index);
+        let _enter = span.enter();
+
+        let mut batch = self.store.write_batch().map_err(fatal)?;
+        let mut events: Vec<mvccpb::Event> = Vec::new();
+        let mut replies: Vec<(u64, ApplyResult)> = Vec::new();
+        let mut after: Vec<AfterCommit> = Vec::new();
+        let mut members: Option<Vec<pb::Member>> = None;
+
+        for entry in &committed.entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    // The leader appends an empty entry when elected: nothing to execute.
+                    if entry.data.is_empty() {
+                        continue;
+                    }
+                    let req = InternalRequest::decode(entry.data.as_ref()).map_err(|e| {
+                        tracing::error!(index = entry.index, error = %e, "undecodable raft entry");
+                        Error::Fatal(format!("entry {} does not decode: {e}", entry.index))
+                    })?;
+                    let result = self.apply_request(
+                        &mut batch,
+                        req.request,
+                        &mut events,
+                        &mut after,
+                        &mut members,
+                    )?;
+                    replies.push((req.id, result));
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(entry, &mut members, &mut after)?;
+                }
+            }
+        }
+
+        batch
+            .set_applied_index(last_index, last_term)
+            .map_err(fatal)?;
+        if let Some(cs) = &committed.conf_state {
+            batch
+                .set_meta(
+                    membership::CONF_STATE_KEY,
+                    &membership::encode_conf_state(cs)?,
+                )
+                .map_err(fatal)?;
+        }
+        if let Some(m) = &members {
+            batch
+                .set_meta(membership::MEMBERS_KEY, &membership::encode_members(m))
+                .map_err(fatal)?;
+        }
+        batch.commit(false).map_err(fatal)?;
+
+        let revision = self.store.current_revision();
+        for a in after {
+            match a {
+                AfterCommit::Granted(id, ttl) => self.lessor.granted(id, ttl),
+                AfterCommit::Revoked(id) => self.lessor.revoked(id),
+                AfterCommit::PeerAdded(id, urls) if id != self.member_id => {
+                    self.transport.add_peer(id, urls)
+                }
+                AfterCommit::PeerRemoved(id) if id == self.member_id => {
+                    tracing::warn!("this member was removed from the cluster; stopping");
+                    self.request_stop.send_replace(true);
+                }
+                AfterCommit::PeerRemoved(id) => self.transport.remove_peer(id),
+                AfterCommit::PeerAdded(..) => {}
+            }
+        }
+        self.hub.publish(events, revision);
+        for (id, result) in replies {
+            self.waiters.complete(id, result);
+        }
+        self.metrics.set_applied(last_index);
+        self.applied_tx.send_replace(last_index);
+        Ok(())
+    }
+
+    fn apply_request(
+        &self,
+        batch: &mut WriteBatch<'_>,
+        request: Option<Request>,
+        events: &mut Vec<mvccpb::Event>,
+        after: &mut Vec<AfterCommit>,
+        members: &mut Option<Vec<pb::Member>>,
+    ) -> Result<ApplyResult> {
+        let result: ApplyResult = match request {
+            None => Ok(Applied::Done),
+            Some(Request::Put(r)) => batch.put(&r).map(|(resp, ev)| {
+                events.extend(ev);
+                Applied::Put(resp)
+            }),
+            Some(Request::DeleteRange(r)) => batch.delete_range(&r).map(|(resp, ev)| {
+                events.extend(ev);
+                Applied::DeleteRange(resp)
+            }),
+            Some(Request::Txn(r)) => batch.txn(&r).map(|(resp, ev)| {
+                events.extend(ev);
+                Applied::Txn(resp)
+            }),
+            Some(Request::Compaction(r)) => batch.compact(r.revision).map(Applied::Compaction),
+            Some(Request::LeaseGrant(r)) => batch.lease_grant(r.id, r.ttl).map(|()| {
+                after.push(AfterCommit::Granted(r.id, r.ttl));
+                Applied::LeaseGrant(LeaseGrantResponse {
+                    header: None,
+                    id: r.id,
+                    ttl: r.ttl,
+                    error: String::new(),
+                })
+            }),
+            Some(Request::LeaseRevoke(r)) => batch.lease_revoke(r.id).map(|ev| {
+                events.extend(ev);
+                after.push(AfterCommit::Revoked(r.id));
+                Applied::LeaseRevoke(LeaseRevokeResponse { header: None })
+            }),
+            Some(Request::LeaseCheckpoint(r)) => {
+                let mut res = Ok(Applied::Done);
+                for cp in &r.checkpoints {
+                    if let Err(e) = batch.lease_checkpoint(cp.id, cp.remaining_ttl) {
+                        res = Err(e);
+                        break;
+                    }
+                }
+                res
+            }
+            Some(Request::Alarm(r)) => Ok(Applied::Alarm(self.alarms.apply(&r))),
+            Some(Request::MemberAttributes(attr)) => {
+                let list = match members.take() {
+                    Some(l) => l,
+                    None => membership::load(&self.store).map_err(Error::Storage)?,
+                };
+                *members = Some(membership::with_attributes(list, &attr));
+                Ok(Applied::Done)
+            }
+        };
+        match result {
+            Err(e @ (ferrokv_storage::Error::Backend(_) | ferrokv_storage::Error::Corrupt(_))) => {
+                tracing::error!(error = %e, "storage failed while applying; stopping the member");
+                Err(Error::Storage(e))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Raft has already changed its configuration; here the member list follows it.
+    fn apply_conf_change(
+        &self,
+        entry: &eraftpb::Entry,
+        members: &mut Option<Vec<pb::Member>>,
+        after: &mut Vec<AfterCommit>,
+    ) -> Result<()> {
+        let changes: Vec<(ConfChangeType, u64, Vec<u8>)> = match entry.get_entry_type() {
+            EntryType::EntryConfChange => {
+                let cc: eraftpb::ConfChange =
+                    protobuf::Message::parse_from_bytes(entry.data.as_ref()).map_err(|e| {
+                        Error::Fatal(format!("conf change {} does not decode: {e}", entry.index))
+                    })?;
+                vec![(cc.get_change_type(), cc.node_id, cc.context.to_vec())]
+            }
+            _ => {
+                let cc: eraftpb::ConfChangeV2 =
+                    protobuf::Message::parse_from_bytes(entry.data.as_ref()).map_err(|e| {
+                        Error::Fatal(format!("conf change {} does not decode: {e}", entry.index))
+                    })?;
+                cc.changes
+                    .iter()
+                    .map(|c| (c.get_change_type(), c.node_id, cc.context.to_vec()))
+                    .collect()
+            }
+        };
+        let mut list = match members.take() {
+            Some(l) => l,
+            None => membership::load(&self.store).map_err(Error::Storage)?,
+        };
+        for (kind, node_id, context) in changes {
+            let ctx_member = ConfChangeContext::decode(context.as_slice())
+                .ok()
+                .and_then(|c| c.member);
+            list = membership::with_conf_change(list, kind, node_id, ctx_member);
+            match kind {
+                ConfChangeType::RemoveNode => after.push(AfterCommit::PeerRemoved(node_id)),
+                _ => {
+                    let urls = list
+                        .iter()
+                        .find(|m| m.id == node_id)
+                        .map(|m| m.peer_ur_ls.clone())
+                        .unwrap_or_default();
+                    after.push(AfterCommit::PeerAdded(node_id, urls));
+                }
+            }
+        }
+        *members = Some(list);
+        Ok(())
+    }
+}
+
+fn fatal(e: ferrokv_storage::Error) -> Error {
+    tracing::error!(error = %e, "storage write failed; stopping the member");
+    Error::Fatal(format!("storage: {e}"))
+}

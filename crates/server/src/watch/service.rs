@@ -1,0 +1,202 @@
+//! The etcd `Watch` gRPC service: a thin async shell around the hub. Each stream has one task
+//! reading client requests into the hub and one response stream that tonic polls; the response
+//! stream pops the stream's queue, runs catch-up reads off the runtime, and otherwise waits, so
+//! a client that does not read only stops its own stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ferrokv_proto::etcdserverpb::watch_server::Watch;
+use ferrokv_proto::etcdserverpb::{WatchRequest, WatchResponse};
+use futures::Stream;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use super::hub::{Next, WatchHub};
+use crate::header::HeaderSource;
+
+/// The error etcd ends a `hasleader=true` stream with while the member has no leader.
+const ERR_NO_LEADER: &str = "etcdserver: no leader";
+
+/// The gRPC Watch service; register it with `WatchServer::new(service)`.
+pub struct WatchService {
+    hub: Arc<WatchHub>,
+    header: HeaderSource,
+    has_leader: watch::Receiver<bool>,
+}
+
+impl WatchHub {
+    /// The gRPC service; `has_leader` lets streams opened with metadata `hasleader=true` be
+    /// canceled with "etcdserver: no leader" while the member has no leader.
+    pub fn service(
+        self: &Arc<Self>,
+        header: HeaderSource,
+        has_leader: watch::Receiver<bool>,
+    ) -> WatchService {
+        WatchService {
+            hub: self.clone(),
+            header,
+            has_leader,
+        }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = WatchStream;
+
+    #[tracing::instrument(skip_all, name = "watch_stream")]
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let require_leader = request
+            .metadata()
+            .get("hasleader")
+            .and_then(|v| v.to_str().ok())
+            == Some("true");
+        if require_leader && !*self.has_leader.borrow() {
+            return Err(Status::unavailable(ERR_NO_LEADER));
+        }
+        let mut inbound = request.into_inner();
+        let (stream, notify) = self.hub.open_stream();
+        debug!(stream, require_leader, "watch stream opened");
+
+        let hub = self.hub.clone();
+        let receiver = tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(req)) => hub.handle_request(stream, req),
+                    // A half-closed stream keeps delivering events, as in etcd.
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(stream, %status, "watch stream receive failed");
+                        hub.close_stream(stream);
+                        break;
+                    }
+                }
+            }
+        });
+
+        let interval = self.hub.progress_interval();
+        let ticker = (!interval.is_zero()).then(|| {
+            let mut t = tokio::time::interval_at(Instant::now() + interval, interval);
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        });
+        let sender = Sender {
+            hub: self.hub.clone(),
+            stream,
+            notify,
+            header: self.header.clone(),
+            leader: require_leader.then(|| self.has_leader.clone()),
+            ticker,
+            done: false,
+            _guard: StreamGuard {
+                hub: self.hub.clone(),
+                stream,
+                receiver,
+            },
+        };
+        let out = futures::stream::unfold(sender, |mut s| async move {
+            let item = s.next().await?;
+            Some((item, s))
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+/// Removes the stream's watchers and stops its receiver when tonic drops the response stream
+/// (client gone, connection closed, or stream finished).
+struct StreamGuard {
+    hub: Arc<WatchHub>,
+    stream: u64,
+    receiver: JoinHandle<()>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.receiver.abort();
+        self.hub.close_stream(self.stream);
+    }
+}
+
+struct Sender {
+    hub: Arc<WatchHub>,
+    stream: u64,
+    notify: Arc<Notify>,
+    header: HeaderSource,
+    leader: Option<watch::Receiver<bool>>,
+    ticker: Option<Interval>,
+    done: bool,
+    _guard: StreamGuard,
+}
+
+impl Sender {
+    async fn next(&mut self) -> Option<Result<WatchResponse, Status>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if self.leader.as_ref().is_some_and(|rx| !*rx.borrow()) {
+                self.done = true;
+                return Some(Err(Status::unavailable(ERR_NO_LEADER)));
+            }
+            match self.hub.next(self.stream) {
+                Next::Send(mut resp) => {
+                    self.header.fill(&mut resp.header);
+                    return Some(Ok(resp));
+                }
+                Next::CatchUp(job) => {
+                    let hub = self.hub.clone();
+                    let stream = self.stream;
+                    // The store read is blocking I/O; keep it off the async workers.
+                    let joined =
+                        tokio::task::spawn_blocking(move || hub.catch_up(stream, job)).await;
+                    if let Err(err) = joined {
+                        warn!(stream, error = %err, "watch catch-up task failed");
+                        self.done = true;
+                        return Some(Err(Status::internal("watch catch-up failed")));
+                    }
+                }
+                Next::Gone => {
+                    self.done = true;
+                    return None;
+                }
+                Next::Idle => {
+                    let notify = self.notify.clone();
+                    tokio::select! {
+                        _ = notify.notified() => {}
+                        _ = tick(&mut self.ticker) => self.hub.progress_tick(self.stream),
+                        _ = leader_changed(&mut self.leader) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn tick(ticker: &mut Option<Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the leader flag changes; never, when the stream did not ask for it or the
+/// flag's owner is gone.
+async fn leader_changed(leader: &mut Option<watch::Receiver<bool>>) {
+    let Some(rx) = leader.as_mut() else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        *leader = None;
+    }
+}
