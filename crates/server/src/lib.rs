@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod authority;
 pub mod cluster;
 pub mod compactor;
 pub mod config;

@@ -253,6 +253,17 @@ fn nodelay_incoming(
     })
 }
 
+/// Client connections: Nagle off, and the `:authority` repair of [`crate::authority`] so
+/// that Go clients which put a URL there are served as etcd serves them.
+fn client_incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<
+    Item = std::io::Result<crate::authority::AuthorityFix<tokio::net::TcpStream>>,
+> {
+    use tokio_stream::StreamExt;
+    nodelay_incoming(listener).map(|s| s.map(crate::authority::AuthorityFix::new))
+}
+
 async fn bind(u: &url::Url) -> Result<TcpListener> {
     let host = u
         .host_str()
@@ -565,7 +576,7 @@ impl Member {
                         .max_decoding_message_size(max_msg),
                 );
             let mut stop = stop_rx.clone();
-            let incoming = nodelay_incoming(listener);
+            let incoming = client_incoming(listener);
             let url = u.to_string();
             tasks.push(tokio::spawn(async move {
                 let signal = async move {
