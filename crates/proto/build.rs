@@ -5,7 +5,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("PROTOC", protoc) };
     let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
-    let protos = ["proto/kv.proto", "proto/auth.proto", "proto/rpc.proto", "proto/ferrokv.proto"];
+    let protos = [
+        "proto/kv.proto",
+        "proto/auth.proto",
+        "proto/rpc.proto",
+        "proto/ferrokv.proto",
+    ];
     tonic_prost_build::configure()
         .build_server(grpc)
         .build_client(grpc)

@@ -159,8 +159,8 @@ impl<T> AuthorityFix<T> {
                     encoder: hpack::Encoder::new(),
                     pending: None,
                 };
-                let priority = headers_payload(&frame[FRAME_HEADER_LEN..], flags)
-                    .and_then(|(p, _)| p);
+                let priority =
+                    headers_payload(&frame[FRAME_HEADER_LEN..], flags).and_then(|(p, _)| p);
                 let fields = fields.unwrap_or_default();
                 tracing::debug!(
                     "client sent an HTTP/2 :authority that is not one; repairing this connection"
@@ -503,7 +503,10 @@ mod tests {
             input.extend(headers_frame(1 + 2 * i as u32, FLAG_END_HEADERS, &block));
         }
         let (out, blocks) = through(input).await;
-        assert_eq!(&out[PREFACE.len()..PREFACE.len() + 9], &[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            &out[PREFACE.len()..PREFACE.len() + 9],
+            &[0, 0, 0, 4, 0, 0, 0, 0, 0]
+        );
         assert_eq!(blocks.len(), 3);
         for b in &blocks {
             assert_eq!(authority_of(b).as_deref(), Some("127.0.0.1:2379"));

@@ -128,7 +128,10 @@ pub fn to_status(err: &Error) -> Status {
         Error::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
         Error::RequestTooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
         Error::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
-        Error::NoSpace => (Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
+        Error::NoSpace => (
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        ),
         Error::MemberNotFound => (Code::NotFound, "etcdserver: member not found"),
         Error::InvalidPeerUrls => (
             Code::InvalidArgument,

@@ -209,7 +209,10 @@ async fn kv_put_get_delete_txn_compact() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::OutOfRange);
-    assert_eq!(e.message(), "etcdserver: mvcc: required revision has been compacted");
+    assert_eq!(
+        e.message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
     let e = kv
         .compact(CompactionRequest {
             revision: 4,
@@ -217,7 +220,10 @@ async fn kv_put_get_delete_txn_compact() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.message(), "etcdserver: mvcc: required revision has been compacted");
+    assert_eq!(
+        e.message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
     let e = kv
         .range(RangeRequest {
             revision: 100,
@@ -226,7 +232,10 @@ async fn kv_put_get_delete_txn_compact() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::OutOfRange);
-    assert_eq!(e.message(), "etcdserver: mvcc: required revision is a future revision");
+    assert_eq!(
+        e.message(),
+        "etcdserver: mvcc: required revision is a future revision"
+    );
 
     stop(m).await;
 }
@@ -860,7 +869,10 @@ async fn quota_raises_nospace_and_refuses_writes() {
     let e = kv.put(put("a", "b")).await.unwrap_err();
     assert_eq!(
         (e.code(), e.message()),
-        (Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded")
+        (
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded"
+        )
     );
     let alarms = MaintenanceClient::new(ch.clone())
         .alarm(AlarmRequest::default())
@@ -910,7 +922,9 @@ async fn periodic_auto_compaction() {
             })
             .await
         {
-            Err(e) if e.message() == "etcdserver: mvcc: required revision has been compacted" => break,
+            Err(e) if e.message() == "etcdserver: mvcc: required revision has been compacted" => {
+                break
+            }
             _ => {}
         }
         assert!(

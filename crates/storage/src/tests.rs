@@ -1393,7 +1393,9 @@ fn compaction_rules() {
     // A watch may start at exactly the compacted revision (etcd serves it): whatever of
     // revisions >= 4 survived compaction comes back.
     let from_compacted = s.events_since(4, b"\0", b"\0", false, 100).unwrap();
-    assert!(from_compacted.iter().all(|e| e.kv.as_ref().unwrap().mod_revision >= 4));
+    assert!(from_compacted
+        .iter()
+        .all(|e| e.kv.as_ref().unwrap().mod_revision >= 4));
     assert_eq!(
         from_compacted.len(),
         s.events_since(5, b"\0", b"\0", false, 100).unwrap().len()

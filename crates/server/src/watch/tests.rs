@@ -464,4 +464,3 @@ async fn watch_service_client_gone_cleans_up() {
     // Publishing after the client left is harmless.
     h.log.put(&h.hub, b"a", b"1");
 }
-
