@@ -1,0 +1,52 @@
+//! `etcd-client` and raw tonic clients for a member.
+
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use ferrokv_proto::etcdserverpb::kv_client::KvClient;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::{Member, Result};
+
+fn tls_config(m: &Member) -> Result<Option<ClientTlsConfig>> {
+    let Some(t) = &m.opts.tls else {
+        return Ok(None);
+    };
+    let ca = std::fs::read(&t.ca_cert)?;
+    let cert = std::fs::read(&t.client_cert)?;
+    let key = std::fs::read(&t.client_key)?;
+    Ok(Some(
+        TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(cert, key))
+            .domain_name("localhost"),
+    ))
+}
+
+/// An `etcd-client` for `m`. No per-request timeout is set because it would also cut long-lived
+/// watch streams; tests bound their waits with `tokio::time::timeout` instead.
+pub async fn connect(m: &Member) -> Result<Client> {
+    let mut opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
+    if let Some(tls) = tls_config(m)? {
+        opts = opts.with_tls(tls);
+    }
+    Ok(Client::connect([m.client_url.as_str()], Some(opts)).await?)
+}
+
+/// A raw generated KV client, for requests `etcd-client` cannot build (invalid enums).
+pub async fn raw_kv(m: &Member) -> Result<KvClient<Channel>> {
+    let mut ep =
+        Endpoint::from_shared(m.client_url.clone())?.connect_timeout(Duration::from_secs(2));
+    if let Some(tls) = tls_config(m)? {
+        ep = ep.tls_config(tls)?;
+    }
+    Ok(KvClient::new(ep.connect().await?))
+}
+
+/// The gRPC code and message of a failed call (`None` for non-gRPC errors).
+pub fn grpc_error(e: &etcd_client::Error) -> Option<(tonic::Code, String)> {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => Some((s.code(), s.message().to_string())),
+        _ => None,
+    }
+}
