@@ -1,4 +1,5 @@
-//! Member management against real member processes (the reference `etcd`).
+//! Member management against real member processes: the reference `etcd` and `ferrokv`.
+//! Every scenario runs against both; etcd is the control.
 //!
 //! The test plays the part of Kubernetes (it starts and stops member processes instead of
 //! pods) and otherwise runs the controller's own code: `MemberClient` observes the members,
@@ -9,6 +10,7 @@ use ferrokv_operator::certs::{self, LeafKind};
 use ferrokv_operator::members::{ClientTls, ClusterView, MemberClient};
 use ferrokv_operator::plan::{self, Observed, ObservedPod, PlanConfig, Step};
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -49,8 +51,52 @@ impl Drop for Member {
     }
 }
 
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Etcd,
+    Ferrokv,
+}
+
+impl Backend {
+    /// The member binary, or None (with the reason printed) when this machine lacks it.
+    fn binary(self) -> Option<PathBuf> {
+        match self {
+            Backend::Etcd => {
+                let ok = Command::new("etcd")
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !ok {
+                    eprintln!("skipped: etcd not installed (apt-get install etcd-server)");
+                }
+                ok.then(|| PathBuf::from("etcd"))
+            }
+            // `make test` builds every binary before it runs the tests; a missing ferrokv is
+            // a broken set-up, not a reason to skip.
+            Backend::Ferrokv => Some(std::env::var_os("FERROKV_BIN").map_or_else(
+                || {
+                    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+                        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+                        PathBuf::from,
+                    );
+                    let bin = target.join("debug").join("ferrokv");
+                    assert!(
+                        bin.is_file(),
+                        "{} missing: run `cargo build -p ferrokv` first (or set FERROKV_BIN)",
+                        bin.display()
+                    );
+                    bin
+                },
+                PathBuf::from,
+            )),
+        }
+    }
+}
+
 /// The stand-in for Kubernetes: member processes keyed by name, data dirs in a tempdir.
 struct Processes {
+    bin: PathBuf,
     dir: tempfile::TempDir,
     members: BTreeMap<String, Member>,
     /// With TLS: the operator's client identity; member certs are in `dir/tls`.
@@ -102,7 +148,7 @@ impl Processes {
             Vec::new()
         };
         let m = self.members.get_mut(name).expect("reserved");
-        let child = Command::new("etcd")
+        let child = Command::new(&self.bin)
             .arg(format!("--name={name}"))
             .arg(format!("--data-dir={}", data.display()))
             .arg(format!("--listen-client-urls={}", m.client_url()))
@@ -118,7 +164,7 @@ impl Processes {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn etcd");
+            .expect("spawn member");
         m.child = Some(child);
         m.started_at = Instant::now();
     }
@@ -157,14 +203,6 @@ impl Processes {
             .find(|(_, m)| m.peer_url() == url)
             .map(|(n, _)| n.clone())
     }
-}
-
-fn etcd_available() -> bool {
-    Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// What the controller's observe step produces, with processes in place of pods.
@@ -293,12 +331,21 @@ async fn voters(procs: &Processes) -> Vec<(String, bool)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grow_promote_move_leader_shrink_while_writing() {
-    if !etcd_available() {
-        eprintln!("skipped: etcd not installed (apt-get install etcd-server)");
+async fn grow_promote_move_leader_shrink_while_writing_etcd() {
+    grow_promote_move_leader_shrink_while_writing(Backend::Etcd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grow_promote_move_leader_shrink_while_writing_ferrokv() {
+    grow_promote_move_leader_shrink_while_writing(Backend::Ferrokv).await;
+}
+
+async fn grow_promote_move_leader_shrink_while_writing(backend: Backend) {
+    let Some(bin) = backend.binary() else {
         return;
-    }
+    };
     let mut procs = Processes {
+        bin,
         dir: tempfile::tempdir().expect("tempdir"),
         members: BTreeMap::new(),
         tls: None,
@@ -449,11 +496,19 @@ async fn grow_promote_move_leader_shrink_while_writing() {
 /// with them (`--client-cert-auth`, `--peer-client-cert-auth`), and the operator's
 /// `MemberClient` grows the cluster over TLS with its client certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_certificates_secure_client_and_peer_traffic() {
-    if !etcd_available() {
-        eprintln!("skipped: etcd not installed (apt-get install etcd-server)");
+async fn operator_certificates_secure_client_and_peer_traffic_etcd() {
+    operator_certificates_secure_client_and_peer_traffic(Backend::Etcd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_certificates_secure_client_and_peer_traffic_ferrokv() {
+    operator_certificates_secure_client_and_peer_traffic(Backend::Ferrokv).await;
+}
+
+async fn operator_certificates_secure_client_and_peer_traffic(backend: Backend) {
+    let Some(bin) = backend.binary() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let now = time::OffsetDateTime::now_utc();
     let life = Duration::from_secs(90 * 86400);
@@ -481,6 +536,7 @@ async fn operator_certificates_secure_client_and_peer_traffic() {
         key: op.key.clone(),
     };
     let mut procs = Processes {
+        bin,
         dir,
         members: BTreeMap::new(),
         tls: Some(tls.clone()),
@@ -521,12 +577,21 @@ async fn operator_certificates_secure_client_and_peer_traffic() {
 /// A member whose data is lost is removed and replaced by a new member with a new name; when
 /// removing would lose quorum, nothing is removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lost_member_is_replaced_but_never_at_the_cost_of_quorum() {
-    if !etcd_available() {
-        eprintln!("skipped: etcd not installed (apt-get install etcd-server)");
+async fn lost_member_is_replaced_but_never_at_the_cost_of_quorum_etcd() {
+    lost_member_is_replaced_but_never_at_the_cost_of_quorum(Backend::Etcd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_member_is_replaced_but_never_at_the_cost_of_quorum_ferrokv() {
+    lost_member_is_replaced_but_never_at_the_cost_of_quorum(Backend::Ferrokv).await;
+}
+
+async fn lost_member_is_replaced_but_never_at_the_cost_of_quorum(backend: Backend) {
+    let Some(bin) = backend.binary() else {
         return;
-    }
+    };
     let mut procs = Processes {
+        bin,
         dir: tempfile::tempdir().expect("tempdir"),
         members: BTreeMap::new(),
         tls: None,

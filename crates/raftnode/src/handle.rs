@@ -6,7 +6,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::eraftpb::{ConfChangeV2, Message};
 use crate::read_index::ReadReply;
-use crate::{Error, RaftStatus, Result};
+use crate::{Error, Progress, RaftStatus, Result};
 
 pub(crate) enum Command {
     Propose {
@@ -24,6 +24,9 @@ pub(crate) enum Command {
     TransferLeader {
         to: u64,
         reply: oneshot::Sender<Result<()>>,
+    },
+    Progress {
+        reply: oneshot::Sender<Result<Progress>>,
     },
     DurableApplied(u64),
     Unreachable(u64),
@@ -87,6 +90,12 @@ impl RaftHandle {
     pub async fn transfer_leader(&self, to: u64) -> Result<()> {
         self.call(|reply| Command::TransferLeader { to, reply })
             .await
+    }
+
+    /// The leader's view of how far each member's log matches its own (`NotLeader` on a
+    /// follower): what decides whether a learner has caught up enough to be promoted.
+    pub async fn progress(&self) -> Result<Progress> {
+        self.call(|reply| Command::Progress { reply }).await
     }
 
     /// The apply loop reports the highest index that storage has made DURABLE (fsync'd); only

@@ -115,6 +115,26 @@ pub struct RaftStatus {
     pub learners: Vec<u64>,
 }
 
+/// The leader's replication progress, from [`RaftHandle::progress`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The last index of the leader's log.
+    pub last_index: u64,
+    /// (member id, highest index known to match the leader's log), voters and learners,
+    /// sorted by id; the leader's own entry is its last index.
+    pub matched: Vec<(u64, u64)>,
+}
+
+impl Progress {
+    /// etcd's rule for promoting a learner: its log matches at least 90% of the leader's.
+    pub fn is_caught_up(&self, id: u64) -> bool {
+        self.matched
+            .iter()
+            .find(|(m, _)| *m == id)
+            .is_some_and(|(_, matched)| *matched as f64 >= self.last_index as f64 * 0.9)
+    }
+}
+
 /// Opens or creates the WAL under `member_dir/wal`, rebuilds the raft log, starts the node on
 /// its own OS thread. The JoinHandle ends with Err on a fatal error (WAL write/fsync failure):
 /// the member must then exit (fail-stop).
@@ -162,4 +182,21 @@ pub(crate) fn wal_dir(member_dir: &Path) -> PathBuf {
 
 pub(crate) fn snap_dir(member_dir: &Path) -> PathBuf {
     member_dir.join("snap")
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::Progress;
+
+    #[test]
+    fn caught_up_means_ninety_percent_of_the_leaders_log() {
+        let p = Progress {
+            last_index: 100,
+            matched: vec![(1, 100), (2, 90), (3, 89), (4, 0)],
+        };
+        let rows = [(1, true), (2, true), (3, false), (4, false), (9, false)];
+        for (id, want) in rows {
+            assert_eq!(p.is_caught_up(id), want, "member {id}");
+        }
+    }
 }

@@ -507,6 +507,25 @@ impl RaftLoop {
                 };
                 let _ = reply.send(r);
             }
+            Command::Progress { reply } => {
+                let r = if self.raw.raft.state == StateRole::Leader {
+                    let mut matched: Vec<(u64, u64)> = self
+                        .raw
+                        .raft
+                        .prs()
+                        .iter()
+                        .map(|(id, pr)| (*id, pr.matched))
+                        .collect();
+                    matched.sort_unstable();
+                    Ok(crate::Progress {
+                        last_index: self.raw.raft.raft_log.last_index(),
+                        matched,
+                    })
+                } else {
+                    Err(Error::NotLeader)
+                };
+                let _ = reply.send(r);
+            }
             Command::DurableApplied(index) => {
                 self.durable_applied = self.durable_applied.max(index);
             }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrokv_proto::etcdserverpb::{
-    cluster_server::Cluster, Member, MemberAddRequest, MemberAddResponse, MemberListRequest,
-    MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest,
-    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+    cluster_client::ClusterClient, cluster_server::Cluster, Member, MemberAddRequest,
+    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse,
 };
 use ferrokv_proto::ferrokvpb::ConfChangeContext;
 use ferrokv_raftnode::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
@@ -243,6 +244,32 @@ impl Cluster for ClusterService {
         };
         if !member.is_learner {
             return Err(to_status(&Error::NotLearner));
+        }
+        // Only the leader knows how far the learner's log is, so it decides: a follower
+        // hands the request to the leader's peer port, which serves this service too.
+        let status = self.core.status();
+        if status.leader_id != status.id {
+            let channel = self
+                .core
+                .leader_channel()
+                .await
+                .map_err(|e| to_status(&e))?;
+            let mut resp = ClusterClient::new(channel)
+                .member_promote(MemberPromoteRequest { id })
+                .await?
+                .into_inner();
+            resp.header = Some(self.core.header_now());
+            return Ok(Response::new(resp));
+        }
+        let progress = self
+            .core
+            .raft
+            .progress()
+            .await
+            .map_err(|e| to_status(&Error::from(e)))?;
+        if !progress.is_caught_up(id) {
+            // A voter that cannot keep up would only weaken quorum; etcd refuses the same way.
+            return Err(to_status(&Error::LearnerNotReady));
         }
         let members = self
             .change(ConfChangeType::AddNode, member, |l| {

@@ -39,6 +39,8 @@ pub enum Error {
     PeerUrlsExist,
     #[error("etcdserver: can only promote a learner member")]
     NotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
     #[error("etcdserver: rpc not supported for learner")]
     LearnerRpc,
     #[error("etcdserver: bad leader transferee")]
@@ -148,6 +150,10 @@ pub fn to_status(err: &Error) -> Status {
         Error::NotLearner => (
             Code::FailedPrecondition,
             "etcdserver: can only promote a learner member",
+        ),
+        Error::LearnerNotReady => (
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member which is in sync with leader",
         ),
         Error::BadLeaderTransferee => (
             Code::FailedPrecondition,
@@ -308,6 +314,11 @@ mod tests {
                 Error::NotLearner,
                 Code::FailedPrecondition,
                 "etcdserver: can only promote a learner member",
+            ),
+            (
+                Error::LearnerNotReady,
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
             ),
             (
                 Error::LearnerRpc,

@@ -1117,6 +1117,18 @@ async fn member_add_join_promote_remove() {
     let new_id = added.member.unwrap().id;
     assert_eq!(added.members.len(), 2);
     assert!(added.members.iter().any(|m| m.id == new_id && m.is_learner));
+    // Not started yet, so its log matches none of the leader's: etcd's in-sync rule refuses.
+    let early = cl
+        .member_promote(MemberPromoteRequest { id: new_id })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (early.code(), early.message()),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member which is in sync with leader"
+        )
+    );
 
     let mut cfg1 = config(d1.path(), "joiner");
     cfg1.listen_peer_urls = vec![p1.clone()];
