@@ -23,6 +23,13 @@ async fn client_cert_auth(b: Backend) {
     // With the CA and a client certificate signed by it: works.
     assert_eq!(m.ctl(&["put", "secure", "yes"]).ok().trim(), "OK");
     assert_eq!(m.ctl(&["get", "secure"]).lines(), ["secure", "yes"]);
+    // etcdctl 3.4 dials endpoint status with the https URL as its HTTP/2 :authority.
+    let st = m.ctl(&["endpoint", "status", "-w", "json"]).json();
+    assert_eq!(st[0]["Endpoint"], m.client_url.as_str(), "{st}");
+    assert!(
+        st[0]["Status"]["raftIndex"].as_u64().unwrap_or(0) >= 1,
+        "{st}"
+    );
 
     let ca = format!("--cacert={}", tls.ca_cert.display());
     // Without a client certificate: refused.

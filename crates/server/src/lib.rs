@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod auth;
 pub mod authority;
+pub mod client_tls;
 pub mod cluster;
 pub mod compactor;
 pub mod config;

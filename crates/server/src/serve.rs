@@ -388,8 +388,9 @@ impl Member {
         // so a failed start leaves no threads behind and the data dir closed.
         let mut client_listeners = Vec::new();
         for u in &cfg.listen_client_urls {
+            // The rustls config is built now, so bad certificates fail the start-up early.
             let tls = match u.scheme() {
-                "https" => Some(tls_config(&cfg.client_tls)?),
+                "https" => Some(crate::client_tls::acceptor(&cfg.client_tls)?),
                 "http" => None,
                 _ => {
                     return Err(Error::Config(format!(
@@ -397,12 +398,6 @@ impl Member {
                     )))
                 }
             };
-            if let Some(t) = &tls {
-                // Builds the rustls config now, so bad certificates fail the start-up early.
-                Server::builder()
-                    .tls_config(t.clone())
-                    .map_err(|e| Error::Tls(e.to_string()))?;
-            }
             client_listeners.push((u.clone(), bind(u).await?, tls));
         }
         let mut metrics_listeners = Vec::new();
@@ -541,11 +536,6 @@ impl Member {
             let mut builder = Server::builder()
                 .accept_http1(true)
                 .layer(crate::http::ClientPortEndpoints::new(core.clone()));
-            if let Some(tls) = tls {
-                builder = builder
-                    .tls_config(tls)
-                    .map_err(|e| Error::Tls(e.to_string()))?;
-            }
             let (health_reporter, health_service) = tonic_health::server::health_reporter();
             health_reporter
                 .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -576,16 +566,32 @@ impl Member {
                         .max_decoding_message_size(max_msg),
                 );
             let mut stop = stop_rx.clone();
-            let incoming = client_incoming(listener);
             let url = u.to_string();
-            tasks.push(tokio::spawn(async move {
-                let signal = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
-                    tracing::error!(url, error = %e, "gRPC server failed");
+            let signal = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            // TLS is terminated by ferrokv (client_tls), not tonic, so the two arms serve
+            // different stream types.
+            tasks.push(match tls {
+                Some(acceptor) => {
+                    let incoming = crate::client_tls::incoming(listener, acceptor, stop_rx.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await
+                        {
+                            tracing::error!(url, error = %e, "gRPC server failed");
+                        }
+                    })
                 }
-            }));
+                None => {
+                    let incoming = client_incoming(listener);
+                    tokio::spawn(async move {
+                        if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await
+                        {
+                            tracing::error!(url, error = %e, "gRPC server failed");
+                        }
+                    })
+                }
+            });
             tracing::info!(url = %u, %addr, "serving client requests");
         }
 

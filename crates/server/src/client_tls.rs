@@ -1,0 +1,134 @@
+//! TLS on `https` client URLs, terminated here instead of inside tonic so that the
+//! `:authority` repair of [`crate::authority`] runs on the decrypted HTTP/2 stream: etcdctl 3.4
+//! sends a URL there over TLS too.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::authority::AuthorityFix;
+use crate::config::TlsFiles;
+use crate::error::{Error, Result};
+
+/// A client that opens a connection and never finishes the handshake must not hold a task
+/// forever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds the rustls server config from etcd's client TLS flags: the certificate and key,
+/// and with `--client-cert-auth` a verifier that requires a client certificate signed by
+/// `--trusted-ca-file`.
+pub fn acceptor(tls: &TlsFiles) -> Result<TlsAcceptor> {
+    let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
+        return Err(Error::Config(
+            "https listen URL needs --cert-file and --key-file".into(),
+        ));
+    };
+    let certs = read_certs(cert)?;
+    let key = read_key(key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let builder = if tls.client_cert_auth {
+        let Some(ca) = &tls.trusted_ca_file else {
+            return Err(Error::Config(
+                "--client-cert-auth needs --trusted-ca-file".into(),
+            ));
+        };
+        let mut roots = RootCertStore::empty();
+        for c in read_certs(ca)? {
+            roots
+                .add(c)
+                .map_err(|e| Error::Tls(format!("{}: {e}", ca.display())))?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut cfg = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Tls(format!("{}: {e}", cert.display())))?;
+    // h2 for gRPC; http/1.1 for /health, /metrics and /version on the same port.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Tls(format!("cannot read {}: {e}", path.display())))
+}
+
+fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = read(path)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Tls(format!(
+            "{}: no PEM certificate in it",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?
+        .ok_or_else(|| Error::Tls(format!("{}: no PEM private key in it", path.display())))
+}
+
+/// Accepted, handshaken client connections. Handshakes run concurrently, each in its own
+/// task, so one slow client does not hold up the others; a failed handshake (no or a foreign
+/// client certificate) only closes that connection. The accept loop ends with `stop`.
+pub fn incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    mut stop: watch::Receiver<bool>,
+) -> ReceiverStream<io::Result<AuthorityFix<TlsStream<TcpStream>>>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a client connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "set TCP_NODELAY failed");
+            }
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(AuthorityFix::new(tls))).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
