@@ -635,3 +635,106 @@ async fn lost_member_is_replaced_but_never_at_the_cost_of_quorum(backend: Backen
     let (_, list) = client.list().await.expect("member list from the survivor");
     assert_eq!(list.len(), 3, "a member was removed without quorum");
 }
+
+/// etcd's strict reconfiguration check, which the operator relies on as a second line of
+/// defence: with one of three voters down, adding a voter or a learner or removing a live
+/// voter is refused ("unhealthy cluster"), removing the dead voter works, and then a second
+/// learner is refused.
+/// Asked through every running member, so followers must answer like the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconfiguration_that_would_lose_quorum_is_refused_etcd() {
+    reconfiguration_that_would_lose_quorum_is_refused(Backend::Etcd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconfiguration_that_would_lose_quorum_is_refused_ferrokv() {
+    reconfiguration_that_would_lose_quorum_is_refused(Backend::Ferrokv).await;
+}
+
+async fn reconfiguration_that_would_lose_quorum_is_refused(backend: Backend) {
+    let Some(bin) = backend.binary() else {
+        return;
+    };
+    let mut procs = Processes {
+        bin,
+        dir: tempfile::tempdir().expect("tempdir"),
+        members: BTreeMap::new(),
+        tls: None,
+    };
+    let mut next = 0u64;
+    converge(&mut procs, &mut next, 3).await;
+    let view = procs.client().observe().await.expect("view");
+    let id_of = |name: &str| {
+        view.members
+            .iter()
+            .find(|(m, _)| m.name == name)
+            .map(|(m, _)| m.id)
+            .expect("member")
+    };
+    let (live, dead) = (id_of("kv-1"), id_of("kv-2"));
+    procs.kill_and_wipe("kv-2");
+    // Past every member's notion of "recently connected".
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let spare = format!("http://127.0.0.1:{}", free_port());
+    for endpoint in procs.endpoints() {
+        let mut c = etcd_client::Client::connect([endpoint.clone()], None)
+            .await
+            .expect("connect");
+        let add = c
+            .member_add([spare.clone()], None)
+            .await
+            .expect_err("voter added with a voter down");
+        assert!(
+            add.to_string().contains("etcdserver: unhealthy cluster"),
+            "{endpoint}: {add}"
+        );
+        let add = c
+            .member_add(
+                [spare.clone()],
+                Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+            )
+            .await
+            .expect_err("learner added with a voter down");
+        assert!(
+            add.to_string().contains("etcdserver: unhealthy cluster"),
+            "{endpoint}: {add}"
+        );
+        let remove = c
+            .member_remove(live)
+            .await
+            .expect_err("live voter removed with another voter down");
+        assert!(
+            remove.to_string().contains("etcdserver: unhealthy cluster"),
+            "{endpoint}: {remove}"
+        );
+    }
+    let mut c = etcd_client::Client::connect(procs.endpoints(), None)
+        .await
+        .expect("connect");
+    c.member_remove(dead).await.expect("remove the dead voter");
+    let learner = c
+        .member_add(
+            [spare.clone()],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .expect("a learner may be added to two healthy voters");
+    let second = c
+        .member_add(
+            [format!("http://127.0.0.1:{}", free_port())],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .expect_err("second learner");
+    assert!(
+        second
+            .to_string()
+            .contains("etcdserver: too many learner members in cluster"),
+        "{second}"
+    );
+    let learner_id = learner.member().map(|m| m.id()).expect("added member");
+    c.member_remove(learner_id).await.expect("remove learner");
+    let left = c.member_list().await.expect("list");
+    assert_eq!(left.members().len(), 2, "{:?}", left.members());
+}

@@ -123,6 +123,9 @@ pub struct Progress {
     /// (member id, highest index known to match the leader's log), voters and learners,
     /// sorted by id; the leader's own entry is its last index.
     pub matched: Vec<(u64, u64)>,
+    /// Members (the leader included) the leader heard from within the last election timeout,
+    /// sorted by id.
+    pub active: Vec<u64>,
 }
 
 impl Progress {
@@ -193,6 +196,7 @@ mod progress_tests {
         let p = Progress {
             last_index: 100,
             matched: vec![(1, 100), (2, 90), (3, 89), (4, 0)],
+            active: vec![1, 2, 3],
         };
         let rows = [(1, true), (2, true), (3, false), (4, false), (9, false)];
         for (id, want) in rows {

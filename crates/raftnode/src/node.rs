@@ -120,6 +120,8 @@ pub(crate) fn start(
         conf_history: Vec::new(),
         shutdown: None,
         stop: false,
+        last_heard: std::collections::HashMap::new(),
+        active_window: election,
     };
     let base_conf = node.raw.raft.prs().conf().to_conf_state();
     node.conf_history
@@ -402,6 +404,11 @@ struct RaftLoop {
     conf_history: Vec<(u64, ConfState)>,
     shutdown: Option<oneshot::Sender<()>>,
     stop: bool,
+    /// When a message from each peer last arrived; a peer heard from within `active_window`
+    /// counts as active for etcd's reconfiguration checks (raft's own `recent_active` is
+    /// reset every election timeout, so it reads false for healthy peers part of the time).
+    last_heard: std::collections::HashMap<u64, Instant>,
+    active_window: Duration,
 }
 
 impl RaftLoop {
@@ -493,6 +500,7 @@ impl RaftLoop {
             Command::ReadIndex { reply } => self.reads.queue(reply),
             Command::Step(msg) => {
                 let (from, ty) = (msg.from, msg.get_msg_type());
+                self.last_heard.insert(from, Instant::now());
                 if let Err(e) = self.raw.step(msg) {
                     // Stale or unknown peers are normal during membership changes.
                     tracing::debug!(from, msg_type = ?ty, error = %e, "raft ignored a peer message");
@@ -517,9 +525,23 @@ impl RaftLoop {
                         .map(|(id, pr)| (*id, pr.matched))
                         .collect();
                     matched.sort_unstable();
+                    let now = Instant::now();
+                    let mut active: Vec<u64> = matched
+                        .iter()
+                        .map(|(id, _)| *id)
+                        .filter(|id| {
+                            *id == self.id
+                                || self
+                                    .last_heard
+                                    .get(id)
+                                    .is_some_and(|t| now.duration_since(*t) <= self.active_window)
+                        })
+                        .collect();
+                    active.sort_unstable();
                     Ok(crate::Progress {
                         last_index: self.raw.raft.raft_log.last_index(),
                         matched,
+                        active,
                     })
                 } else {
                     Err(Error::NotLeader)

@@ -36,6 +36,23 @@ impl ClusterService {
             .await
     }
 
+    /// On a follower: a client for the leader's peer port (which serves this service too),
+    /// because only the leader knows which members are connected and caught up. None on the
+    /// leader.
+    async fn leader_client(&self) -> Result<Option<ClusterClient<tonic::transport::Channel>>> {
+        let status = self.core.status();
+        if status.leader_id == status.id {
+            return Ok(None);
+        }
+        Ok(Some(ClusterClient::new(self.core.leader_channel().await?)))
+    }
+
+    /// On the leader: etcd's strict reconfiguration check for `change`.
+    async fn check_reconfig(&self, change: Reconfig, members: &[Member]) -> Result<()> {
+        let progress = self.core.raft.progress().await?;
+        check_reconfig(change, members, &progress)
+    }
+
     /// Proposes one conf change and waits until the member list shows its effect.
     async fn change(
         &self,
@@ -67,6 +84,68 @@ impl ClusterService {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// A membership change, as etcd's strict reconfiguration check sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reconfig {
+    AddVoter,
+    AddLearner,
+    Remove(u64),
+    Promote(u64),
+}
+
+/// etcd allows one learner at a time.
+const MAX_LEARNERS: usize = 1;
+
+/// etcd's `--strict-reconfig-check` (on by default), decided on the leader from its view of
+/// the members: a change is refused when it would leave the cluster without a working
+/// quorum, or when the learner is not ready to vote. "Active" stands in for etcd's "started
+/// and connected": the leader heard from the member within the last election timeout.
+pub fn check_reconfig(
+    change: Reconfig,
+    members: &[Member],
+    progress: &ferrokv_raftnode::Progress,
+) -> Result<()> {
+    let voters: Vec<u64> = members
+        .iter()
+        .filter(|m| !m.is_learner)
+        .map(|m| m.id)
+        .collect();
+    let active = |id: &u64| progress.active.contains(id);
+    let quorum = |n: usize| n / 2 + 1;
+    match change {
+        Reconfig::AddLearner | Reconfig::AddVoter => {
+            // A new voter raises the quorum before it has any data, so every current voter
+            // must be reachable; etcd asks the same before it adds a learner.
+            if !voters.iter().all(active) {
+                return Err(Error::Unhealthy);
+            }
+            if change == Reconfig::AddLearner
+                && members.iter().filter(|m| m.is_learner).count() >= MAX_LEARNERS
+            {
+                return Err(Error::TooManyLearners);
+            }
+        }
+        Reconfig::Remove(id) => {
+            if voters.contains(&id) {
+                let rest: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+                if rest.iter().filter(|v| active(v)).count() < quorum(rest.len()) {
+                    return Err(Error::Unhealthy);
+                }
+            }
+        }
+        Reconfig::Promote(id) => {
+            if !progress.is_caught_up(id) {
+                // A voter that cannot keep up would only weaken the quorum.
+                return Err(Error::LearnerNotReady);
+            }
+            if voters.iter().filter(|v| active(v)).count() + 1 < quorum(voters.len() + 1) {
+                return Err(Error::NotEnoughStartedMembers);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Peer URLs must be absolute http(s) URLs with a host and port and no path.
@@ -107,6 +186,19 @@ impl Cluster for ClusterService {
         {
             return Err(to_status(&Error::PeerUrlsExist));
         }
+        if let Some(mut leader) = self.leader_client().await.map_err(|e| to_status(&e))? {
+            let mut resp = leader.member_add(req).await?.into_inner();
+            resp.header = Some(self.core.header_now());
+            return Ok(Response::new(resp));
+        }
+        let change = if req.is_learner {
+            Reconfig::AddLearner
+        } else {
+            Reconfig::AddVoter
+        };
+        self.check_reconfig(change, &existing)
+            .await
+            .map_err(|e| to_status(&e))?;
         // etcd derives an added member's id from its URLs and the time of the request.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -148,6 +240,20 @@ impl Cluster for ClusterService {
         self.core.metrics.request("MemberRemove");
         let id = req.into_inner().id;
         let existing = self.members().await.map_err(|e| to_status(&e))?;
+        if !existing.iter().any(|m| m.id == id) {
+            return Err(to_status(&Error::MemberNotFound));
+        }
+        if let Some(mut leader) = self.leader_client().await.map_err(|e| to_status(&e))? {
+            let mut resp = leader
+                .member_remove(MemberRemoveRequest { id })
+                .await?
+                .into_inner();
+            resp.header = Some(self.core.header_now());
+            return Ok(Response::new(resp));
+        }
+        self.check_reconfig(Reconfig::Remove(id), &existing)
+            .await
+            .map_err(|e| to_status(&e))?;
         let Some(member) = existing.into_iter().find(|m| m.id == id) else {
             return Err(to_status(&Error::MemberNotFound));
         };
@@ -239,7 +345,7 @@ impl Cluster for ClusterService {
         self.core.metrics.request("MemberPromote");
         let id = req.into_inner().id;
         let existing = self.members().await.map_err(|e| to_status(&e))?;
-        let Some(member) = existing.into_iter().find(|m| m.id == id) else {
+        let Some(member) = existing.iter().find(|m| m.id == id).cloned() else {
             return Err(to_status(&Error::MemberNotFound));
         };
         if !member.is_learner {
@@ -247,30 +353,17 @@ impl Cluster for ClusterService {
         }
         // Only the leader knows how far the learner's log is, so it decides: a follower
         // hands the request to the leader's peer port, which serves this service too.
-        let status = self.core.status();
-        if status.leader_id != status.id {
-            let channel = self
-                .core
-                .leader_channel()
-                .await
-                .map_err(|e| to_status(&e))?;
-            let mut resp = ClusterClient::new(channel)
+        if let Some(mut leader) = self.leader_client().await.map_err(|e| to_status(&e))? {
+            let mut resp = leader
                 .member_promote(MemberPromoteRequest { id })
                 .await?
                 .into_inner();
             resp.header = Some(self.core.header_now());
             return Ok(Response::new(resp));
         }
-        let progress = self
-            .core
-            .raft
-            .progress()
+        self.check_reconfig(Reconfig::Promote(id), &existing)
             .await
-            .map_err(|e| to_status(&Error::from(e)))?;
-        if !progress.is_caught_up(id) {
-            // A voter that cannot keep up would only weaken quorum; etcd refuses the same way.
-            return Err(to_status(&Error::LearnerNotReady));
-        }
+            .map_err(|e| to_status(&e))?;
         let members = self
             .change(ConfChangeType::AddNode, member, |l| {
                 l.iter().any(|m| m.id == id && !m.is_learner)
@@ -288,6 +381,131 @@ impl Cluster for ClusterService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn member(id: u64, learner: bool) -> Member {
+        Member {
+            id,
+            is_learner: learner,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn strict_reconfig_rules() {
+        use ferrokv_raftnode::Progress;
+        let three = vec![member(1, false), member(2, false), member(3, false)];
+        let with_learner = vec![
+            member(1, false),
+            member(2, false),
+            member(3, false),
+            member(4, true),
+        ];
+        let all_up = Progress {
+            last_index: 100,
+            matched: vec![(1, 100), (2, 100), (3, 100), (4, 95)],
+            active: vec![1, 2, 3, 4],
+        };
+        let three_down = Progress {
+            active: vec![1, 2, 4],
+            ..all_up.clone()
+        };
+        let two_down = Progress {
+            active: vec![1, 4],
+            ..all_up.clone()
+        };
+        let learner_behind = Progress {
+            matched: vec![(1, 100), (2, 100), (3, 100), (4, 10)],
+            ..all_up.clone()
+        };
+        let rows: Vec<(&str, Reconfig, &Vec<Member>, &Progress, Option<Error>)> = vec![
+            ("learner added", Reconfig::AddLearner, &three, &all_up, None),
+            (
+                "learner added, one voter down",
+                Reconfig::AddLearner,
+                &three,
+                &three_down,
+                Some(Error::Unhealthy),
+            ),
+            (
+                "second learner",
+                Reconfig::AddLearner,
+                &with_learner,
+                &all_up,
+                Some(Error::TooManyLearners),
+            ),
+            (
+                "voter added, all up",
+                Reconfig::AddVoter,
+                &three,
+                &all_up,
+                None,
+            ),
+            (
+                "voter added, one voter down",
+                Reconfig::AddVoter,
+                &three,
+                &three_down,
+                Some(Error::Unhealthy),
+            ),
+            (
+                "voter added, two voters down",
+                Reconfig::AddVoter,
+                &three,
+                &two_down,
+                Some(Error::Unhealthy),
+            ),
+            (
+                "dead voter removed",
+                Reconfig::Remove(3),
+                &three,
+                &three_down,
+                None,
+            ),
+            (
+                "live voter removed while another is down",
+                Reconfig::Remove(2),
+                &three,
+                &three_down,
+                Some(Error::Unhealthy),
+            ),
+            (
+                "learner removed even without quorum",
+                Reconfig::Remove(4),
+                &with_learner,
+                &two_down,
+                None,
+            ),
+            (
+                "caught-up learner promoted",
+                Reconfig::Promote(4),
+                &with_learner,
+                &all_up,
+                None,
+            ),
+            (
+                "lagging learner promoted",
+                Reconfig::Promote(4),
+                &with_learner,
+                &learner_behind,
+                Some(Error::LearnerNotReady),
+            ),
+            (
+                "learner promoted without quorum",
+                Reconfig::Promote(4),
+                &with_learner,
+                &two_down,
+                Some(Error::NotEnoughStartedMembers),
+            ),
+        ];
+        for (name, change, members, progress, want) in rows {
+            let got = check_reconfig(change, members, progress).err();
+            assert_eq!(
+                got.map(|e| e.to_string()),
+                want.map(|e| e.to_string()),
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn peer_url_validation() {

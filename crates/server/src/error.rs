@@ -41,6 +41,12 @@ pub enum Error {
     NotLearner,
     #[error("etcdserver: can only promote a learner member which is in sync with leader")]
     LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
     #[error("etcdserver: rpc not supported for learner")]
     LearnerRpc,
     #[error("etcdserver: bad leader transferee")]
@@ -154,6 +160,15 @@ pub fn to_status(err: &Error) -> Status {
         Error::LearnerNotReady => (
             Code::FailedPrecondition,
             "etcdserver: can only promote a learner member which is in sync with leader",
+        ),
+        Error::TooManyLearners => (
+            Code::FailedPrecondition,
+            "etcdserver: too many learner members in cluster",
+        ),
+        Error::Unhealthy => (Code::Unavailable, "etcdserver: unhealthy cluster"),
+        Error::NotEnoughStartedMembers => (
+            Code::FailedPrecondition,
+            "etcdserver: re-configuration failed due to not enough started members",
         ),
         Error::BadLeaderTransferee => (
             Code::FailedPrecondition,
@@ -319,6 +334,21 @@ mod tests {
                 Error::LearnerNotReady,
                 Code::FailedPrecondition,
                 "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            (
+                Error::TooManyLearners,
+                Code::FailedPrecondition,
+                "etcdserver: too many learner members in cluster",
+            ),
+            (
+                Error::Unhealthy,
+                Code::Unavailable,
+                "etcdserver: unhealthy cluster",
+            ),
+            (
+                Error::NotEnoughStartedMembers,
+                Code::FailedPrecondition,
+                "etcdserver: re-configuration failed due to not enough started members",
             ),
             (
                 Error::LearnerRpc,

@@ -1129,6 +1129,22 @@ async fn member_add_join_promote_remove() {
             "etcdserver: can only promote a learner member which is in sync with leader"
         )
     );
+    // One learner at a time, as in etcd.
+    let p2 = format!("http://127.0.0.1:{}", free_port());
+    let second = cl
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![p2],
+            is_learner: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (second.code(), second.message()),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: too many learner members in cluster"
+        )
+    );
 
     let mut cfg1 = config(d1.path(), "joiner");
     cfg1.listen_peer_urls = vec![p1.clone()];
@@ -1189,8 +1205,20 @@ async fn member_add_join_promote_remove() {
         .into_inner();
     assert!(promoted.members.iter().all(|m| !m.is_learner));
 
-    // Now a voter: writes through it replicate, linearizable reads work on both.
-    kv1.put(put("after", "promote")).await.unwrap();
+    // Now a voter: writes through it replicate, linearizable reads work on both. The
+    // promotion is answered once the leader applied it; the joiner applies it a moment later
+    // and refuses writes as a learner until then (etcd has the same window).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match kv1.put(put("after", "promote")).await {
+            Ok(_) => break,
+            Err(e) if e.message() == "etcdserver: rpc not supported for learner" => {
+                assert!(std::time::Instant::now() < deadline, "still a learner: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("put through the promoted member: {e}"),
+        }
+    }
     assert_eq!(
         kv0.range(get("after")).await.unwrap().into_inner().kvs[0].value,
         b"promote"
