@@ -30,6 +30,10 @@ pub(crate) enum Command {
     },
     DurableApplied(u64),
     Unreachable(u64),
+    ReportSnapshot {
+        to: u64,
+        ok: bool,
+    },
     Shutdown {
         done: oneshot::Sender<()>,
     },
@@ -108,6 +112,12 @@ impl RaftHandle {
     /// appends to it and probes instead.
     pub fn report_unreachable(&self, id: u64) {
         let _ = self.send(Command::Unreachable(id));
+    }
+
+    /// Tell raft how sending a snapshot to `to` ended: on success it waits for the follower's
+    /// reply, on failure it probes the follower again (and may send a new snapshot).
+    pub fn report_snapshot(&self, to: u64, ok: bool) {
+        let _ = self.send(Command::ReportSnapshot { to, ok });
     }
 
     pub fn status(&self) -> watch::Receiver<RaftStatus> {

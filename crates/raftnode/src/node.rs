@@ -552,6 +552,14 @@ impl RaftLoop {
                 self.durable_applied = self.durable_applied.max(index);
             }
             Command::Unreachable(id) => self.raw.report_unreachable(id),
+            Command::ReportSnapshot { to, ok } => {
+                let status = if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
             Command::Shutdown { done } => {
                 self.shutdown = Some(done);
                 self.stop = true;
@@ -659,10 +667,11 @@ impl RaftLoop {
         self.mem.wl().apply_snapshot(snap)?;
         self.last_snapshot_index = meta.index;
         self.conf_history = vec![(meta.index, meta.get_conf_state().clone())];
-        tracing::warn!(
+        // The keyspace it stands for was installed by the server before raft saw the message.
+        tracing::info!(
             index = meta.index,
             term = meta.term,
-            "installed a raft snapshot from the leader; keyspace streaming is not implemented"
+            "installed a raft snapshot from the leader"
         );
         Ok(())
     }

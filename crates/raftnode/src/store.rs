@@ -1,18 +1,18 @@
 //! The raft log as raft sees it: `MemStorage` (the in-memory cache of the WAL) behind a thin
-//! wrapper that refuses to produce snapshots.
+//! wrapper.
 //!
-//! `MemStorage::snapshot` would hand a lagging follower a snapshot with metadata but no
-//! keyspace, and the follower would then believe it holds data it never received. Until the
-//! keyspace can be streamed, a snapshot is reported as temporarily unavailable; raft keeps the
-//! follower in probe state and retries, and the leader keeps enough catch-up entries in memory
-//! that a follower which is only a little behind never needs one.
+//! A snapshot raft asks for (to send a follower that needs entries the leader no longer has)
+//! carries only metadata: the index, term and configuration at the commit index. The keyspace
+//! travels beside it: the server's transport sees the outgoing `MsgSnapshot`, waits until its
+//! own keyspace has applied at least that index, and streams a copy of it with the message
+//! (`SendSnapshot`); the follower installs the keyspace before it lets raft see the message.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 
 use raft::eraftpb::{Entry, Snapshot};
 use raft::storage::MemStorage;
-use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use raft::{GetEntriesContext, RaftState, Storage};
 
 #[derive(Clone, Default)]
 pub(crate) struct LogStore {
@@ -58,23 +58,22 @@ impl Storage for LogStore {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let snap = self.mem.snapshot(request_index, to)?;
         let first_time = match self.warned.lock() {
             Ok(mut w) => w.insert(to),
             Err(_) => true,
         };
+        let index = snap.get_metadata().index;
         if first_time {
-            tracing::warn!(
+            tracing::info!(
                 peer = to,
-                request_index,
-                "follower needs a raft snapshot, keyspace streaming is not available yet; \
-                 it stays behind until the log can catch it up"
+                index,
+                "follower needs a snapshot of the keyspace"
             );
         } else {
-            tracing::debug!(peer = to, request_index, "snapshot still unavailable");
+            tracing::debug!(peer = to, index, "snapshot for a follower again");
         }
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+        Ok(snap)
     }
 }
 
@@ -83,15 +82,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn snapshot_is_always_unavailable() {
-        let s = LogStore::new(MemStorage::new());
-        for _ in 0..3 {
-            assert!(matches!(
-                s.snapshot(5, 2),
-                Err(raft::Error::Store(
-                    StorageError::SnapshotTemporarilyUnavailable
-                ))
-            ));
-        }
+    fn snapshot_is_metadata_at_the_commit_index() {
+        let mem = MemStorage::new_with_conf_state((vec![1, 2], vec![3]));
+        let mut e = Entry::default();
+        e.index = 1;
+        e.term = 2;
+        mem.wl().append(&[e]).expect("append");
+        let mut hs = raft::eraftpb::HardState::default();
+        hs.commit = 1;
+        hs.term = 2;
+        mem.wl().set_hardstate(hs);
+        let s = LogStore::new(mem);
+        let snap = s.snapshot(0, 2).expect("snapshot");
+        let meta = snap.get_metadata();
+        assert_eq!((meta.index, meta.term), (1, 2));
+        assert_eq!(meta.get_conf_state().voters, vec![1, 2]);
+        assert_eq!(meta.get_conf_state().learners, vec![3]);
+        assert!(
+            snap.data.is_empty(),
+            "the keyspace travels beside the message"
+        );
     }
 }

@@ -159,6 +159,14 @@ pub struct Applier {
     pub request_stop: Arc<watch::Sender<bool>>,
 }
 
+/// A keyspace snapshot received from the leader, to be installed by the apply loop (the
+/// keyspace's only writer) before raft sees the snapshot message. Answered with the applied
+/// index the keyspace has afterwards.
+pub struct InstallRequest {
+    pub path: std::path::PathBuf,
+    pub done: oneshot::Sender<Result<u64>>,
+}
+
 /// Things to do once the batch is committed: telling the lessor about grants/revokes earlier
 /// would let it act on a lease the store does not have yet.
 enum AfterCommit {
@@ -170,7 +178,11 @@ enum AfterCommit {
 
 impl Applier {
     /// Runs until raft closes the channel (shutdown). `Err` = fail-stop.
-    pub fn run(self, mut rx: mpsc::Receiver<Committed>) -> Result<()> {
+    pub fn run(
+        self,
+        mut rx: mpsc::Receiver<Committed>,
+        mut installs: mpsc::Receiver<InstallRequest>,
+    ) -> Result<()> {
         // A private single-threaded runtime only for the receive timeout: the loop must not
         // depend on the serving runtime, which may be shutting down while we drain.
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -181,7 +193,25 @@ impl Applier {
         let mut last_sync = Instant::now();
         self.raft.report_durable_applied(durable);
         loop {
-            let next = rt.block_on(async { tokio::time::timeout(SYNC_INTERVAL, rx.recv()).await });
+            let next = rt.block_on(async {
+                tokio::select! {
+                    Some(req) = installs.recv() => Err(req),
+                    b = tokio::time::timeout(SYNC_INTERVAL, rx.recv()) => Ok(b),
+                }
+            });
+            let next = match next {
+                Ok(next) => next,
+                Err(req) => {
+                    let result = self.install(&req.path);
+                    if let Ok(index) = &result {
+                        // The install was one durable commit.
+                        durable = durable.max(*index);
+                        self.raft.report_durable_applied(durable);
+                    }
+                    let _ = req.done.send(result);
+                    continue;
+                }
+            };
             match next {
                 Ok(Some(batch)) => self.apply_batch(batch)?,
                 Ok(None) => break,
@@ -220,8 +250,38 @@ impl Applier {
         Ok(())
     }
 
+    /// Replaces the keyspace with a snapshot file from the leader and brings everything
+    /// derived from it (applied index, leases, peers, watchers) along. A failed install
+    /// leaves the old keyspace in place (one write transaction) and is reported, not fatal:
+    /// the leader sends another snapshot.
+    fn install(&self, path: &std::path::Path) -> Result<u64> {
+        let (index, _) = self.store.restore_from(path)?;
+        let revision = self.store.current_revision();
+        let leases: Vec<(i64, i64)> = self.store.leases()?.iter().map(|l| (l.id, l.ttl)).collect();
+        self.lessor.replace_all(&leases);
+        for m in membership::load(&self.store)? {
+            if m.id != self.member_id {
+                self.transport.add_peer(m.id, m.peer_ur_ls.clone());
+            }
+        }
+        self.applied_tx.send_replace(index);
+        self.metrics.set_applied(index);
+        self.hub.resync_all(revision);
+        tracing::info!(
+            applied_index = index,
+            revision,
+            leases = leases.len(),
+            "installed a keyspace snapshot from the leader"
+        );
+        Ok(index)
+    }
+
     /// Applies one committed batch in one storage transaction.
-    pub fn apply_batch(&self, committed: Committed) -> Result<()> {
+    pub fn apply_batch(&self, mut committed: Committed) -> Result<()> {
+        // After a keyspace snapshot from the leader, the entries the snapshot already holds
+        // come by again: applying them twice would apply them twice.
+        let applied = self.store.applied_index().0;
+        committed.entries.retain(|e| e.index > applied);
         let Some(last) = committed.entries.last() else {
             return Ok(());
         };

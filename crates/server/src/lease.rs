@@ -73,6 +73,27 @@ impl Lessor {
         st.revoking.remove(&id);
     }
 
+    /// The keyspace was replaced by a snapshot from the leader: these are now the leases,
+    /// each with its full TTL from now (only a leader acts on deadlines, and it renews them
+    /// all when it takes over anyway).
+    pub fn replace_all(&self, leases: &[(i64, i64)]) {
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        st.revoking.clear();
+        st.leases = leases
+            .iter()
+            .map(|&(id, ttl)| {
+                (
+                    id,
+                    Entry {
+                        ttl,
+                        deadline: now + secs(ttl),
+                    },
+                )
+            })
+            .collect();
+    }
+
     /// This member became leader: every lease gets its full TTL again from now.
     pub fn promote(&self, leases: &[(i64, i64)]) {
         let now = Instant::now();

@@ -228,7 +228,7 @@ fn alarm_name(a: i32) -> &'static str {
     }
 }
 
-struct RemoveOnDrop(std::path::PathBuf);
+pub(crate) struct RemoveOnDrop(pub(crate) std::path::PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {

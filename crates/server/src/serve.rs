@@ -233,7 +233,11 @@ fn remove_stale_stream_files(snap_dir: &std::path::Path) {
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("stream-") && name.ends_with(".tmp") {
+        // Maintenance.Snapshot streams, and raft snapshots being sent or received.
+        let ours = ["stream-", "send-", "recv-"]
+            .iter()
+            .any(|p| name.starts_with(p));
+        if ours && name.ends_with(".tmp") {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -418,6 +422,8 @@ impl Member {
         let (raft, committed_rx, raft_thread) =
             ferrokv_raftnode::start(node_cfg, transport.clone())?;
         transport.set_raft(raft.clone());
+        transport.set_snapshot_source(store.clone(), member_dir.join("snap"));
+        let (install_tx, install_rx) = mpsc::channel(4);
 
         let (fatal_tx, fatal_rx) = mpsc::unbounded_channel::<Error>();
         let header = HeaderSource::new(cluster_id, member_id);
@@ -507,7 +513,7 @@ impl Member {
         let apply_thread = std::thread::Builder::new()
             .name("ferrokv-apply".into())
             .spawn(move || {
-                if let Err(e) = applier.run(committed_rx) {
+                if let Err(e) = applier.run(committed_rx, install_rx) {
                     tracing::error!(error = %e, "apply loop failed; stopping the member");
                     let _ = apply_fatal.send(e);
                 }
@@ -607,7 +613,11 @@ impl Member {
             let router = builder
                 .add_service(
                     ferrokv_proto::ferrokvpb::peer_server::PeerServer::new(
-                        crate::transport::PeerService::new(raft.clone()),
+                        crate::transport::PeerService::new(
+                            raft.clone(),
+                            install_tx.clone(),
+                            member_dir.join("snap"),
+                        ),
                     )
                     .max_decoding_message_size(64 * 1024 * 1024),
                 )

@@ -5,12 +5,17 @@
 //! message is dropped (raft retransmits) and raft is told the peer is unreachable. Inbound,
 //! the Peer service decodes each message and steps it into the local raft node.
 //!
-//! Not yet carried: raft snapshots with the keyspace (`SendSnapshot`), so a follower that
-//! fell behind a compacted log cannot catch up.
+//!
+//! A raft snapshot (for a follower that needs entries the leader has compacted away) takes
+//! its own path: `SendSnapshot` streams the `MsgSnapshot` and then a copy of the leader's
+//! keyspace taken once it has applied at least the snapshot's index. The follower hands the
+//! keyspace to its apply loop to install, and only then steps the message into raft, so raft
+//! never believes in data the keyspace does not hold.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
@@ -18,12 +23,21 @@ use ferrokv_proto::ferrokvpb::{
     peer_client::PeerClient, peer_server::Peer, RaftAck, RaftBatch, SnapshotChunk,
 };
 use ferrokv_raftnode::{eraftpb, RaftHandle, Transport};
-use tokio::sync::{mpsc, watch};
+use ferrokv_storage::Store;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt;
 use tonic::transport::ClientTlsConfig;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::apply::InstallRequest;
 use crate::error::{to_status, Error};
+use crate::maintenance::RemoveOnDrop;
+
+/// Keyspace bytes per `SnapshotChunk`.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// How long the leader waits for its own keyspace to reach a snapshot's index.
+const SNAPSHOT_APPLY_WAIT: Duration = Duration::from_secs(30);
 
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE: usize = 4096;
@@ -42,6 +56,10 @@ pub struct PeerTransport {
     /// Peers are added from the apply thread, which is not a runtime thread.
     rt: tokio::runtime::Handle,
     tls: Option<ClientTlsConfig>,
+    /// The keyspace a snapshot is copied from, and where the copy is written; set at start.
+    /// Weak: the transport can outlive the member for a moment at shutdown, and must not keep
+    /// the keyspace file open (a restart in the same process would find it locked).
+    snapshots: OnceLock<(std::sync::Weak<Store>, PathBuf)>,
 }
 
 impl PeerTransport {
@@ -58,6 +76,7 @@ impl PeerTransport {
             stop,
             rt: tokio::runtime::Handle::current(),
             tls,
+            snapshots: OnceLock::new(),
         };
         for (id, urls) in peers {
             t.add_peer(id, urls);
@@ -67,6 +86,52 @@ impl PeerTransport {
 
     pub fn set_raft(&self, raft: RaftHandle) {
         let _ = self.raft.set(raft);
+    }
+
+    /// Where keyspace snapshots for lagging followers come from (`member/snap`).
+    pub fn set_snapshot_source(&self, store: Arc<Store>, snap_dir: PathBuf) {
+        let _ = self.snapshots.set((Arc::downgrade(&store), snap_dir));
+    }
+
+    /// Sends a `MsgSnapshot` with a copy of the keyspace on its own task, and tells raft how
+    /// it ended.
+    fn send_snapshot(&self, m: eraftpb::Message) {
+        let to = m.to;
+        let urls = self
+            .queues
+            .read()
+            .get(&to)
+            .map(|(u, _)| u.clone())
+            .unwrap_or_default();
+        let (Some(raft), Some((store, dir))) = (self.raft.get().cloned(), self.snapshots.get())
+        else {
+            return;
+        };
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let (dir, tls) = (dir.clone(), self.tls.clone());
+        self.rt.spawn(async move {
+            let index = m.get_snapshot().get_metadata().index;
+            let started = Instant::now();
+            let result = send_snapshot(m, &urls, store, &dir, tls.as_ref()).await;
+            match &result {
+                Ok(bytes) => tracing::info!(
+                    peer = format!("{to:x}"),
+                    index,
+                    bytes,
+                    took = ?started.elapsed(),
+                    "sent a keyspace snapshot"
+                ),
+                Err(e) => tracing::warn!(
+                    peer = format!("{to:x}"),
+                    index,
+                    error = %e,
+                    "sending a keyspace snapshot failed"
+                ),
+            }
+            raft.report_snapshot(to, result.is_ok());
+        });
     }
 
     /// A member joined or changed its peer URLs (conf change applied): send to it there.
@@ -97,6 +162,10 @@ impl PeerTransport {
 impl Transport for PeerTransport {
     fn send(&self, msgs: Vec<eraftpb::Message>) {
         for m in msgs {
+            if m.get_msg_type() == eraftpb::MessageType::MsgSnapshot {
+                self.send_snapshot(m);
+                continue;
+            }
             let queues = self.queues.read();
             let Some((_, q)) = queues.get(&m.to) else {
                 tracing::debug!(to = m.to, "raft message for an unknown peer dropped");
@@ -191,15 +260,111 @@ fn unreachable(raft: &OnceLock<RaftHandle>, id: u64, rx: &mut mpsc::Receiver<Vec
     while rx.try_recv().is_ok() {}
 }
 
-/// The inbound side: steps every received message into the local raft node.
+/// Copies the keyspace once it holds the snapshot's index and streams message + copy to the
+/// first of the peer's URLs that takes it. Returns the keyspace bytes sent.
+async fn send_snapshot(
+    m: eraftpb::Message,
+    urls: &[String],
+    store: Arc<Store>,
+    dir: &std::path::Path,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<u64, Error> {
+    let index = m.get_snapshot().get_metadata().index;
+    // The metadata is raft's commit index; the copy must hold at least that much, or the
+    // follower would skip entries nobody applied for it.
+    let deadline = Instant::now() + SNAPSHOT_APPLY_WAIT;
+    while store.applied_index().0 < index {
+        if Instant::now() > deadline {
+            return Err(Error::Timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let path = dir.join(format!("send-{:x}-{index}.tmp", m.to));
+    let _ = std::fs::remove_file(&path);
+    let _cleanup = RemoveOnDrop(path.clone());
+    {
+        let (store, path) = (store.clone(), path.clone());
+        tokio::task::spawn_blocking(move || store.snapshot_to(&path))
+            .await
+            .map_err(|e| Error::Fatal(format!("snapshot task: {e}")))??;
+    }
+    let message = protobuf::Message::write_to_bytes(&m)
+        .map_err(|e| Error::Io(format!("encode snapshot message: {e}")))?;
+    let mut last = Error::LeaderChanged;
+    for url in urls {
+        let channel = match crate::serve::connect_peer(url, tls).await {
+            Ok(c) => c,
+            Err(e) => {
+                last = Error::Io(format!("{url}: {e}"));
+                continue;
+            }
+        };
+        let mut file = tokio::fs::File::open(&path).await?;
+        let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
+        let first = SnapshotChunk {
+            raft_message: message.clone(),
+            data: Vec::new(),
+        };
+        let reader = tokio::spawn(async move {
+            let mut sent = 0u64;
+            if tx.send(first).await.is_err() {
+                return Ok(sent);
+            }
+            loop {
+                let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+                let n = file.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<u64, std::io::Error>(sent);
+                }
+                buf.truncate(n);
+                sent += n as u64;
+                if tx
+                    .send(SnapshotChunk {
+                        raft_message: Vec::new(),
+                        data: buf,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Ok(sent);
+                }
+            }
+        });
+        let call = PeerClient::new(channel)
+            .max_encoding_message_size(64 * 1024 * 1024)
+            .send_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await;
+        let sent = reader
+            .await
+            .map_err(|e| Error::Fatal(format!("snapshot reader: {e}")))??;
+        match call {
+            Ok(_) => return Ok(sent),
+            Err(status) => last = Error::Io(format!("{url}: {}", status.message())),
+        }
+    }
+    Err(last)
+}
+
+/// The inbound side: steps every received message into the local raft node; snapshots are
+/// installed by the apply loop first.
 #[derive(Clone)]
 pub struct PeerService {
     raft: RaftHandle,
+    installs: mpsc::Sender<InstallRequest>,
+    snap_dir: PathBuf,
 }
 
 impl PeerService {
-    pub fn new(raft: RaftHandle) -> Self {
-        PeerService { raft }
+    pub fn new(
+        raft: RaftHandle,
+        installs: mpsc::Sender<InstallRequest>,
+        snap_dir: PathBuf,
+    ) -> Self {
+        PeerService {
+            raft,
+            installs,
+            snap_dir,
+        }
     }
 }
 
@@ -223,8 +388,59 @@ impl Peer for PeerService {
 
     async fn send_snapshot(
         &self,
-        _req: Request<Streaming<SnapshotChunk>>,
+        req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftAck>, Status> {
-        Err(to_status(&Error::Unimplemented("SendSnapshot")))
+        let mut input = req.into_inner();
+        let first = input
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let msg: eraftpb::Message = protobuf::Message::parse_from_bytes(&first.raft_message)
+            .map_err(|e| Status::invalid_argument(format!("bad snapshot message: {e}")))?;
+        if msg.get_msg_type() != eraftpb::MessageType::MsgSnapshot {
+            return Err(Status::invalid_argument("first chunk is not a MsgSnapshot"));
+        }
+        let index = msg.get_snapshot().get_metadata().index;
+        let path = self.snap_dir.join(format!("recv-{index}.tmp"));
+        let _cleanup = RemoveOnDrop(path.clone());
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| to_status(&Error::from(e)))?;
+        file.write_all(&first.data)
+            .await
+            .map_err(|e| to_status(&Error::from(e)))?;
+        let mut bytes = first.data.len() as u64;
+        while let Some(chunk) = input.next().await {
+            let chunk = chunk?;
+            bytes += chunk.data.len() as u64;
+            file.write_all(&chunk.data)
+                .await
+                .map_err(|e| to_status(&Error::from(e)))?;
+        }
+        file.flush().await.map_err(|e| to_status(&Error::from(e)))?;
+        drop(file);
+        tracing::info!(index, bytes, "received a keyspace snapshot from the leader");
+        let (done, rx) = oneshot::channel();
+        self.installs
+            .send(InstallRequest {
+                path: path.clone(),
+                done,
+            })
+            .await
+            .map_err(|_| to_status(&Error::Stopped))?;
+        let applied = rx
+            .await
+            .map_err(|_| to_status(&Error::Stopped))?
+            .map_err(|e| to_status(&e))?;
+        if applied < index {
+            return Err(Status::internal(format!(
+                "snapshot keyspace holds index {applied}, below the snapshot's {index}"
+            )));
+        }
+        self.raft
+            .step(msg)
+            .await
+            .map_err(|e| to_status(&Error::Raft(e)))?;
+        Ok(Response::new(RaftAck {}))
     }
 }

@@ -392,6 +392,57 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces this keyspace's whole content with the snapshot file at `src` (written by
+    /// [`Store::snapshot_to`], on another member): how a follower too far behind the leader's
+    /// log catches up. One durable write transaction, so a crash leaves either the old
+    /// keyspace or the new one. Returns the applied (index, term) the snapshot carries.
+    pub fn restore_from(&self, src: &Path) -> Result<(u64, u64)> {
+        let from = Database::open(src)?;
+        let rtx = from.begin_read()?;
+        let mut wtx = self.db.begin_write()?;
+        fn replace<K: redb::Key + 'static, V: redb::Value + 'static>(
+            src: &redb::ReadTransaction,
+            dst: &redb::WriteTransaction,
+            def: redb::TableDefinition<K, V>,
+        ) -> Result<()> {
+            // Deleting the table is cheaper than removing its rows one by one.
+            dst.delete_table(def)?;
+            let from = src.open_table(def)?;
+            let mut to = dst.open_table(def)?;
+            for r in from.iter()? {
+                let (k, v) = r?;
+                to.insert(k.value(), v.value())?;
+            }
+            Ok(())
+        }
+        replace(&rtx, &wtx, LATEST)?;
+        replace(&rtx, &wtx, HISTORY)?;
+        replace(&rtx, &wtx, KEY_INDEX)?;
+        replace(&rtx, &wtx, LEASES)?;
+        replace(&rtx, &wtx, LEASE_KEYS)?;
+        replace(&rtx, &wtx, META)?;
+        let (revision, compacted, applied) = {
+            // The same rows as just copied, read from the source.
+            let meta = rtx.open_table(META)?;
+            (
+                meta_i64(&meta, META_REVISION)?.unwrap_or(1),
+                meta_i64(&meta, META_COMPACTED)?.unwrap_or(0),
+                meta_applied(&meta)?,
+            )
+        };
+        wtx.set_durability(redb::Durability::Immediate)?;
+        wtx.commit()?;
+        self.publish(revision, compacted, Some(applied));
+        tracing::info!(
+            src = %src.display(),
+            revision,
+            compacted,
+            applied_index = applied.0,
+            "replaced the keyspace with a snapshot"
+        );
+        Ok(applied)
+    }
+
     /// Makes every commit so far durable: redb persists earlier non-durable commits with the
     /// next durable one, so an empty durable commit is enough.
     pub fn sync(&self) -> Result<()> {

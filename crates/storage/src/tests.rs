@@ -1675,6 +1675,20 @@ fn hashes_snapshot_and_size() {
         s1.range(&range_req("\0", "\0")).unwrap()
     );
 
+    // A member far behind takes the whole keyspace over: s2 had other data, now it has
+    // exactly s1's, revision and compaction included.
+    drop(copy);
+    apply(&s2, &[Op::Put("only-in-s2", "x")]);
+    s2.restore_from(&dest).unwrap();
+    assert_eq!(s2.hash().unwrap(), s1.hash().unwrap());
+    assert_eq!(s2.current_revision(), 8);
+    assert_eq!(s2.compacted_revision(), 6);
+    assert_eq!(s2.applied_index(), s1.applied_index());
+    assert_eq!(
+        s2.range(&range_req("\0", "\0")).unwrap(),
+        s1.range(&range_req("\0", "\0")).unwrap()
+    );
+
     let (file, in_use) = s1.db_size().unwrap();
     assert!(file > 0 && in_use > 0 && in_use <= file, "{file} {in_use}");
 }

@@ -424,6 +424,27 @@ impl WatchHub {
         }
     }
 
+    /// The keyspace was replaced by a snapshot from the leader (this member was too far
+    /// behind for the log): the events between what was published and `revision` were never
+    /// applied here one by one, so every watcher reads them from the new keyspace, or is
+    /// canceled with the compact revision if they are gone, as after any catch-up.
+    pub fn resync_all(&self, revision: i64) {
+        let mut st = self.lock();
+        st.published = st.published.max(revision);
+        for stream in st.streams.values_mut() {
+            let mut behind = false;
+            for w in stream.watchers.values_mut() {
+                if w.synced {
+                    w.synced = false;
+                    behind = true;
+                }
+            }
+            if behind {
+                stream.notify.notify_one();
+            }
+        }
+    }
+
     /// Registers a new stream; returns its id and the notifier its sender waits on.
     pub(crate) fn open_stream(&self) -> (u64, Arc<Notify>) {
         let mut st = self.lock();
