@@ -46,7 +46,8 @@ async fn invalid_requests(b: Backend) {
         .map(|i| TxnOp::put(format!("t/{i}"), "v", None))
         .collect();
 
-    let cases: Vec<(&str, Outcome, Option<(Code, &str)>)> = vec![
+    type Case<'a> = (&'a str, Outcome, Option<(Code, &'a str)>);
+    let cases: Vec<Case> = vec![
         (
             "1.7 MB value",
             outcome(c.put("big", big, None).await),

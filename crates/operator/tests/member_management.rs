@@ -104,6 +104,15 @@ struct Processes {
 }
 
 impl Processes {
+    fn new(bin: PathBuf, dir: tempfile::TempDir, tls: Option<ClientTls>) -> Self {
+        Processes {
+            bin,
+            dir,
+            members: BTreeMap::new(),
+            tls,
+        }
+    }
+
     fn reserve(&mut self, name: &str) -> String {
         if let Some(m) = self.members.get(name) {
             return m.peer_url();
@@ -344,12 +353,7 @@ async fn grow_promote_move_leader_shrink_while_writing(backend: Backend) {
     let Some(bin) = backend.binary() else {
         return;
     };
-    let mut procs = Processes {
-        bin,
-        dir: tempfile::tempdir().expect("tempdir"),
-        members: BTreeMap::new(),
-        tls: None,
-    };
+    let mut procs = Processes::new(bin, tempfile::tempdir().expect("tempdir"), None);
     let mut next = 0u64;
 
     let steps = converge(&mut procs, &mut next, 1).await;
@@ -535,12 +539,7 @@ async fn operator_certificates_secure_client_and_peer_traffic(backend: Backend) 
         cert: op.cert.clone(),
         key: op.key.clone(),
     };
-    let mut procs = Processes {
-        bin,
-        dir,
-        members: BTreeMap::new(),
-        tls: Some(tls.clone()),
-    };
+    let mut procs = Processes::new(bin, dir, Some(tls.clone()));
     let mut next = 0u64;
     converge(&mut procs, &mut next, 1).await;
     // Peer traffic is TLS too: a second member joins, catches up and is promoted.
@@ -590,12 +589,7 @@ async fn lost_member_is_replaced_but_never_at_the_cost_of_quorum(backend: Backen
     let Some(bin) = backend.binary() else {
         return;
     };
-    let mut procs = Processes {
-        bin,
-        dir: tempfile::tempdir().expect("tempdir"),
-        members: BTreeMap::new(),
-        tls: None,
-    };
+    let mut procs = Processes::new(bin, tempfile::tempdir().expect("tempdir"), None);
     let mut next = 0u64;
     converge(&mut procs, &mut next, 3).await;
 
@@ -655,12 +649,7 @@ async fn reconfiguration_that_would_lose_quorum_is_refused(backend: Backend) {
     let Some(bin) = backend.binary() else {
         return;
     };
-    let mut procs = Processes {
-        bin,
-        dir: tempfile::tempdir().expect("tempdir"),
-        members: BTreeMap::new(),
-        tls: None,
-    };
+    let mut procs = Processes::new(bin, tempfile::tempdir().expect("tempdir"), None);
     let mut next = 0u64;
     converge(&mut procs, &mut next, 3).await;
     let view = procs.client().observe().await.expect("view");

@@ -54,9 +54,16 @@ enum Mode {
 struct Rewriter {
     decoder: hpack::Decoder<'static>,
     encoder: hpack::Encoder<'static>,
-    /// A HEADERS frame waiting for its CONTINUATION frames: (stream id, flags, priority
-    /// bytes, block fragments so far).
-    pending: Option<(u32, u8, Option<[u8; 5]>, Vec<u8>)>,
+    /// A HEADERS frame waiting for its CONTINUATION frames.
+    pending: Option<PendingBlock>,
+}
+
+/// A header block split over HEADERS + CONTINUATION frames, gathered until it ends.
+struct PendingBlock {
+    stream: u32,
+    flags: u8,
+    priority: Option<[u8; 5]>,
+    block: Vec<u8>,
 }
 
 /// An IO stream whose read side repairs `:authority` as described in the module docs; the
@@ -196,13 +203,24 @@ impl Rewriter {
                 let (priority, block) = headers_payload(payload, flags)
                     .ok_or_else(|| invalid("malformed HEADERS frame"))?;
                 if flags & FLAG_END_HEADERS == 0 {
-                    self.pending = Some((stream, flags, priority, block.to_vec()));
+                    self.pending = Some(PendingBlock {
+                        stream,
+                        flags,
+                        priority,
+                        block: block.to_vec(),
+                    });
                     return Ok(());
                 }
                 self.finish(out, stream, flags, priority, block)
             }
             TYPE_CONTINUATION => {
-                let Some((id, hflags, priority, mut block)) = self.pending.take() else {
+                let Some(PendingBlock {
+                    stream: id,
+                    flags: hflags,
+                    priority,
+                    mut block,
+                }) = self.pending.take()
+                else {
                     // Not ours to judge; h2 rejects a stray CONTINUATION itself.
                     out.unsplit(frame);
                     return Ok(());
@@ -215,7 +233,12 @@ impl Rewriter {
                     return Err(invalid("header block too large"));
                 }
                 if flags & FLAG_END_HEADERS == 0 {
-                    self.pending = Some((id, hflags, priority, block));
+                    self.pending = Some(PendingBlock {
+                        stream: id,
+                        flags: hflags,
+                        priority,
+                        block,
+                    });
                     return Ok(());
                 }
                 self.finish(out, id, hflags, priority, &block)

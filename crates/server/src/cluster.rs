@@ -417,7 +417,14 @@ mod tests {
             matched: vec![(1, 100), (2, 100), (3, 100), (4, 10)],
             ..all_up.clone()
         };
-        let rows: Vec<(&str, Reconfig, &Vec<Member>, &Progress, Option<Error>)> = vec![
+        type Row<'a> = (
+            &'a str,
+            Reconfig,
+            &'a Vec<Member>,
+            &'a Progress,
+            Option<Error>,
+        );
+        let rows: Vec<Row> = vec![
             ("learner added", Reconfig::AddLearner, &three, &all_up, None),
             (
                 "learner added, one voter down",

@@ -368,25 +368,7 @@ impl Store {
         let rtx = self.db.begin_read()?;
         let out = Database::create(dest)?;
         let wtx = out.begin_write()?;
-        fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
-            src: &redb::ReadTransaction,
-            dst: &redb::WriteTransaction,
-            def: redb::TableDefinition<K, V>,
-        ) -> Result<()> {
-            let from = src.open_table(def)?;
-            let mut to = dst.open_table(def)?;
-            for r in from.iter()? {
-                let (k, v) = r?;
-                to.insert(k.value(), v.value())?;
-            }
-            Ok(())
-        }
-        copy(&rtx, &wtx, LATEST)?;
-        copy(&rtx, &wtx, HISTORY)?;
-        copy(&rtx, &wtx, KEY_INDEX)?;
-        copy(&rtx, &wtx, LEASES)?;
-        copy(&rtx, &wtx, LEASE_KEYS)?;
-        copy(&rtx, &wtx, META)?;
+        copy_tables(&rtx, &wtx)?;
         wtx.commit()?;
         tracing::info!(dest = %dest.display(), "wrote keyspace snapshot");
         Ok(())
@@ -400,27 +382,14 @@ impl Store {
         let from = Database::open(src)?;
         let rtx = from.begin_read()?;
         let mut wtx = self.db.begin_write()?;
-        fn replace<K: redb::Key + 'static, V: redb::Value + 'static>(
-            src: &redb::ReadTransaction,
-            dst: &redb::WriteTransaction,
-            def: redb::TableDefinition<K, V>,
-        ) -> Result<()> {
-            // Deleting the table is cheaper than removing its rows one by one.
-            dst.delete_table(def)?;
-            let from = src.open_table(def)?;
-            let mut to = dst.open_table(def)?;
-            for r in from.iter()? {
-                let (k, v) = r?;
-                to.insert(k.value(), v.value())?;
-            }
-            Ok(())
-        }
-        replace(&rtx, &wtx, LATEST)?;
-        replace(&rtx, &wtx, HISTORY)?;
-        replace(&rtx, &wtx, KEY_INDEX)?;
-        replace(&rtx, &wtx, LEASES)?;
-        replace(&rtx, &wtx, LEASE_KEYS)?;
-        replace(&rtx, &wtx, META)?;
+        // Deleting the tables is cheaper than removing their rows one by one.
+        wtx.delete_table(LATEST)?;
+        wtx.delete_table(HISTORY)?;
+        wtx.delete_table(KEY_INDEX)?;
+        wtx.delete_table(LEASES)?;
+        wtx.delete_table(LEASE_KEYS)?;
+        wtx.delete_table(META)?;
+        copy_tables(&rtx, &wtx)?;
         let (revision, compacted, applied) = {
             // The same rows as just copied, read from the source.
             let meta = rtx.open_table(META)?;
@@ -459,6 +428,30 @@ impl Store {
             *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = a;
         }
     }
+}
+
+/// Copies every table of the keyspace from `src` into `dst` (row by row: a redb file cannot
+/// be copied byte for byte while it is being written).
+fn copy_tables(src: &redb::ReadTransaction, dst: &redb::WriteTransaction) -> Result<()> {
+    fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
+        src: &redb::ReadTransaction,
+        dst: &redb::WriteTransaction,
+        def: redb::TableDefinition<K, V>,
+    ) -> Result<()> {
+        let from = src.open_table(def)?;
+        let mut to = dst.open_table(def)?;
+        for r in from.iter()? {
+            let (k, v) = r?;
+            to.insert(k.value(), v.value())?;
+        }
+        Ok(())
+    }
+    copy(src, dst, LATEST)?;
+    copy(src, dst, HISTORY)?;
+    copy(src, dst, KEY_INDEX)?;
+    copy(src, dst, LEASES)?;
+    copy(src, dst, LEASE_KEYS)?;
+    copy(src, dst, META)
 }
 
 pub(crate) fn meta_i64<M: ReadableTable<&'static str, &'static [u8]>>(
