@@ -40,10 +40,13 @@ if ! kind get clusters | grep -qx "$CLUSTER"; then
   kind create cluster --name "$CLUSTER" --wait 120s
 fi
 
-for img in "$MEMBER_IMAGE" "$OPERATOR_IMAGE"; do
+# Build what is missing from this checkout (the Dockerfile's two targets), then load both.
+for pair in "ferrokv=$MEMBER_IMAGE" "operator=$OPERATOR_IMAGE"; do
+  target="${pair%%=*}"
+  img="${pair#*=}"
   if ! docker image inspect "$img" >/dev/null 2>&1; then
-    echo "error: image $img not built (run 'make images')" >&2
-    exit 1
+    log "building $img (target $target)"
+    docker build -f "$ROOT/Dockerfile" --target "$target" -t "$img" "$ROOT"
   fi
   log "loading $img"
   kind load docker-image --name "$CLUSTER" "$img"
