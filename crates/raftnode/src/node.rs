@@ -461,6 +461,7 @@ impl RaftLoop {
             if now >= self.next_tick {
                 self.raw.tick();
                 self.next_tick = now + self.tick_interval;
+                self.maybe_campaign_alone();
                 for ReadAction::Send(ctx) in self.reads.on_tick(now) {
                     self.raw.read_index(ctx);
                 }
@@ -481,6 +482,23 @@ impl RaftLoop {
             }
             self.maybe_snapshot()?;
             self.publish_status();
+        }
+    }
+
+    /// The only voter has nobody to wait for: it campaigns as soon as raft lets it (once the
+    /// bootstrap configuration is applied) instead of sitting out a randomized election
+    /// timeout, as etcd fast-forwards the election ticks of a fresh single member.
+    fn maybe_campaign_alone(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state == StateRole::Leader
+            || raft.leader_id != 0
+            || raft.has_pending_conf()
+            || raft.prs().conf().voters().ids().iter().collect::<Vec<_>>() != vec![self.id]
+        {
+            return;
+        }
+        if let Err(e) = self.raw.campaign() {
+            tracing::debug!(error = %e, "campaign refused");
         }
     }
 
