@@ -203,10 +203,21 @@ impl Applier {
                 Ok(next) => next,
                 Err(req) => {
                     let result = self.install(&req.path);
-                    if let Ok(index) = &result {
-                        // The install was one durable commit.
-                        durable = durable.max(*index);
-                        self.raft.report_durable_applied(durable);
+                    match &result {
+                        Ok(index) => {
+                            // The install was one durable commit.
+                            durable = durable.max(*index);
+                            self.raft.report_durable_applied(durable);
+                        }
+                        // A failed write to our own keyspace is fail-stop, like any other;
+                        // a bad file from the leader only fails this transfer.
+                        Err(e) if e.is_fatal() => {
+                            tracing::error!(error = %e, "installing a keyspace snapshot failed");
+                            let fatal = Error::Fatal(format!("snapshot install: {e}"));
+                            let _ = req.done.send(result);
+                            return Err(fatal);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "rejected a keyspace snapshot"),
                     }
                     let _ = req.done.send(result);
                     continue;

@@ -118,6 +118,7 @@ pub fn to_status(err: &Error) -> Status {
             S::InvalidSortOption => (Code::InvalidArgument, "etcdserver: invalid sort option"),
             S::Corrupt(_) => (Code::DataLoss, "etcdserver: corrupt cluster"),
             S::Backend(m) => return Status::new(Code::Internal, m.clone()),
+            S::BadSnapshot(m) => return Status::new(Code::DataLoss, m.clone()),
         },
         Error::Raft(r) => match r {
             ferrokv_raftnode::Error::Stopped => (Code::Unavailable, "etcdserver: server stopped"),

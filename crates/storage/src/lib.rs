@@ -63,6 +63,10 @@ pub enum Error {
     /// Any redb failure, with redb's message.
     #[error("storage backend: {0}")]
     Backend(String),
+    /// A snapshot file received from another member does not open as a keyspace; the local
+    /// keyspace is untouched.
+    #[error("bad snapshot file: {0}")]
+    BadSnapshot(String),
 }
 
 macro_rules! backend_error {
@@ -379,8 +383,9 @@ impl Store {
     /// log catches up. One durable write transaction, so a crash leaves either the old
     /// keyspace or the new one. Returns the applied (index, term) the snapshot carries.
     pub fn restore_from(&self, src: &Path) -> Result<(u64, u64)> {
-        let from = Database::open(src)?;
-        let rtx = from.begin_read()?;
+        let bad = |e: &dyn std::fmt::Display| Error::BadSnapshot(format!("{}: {e}", src.display()));
+        let from = Database::open(src).map_err(|e| bad(&e))?;
+        let rtx = from.begin_read().map_err(|e| bad(&e))?;
         let mut wtx = self.db.begin_write()?;
         // Deleting the tables is cheaper than removing their rows one by one.
         wtx.delete_table(LATEST)?;

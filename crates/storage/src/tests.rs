@@ -1679,6 +1679,15 @@ fn hashes_snapshot_and_size() {
     // exactly s1's, revision and compaction included.
     drop(copy);
     apply(&s2, &[Op::Put("only-in-s2", "x")]);
+    // A file that is not a keyspace is refused and changes nothing.
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, b"not a redb file").unwrap();
+    let before = s2.hash().unwrap();
+    assert!(matches!(
+        s2.restore_from(&garbage),
+        Err(Error::BadSnapshot(_))
+    ));
+    assert_eq!(s2.hash().unwrap(), before);
     s2.restore_from(&dest).unwrap();
     assert_eq!(s2.hash().unwrap(), s1.hash().unwrap());
     assert_eq!(s2.current_revision(), 8);
