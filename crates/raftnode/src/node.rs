@@ -489,12 +489,17 @@ impl RaftLoop {
     /// bootstrap configuration is applied) instead of sitting out a randomized election
     /// timeout, as etcd fast-forwards the election ticks of a fresh single member.
     fn maybe_campaign_alone(&mut self) {
-        let raft = &self.raw.raft;
-        if raft.state == StateRole::Leader
-            || raft.leader_id != 0
-            || raft.has_pending_conf()
-            || raft.prs().conf().voters().ids().iter().collect::<Vec<_>>() != vec![self.id]
-        {
+        let should = {
+            let raft = &self.raw.raft;
+            let ids = raft.prs().conf().voters().ids();
+            let mut voters = ids.iter();
+            let alone = voters.next() == Some(self.id) && voters.next().is_none();
+            alone
+                && raft.state != StateRole::Leader
+                && raft.leader_id == 0
+                && !raft.has_pending_conf()
+        };
+        if !should {
             return;
         }
         if let Err(e) = self.raw.campaign() {

@@ -10,7 +10,6 @@
 pub mod apply;
 pub mod auth;
 pub mod authority;
-pub mod client_tls;
 pub mod cluster;
 pub mod compactor;
 pub mod config;
@@ -21,6 +20,7 @@ pub mod http;
 pub mod ids;
 pub mod kv;
 pub mod lease;
+pub mod listen_tls;
 pub mod maintenance;
 pub mod membership;
 pub mod metrics;

@@ -15,7 +15,7 @@ use ferrokv_storage::Store;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server};
 
 use crate::apply::{Alarms, Applier, Waiters};
 use crate::auth::AuthService;
@@ -113,30 +113,6 @@ fn decode_wal_metadata(b: &[u8]) -> Result<(u64, u64)> {
     m.copy_from_slice(&b[..8]);
     c.copy_from_slice(&b[8..]);
     Ok((u64::from_be_bytes(m), u64::from_be_bytes(c)))
-}
-
-fn tls_config(tls: &TlsFiles) -> Result<ServerTlsConfig> {
-    let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
-        return Err(Error::Config(
-            "https listen URL needs --cert-file and --key-file".into(),
-        ));
-    };
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| Error::Tls(format!("cannot read {}: {e}", p.display())))
-    };
-    let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if tls.client_cert_auth {
-        let Some(ca) = &tls.trusted_ca_file else {
-            return Err(Error::Config(
-                "--client-cert-auth needs --trusted-ca-file".into(),
-            ));
-        };
-        // With a client CA root tonic requires and verifies a client certificate.
-        cfg = cfg
-            .client_ca_root(Certificate::from_pem(read(ca)?))
-            .client_auth_optional(false);
-    }
-    Ok(cfg)
 }
 
 /// Client-side TLS for connections to peers (https peer URLs), from the peer TLS flags.
@@ -394,7 +370,7 @@ impl Member {
         for u in &cfg.listen_client_urls {
             // The rustls config is built now, so bad certificates fail the start-up early.
             let tls = match u.scheme() {
-                "https" => Some(crate::client_tls::acceptor(&cfg.client_tls)?),
+                "https" => Some(crate::listen_tls::acceptor(&cfg.client_tls)?),
                 "http" => None,
                 _ => {
                     return Err(Error::Config(format!(
@@ -412,7 +388,7 @@ impl Member {
             .listen_peer_urls
             .iter()
             .any(|u| u.scheme() == "https")
-            .then(|| tls_config(&cfg.peer_tls))
+            .then(|| crate::listen_tls::acceptor(&cfg.peer_tls))
             .transpose()?;
         let transport = Arc::new(PeerTransport::start(
             peers,
@@ -580,7 +556,10 @@ impl Member {
             // different stream types.
             tasks.push(match tls {
                 Some(acceptor) => {
-                    let incoming = crate::client_tls::incoming(listener, acceptor, stop_rx.clone());
+                    let incoming = tokio_stream::StreamExt::map(
+                        crate::listen_tls::incoming(listener, acceptor, stop_rx.clone()),
+                        |s| s.map(crate::authority::AuthorityFix::new),
+                    );
                     tokio::spawn(async move {
                         if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await
                         {
@@ -602,15 +581,9 @@ impl Member {
         }
 
         for (u, listener) in peer_listeners {
-            let mut builder = Server::builder();
-            if let (true, Some(tls)) = (u.scheme() == "https", &peer_tls_server) {
-                builder = builder
-                    .tls_config(tls.clone())
-                    .map_err(|e| Error::Tls(e.to_string()))?;
-            }
             // The Cluster service is on the peer port too: a joining member reads the member
             // list from there before it knows any client URL.
-            let router = builder
+            let router = Server::builder()
                 .add_service(
                     ferrokv_proto::ferrokvpb::peer_server::PeerServer::new(
                         crate::transport::PeerService::new(
@@ -625,14 +598,29 @@ impl Member {
                 // Followers forward lease renewals and TTL queries to the leader here.
                 .add_service(LeaseServer::new(LeaseService::new(core.clone())));
             let mut stop = stop_rx.clone();
-            let incoming = nodelay_incoming(listener);
+            let signal = async move { crate::core::until_stopped(&mut stop).await };
             tracing::info!(url = %u, "serving peers");
-            tasks.push(tokio::spawn(async move {
-                let signal = async move { crate::core::until_stopped(&mut stop).await };
-                if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
-                    tracing::error!(error = %e, "peer server failed");
+            tasks.push(match (u.scheme() == "https", &peer_tls_server) {
+                (true, Some(acceptor)) => {
+                    let incoming =
+                        crate::listen_tls::incoming(listener, acceptor.clone(), stop_rx.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await
+                        {
+                            tracing::error!(error = %e, "peer server failed");
+                        }
+                    })
                 }
-            }));
+                _ => {
+                    let incoming = nodelay_incoming(listener);
+                    tokio::spawn(async move {
+                        if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await
+                        {
+                            tracing::error!(error = %e, "peer server failed");
+                        }
+                    })
+                }
+            });
         }
 
         let mut metrics_urls = Vec::new();

@@ -1,6 +1,7 @@
-//! TLS on `https` client URLs, terminated here instead of inside tonic so that the
-//! `:authority` repair of [`crate::authority`] runs on the decrypted HTTP/2 stream: etcdctl 3.4
-//! sends a URL there over TLS too.
+//! TLS on `https` listen URLs, client and peer, from etcd's TLS flags. ferrokv terminates it
+//! itself instead of inside tonic so that, on the client port, the `:authority` repair of
+//! [`crate::authority`] runs on the decrypted HTTP/2 stream: etcdctl 3.4 sends a URL there over
+//! TLS too.
 
 use std::io;
 use std::sync::Arc;
@@ -15,7 +16,6 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::authority::AuthorityFix;
 use crate::config::TlsFiles;
 use crate::error::{Error, Result};
 
@@ -23,9 +23,9 @@ use crate::error::{Error, Result};
 /// forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Builds the rustls server config from etcd's client TLS flags: the certificate and key,
-/// and with `--client-cert-auth` a verifier that requires a client certificate signed by
-/// `--trusted-ca-file`.
+/// Builds the rustls server config from one set of etcd's TLS flags (`--cert-file`, ... or
+/// `--peer-cert-file`, ...): the certificate and key, and with `--client-cert-auth` /
+/// `--peer-client-cert-auth` a verifier that requires a certificate signed by the trusted CA.
 pub fn acceptor(tls: &TlsFiles) -> Result<TlsAcceptor> {
     let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
         return Err(Error::Config(
@@ -60,7 +60,7 @@ pub fn acceptor(tls: &TlsFiles) -> Result<TlsAcceptor> {
     let mut cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| Error::Tls(format!("{}: {e}", cert.display())))?;
-    // h2 for gRPC; http/1.1 for /health, /metrics and /version on the same port.
+    // h2 for gRPC; http/1.1 for /health, /metrics and /version on the client port.
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
@@ -90,14 +90,14 @@ fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>> {
         .ok_or_else(|| Error::Tls(format!("{}: no PEM private key in it", path.display())))
 }
 
-/// Accepted, handshaken client connections. Handshakes run concurrently, each in its own
+/// Accepted, handshaken connections. Handshakes run concurrently, each in its own
 /// task, so one slow client does not hold up the others; a failed handshake (no or a foreign
 /// client certificate) only closes that connection. The accept loop ends with `stop`.
 pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     mut stop: watch::Receiver<bool>,
-) -> ReceiverStream<io::Result<AuthorityFix<TlsStream<TcpStream>>>> {
+) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -109,7 +109,7 @@ pub fn incoming(
                 Ok(a) => a,
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accepting a client connection failed");
+                    tracing::warn!(error = %e, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -122,7 +122,7 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(AuthorityFix::new(tls))).await;
+                        let _ = tx.send(Ok(tls)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
