@@ -38,36 +38,6 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// How long graceful shutdown waits for open client connections before closing them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The watch hub's view of the store.
-struct StoreEvents(Arc<Store>);
-
-impl crate::watch::EventSource for StoreEvents {
-    fn current_revision(&self) -> i64 {
-        self.0.current_revision()
-    }
-
-    fn compacted_revision(&self) -> i64 {
-        self.0.compacted_revision()
-    }
-
-    fn events_since(
-        &self,
-        start_rev: i64,
-        key: &[u8],
-        range_end: &[u8],
-        prev_kv: bool,
-        max_revisions: usize,
-    ) -> std::result::Result<Vec<ferrokv_proto::mvccpb::Event>, crate::watch::WatchSourceError>
-    {
-        self.0
-            .events_since(start_rev, key, range_end, prev_kv, max_revisions)
-            .map_err(|e| match e {
-                ferrokv_storage::Error::Compacted => crate::watch::WatchSourceError::Compacted,
-                other => crate::watch::WatchSourceError::Storage(other.to_string()),
-            })
-    }
-}
-
 /// Stops a running member gracefully (what SIGTERM does).
 #[derive(Clone)]
 pub struct ShutdownHandle {
@@ -466,7 +436,8 @@ impl Member {
         }
 
         let hub = WatchHub::new(
-            Arc::new(StoreEvents(store.clone())),
+            // The store is the hub's event source (watch::source implements it for Store).
+            store.clone(),
             cfg.watch_progress_notify_interval,
         );
 
@@ -552,7 +523,7 @@ impl Member {
             let signal = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            // TLS is terminated by ferrokv (client_tls), not tonic, so the two arms serve
+            // TLS is terminated by ferrokv (listen_tls), not tonic, so the two arms serve
             // different stream types.
             tasks.push(match tls {
                 Some(acceptor) => {
