@@ -21,12 +21,7 @@ use crate::error::{Error, Result};
 /// The WAL directory of a data dir (`<data-dir>/member/wal`, etcd's layout). A directory that
 /// already is a WAL directory is taken as is.
 pub fn wal_dir(data_dir: &Path) -> PathBuf {
-    let nested = data_dir.join("member").join("wal");
-    if nested.is_dir() {
-        nested
-    } else {
-        data_dir.to_path_buf()
-    }
+    ferrokv_datadir::DataDir::wal_of_either(data_dir)
 }
 
 pub fn run(data_dir: &Path, out: &mut impl Write) -> Result<()> {

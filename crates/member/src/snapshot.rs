@@ -123,9 +123,10 @@ pub fn restore(r: &SnapshotRestore) -> Result<Restored> {
         .prefix(".ferrokv-restore-")
         .tempdir_in(&parent)
         .map_err(|e| Error::io("creating a temp dir in", &parent, e))?;
-    let snap_dir = tmp.path().join("member").join("snap");
+    let layout = ferrokv_datadir::DataDir::new(tmp.path());
+    let snap_dir = layout.snap();
     std::fs::create_dir_all(&snap_dir).map_err(|e| Error::io("creating", &snap_dir, e))?;
-    let db_path = snap_dir.join("db");
+    let db_path = layout.db();
     write_synced(&db_path, data)?;
 
     // Client URLs are unknown until each member publishes them after it starts.

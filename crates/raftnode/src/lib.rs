@@ -180,11 +180,11 @@ pub fn read_wal_metadata(member_dir: &Path) -> Result<Option<Vec<u8>>> {
 }
 
 pub(crate) fn wal_dir(member_dir: &Path) -> PathBuf {
-    member_dir.join("wal")
+    ferrokv_datadir::wal_in(member_dir)
 }
 
 pub(crate) fn snap_dir(member_dir: &Path) -> PathBuf {
-    member_dir.join("snap")
+    ferrokv_datadir::snap_in(member_dir)
 }
 
 #[cfg(test)]

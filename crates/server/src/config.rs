@@ -85,6 +85,11 @@ impl Config {
     }
 
     pub fn member_dir(&self) -> PathBuf {
-        self.data_dir.join("member")
+        self.layout().member()
+    }
+
+    /// The data dir's layout (`member/wal`, `member/snap/db`, ...).
+    pub fn layout(&self) -> ferrokv_datadir::DataDir {
+        ferrokv_datadir::DataDir::new(&self.data_dir)
     }
 }

@@ -158,7 +158,7 @@ impl Core {
         if self.alarms.no_space() {
             return Err(Error::NoSpace);
         }
-        let size = std::fs::metadata(self.cfg.member_dir().join("snap").join("db"))
+        let size = std::fs::metadata(self.cfg.layout().db())
             .map(|m| m.len())
             .unwrap_or(0);
         if size <= self.quota_bytes() {

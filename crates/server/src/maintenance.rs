@@ -1,5 +1,6 @@
 //! The Maintenance service: status, hashes, alarms, leader transfer and the snapshot stream.
 
+use ferrokv_datadir::Scratch;
 use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -158,8 +159,11 @@ impl Maintenance for MaintenanceService {
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
         self.core.metrics.request("Snapshot");
-        let dir = self.core.cfg.member_dir().join("snap");
-        let tmp = dir.join(format!("stream-{}.tmp", self.core.ids.next()));
+        let tmp = self
+            .core
+            .cfg
+            .layout()
+            .scratch(Scratch::Stream, &self.core.ids.next().to_string());
         let path = tmp.clone();
         self.core
             .blocking(move |s| s.snapshot_to(&path).map_err(Error::from))

@@ -171,24 +171,6 @@ async fn fetch_membership(
     }
 }
 
-/// Snapshot streams copy the store to `snap/stream-*.tmp`; a crash mid-stream leaves one.
-fn remove_stale_stream_files(snap_dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(snap_dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        // Maintenance.Snapshot streams, and raft snapshots being sent or received.
-        let ours = ["stream-", "send-", "recv-"]
-            .iter()
-            .any(|p| name.starts_with(p));
-        if ours && name.ends_with(".tmp") {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
 /// Accepted connections with Nagle's algorithm off. `serve_with_incoming` does not apply the
 /// builder's `tcp_nodelay`, and small gRPC replies held back by Nagle add tens of ms to every
 /// request that follows a write on the same connection.
@@ -232,9 +214,10 @@ impl Member {
     /// loop, the gRPC servers on every listen URL and the HTTP endpoints.
     pub async fn start(cfg: Config) -> Result<Member> {
         let member_dir = cfg.member_dir();
-        std::fs::create_dir_all(member_dir.join("snap"))?;
-        remove_stale_stream_files(&member_dir.join("snap"));
-        let store = Arc::new(Store::open(&member_dir.join("snap").join("db"))?);
+        let layout = cfg.layout();
+        std::fs::create_dir_all(layout.snap())?;
+        layout.remove_stale_scratch();
+        let store = Arc::new(Store::open(&layout.db())?);
 
         // Identity: from the WAL on restart, from the flags on first boot.
         let initial = membership::initial_members(&cfg);
@@ -368,7 +351,7 @@ impl Member {
         let (raft, committed_rx, raft_thread) =
             ferrokv_raftnode::start(node_cfg, transport.clone())?;
         transport.set_raft(raft.clone());
-        transport.set_snapshot_source(store.clone(), member_dir.join("snap"));
+        transport.set_snapshot_source(store.clone(), cfg.layout());
         let (install_tx, install_rx) = mpsc::channel(4);
 
         let (fatal_tx, fatal_rx) = mpsc::unbounded_channel::<Error>();
@@ -560,7 +543,7 @@ impl Member {
                         crate::transport::PeerService::new(
                             raft.clone(),
                             install_tx.clone(),
-                            member_dir.join("snap"),
+                            cfg.layout(),
                         ),
                     )
                     .max_decoding_message_size(64 * 1024 * 1024),

@@ -12,8 +12,8 @@
 //! keyspace to its apply loop to install, and only then steps the message into raft, so raft
 //! never believes in data the keyspace does not hold.
 
+use ferrokv_datadir::{DataDir, Scratch};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,7 @@ pub struct PeerTransport {
     /// The keyspace a snapshot is copied from, and where the copy is written; set at start.
     /// Weak: the transport can outlive the member for a moment at shutdown, and must not keep
     /// the keyspace file open (a restart in the same process would find it locked).
-    snapshots: OnceLock<(std::sync::Weak<Store>, PathBuf)>,
+    snapshots: OnceLock<(std::sync::Weak<Store>, DataDir)>,
 }
 
 impl PeerTransport {
@@ -89,8 +89,8 @@ impl PeerTransport {
     }
 
     /// Where keyspace snapshots for lagging followers come from (`member/snap`).
-    pub fn set_snapshot_source(&self, store: Arc<Store>, snap_dir: PathBuf) {
-        let _ = self.snapshots.set((Arc::downgrade(&store), snap_dir));
+    pub fn set_snapshot_source(&self, store: Arc<Store>, layout: DataDir) {
+        let _ = self.snapshots.set((Arc::downgrade(&store), layout));
     }
 
     /// Sends a `MsgSnapshot` with a copy of the keyspace on its own task, and tells raft how
@@ -266,7 +266,7 @@ async fn send_snapshot(
     m: eraftpb::Message,
     urls: &[String],
     store: Arc<Store>,
-    dir: &std::path::Path,
+    dir: &DataDir,
     tls: Option<&ClientTlsConfig>,
 ) -> Result<u64, Error> {
     let index = m.get_snapshot().get_metadata().index;
@@ -279,7 +279,7 @@ async fn send_snapshot(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let path = dir.join(format!("send-{:x}-{index}.tmp", m.to));
+    let path = dir.scratch(Scratch::Send, &format!("{:x}-{index}", m.to));
     let _ = std::fs::remove_file(&path);
     let _cleanup = RemoveOnDrop(path.clone());
     {
@@ -351,19 +351,15 @@ async fn send_snapshot(
 pub struct PeerService {
     raft: RaftHandle,
     installs: mpsc::Sender<InstallRequest>,
-    snap_dir: PathBuf,
+    layout: DataDir,
 }
 
 impl PeerService {
-    pub fn new(
-        raft: RaftHandle,
-        installs: mpsc::Sender<InstallRequest>,
-        snap_dir: PathBuf,
-    ) -> Self {
+    pub fn new(raft: RaftHandle, installs: mpsc::Sender<InstallRequest>, layout: DataDir) -> Self {
         PeerService {
             raft,
             installs,
-            snap_dir,
+            layout,
         }
     }
 }
@@ -401,7 +397,7 @@ impl Peer for PeerService {
             return Err(Status::invalid_argument("first chunk is not a MsgSnapshot"));
         }
         let index = msg.get_snapshot().get_metadata().index;
-        let path = self.snap_dir.join(format!("recv-{index}.tmp"));
+        let path = self.layout.scratch(Scratch::Recv, &index.to_string());
         let _cleanup = RemoveOnDrop(path.clone());
         let mut file = tokio::fs::File::create(&path)
             .await
