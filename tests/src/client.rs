@@ -6,10 +6,15 @@ use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use ferrokv_proto::etcdserverpb::kv_client::KvClient;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::{Member, Result};
+use crate::{Member, Result, TlsFiles};
 
 fn tls_config(m: &Member) -> Result<Option<ClientTlsConfig>> {
-    let Some(t) = &m.opts.tls else {
+    client_tls(m.opts.tls.as_ref())
+}
+
+/// The client side of `tls`: trust its CA, present its client certificate.
+fn client_tls(tls: Option<&TlsFiles>) -> Result<Option<ClientTlsConfig>> {
+    let Some(t) = tls else {
         return Ok(None);
     };
     let ca = std::fs::read(&t.ca_cert)?;
@@ -26,11 +31,16 @@ fn tls_config(m: &Member) -> Result<Option<ClientTlsConfig>> {
 /// An `etcd-client` for `m`. No per-request timeout is set because it would also cut long-lived
 /// watch streams; tests bound their waits with `tokio::time::timeout` instead.
 pub async fn connect(m: &Member) -> Result<Client> {
+    connect_endpoints(&[m.client_url.clone()], m.opts.tls.as_ref()).await
+}
+
+/// An `etcd-client` balancing over `endpoints` (a cluster's client URLs).
+pub async fn connect_endpoints(endpoints: &[String], tls: Option<&TlsFiles>) -> Result<Client> {
     let mut opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
-    if let Some(tls) = tls_config(m)? {
+    if let Some(tls) = client_tls(tls)? {
         opts = opts.with_tls(tls);
     }
-    Ok(Client::connect([m.client_url.as_str()], Some(opts)).await?)
+    Ok(Client::connect(endpoints, Some(opts)).await?)
 }
 
 /// A raw generated KV client, for requests `etcd-client` cannot build (invalid enums).

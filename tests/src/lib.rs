@@ -1,24 +1,28 @@
 //! Real-process test harness for ferrokv.
 //!
 //! Owns: launching member processes (`ferrokv` or the reference `etcd`, same flags) on free
-//! loopback ports with their own data dirs, waiting until they serve, killing/restarting them;
+//! loopback ports with their own data dirs, waiting until they serve, killing/restarting them,
+//! alone ([`Member`]) or as a multi-member [`Cluster`] grown and shrunk through the member API;
 //! driving the real `etcdctl`; connecting the `etcd-client` crate; and normalising responses
 //! so that the two backends can be compared with ids masked.
 //!
 //! Must not depend on any ferrokv server crate: the member is a black box reached only through
-//! its binary, its flags and the etcd v3 wire API (`ferrokv-proto` is used for raw gRPC calls
+//! its binary, its flags, its data-dir layout (`ferrokv-datadir`, shared with etcd) and the
+//! etcd v3 wire API (`ferrokv-proto` is used for raw gRPC calls
 //! the `etcd-client` crate cannot express, e.g. an invalid sort enum).
 
 pub mod client;
+pub mod cluster;
 pub mod etcdctl;
 pub mod linearizability;
 pub mod member;
 pub mod normalize;
 pub mod tls;
 
-pub use client::{connect, grpc_error, raw_kv};
+pub use client::{connect, connect_endpoints, grpc_error, raw_kv};
+pub use cluster::Cluster;
 pub use etcdctl::{etcdctl, etcdctl_stdin, CtlOutput, CtlWatch};
-pub use member::{Backend, Member, MemberOpts};
+pub use member::{free_port, Backend, Member, MemberOpts, PeerTls};
 pub use normalize::{first_mismatch, mask_ids, IdMasker};
 pub use tls::TlsFiles;
 
@@ -47,6 +51,8 @@ pub enum Error {
         last: String,
         log: String,
     },
+    #[error("cluster did not settle: {0}")]
+    Settle(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("etcd client: {0}")]

@@ -113,6 +113,16 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// TLS on the peer port: the member's certificate, key and the CA it trusts for peers.
+#[derive(Debug, Clone)]
+pub struct PeerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    /// `--peer-client-cert-auth`: peers must present a certificate signed by `ca`.
+    pub client_cert_auth: bool,
+}
+
 /// How to launch a member. `Default` gives a plain single-member http cluster.
 #[derive(Debug, Clone)]
 pub struct MemberOpts {
@@ -122,6 +132,12 @@ pub struct MemberOpts {
     /// Serve clients over https with these files; with `client_cert_auth` require client certs.
     pub tls: Option<TlsFiles>,
     pub client_cert_auth: bool,
+    /// Serve the peer port over https.
+    pub peer_tls: Option<PeerTls>,
+    /// `--heartbeat-interval` / `--election-timeout` in ms (the binary's defaults when unset).
+    pub heartbeat_ms: Option<u64>,
+    pub election_ms: Option<u64>,
+    pub token: String,
     /// Appended verbatim after the standard flags.
     pub extra_args: Vec<String>,
     pub ready_timeout: Duration,
@@ -134,6 +150,10 @@ impl Default for MemberOpts {
             snapshot_count: None,
             tls: None,
             client_cert_auth: false,
+            peer_tls: None,
+            heartbeat_ms: None,
+            election_ms: None,
+            token: "ferrokv-test".into(),
             extra_args: Vec::new(),
             ready_timeout: Duration::from_secs(30),
         }
@@ -148,6 +168,11 @@ pub struct Member {
     pub client_url: String,
     pub peer_url: String,
     pub opts: MemberOpts,
+    /// `--initial-cluster`: `name=peer-url,...`; the member alone unless a [`crate::Cluster`]
+    /// sets it.
+    pub initial_cluster: String,
+    /// `--initial-cluster-state`: `new`, or `existing` for a member added to a running cluster.
+    pub initial_state: &'static str,
     bin: PathBuf,
     dir: TempDir,
     child: Option<Child>,
@@ -163,35 +188,54 @@ impl Member {
 
     /// Starts the process without waiting for it to serve.
     pub fn spawn(backend: Backend, opts: MemberOpts) -> Result<Member> {
+        let mut m = Member::reserve(backend, opts, "m1")?;
+        m.start_process()?;
+        Ok(m)
+    }
+
+    /// A member with its ports, data dir and log chosen but no process yet: a cluster needs
+    /// every peer URL before the first member starts.
+    pub fn reserve(backend: Backend, opts: MemberOpts, name: &str) -> Result<Member> {
         let bin = match &opts.bin {
             Some(b) => b.clone(),
             None => backend.binary()?,
         };
         let dir = tempfile::Builder::new()
-            .prefix(&format!("{}-member-", backend.name()))
+            .prefix(&format!("{}-{name}-", backend.name()))
             .tempdir()?;
-        let scheme = if opts.tls.is_some() { "https" } else { "http" };
-        let mut m = Member {
+        let scheme = |tls: bool| if tls { "https" } else { "http" };
+        let client_url = format!("{}://127.0.0.1:{}", scheme(opts.tls.is_some()), free_port());
+        let peer_url = format!(
+            "{}://127.0.0.1:{}",
+            scheme(opts.peer_tls.is_some()),
+            free_port()
+        );
+        Ok(Member {
             backend,
-            name: "m1".into(),
-            client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
-            peer_url: format!("http://127.0.0.1:{}", free_port()),
+            name: name.into(),
+            initial_cluster: format!("{name}={peer_url}"),
+            initial_state: "new",
+            client_url,
+            peer_url,
             opts,
             bin,
             dir,
             child: None,
-        };
-        m.start_process()?;
-        Ok(m)
+        })
     }
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
-    /// `<data-dir>/member/wal`, the same place for both backends.
+    /// The data dir's layout (`member/wal`, `member/snap/db`), the same for both backends.
+    pub fn layout(&self) -> ferrokv_datadir::DataDir {
+        ferrokv_datadir::DataDir::new(self.data_dir())
+    }
+
+    /// `<data-dir>/member/wal`.
     pub fn wal_dir(&self) -> PathBuf {
-        self.data_dir().join("member").join("wal")
+        self.layout().wal()
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -225,9 +269,9 @@ impl Member {
             format!("--advertise-client-urls={}", self.client_url),
             format!("--listen-peer-urls={}", self.peer_url),
             format!("--initial-advertise-peer-urls={}", self.peer_url),
-            format!("--initial-cluster={}={}", self.name, self.peer_url),
-            "--initial-cluster-state=new".into(),
-            "--initial-cluster-token=ferrokv-test".into(),
+            format!("--initial-cluster={}", self.initial_cluster),
+            format!("--initial-cluster-state={}", self.initial_state),
+            format!("--initial-cluster-token={}", self.opts.token),
             "--log-level=info".into(),
         ];
         if self.backend == Backend::Etcd {
@@ -236,6 +280,20 @@ impl Member {
         }
         if let Some(n) = self.opts.snapshot_count {
             a.push(format!("--snapshot-count={n}"));
+        }
+        if let Some(ms) = self.opts.heartbeat_ms {
+            a.push(format!("--heartbeat-interval={ms}"));
+        }
+        if let Some(ms) = self.opts.election_ms {
+            a.push(format!("--election-timeout={ms}"));
+        }
+        if let Some(t) = &self.opts.peer_tls {
+            a.push(format!("--peer-cert-file={}", t.cert.display()));
+            a.push(format!("--peer-key-file={}", t.key.display()));
+            a.push(format!("--peer-trusted-ca-file={}", t.ca.display()));
+            if t.client_cert_auth {
+                a.push("--peer-client-cert-auth".into());
+            }
         }
         if let Some(t) = &self.opts.tls {
             a.push(format!("--cert-file={}", t.server_cert.display()));
@@ -358,6 +416,28 @@ impl Member {
             }
         }
         None
+    }
+
+    /// SIGKILLs the process and deletes its data dir: a lost disk. The ports stay reserved.
+    pub fn kill_and_wipe(&mut self) -> Result<()> {
+        self.kill();
+        match std::fs::remove_dir_all(self.data_dir()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// SIGSTOP / SIGCONT: a member that is alive but answers nothing (a frozen node).
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        let Some(pid) = self.pid() else {
+            return Ok(());
+        };
+        let sig = if frozen { "-STOP" } else { "-CONT" };
+        Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()?;
+        Ok(())
     }
 
     /// Starts the process again on the same data dir and ports and waits until ready.
