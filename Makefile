@@ -25,9 +25,9 @@ stop:
 deps:
 	scripts/install-test-deps.sh
 
-## make test: install test dependencies, build every binary, run every test.
-test: deps
-	$(CARGO) fetch
+## make test: install test dependencies, check formatting and lints, build every binary, run
+## every test.
+test: deps lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 	@scripts/e2e-available.sh || true
@@ -36,6 +36,7 @@ test: deps
 bench: deps
 	$(CARGO) build --release -p ferrokv -p ferrokv-bench
 	FERROKV_BIN=$(CURDIR)/target/release/ferrokv $(CURDIR)/target/release/ferrokv-bench --rounds 3
+	$(CURDIR)/target/release/ferrokv-microbench --rounds 3
 
 ## make e2e: the kind end-to-end suite (skips with a message where docker/kind are absent).
 e2e:
@@ -56,6 +57,7 @@ fmt:
 	$(CARGO) fmt --all
 
 lint:
+	$(CARGO) fetch
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

@@ -31,7 +31,7 @@ fn client_tls(tls: Option<&TlsFiles>) -> Result<Option<ClientTlsConfig>> {
 /// An `etcd-client` for `m`. No per-request timeout is set because it would also cut long-lived
 /// watch streams; tests bound their waits with `tokio::time::timeout` instead.
 pub async fn connect(m: &Member) -> Result<Client> {
-    connect_endpoints(&[m.client_url.clone()], m.opts.tls.as_ref()).await
+    connect_endpoints(std::slice::from_ref(&m.client_url), m.opts.tls.as_ref()).await
 }
 
 /// An `etcd-client` balancing over `endpoints` (a cluster's client URLs).

@@ -177,7 +177,7 @@ impl Cluster {
         let list = c.member_list().await?;
         list.members()
             .iter()
-            .find(|m| m.peer_urls().iter().any(|u| *u == peer))
+            .find(|m| m.peer_urls().contains(&peer))
             .map(|m| m.id())
             .ok_or_else(|| Error::Settle(format!("{name} ({peer}) is not in the member list")))
     }

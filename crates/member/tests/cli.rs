@@ -2,6 +2,7 @@
 //! serves, is snapshotted with `snapshot save`, inspected with `snapshot status`, and stops
 //! on SIGTERM.
 
+use ferrokv_tests::free_port;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -116,14 +117,6 @@ fn dump_logs_of_a_missing_dir_fails_cleanly() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("reading the WAL"), "{stderr}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Kills the member if the test fails half-way, so no process outlives the test.

@@ -676,33 +676,6 @@ fn wal_can_move_to_another_thread() {
     assert_send::<Error>();
 }
 
-#[test]
-#[ignore = "timing probe, run by hand"]
-fn append_throughput_probe() {
-    let (_tmp, dir) = wal_dir();
-    let mut wal = Wal::create(&dir, META, opts()).unwrap();
-    let n = 2000u64;
-    let start = std::time::Instant::now();
-    for i in 1..=n {
-        wal.append(&[big_entry(i)], Some(&hs(1, i))).unwrap();
-    }
-    let per = start.elapsed() / n as u32;
-    let start = std::time::Instant::now();
-    let batch: Vec<Entry> = (n + 1..=n + 100_000).map(big_entry).collect();
-    for chunk in batch.chunks(1000) {
-        wal.append(chunk, Some(&hs(1, 1))).unwrap();
-    }
-    let batched = start.elapsed();
-    drop(wal);
-    let start = std::time::Instant::now();
-    let replay = Wal::read(&dir).unwrap();
-    eprintln!(
-        "single-entry append+fdatasync: {per:?}; 100k entries in batches of 1000: {batched:?}; replay of {} entries: {:?}",
-        replay.entries.len(),
-        start.elapsed()
-    );
-}
-
 /// Deterministic xorshift, so a failing seed can be replayed.
 struct Rng(u64);
 
