@@ -198,18 +198,21 @@ mod tests {
     }
     const DAY: Duration = Duration::from_secs(86400);
 
+    /// A 90-day server or peer leaf of cluster `kv` in `namespace`.
+    fn member_leaf(
+        ca: &CaPem,
+        kind: LeafKind,
+        cn: &str,
+        namespace: &str,
+        at: OffsetDateTime,
+    ) -> LeafPem {
+        issue_leaf(ca, kind, cn, &member_sans("kv", namespace), at, 90 * DAY).expect("leaf")
+    }
+
     #[test]
     fn server_sans_cover_members_services_and_loopback() {
         let ca = generate_ca("kv", now()).expect("ca");
-        let leaf = issue_leaf(
-            &ca,
-            LeafKind::Server,
-            "kv-server",
-            &member_sans("kv", "prod"),
-            now(),
-            90 * DAY,
-        )
-        .expect("leaf");
+        let leaf = member_leaf(&ca, LeafKind::Server, "kv-server", "prod", now());
         let sans = sans_of(&leaf.cert).expect("sans");
         assert_eq!(
             sans,
@@ -231,15 +234,7 @@ mod tests {
     fn renewal_at_two_thirds_of_lifetime() {
         let t0 = now();
         let ca = generate_ca("kv", t0).expect("ca");
-        let leaf = issue_leaf(
-            &ca,
-            LeafKind::Peer,
-            "kv-peer",
-            &member_sans("kv", "ns"),
-            t0,
-            90 * DAY,
-        )
-        .expect("leaf");
+        let leaf = member_leaf(&ca, LeafKind::Peer, "kv-peer", "ns", t0);
         let cases = [
             (0i64, false),
             (30, false),
@@ -345,15 +340,7 @@ mod tests {
     async fn mutual_tls_handshake_with_generated_chain() {
         let t = now();
         let ca = generate_ca("kv", t).expect("ca");
-        let server = issue_leaf(
-            &ca,
-            LeafKind::Server,
-            "kv-server",
-            &member_sans("kv", "ns"),
-            t,
-            90 * DAY,
-        )
-        .expect("server");
+        let server = member_leaf(&ca, LeafKind::Server, "kv-server", "ns", t);
         let client = issue_leaf(&ca, LeafKind::Client, "ferrokv-operator", &[], t, 90 * DAY)
             .expect("client");
         for name in [
@@ -385,30 +372,14 @@ mod tests {
     async fn expired_leaf_is_refused_and_detected() {
         let t = now() - time::Duration::days(100);
         let ca = generate_ca("kv", t).expect("ca");
-        let server = issue_leaf(
-            &ca,
-            LeafKind::Server,
-            "kv",
-            &member_sans("kv", "ns"),
-            t,
-            90 * DAY,
-        )
-        .expect("server");
+        let server = member_leaf(&ca, LeafKind::Server, "kv", "ns", t);
         let client = issue_leaf(&ca, LeafKind::Client, "op", &[], now(), 90 * DAY).expect("client");
         assert!(needs_renewal(&server.cert, now()).expect("parse"));
         let err = handshake(&server, &client, "localhost")
             .await
             .expect_err("expired");
         assert!(err.to_lowercase().contains("expired"), "{err}");
-        let renewed = issue_leaf(
-            &ca,
-            LeafKind::Server,
-            "kv",
-            &member_sans("kv", "ns"),
-            now(),
-            90 * DAY,
-        )
-        .expect("renew");
+        let renewed = member_leaf(&ca, LeafKind::Server, "kv", "ns", now());
         assert!(!needs_renewal(&renewed.cert, now()).expect("parse"));
         handshake(&renewed, &client, "localhost")
             .await

@@ -1,17 +1,30 @@
 //! ferrokv operator: turns `EtcdCluster` resources into running, healthy member pods.
 //!
-//! Pipeline per reconcile (see `controller`): observe Kubernetes objects and the members
-//! through the etcd v3 API → `plan` (pure) picks the one next step → apply it (server-side
-//! apply, member API calls) → write status. `plan`, `certs` and `resources` are pure and take
-//! no client. This crate talks to members only through the etcd v3 API (`etcd-client`), never
-//! through ferrokv's internal crates, so it manages ferrokv and the reference etcd alike.
+//! Pipeline per reconcile (`controller::reconcile`), one module per step:
+//! `observe` (Kubernetes objects, and the members through the etcd v3 API) → `tls` (which
+//! certificates to keep or issue) → `plan` (the one next step) → `build` (every object to
+//! write) → `apply` (server-side apply; the step through `executor`) → `status`; `events`
+//! holds the Event texts. `tls`, `plan`, `build`, `events`, `certs` and `resources` are pure
+//! and take no client; only `observe` and `apply` hold the kube client. This crate talks to
+//! members only through the etcd v3 API (`etcd-client`), never through ferrokv's internal
+//! crates, so it manages ferrokv and the reference etcd alike.
 
+pub mod apply;
+pub mod build;
 pub mod certs;
 pub mod controller;
+pub mod events;
+pub mod executor;
 pub mod members;
 pub mod metrics;
+pub mod observe;
 pub mod plan;
 pub mod resources;
+pub mod status;
+pub mod tls;
+
+/// Field manager of every server-side apply, and the operator's client certificate name.
+pub const MANAGER: &str = "ferrokv-operator";
 
 /// Everything that can fail in the operator; one variant per failed step.
 #[derive(Debug, thiserror::Error)]

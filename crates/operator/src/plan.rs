@@ -57,6 +57,8 @@ pub struct ObservedPod {
     pub unready_for: Duration,
     /// Hash of the configuration (certificates, flags) the pod was created with.
     pub config_hash: String,
+    /// Has a deletion timestamp: on its way out, but still listed.
+    pub terminating: bool,
 }
 
 /// Everything the planner looks at.
@@ -108,6 +110,25 @@ pub enum Step {
     Wait { reason: String },
     /// Members match the spec.
     Steady,
+}
+
+impl Step {
+    /// The variant's name: metric label, `Progressing` reason and span field.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Step::Invalid { .. } => "Invalid",
+            Step::BootstrapSeed { .. } => "BootstrapSeed",
+            Step::AddLearner { .. } => "AddLearner",
+            Step::CreatePod { .. } => "CreatePod",
+            Step::PromoteLearner { .. } => "PromoteLearner",
+            Step::MoveLeader { .. } => "MoveLeader",
+            Step::RemoveMember { .. } => "RemoveMember",
+            Step::DeletePod { .. } => "DeletePod",
+            Step::RollMember { .. } => "RollMember",
+            Step::Wait { .. } => "Wait",
+            Step::Steady => "Steady",
+        }
+    }
 }
 
 /// Why a member is removed (goes into the Event).
@@ -171,6 +192,19 @@ pub fn validate_replicas(replicas: i32) -> Result<Vec<String>, String> {
 
 /// Decides the next step.
 pub fn plan(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
+    let mut p = next_step(cluster, obs, cfg);
+    let acts = !matches!(p.step, Step::Steady | Step::Invalid { .. });
+    if acts && obs.pods.iter().any(|p| p.terminating) {
+        // A pod on its way out would make the next step race with its deletion.
+        p.step = Step::Wait {
+            reason: "waiting for a terminating pod to go away".into(),
+        };
+    }
+    p
+}
+
+/// The step the rules pick, before the terminating-pod rule of `plan`.
+fn next_step(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
     let max_seen = obs
         .pods
         .iter()
@@ -221,6 +255,23 @@ pub fn plan(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
         let healthy_after = healthy_voters - usize::from(m.healthy);
         has_quorum && remaining >= 1 && healthy_after >= quorum(remaining)
     };
+    // A broken member is replaced only when removing it is safe; otherwise everything waits.
+    let remove_or_wait = |m: &ObservedMember, reason, problem: &str| {
+        if can_remove(m) {
+            Step::RemoveMember {
+                id: m.id,
+                name: m.name.clone(),
+                reason,
+            }
+        } else {
+            Step::Wait {
+                reason: format!(
+                    "member {} {problem} but removing it would lose quorum",
+                    m.name
+                ),
+            }
+        }
+    };
 
     // 1. Pods whose member is gone (removed, or a seed/learner that never joined): clean up.
     let member_names: BTreeSet<&str> = members.iter().map(|m| m.name.as_str()).collect();
@@ -260,19 +311,8 @@ pub fn plan(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
             !obs.claims.contains(&m.name)
         };
         if lost {
-            if can_remove(m) {
-                let step = Step::RemoveMember {
-                    id: m.id,
-                    name: m.name.clone(),
-                    reason: RemoveReason::DataLost,
-                };
-                return out(step, warnings, next_ordinal);
-            }
-            let reason = format!(
-                "member {} lost its data but removing it would lose quorum",
-                m.name
-            );
-            return out(Step::Wait { reason }, warnings, next_ordinal);
+            let step = remove_or_wait(m, RemoveReason::DataLost, "lost its data");
+            return out(step, warnings, next_ordinal);
         }
     }
 
@@ -291,19 +331,8 @@ pub fn plan(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
     for m in voters.iter().filter(|m| !m.healthy) {
         let unready = pod(&m.name).map_or(Duration::MAX, |p| p.unready_for);
         if unready >= cfg.unhealthy_grace {
-            if can_remove(m) {
-                let step = Step::RemoveMember {
-                    id: m.id,
-                    name: m.name.clone(),
-                    reason: RemoveReason::Failed,
-                };
-                return out(step, warnings, next_ordinal);
-            }
-            let reason = format!(
-                "member {} is unhealthy but removing it would lose quorum",
-                m.name
-            );
-            return out(Step::Wait { reason }, warnings, next_ordinal);
+            let step = remove_or_wait(m, RemoveReason::Failed, "is unhealthy");
+            return out(step, warnings, next_ordinal);
         }
     }
 
@@ -454,6 +483,7 @@ mod tests {
             age: Duration::from_secs(60),
             unready_for: Duration::ZERO,
             config_hash: H.into(),
+            terminating: false,
         }
     }
     fn pods(ords: &[u64]) -> Vec<ObservedPod> {
@@ -533,6 +563,15 @@ mod tests {
         orphan_claim.claims.insert(n(3));
         let mut stale = pod(1);
         stale.config_hash = "old".into();
+        // Three voters and a learner that is far behind.
+        let three_and_a_learner = || {
+            Some(vec![
+                voter(0, true),
+                voter(1, false),
+                voter(2, false),
+                learner(3, true, Some(5)),
+            ])
+        };
         let cases: Vec<(&str, Observed, Step)> = vec![
             // bootstrap
             (
@@ -617,17 +656,7 @@ mod tests {
             ),
             (
                 "3 -> 5 one learner at a time",
-                obs(
-                    5,
-                    Some(vec![
-                        voter(0, true),
-                        voter(1, false),
-                        voter(2, false),
-                        learner(3, true, Some(5)),
-                    ]),
-                    pods(&[0, 1, 2, 3]),
-                    4,
-                ),
+                obs(5, three_and_a_learner(), pods(&[0, 1, 2, 3]), 4),
                 wait(),
             ),
             (
@@ -806,17 +835,7 @@ mod tests {
             ),
             (
                 "spec shrinks while learner catching up",
-                obs(
-                    3,
-                    Some(vec![
-                        voter(0, true),
-                        voter(1, false),
-                        voter(2, false),
-                        learner(3, true, Some(5)),
-                    ]),
-                    pods(&[0, 1, 2, 3]),
-                    4,
-                ),
+                obs(3, three_and_a_learner(), pods(&[0, 1, 2, 3]), 4),
                 remove(3, LearnerNotNeeded),
             ),
             (
@@ -881,6 +900,62 @@ mod tests {
                 want
             );
         }
+    }
+
+    #[test]
+    fn a_terminating_pod_holds_every_step_but_steady_and_invalid() {
+        let cfg = PlanConfig::default();
+        let three = || Some(vec![voter(0, true), voter(1, false), voter(2, false)]);
+        let terminating = |ords: &[u64], gone: u64| {
+            let mut p = pods(ords);
+            for p in p.iter_mut().filter(|p| p.name == member_name(C, gone)) {
+                p.terminating = true;
+            }
+            p
+        };
+        let cases: Vec<(&str, Observed, &str)> = vec![
+            (
+                "growth waits",
+                obs(5, three(), terminating(&[0, 1, 2], 2), 3),
+                "Wait",
+            ),
+            (
+                "deleting the terminating orphan waits too",
+                obs(
+                    3,
+                    Some(vec![voter(0, true), voter(1, false), voter(2, false)]),
+                    terminating(&[0, 1, 2, 3], 3),
+                    4,
+                ),
+                "Wait",
+            ),
+            (
+                "nothing to do stays steady",
+                obs(3, three(), terminating(&[0, 1, 2], 1), 3),
+                "Steady",
+            ),
+            (
+                "an invalid spec is still reported",
+                obs(0, three(), terminating(&[0, 1, 2], 1), 3),
+                "Invalid",
+            ),
+            (
+                "without a terminating pod the same cluster grows",
+                obs(5, three(), pods(&[0, 1, 2]), 3),
+                "AddLearner",
+            ),
+        ];
+        for (name, o, want) in cases {
+            let got = plan(C, &o, &cfg).step;
+            assert_eq!(got.label(), want, "{name}: {got:?}");
+        }
+        let p = plan(C, &obs(5, three(), terminating(&[0, 1, 2], 0), 3), &cfg);
+        assert_eq!(
+            p.step,
+            Step::Wait {
+                reason: "waiting for a terminating pod to go away".into()
+            }
+        );
     }
 
     #[test]

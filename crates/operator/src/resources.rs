@@ -547,6 +547,18 @@ pub(crate) mod fixtures {
         ec.metadata.generation = Some(1);
         ec
     }
+
+    /// A cluster with `tls.mode: Secrets` naming `my-server`, `my-peer` and `my-client`.
+    pub fn user_secrets_cluster(name: &str, replicas: i32) -> EtcdCluster {
+        let mut ec = cluster(name, replicas);
+        ec.spec.tls.mode = ferrokv_cluster_api::TlsMode::Secrets;
+        ec.spec.tls.secrets = Some(ferrokv_cluster_api::TlsSecrets {
+            server: "my-server".into(),
+            peer: "my-peer".into(),
+            client: "my-client".into(),
+        });
+        ec
+    }
 }
 
 #[cfg(test)]

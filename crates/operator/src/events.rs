@@ -1,0 +1,178 @@
+//! The Kubernetes Event each applied step leaves on its `EtcdCluster`: reason and note.
+//!
+//! Owns every Event text of the operator, so `kubectl describe` reads the same whatever path
+//! applied the step. Pure: it must not publish anything (that is `apply::Applier::publish`)
+//! and must not look at anything but the step and what executing it returned.
+
+use crate::executor::StepOutcome;
+use crate::plan::{RemoveReason, Step};
+
+/// One Event: `reason` is a CamelCase machine word, `note` the sentence for humans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepEvent {
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// The Event of a step that was applied; `None` for steps that change nothing (and for a step
+/// whose execution did nothing).
+pub fn for_step(step: &Step, outcome: &StepOutcome) -> Option<StepEvent> {
+    if *outcome == StepOutcome::Idle {
+        return None;
+    }
+    let (reason, note) = match step {
+        Step::BootstrapSeed { name } => {
+            ("MemberBootstrapped", format!("started seed member {name}"))
+        }
+        Step::AddLearner { name } => {
+            let note = match outcome {
+                StepOutcome::Added { id } => format!("added learner {name} ({id:x})"),
+                _ => format!("added learner {name}"),
+            };
+            ("MemberAdded", note)
+        }
+        Step::CreatePod { name } => ("MemberPodCreated", format!("created pod of member {name}")),
+        Step::PromoteLearner { id, name } => (
+            "MemberPromoted",
+            format!("promoted learner {name} ({id:x}) to voter"),
+        ),
+        Step::MoveLeader { from, to } => (
+            "LeaderMoved",
+            format!("moved leadership from {from:x} to {to:x}"),
+        ),
+        Step::RemoveMember { id, name, reason } => (
+            "MemberRemoved",
+            format!("removed member {name} ({id:x}): {}", why(*reason)),
+        ),
+        Step::DeletePod { name } => (
+            "MemberDeleted",
+            format!("deleted pod and data of former member {name}"),
+        ),
+        Step::RollMember { name } => (
+            "MemberRolled",
+            format!("restarting {name} with renewed certificates"),
+        ),
+        Step::Invalid { .. } | Step::Wait { .. } | Step::Steady => return None,
+    };
+    Some(StepEvent { reason, note })
+}
+
+fn why(reason: RemoveReason) -> &'static str {
+    match reason {
+        RemoveReason::ScaleDown => "scale down",
+        RemoveReason::Failed => "unhealthy past the grace period",
+        RemoveReason::DataLost => "data lost",
+        RemoveReason::LearnerStuck => "learner did not catch up",
+        RemoveReason::LearnerNotNeeded => "learner no longer needed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One row per step: what `kubectl describe` shows after it was applied.
+    #[test]
+    fn every_step_has_its_event() {
+        let name = || "kv-1".to_string();
+        let removed = |reason| Step::RemoveMember {
+            id: 0xab,
+            name: name(),
+            reason,
+        };
+        let applied = StepOutcome::Applied;
+        // (step, what executing it returned, want: reason and note)
+        type Row = (Step, StepOutcome, Option<(&'static str, &'static str)>);
+        let mut cases: Vec<Row> = vec![
+            (
+                Step::BootstrapSeed {
+                    name: "kv-0".into(),
+                },
+                applied,
+                Some(("MemberBootstrapped", "started seed member kv-0")),
+            ),
+            (
+                Step::AddLearner { name: name() },
+                StepOutcome::Added { id: 0x1f },
+                Some(("MemberAdded", "added learner kv-1 (1f)")),
+            ),
+            (
+                Step::CreatePod { name: name() },
+                applied,
+                Some(("MemberPodCreated", "created pod of member kv-1")),
+            ),
+            (
+                Step::PromoteLearner {
+                    id: 0x1f,
+                    name: name(),
+                },
+                applied,
+                Some(("MemberPromoted", "promoted learner kv-1 (1f) to voter")),
+            ),
+            (
+                Step::MoveLeader { from: 0xa, to: 0xb },
+                applied,
+                Some(("LeaderMoved", "moved leadership from a to b")),
+            ),
+            (
+                Step::DeletePod { name: name() },
+                applied,
+                Some((
+                    "MemberDeleted",
+                    "deleted pod and data of former member kv-1",
+                )),
+            ),
+            (
+                Step::RollMember { name: name() },
+                applied,
+                Some(("MemberRolled", "restarting kv-1 with renewed certificates")),
+            ),
+            (
+                Step::Wait {
+                    reason: "later".into(),
+                },
+                StepOutcome::Idle,
+                None,
+            ),
+            (Step::Steady, StepOutcome::Idle, None),
+            (
+                Step::Invalid {
+                    message: "bad".into(),
+                },
+                StepOutcome::Idle,
+                None,
+            ),
+            // A step that did nothing leaves no Event, whatever it was.
+            (Step::CreatePod { name: name() }, StepOutcome::Idle, None),
+        ];
+        for (reason, note) in [
+            (
+                RemoveReason::ScaleDown,
+                "removed member kv-1 (ab): scale down",
+            ),
+            (
+                RemoveReason::Failed,
+                "removed member kv-1 (ab): unhealthy past the grace period",
+            ),
+            (
+                RemoveReason::DataLost,
+                "removed member kv-1 (ab): data lost",
+            ),
+            (
+                RemoveReason::LearnerStuck,
+                "removed member kv-1 (ab): learner did not catch up",
+            ),
+            (
+                RemoveReason::LearnerNotNeeded,
+                "removed member kv-1 (ab): learner no longer needed",
+            ),
+        ] {
+            cases.push((removed(reason), applied, Some(("MemberRemoved", note))));
+        }
+        for (step, outcome, want) in cases {
+            let got = for_step(&step, &outcome);
+            let got = got.as_ref().map(|e| (e.reason, e.note.as_str()));
+            assert_eq!(got, want, "{step:?}");
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The TLS material of a cluster: which Secrets to read, which certificates are still good,
+//! which must be issued or renewed, the operator's own client identity and the hash that
+//! member pods roll on.
+//!
+//! Owns the rules of `spec.tls.mode` (`Disabled`, user `Secrets`, operator-issued `Auto`).
+//! Pure: it works on Secrets that `observe` read and returns certificates for `build` to put
+//! into Secrets; it must not read or write anything itself. It runs before `plan`, because the
+//! plan compares each pod's configuration hash with the one derived here.
+
+use crate::certs::{self, CaPem, LeafKind, LeafPem};
+use crate::members::ClientTls;
+use crate::resources::{secret_str, Names};
+use crate::{Error, Result, MANAGER};
+use ferrokv_cluster_api::{EtcdCluster, TlsMode};
+use k8s_openapi::api::core::v1::Secret;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// What the rest of the reconcile needs: the operator's client identity and the hash pods
+/// roll on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsState {
+    pub client: Option<ClientTls>,
+    pub config_hash: String,
+}
+
+/// A certificate issued by this reconcile, to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Issued {
+    /// A new cluster CA (`<cluster>-ca`).
+    Ca(CaPem),
+    /// A new or renewed leaf, stored in the named Secret.
+    Leaf { secret: String, pem: LeafPem },
+}
+
+/// The outcome of `resolve`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    pub state: TlsState,
+    /// Certificates to store, in the order they were issued (the CA first).
+    pub issued: Vec<Issued>,
+}
+
+/// A Secret `resolve` looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRead {
+    pub name: String,
+    /// A user's Secret must exist; an operator-issued one is issued when it is missing.
+    pub required: bool,
+}
+
+/// The Secrets `resolve` needs to see, in the order to read them.
+pub fn secrets_to_read(ec: &EtcdCluster, names: &Names) -> Result<Vec<SecretRead>> {
+    let read = |required| move |name: String| SecretRead { name, required };
+    Ok(match ec.spec.tls.mode {
+        TlsMode::Disabled => Vec::new(),
+        TlsMode::Secrets => {
+            let user = user_secrets(ec)?;
+            [&user.server, &user.peer, &user.client]
+                .into_iter()
+                .cloned()
+                .map(read(true))
+                .collect()
+        }
+        TlsMode::Auto => std::iter::once(names.ca_secret())
+            .chain(leaves(names).into_iter().map(|l| l.secret))
+            .map(read(false))
+            .collect(),
+    })
+}
+
+fn user_secrets(ec: &EtcdCluster) -> Result<&ferrokv_cluster_api::TlsSecrets> {
+    ec.spec
+        .tls
+        .secrets
+        .as_ref()
+        .ok_or_else(|| Error::InvalidSpec("tls.mode is Secrets but tls.secrets is not set".into()))
+}
+
+/// One operator-issued leaf certificate.
+struct Leaf {
+    secret: String,
+    kind: LeafKind,
+    common_name: String,
+    sans: Vec<String>,
+}
+
+/// The leaves of `Auto` mode, in the order they are checked and issued: server, peer, the
+/// operator's client, the users' client.
+fn leaves(names: &Names) -> [Leaf; 4] {
+    let sans = certs::member_sans(&names.cluster, &names.namespace);
+    let leaf = |secret, kind, common_name, sans| Leaf {
+        secret,
+        kind,
+        common_name,
+        sans,
+    };
+    [
+        leaf(
+            names.server_secret(),
+            LeafKind::Server,
+            format!("{}-server", names.cluster),
+            sans.clone(),
+        ),
+        leaf(
+            names.peer_secret(),
+            LeafKind::Peer,
+            format!("{}-peer", names.cluster),
+            sans,
+        ),
+        leaf(
+            names.operator_client_secret(),
+            LeafKind::Client,
+            MANAGER.to_string(),
+            Vec::new(),
+        ),
+        leaf(
+            names.client_secret(),
+            LeafKind::Client,
+            format!("{}-client", names.cluster),
+            Vec::new(),
+        ),
+    ]
+}
+
+/// Hash of the member certificates: a pod started with other certificates is rolled.
+pub fn config_hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn leaf_lifetime(ec: &EtcdCluster) -> Duration {
+    let days = ec
+        .spec
+        .tls
+        .certificate_lifetime_days
+        .unwrap_or(certs::DEFAULT_LEAF_DAYS);
+    Duration::from_secs(u64::from(days) * 86400)
+}
+
+fn client_identity(leaf: &LeafPem) -> ClientTls {
+    ClientTls {
+        ca: leaf.ca.clone(),
+        cert: leaf.cert.clone(),
+        key: leaf.key.clone(),
+    }
+}
+
+/// Decides the TLS material from the Secrets read (`secrets`, by name; missing ones absent):
+/// keeps what is present and fresh, issues what is missing, renews what is near expiry or
+/// signed by another CA.
+pub fn resolve(
+    ec: &EtcdCluster,
+    names: &Names,
+    secrets: &BTreeMap<String, Secret>,
+    now: OffsetDateTime,
+) -> Result<Tls> {
+    let field = |secret: &str, key| {
+        secrets
+            .get(secret)
+            .and_then(|s| secret_str(s, key))
+            .unwrap_or_default()
+    };
+    match ec.spec.tls.mode {
+        TlsMode::Disabled => return Ok(Tls::default()),
+        TlsMode::Secrets => {
+            let user = user_secrets(ec)?;
+            let state = TlsState {
+                client: Some(ClientTls {
+                    ca: field(&user.client, "ca.crt"),
+                    cert: field(&user.client, "tls.crt"),
+                    key: field(&user.client, "tls.key"),
+                }),
+                config_hash: config_hash(&[
+                    &field(&user.server, "tls.crt"),
+                    &field(&user.peer, "tls.crt"),
+                ]),
+            };
+            return Ok(Tls {
+                state,
+                issued: Vec::new(),
+            });
+        }
+        TlsMode::Auto => {}
+    }
+
+    let mut issued = Vec::new();
+    let stored_ca = secrets.get(&names.ca_secret()).and_then(|s| {
+        Some(CaPem {
+            cert: secret_str(s, "ca.crt")?,
+            key: secret_str(s, "ca.key")?,
+        })
+    });
+    let ca = match stored_ca {
+        Some(ca) => ca,
+        None => {
+            let ca = certs::generate_ca(&names.cluster, now)?;
+            issued.push(Issued::Ca(ca.clone()));
+            ca
+        }
+    };
+
+    let mut pems = Vec::with_capacity(4);
+    for leaf in leaves(names) {
+        let fresh = secrets.get(&leaf.secret).and_then(|s| {
+            let cert = secret_str(s, "tls.crt")?;
+            let key = secret_str(s, "tls.key")?;
+            let same_ca = secret_str(s, "ca.crt").as_deref() == Some(ca.cert.as_str());
+            let renew = certs::needs_renewal(&cert, now).unwrap_or(true);
+            (same_ca && !renew).then(|| LeafPem {
+                cert,
+                key,
+                ca: ca.cert.clone(),
+            })
+        });
+        let pem = match fresh {
+            Some(pem) => pem,
+            None => {
+                let pem = certs::issue_leaf(
+                    &ca,
+                    leaf.kind,
+                    &leaf.common_name,
+                    &leaf.sans,
+                    now,
+                    leaf_lifetime(ec),
+                )?;
+                issued.push(Issued::Leaf {
+                    secret: leaf.secret,
+                    pem: pem.clone(),
+                });
+                pem
+            }
+        };
+        pems.push(pem);
+    }
+    let [server, peer, operator, _users] = pems.as_slice() else {
+        return Err(Error::Certificate("expected four leaf certificates".into()));
+    };
+    Ok(Tls {
+        state: TlsState {
+            client: Some(client_identity(operator)),
+            config_hash: config_hash(&[&server.cert, &peer.cert]),
+        },
+        issued,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::fixtures::cluster;
+    use crate::resources::{ca_secret, tls_secret};
+
+    fn stored(ec: &EtcdCluster, secrets: &[(&str, &LeafPem)]) -> BTreeMap<String, Secret> {
+        secrets
+            .iter()
+            .map(|(n, l)| (n.to_string(), tls_secret(ec, n, l).expect("secret")))
+            .collect()
+    }
+
+    #[test]
+    fn auto_mode_issues_everything_for_a_new_cluster() {
+        let ec = cluster("kv", 3);
+        let names = Names::of(&ec).expect("names");
+        let now = OffsetDateTime::now_utc();
+        let tls = resolve(&ec, &names, &BTreeMap::new(), now).expect("tls");
+        let issued: Vec<&str> = tls
+            .issued
+            .iter()
+            .map(|i| match i {
+                Issued::Ca(_) => "kv-ca",
+                Issued::Leaf { secret, .. } => secret.as_str(),
+            })
+            .collect();
+        assert_eq!(
+            issued,
+            [
+                "kv-ca",
+                "kv-server-tls",
+                "kv-peer-tls",
+                "kv-operator-client-tls",
+                "kv-client-tls"
+            ]
+        );
+        let want: Vec<String> = secrets_to_read(&ec, &names)
+            .expect("reads")
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(want, issued, "reads what it would issue");
+    }
+
+    #[test]
+    fn user_secrets_are_read_not_issued() {
+        let mut ec = crate::resources::fixtures::user_secrets_cluster("kv", 3);
+        let names = Names::of(&ec).expect("names");
+        let reads = secrets_to_read(&ec, &names).expect("reads");
+        assert!(reads.iter().all(|r| r.required));
+        let now = OffsetDateTime::now_utc();
+        let ca = certs::generate_ca("kv", now).expect("ca");
+        let day = Duration::from_secs(86400);
+        let leaf = |kind, cn| certs::issue_leaf(&ca, kind, cn, &[], now, day).expect("leaf");
+        let (server, peer, client) = (
+            leaf(LeafKind::Server, "s"),
+            leaf(LeafKind::Peer, "p"),
+            leaf(LeafKind::Client, "c"),
+        );
+        let secrets = stored(
+            &ec,
+            &[
+                ("my-server", &server),
+                ("my-peer", &peer),
+                ("my-client", &client),
+            ],
+        );
+        let tls = resolve(&ec, &names, &secrets, now).expect("tls");
+        assert!(tls.issued.is_empty());
+        assert_eq!(tls.state.client, Some(client_identity(&client)));
+        assert_eq!(
+            tls.state.config_hash,
+            config_hash(&[&server.cert, &peer.cert])
+        );
+
+        ec.spec.tls.secrets = None;
+        assert!(matches!(
+            secrets_to_read(&ec, &names),
+            Err(Error::InvalidSpec(_))
+        ));
+    }
+
+    #[test]
+    fn leaves_of_another_ca_are_reissued_and_the_stored_ca_is_kept() {
+        let ec = cluster("kv", 3);
+        let names = Names::of(&ec).expect("names");
+        let now = OffsetDateTime::now_utc();
+        let ca = certs::generate_ca("kv", now).expect("ca");
+        let other = certs::generate_ca("other", now).expect("ca");
+        let day = Duration::from_secs(86400);
+        let good =
+            certs::issue_leaf(&ca, LeafKind::Peer, "kv-peer", &[], now, 90 * day).expect("leaf");
+        let foreign = certs::issue_leaf(&other, LeafKind::Server, "kv-server", &[], now, 90 * day)
+            .expect("leaf");
+        let mut secrets = stored(&ec, &[("kv-server-tls", &foreign), ("kv-peer-tls", &good)]);
+        secrets.insert("kv-ca".into(), ca_secret(&ec, &ca).expect("ca"));
+        let tls = resolve(&ec, &names, &secrets, now).expect("tls");
+        let issued: Vec<&str> = tls
+            .issued
+            .iter()
+            .filter_map(|i| match i {
+                Issued::Ca(_) => None,
+                Issued::Leaf { secret, pem } => {
+                    assert_eq!(pem.ca, ca.cert);
+                    Some(secret.as_str())
+                }
+            })
+            .collect();
+        assert_eq!(issued.len(), tls.issued.len(), "the CA is kept");
+        assert_eq!(
+            issued,
+            ["kv-server-tls", "kv-operator-client-tls", "kv-client-tls"]
+        );
+    }
+}
