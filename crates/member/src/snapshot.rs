@@ -495,7 +495,7 @@ mod tests {
         assert_eq!(r.cluster_id, ids::cluster_id(&[id_a, id_b]));
         assert_eq!(r.revision, 4);
 
-        let store = Store::open(&config.data_dir.join("member").join("snap").join("db")).unwrap();
+        let store = Store::open(&ferrokv_datadir::DataDir::new(&config.data_dir).db()).unwrap();
         assert_eq!(store.current_revision(), 4);
         assert_eq!(store.applied_index(), (40, 3));
         let members = membership::load(&store).unwrap();
@@ -511,7 +511,9 @@ mod tests {
         };
         assert_eq!(store.range(&all).unwrap().count, 3);
         // No WAL: the member bootstraps a new cluster from this keyspace.
-        assert!(!config.data_dir.join("member").join("wal").exists());
+        assert!(!ferrokv_datadir::DataDir::new(&config.data_dir)
+            .wal()
+            .exists());
 
         // A second restore to the same place refuses to overwrite it.
         let err = restore(&req).unwrap_err().to_string();

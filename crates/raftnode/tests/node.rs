@@ -115,7 +115,7 @@ fn assert_contiguous(entries: &[Entry]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_node_commits_concurrent_proposals_in_order_and_replays_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let member = dir.path().join("member");
+    let member = ferrokv_datadir::DataDir::new(dir.path()).member();
     assert_eq!(read_wal_metadata(&member).unwrap(), None);
 
     let (handle, mut committed, thread) =
@@ -211,7 +211,7 @@ async fn single_node_commits_concurrent_proposals_in_order_and_replays_after_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_refuses_storage_ahead_of_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let member = dir.path().join("member");
+    let member = ferrokv_datadir::DataDir::new(dir.path()).member();
     let (handle, mut committed, thread) =
         start(config(1, &member, &[1]), Arc::new(NoPeers)).unwrap();
     wait_status(&handle, "self-election", |s| s.leader_id == 1).await;
@@ -271,7 +271,7 @@ async fn read_index_is_at_least_the_last_commit() {
 }
 
 fn wal_segments(member: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(member.join("wal"))
+    let mut names: Vec<String> = std::fs::read_dir(ferrokv_datadir::wal_in(member))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".wal"))
@@ -281,7 +281,7 @@ fn wal_segments(member: &Path) -> Vec<String> {
 }
 
 fn snap_files(member: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(member.join("snap"))
+    let mut names: Vec<String> = std::fs::read_dir(ferrokv_datadir::snap_in(member))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".snap"))
@@ -293,7 +293,7 @@ fn snap_files(member: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_count_releases_wal_segments_and_restart_still_works() {
     let dir = tempfile::tempdir().unwrap();
-    let member = dir.path().join("member");
+    let member = ferrokv_datadir::DataDir::new(dir.path()).member();
     let small_segments = || WalOptions {
         segment_bytes: 4096,
         ..WalOptions::default()
