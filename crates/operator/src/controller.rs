@@ -16,7 +16,6 @@ use crate::{build, events, executor, observe, status, tls, Error, Result, MANAGE
 use ferrokv_cluster_api::EtcdCluster;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
-use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -25,6 +24,7 @@ use kube::ResourceExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use time::OffsetDateTime;
 use tracing::{info, instrument, warn};
 
 /// Shared state of all reconciles.
@@ -63,67 +63,48 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
 
     // An invalid size is refused before anything is read or written.
     if let Err(message) = plan::validate_replicas(ec.spec.replicas) {
-        let p = plan::Plan {
-            step: Step::Invalid {
-                message: message.clone(),
-            },
-            warnings: Vec::new(),
-            next_ordinal: ec.status.as_ref().map_or(0, |s| s.next_ordinal),
-        };
+        let next_ordinal = ec.status.as_ref().map_or(0, |s| s.next_ordinal);
+        let p = plan::Plan::invalid(message.clone(), next_ordinal);
         status::write(&applier, &ec, &status::build(&ec, None, &p)).await?;
         return Err(Error::InvalidSpec(message));
     }
 
-    // Observe. The TLS material is settled between the two reads: the members are asked with
-    // the operator's current client identity, and the plan compares pods with its hash.
+    // The TLS material is settled between the two reads: the members are asked with the
+    // operator's current client identity, and the plan compares pods with its hash.
     let objects = observe::cluster_objects(&ctx.client, &ec, &names).await?;
-    let tls = tls::resolve(
-        &ec,
-        &names,
-        &objects.secrets,
-        time::OffsetDateTime::now_utc(),
-    )?;
-    let members = observe::member_client(
-        &ec,
-        &names,
-        &objects.pods,
-        &ctx.endpoint_overrides,
-        tls.state.client.clone(),
-    );
-    let view = observe::members(&members).await;
-    let obs = observe::observed(
-        &ec,
-        &objects,
-        view.as_ref(),
-        &tls.state.config_hash,
-        Timestamp::now(),
-    );
+    let tls = tls::resolve(&ec, &names, &objects.secrets, OffsetDateTime::now_utc())?;
+    let seen = observe::members(&ec, &names, &objects, &tls.state, &ctx.endpoint_overrides).await;
 
-    let p = plan::plan(&names.cluster, &obs, &ctx.plan_config);
+    let p = plan::plan(&names.cluster, &seen.observed, &ctx.plan_config);
     for w in &p.warnings {
         warn!(warning = %w, "spec warning");
     }
     info!(step = ?p.step, "planned");
     ctx.metrics.step(p.step.label());
 
-    let desired = build::desired(&ec, &tls, &p.step, &obs)?;
+    let desired = build::desired(&ec, &tls, &p.step, &seen.observed)?;
 
     applier.cluster_objects(&desired).await?;
     // Status goes before the step: it records the ordinal above every name seen so far, before
     // this step can make one of them disappear (a removal), so names are never handed out twice.
-    status::write(&applier, &ec, &status::build(&ec, view.as_ref(), &p)).await?;
-    let mut exec = KubeExecutor::new(&applier, &members, &ec, &desired);
-    let outcome = executor::execute(&mut exec, &p.step, &obs).await?;
+    status::write(&applier, &ec, &status::build(&ec, seen.view.as_ref(), &p)).await?;
+    let mut exec = KubeExecutor::new(&applier, &seen.members, &ec, &desired);
+    let outcome = executor::execute(&mut exec, &p.step, &seen.observed).await?;
     if let Some(ev) = events::for_step(&p.step, &outcome) {
         applier.publish(&ec, &ev).await;
     }
+    Ok(requeue_after(&p.step))
+}
 
-    Ok(match p.step {
+/// A step in flight is looked at again soon; a waiting one a little later; a steady cluster
+/// once a minute, as a safety net behind the watches.
+fn requeue_after(step: &Step) -> Action {
+    match step {
         Step::Steady => Action::requeue(Duration::from_secs(60)),
         Step::Wait { .. } => Action::requeue(Duration::from_secs(10)),
         Step::Invalid { .. } => Action::await_change(),
         _ => Action::requeue(Duration::from_secs(2)),
-    })
+    }
 }
 
 /// Invalid specs wait for a change; everything else is retried with a short back-off.

@@ -8,7 +8,7 @@
 use crate::members::{ClientTls, ClusterView, MemberClient};
 use crate::plan::{Observed, ObservedPod};
 use crate::resources::{self, Names, CONFIG_HASH_ANNOTATION};
-use crate::tls;
+use crate::tls::{self, TlsState};
 use crate::{Error, Result};
 use ferrokv_cluster_api::EtcdCluster;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
@@ -100,9 +100,49 @@ pub async fn read_secrets(
     Ok(found)
 }
 
+/// What the members said, and the planner's input made from it and the cluster objects.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// A client for the members behind the pods, for the step to use.
+    pub members: MemberClient,
+    /// `None` when no member answered (or there is no pod to ask).
+    pub view: Option<ClusterView>,
+    pub observed: Observed,
+}
+
+/// Asks the members behind `objects.pods` for the member list and their status, with the
+/// operator's client identity from `tls`.
+pub async fn members(
+    ec: &EtcdCluster,
+    names: &Names,
+    objects: &ClusterObjects,
+    tls: &TlsState,
+    overrides: &BTreeMap<String, String>,
+) -> Observation {
+    let members = member_client(ec, names, &objects.pods, overrides, tls.client.clone());
+    // No pod, nobody to ask: skip the timeouts.
+    let view = if members.endpoints().is_empty() {
+        None
+    } else {
+        members.observe().await
+    };
+    let observed = observed(
+        ec,
+        objects,
+        view.as_ref(),
+        &tls.config_hash,
+        Timestamp::now(),
+    );
+    Observation {
+        members,
+        view,
+        observed,
+    }
+}
+
 /// A client for the members behind `pods`: their in-cluster DNS names, or the override of a
 /// member (an operator outside the cluster network, tests).
-pub fn member_client(
+fn member_client(
     ec: &EtcdCluster,
     names: &Names,
     pods: &[Pod],
@@ -120,17 +160,8 @@ pub fn member_client(
     MemberClient::new(endpoints, tls)
 }
 
-/// The member list and statuses; `None` when no member answers, and without asking when there
-/// is no pod to answer.
-pub async fn members(client: &MemberClient) -> Option<ClusterView> {
-    if client.endpoints().is_empty() {
-        return None;
-    }
-    client.observe().await
-}
-
 /// The planner's input from everything observed, and the configuration hash pods should have.
-pub fn observed(
+fn observed(
     ec: &EtcdCluster,
     objects: &ClusterObjects,
     view: Option<&ClusterView>,

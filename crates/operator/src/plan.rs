@@ -153,6 +153,17 @@ pub struct Plan {
     pub next_ordinal: u64,
 }
 
+impl Plan {
+    /// The answer to a spec that cannot be acted on, decided before anything is observed.
+    pub fn invalid(message: String, next_ordinal: u64) -> Self {
+        Plan {
+            step: Step::Invalid { message },
+            warnings: Vec::new(),
+            next_ordinal,
+        }
+    }
+}
+
 /// `<cluster>-<ordinal>`: member, pod and PVC name.
 pub fn member_name(cluster: &str, ordinal: u64) -> String {
     format!("{cluster}-{ordinal}")
@@ -223,7 +234,7 @@ fn next_step(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
 
     let warnings = match validate_replicas(obs.replicas) {
         Ok(w) => w,
-        Err(message) => return out(Step::Invalid { message }, Vec::new(), next_ordinal),
+        Err(message) => return Plan::invalid(message, next_ordinal),
     };
     let desired = usize::try_from(obs.replicas).unwrap_or(0);
 

@@ -81,22 +81,24 @@ impl Backend {
                 );
                 PathBuf::from("etcd")
             }
-            Backend::Ferrokv => std::env::var_os("FERROKV_BIN").map_or_else(
-                || {
-                    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-                        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
-                        PathBuf::from,
-                    );
-                    let bin = target.join("debug").join("ferrokv");
-                    assert!(
-                        bin.is_file(),
-                        "{} missing: run `cargo build -p ferrokv` first (`make test` does), or set FERROKV_BIN",
-                        bin.display()
-                    );
-                    bin
-                },
-                PathBuf::from,
-            ),
+            Backend::Ferrokv => {
+                let bin = std::env::var_os("FERROKV_BIN").map_or_else(
+                    || {
+                        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+                            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+                            PathBuf::from,
+                        );
+                        target.join("debug").join("ferrokv")
+                    },
+                    PathBuf::from,
+                );
+                assert!(
+                    bin.is_file(),
+                    "ferrokv binary {} missing: run `cargo build -p ferrokv` first (`make test` does), or set FERROKV_BIN",
+                    bin.display()
+                );
+                bin
+            }
         }
     }
 }
