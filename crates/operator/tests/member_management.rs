@@ -4,9 +4,9 @@
 //! The test plays the part of Kubernetes (it starts and stops member processes instead of
 //! pods) and otherwise runs the controller's own code: `MemberClient` observes the members,
 //! `plan::plan` picks the next step, and `executor::execute` carries it out through the
-//! `StepExecutor` the `Processes` harness implements (member calls through `MemberClient`,
-//! processes in place of pods). A writer keeps writing the whole time and every write must
-//! land.
+//! `StepExecutor` the `Processes` stand-in implements (member calls through `MemberClient`,
+//! processes of the workspace harness's `Cluster` in place of pods). A writer keeps writing the
+//! whole time and every write must land.
 //!
 //! Both member binaries are prerequisites, not options: a missing one fails the test with what
 //! to install, because a test that passes without running proves nothing.
@@ -17,199 +17,110 @@ use ferrokv_operator::executor::{self, StepExecutor};
 use ferrokv_operator::members::{ClientTls, ClusterView, MemberClient};
 use ferrokv_operator::plan::{self, Observed, ObservedPod, PlanConfig, Step};
 use ferrokv_operator::resources::InitialState;
+use ferrokv_tests::{free_port, Backend, Cluster, MemberOpts, PeerTls, TlsFiles};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const C: &str = "kv";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-struct Member {
-    scheme: &'static str,
-    client_port: u16,
-    peer_port: u16,
-    child: Option<Child>,
-    started_at: Instant,
-}
-
-impl Member {
-    fn client_url(&self) -> String {
-        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
+/// Member flags of every scenario: fast raft timing, and with TLS the operator's certificates
+/// from `dir` on both ports with client certificates required.
+fn member_opts(tls_dir: Option<&Path>) -> MemberOpts {
+    let mut o = MemberOpts {
+        heartbeat_ms: Some(50),
+        election_ms: Some(500),
+        token: "ferrokv-operator-test".into(),
+        ..MemberOpts::default()
+    };
+    if let Some(d) = tls_dir {
+        o.tls = Some(TlsFiles {
+            ca_cert: d.join("ca.crt"),
+            server_cert: d.join("server.crt"),
+            server_key: d.join("server.key"),
+            client_cert: d.join("client.crt"),
+            client_key: d.join("client.key"),
+            rogue_cert: d.join("client.crt"),
+            rogue_key: d.join("client.key"),
+        });
+        o.client_cert_auth = true;
+        o.peer_tls = Some(PeerTls {
+            cert: d.join("peer.crt"),
+            key: d.join("peer.key"),
+            ca: d.join("ca.crt"),
+            client_cert_auth: true,
+        });
     }
-    fn peer_url(&self) -> String {
-        format!("{}://127.0.0.1:{}", self.scheme, self.peer_port)
-    }
+    o
 }
 
-impl Drop for Member {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Etcd,
-    Ferrokv,
-}
-
-impl Backend {
-    /// The member binary; a machine without it fails the test with what to install.
-    fn binary(self) -> PathBuf {
-        match self {
-            Backend::Etcd => {
-                let ok = Command::new("etcd")
-                    .arg("--version")
-                    .stdout(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                assert!(
-                    ok,
-                    "etcd is not installed: run `make deps` (installs Debian's etcd-server and etcd-client)"
-                );
-                PathBuf::from("etcd")
-            }
-            Backend::Ferrokv => {
-                let bin = std::env::var_os("FERROKV_BIN").map_or_else(
-                    || {
-                        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-                            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
-                            PathBuf::from,
-                        );
-                        target.join("debug").join("ferrokv")
-                    },
-                    PathBuf::from,
-                );
-                assert!(
-                    bin.is_file(),
-                    "ferrokv binary {} missing: run `cargo build -p ferrokv` first (`make test` does), or set FERROKV_BIN",
-                    bin.display()
-                );
-                bin
-            }
-        }
-    }
-}
-
-/// The stand-in for Kubernetes: member processes keyed by name, data dirs in a tempdir.
+/// The stand-in for Kubernetes: the shared harness's member slots, named as the operator names
+/// pods, with the time each process was (re)started standing in for the pod's age.
 struct Processes {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    members: BTreeMap<String, Member>,
-    /// With TLS: the operator's client identity; member certs are in `dir/tls`.
+    cluster: Cluster,
+    /// Members whose process this test started and has not stopped, like pods that exist.
+    started: BTreeMap<String, Instant>,
+    /// With TLS: the operator's client identity.
     tls: Option<ClientTls>,
 }
 
 impl Processes {
-    fn new(bin: PathBuf, dir: tempfile::TempDir, tls: Option<ClientTls>) -> Self {
+    /// A machine without the backend's binary fails the test with what to install.
+    fn new(backend: Backend, opts: MemberOpts, tls: Option<ClientTls>) -> Self {
+        backend.binary().unwrap_or_else(|e| {
+            panic!("{e} (`make deps` installs etcd; `make test` builds ferrokv)")
+        });
         Processes {
-            bin,
-            dir,
-            members: BTreeMap::new(),
+            cluster: Cluster::empty(backend, opts),
+            started: BTreeMap::new(),
             tls,
         }
     }
 
     fn reserve(&mut self, name: &str) -> String {
-        if let Some(m) = self.members.get(name) {
-            return m.peer_url();
-        }
-        let m = Member {
-            scheme: if self.tls.is_some() { "https" } else { "http" },
-            client_port: free_port(),
-            peer_port: free_port(),
-            child: None,
-            started_at: Instant::now(),
-        };
-        let url = m.peer_url();
-        self.members.insert(name.to_string(), m);
-        url
+        let m = self
+            .cluster
+            .reserve_named(name)
+            .expect("reserve a member slot");
+        m.peer_url.clone()
     }
 
-    fn start(&mut self, name: &str, initial: &[String], state: &str) {
-        if !self.members.contains_key(name) {
-            self.reserve(name);
-        }
-        let initial_cluster = initial
-            .iter()
-            .filter_map(|n| self.members.get(n).map(|m| format!("{n}={}", m.peer_url())))
-            .collect::<Vec<_>>()
-            .join(",");
-        let data = self.dir.path().join(name);
-        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
-        let tls_flags: Vec<String> = if self.tls.is_some() {
-            let d = self.dir.path().join("tls");
-            let f = |n: &str| d.join(n).display().to_string();
-            vec![
-                format!("--cert-file={}", f("server.crt")),
-                format!("--key-file={}", f("server.key")),
-                format!("--trusted-ca-file={}", f("ca.crt")),
-                "--client-cert-auth".into(),
-                format!("--peer-cert-file={}", f("peer.crt")),
-                format!("--peer-key-file={}", f("peer.key")),
-                format!("--peer-trusted-ca-file={}", f("ca.crt")),
-                "--peer-client-cert-auth".into(),
-            ]
-        } else {
-            Vec::new()
-        };
-        let m = self.members.get_mut(name).expect("reserved");
-        let child = Command::new(&self.bin)
-            .arg(format!("--name={name}"))
-            .arg(format!("--data-dir={}", data.display()))
-            .arg(format!("--listen-client-urls={}", m.client_url()))
-            .arg(format!("--advertise-client-urls={}", m.client_url()))
-            .arg(format!("--listen-peer-urls={}", m.peer_url()))
-            .arg(format!("--initial-advertise-peer-urls={}", m.peer_url()))
-            .arg(format!("--initial-cluster={initial_cluster}"))
-            .arg(format!("--initial-cluster-state={state}"))
-            .arg("--initial-cluster-token=ferrokv-operator-test")
-            .arg("--heartbeat-interval=50")
-            .arg("--election-timeout=500")
-            .args(tls_flags)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn member");
-        m.child = Some(child);
-        m.started_at = Instant::now();
+    fn start(&mut self, name: &str, initial: &[String], state: &'static str) {
+        self.reserve(name);
+        self.cluster
+            .start_members(&[name.to_string()], initial, state)
+            .expect("start member");
+        self.started.insert(name.to_string(), Instant::now());
     }
 
     fn stop_and_delete(&mut self, name: &str) {
-        self.members.remove(name);
-        let _ = std::fs::remove_dir_all(self.dir.path().join(name));
+        self.cluster.drop_slot(name);
+        self.started.remove(name);
     }
 
-    fn running(&self) -> impl Iterator<Item = (&String, &Member)> {
-        self.members.iter().filter(|(_, m)| m.child.is_some())
+    fn running(&self) -> impl Iterator<Item = (&String, &Instant)> {
+        self.started.iter()
+    }
+
+    fn client_url(&self, name: &str) -> String {
+        self.cluster.get(name).expect("member").client_url.clone()
     }
 
     /// SIGKILLs a member's process, keeping its data.
     fn kill(&mut self, name: &str) {
-        if let Some(m) = self.members.get_mut(name) {
-            if let Some(mut c) = m.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        self.cluster.kill(name).expect("kill");
+        self.started.remove(name);
     }
 
     /// SIGKILLs a member and wipes its data: what a lost node with a local volume looks like.
     fn kill_and_wipe(&mut self, name: &str) {
-        self.kill(name);
-        let _ = std::fs::remove_dir_all(self.dir.path().join(name));
+        self.cluster
+            .get_mut(name)
+            .and_then(|m| m.kill_and_wipe())
+            .expect("kill and wipe");
+        self.started.remove(name);
     }
 
     fn client(&self) -> MemberClient {
@@ -217,14 +128,11 @@ impl Processes {
     }
 
     fn endpoints(&self) -> Vec<String> {
-        self.running().map(|(_, m)| m.client_url()).collect()
+        self.running().map(|(n, _)| self.client_url(n)).collect()
     }
 
     fn name_by_peer_url(&self, url: &str) -> Option<String> {
-        self.members
-            .iter()
-            .find(|(_, m)| m.peer_url() == url)
-            .map(|(n, _)| n.clone())
+        self.cluster.name_by_peer_url(url)
     }
 }
 
@@ -254,9 +162,9 @@ async fn observe(
     });
     let pods = procs
         .running()
-        .map(|(n, m)| ObservedPod {
+        .map(|(n, started)| ObservedPod {
             name: n.clone(),
-            age: m.started_at.elapsed(),
+            age: started.elapsed(),
             unready_for: Duration::ZERO,
             config_hash: String::new(),
             terminating: false,
@@ -318,28 +226,9 @@ impl StepExecutor for Processes {
     }
 }
 
-/// One `#[tokio::test]` per backend for the scenario `$scenario(Backend)`; etcd is the control.
-macro_rules! on_each_backend {
-    ($scenario:ident: $etcd:ident, $ferrokv:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $etcd() {
-            $scenario(Backend::Etcd).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $ferrokv() {
-            $scenario(Backend::Ferrokv).await;
-        }
-    };
-}
-
 /// Plain-text members of `backend`, converged to `replicas`, and the name counter.
 async fn converged(backend: Backend, replicas: i32) -> (Processes, u64) {
-    let mut procs = Processes::new(
-        backend.binary(),
-        tempfile::tempdir().expect("tempdir"),
-        None,
-    );
+    let mut procs = Processes::new(backend, member_opts(None), None);
     let mut next = 0u64;
     converge(&mut procs, &mut next, replicas).await;
     (procs, next)
@@ -404,16 +293,13 @@ async fn voters(procs: &Processes) -> Vec<(String, bool)> {
         .collect()
 }
 
-on_each_backend!(grow_promote_move_leader_shrink_while_writing: grow_promote_move_leader_shrink_while_writing_etcd, grow_promote_move_leader_shrink_while_writing_ferrokv);
-
 async fn grow_promote_move_leader_shrink_while_writing(backend: Backend) {
-    let bin = backend.binary();
-    let mut procs = Processes::new(bin, tempfile::tempdir().expect("tempdir"), None);
+    let mut procs = Processes::new(backend, member_opts(None), None);
     let mut next = 0u64;
 
     let steps = converge(&mut procs, &mut next, 1).await;
     assert_eq!(steps, vec![r#"BootstrapSeed { name: "kv-0" }"#]);
-    let seed = procs.members["kv-0"].client_url();
+    let seed = procs.client_url("kv-0");
 
     // A writer through the seed (which stays for the whole test), retrying each key briefly:
     // leader changes make single requests fail, but no key may be lost.
@@ -544,13 +430,10 @@ async fn grow_promote_move_leader_shrink_while_writing(backend: Backend) {
     eprintln!("{n} writes, longest single-write stall {gap:?}");
 }
 
-on_each_backend!(operator_certificates_secure_client_and_peer_traffic: operator_certificates_secure_client_and_peer_traffic_etcd, operator_certificates_secure_client_and_peer_traffic_ferrokv);
-
 /// The operator's certificates work with a real member: etcd serves client and peer traffic
 /// with them (`--client-cert-auth`, `--peer-client-cert-auth`), and the operator's
 /// `MemberClient` grows the cluster over TLS with its client certificate.
 async fn operator_certificates_secure_client_and_peer_traffic(backend: Backend) {
-    let bin = backend.binary();
     let dir = tempfile::tempdir().expect("tempdir");
     let now = time::OffsetDateTime::now_utc();
     let life = Duration::from_secs(90 * 86400);
@@ -569,6 +452,8 @@ async fn operator_certificates_secure_client_and_peer_traffic(backend: Backend) 
         ("server.key", &server.key),
         ("peer.crt", &peer.cert),
         ("peer.key", &peer.key),
+        ("client.crt", &op.cert),
+        ("client.key", &op.key),
     ] {
         std::fs::write(tls_dir.join(n), body).expect("write");
     }
@@ -577,7 +462,7 @@ async fn operator_certificates_secure_client_and_peer_traffic(backend: Backend) 
         cert: op.cert.clone(),
         key: op.key.clone(),
     };
-    let mut procs = Processes::new(bin, dir, Some(tls.clone()));
+    let mut procs = Processes::new(backend, member_opts(Some(&tls_dir)), Some(tls.clone()));
     let mut next = 0u64;
     converge(&mut procs, &mut next, 1).await;
     // Peer traffic is TLS too: a second member joins, catches up and is promoted.
@@ -610,8 +495,6 @@ async fn operator_certificates_secure_client_and_peer_traffic(backend: Backend) 
         "a foreign client certificate was accepted"
     );
 }
-
-on_each_backend!(lost_member_is_replaced_but_never_at_the_cost_of_quorum: lost_member_is_replaced_but_never_at_the_cost_of_quorum_etcd, lost_member_is_replaced_but_never_at_the_cost_of_quorum_ferrokv);
 
 /// A member whose data is lost is removed and replaced by a new member with a new name; when
 /// removing would lose quorum, nothing is removed.
@@ -650,8 +533,6 @@ async fn lost_member_is_replaced_but_never_at_the_cost_of_quorum(backend: Backen
     let (_, list) = client.list().await.expect("member list from the survivor");
     assert_eq!(list.len(), 3, "a member was removed without quorum");
 }
-
-on_each_backend!(reconfiguration_that_would_lose_quorum_is_refused: reconfiguration_that_would_lose_quorum_is_refused_etcd, reconfiguration_that_would_lose_quorum_is_refused_ferrokv);
 
 /// etcd's strict reconfiguration check, which the operator relies on as a second line of
 /// defence: with one of three voters down, adding a voter or a learner or removing a live
@@ -728,3 +609,12 @@ async fn reconfiguration_that_would_lose_quorum_is_refused(backend: Backend) {
     let left = c.member_list().await.expect("list");
     assert_eq!(left.members().len(), 2, "{:?}", left.members());
 }
+
+// One `#[tokio::test]` per backend and scenario (`<scenario>::etcd`, `<scenario>::ferrokv`);
+// etcd is the control.
+ferrokv_tests::both_backends!(
+    grow_promote_move_leader_shrink_while_writing,
+    operator_certificates_secure_client_and_peer_traffic,
+    lost_member_is_replaced_but_never_at_the_cost_of_quorum,
+    reconfiguration_that_would_lose_quorum_is_refused,
+);
