@@ -14,11 +14,13 @@
 pub mod client;
 pub mod cluster;
 pub mod etcdctl;
+pub mod kube;
 pub mod linearizability;
 pub mod member;
 pub mod normalize;
 pub mod tls;
 
+pub use self::kube::{ControlPlane, NodeAgent, OperatorProcess};
 pub use client::{connect, connect_endpoints, grpc_error, raw_kv};
 pub use cluster::Cluster;
 pub use etcdctl::{etcdctl, etcdctl_stdin, CtlOutput, CtlWatch};
