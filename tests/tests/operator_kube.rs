@@ -8,9 +8,11 @@
 
 use std::time::{Duration, Instant};
 
-use ferrokv_tests::kube::{ControlPlane, NodeAgent};
+use ferrokv_tests::kube::{ControlPlane, NodeAgent, OperatorProcess};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{Api, DeleteParams};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams};
+use serde_json::Value;
 
 /// Polls `check` until it returns `Some`, failing with `what` and `context()` after `timeout`.
 async fn eventually<T, F, Fut>(
@@ -238,4 +240,254 @@ async fn node_agent_runs_a_member_pod_to_ready() {
         || agent.describe(),
     )
     .await;
+}
+
+/// The control plane, the node agent and the operator installed as a user installs it.
+struct Testbed {
+    cp: ControlPlane,
+    agent: NodeAgent,
+    operator: OperatorProcess,
+    client: kube::Client,
+}
+
+impl Testbed {
+    /// `kubectl apply` of the CRD and `manifests/install.yaml` (its Deployment scaled to 0:
+    /// no kubelet runs the operator image; the test runs the binary as that ServiceAccount).
+    async fn start() -> Testbed {
+        let cp = ControlPlane::start().await.expect("control plane");
+        let agent = NodeAgent::start(&cp).await.expect("node agent");
+        let root = ferrokv_tests::member::workspace_root();
+        let kubectl = cp.kubectl();
+        for file in ["crds/etcdcluster.yaml", "manifests/install.yaml"] {
+            let path = root.join(file).display().to_string();
+            kubectl
+                .run(&["apply", "-f", &path])
+                .unwrap_or_else(|e| panic!("kubectl apply -f {file}: {e}"));
+        }
+        kubectl
+            .run(&[
+                "wait",
+                "--for=condition=Established",
+                "crd/etcdclusters.ferrokv.io",
+                "--timeout=60s",
+            ])
+            .expect("CRD established");
+        kubectl
+            .run(&[
+                "scale",
+                "-n",
+                "ferrokv-system",
+                "deployment/ferrokv-operator",
+                "--replicas=0",
+            ])
+            .expect("scale the operator Deployment to 0");
+        let operator = OperatorProcess::start(&cp, agent.hosts_file())
+            .await
+            .expect("operator");
+        let client = cp.client().await.expect("client");
+        Testbed {
+            cp,
+            agent,
+            operator,
+            client,
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        self.cp
+            .kubectl()
+            .run(args)
+            .unwrap_or_else(|e| format!("({e})"))
+    }
+
+    /// Everything worth reading when a scenario fails.
+    fn context(&self, ns: &str) -> String {
+        format!(
+            "----- kubectl get etcdclusters -o yaml -----\n{}\n\
+             ----- kubectl get pods,pvc,svc,pdb -----\n{}\n\
+             ----- events -----\n{}\n\
+             ----- operator log (last 40 lines) -----\n{}\n{}",
+            self.kubectl(&["get", "etcdclusters", "-n", ns, "-o", "yaml"]),
+            self.kubectl(&["get", "pods,pvc,svc,pdb", "-n", ns, "-o", "wide"]),
+            self.kubectl(&[
+                "get",
+                "events",
+                "-n",
+                ns,
+                "--sort-by=.metadata.creationTimestamp"
+            ]),
+            self.operator.log_tail(40),
+            self.agent.describe(),
+        )
+    }
+
+    fn cluster(&self, ns: &str, name: &str) -> Option<Value> {
+        let out = self
+            .cp
+            .kubectl()
+            .run(&["get", "etcdcluster", name, "-n", ns, "-o", "json"])
+            .ok()?;
+        serde_json::from_str(&out).ok()
+    }
+
+    /// Waits until the cluster reports `Available=True` with `replicas` ready voters for the
+    /// current generation; returns its status.
+    async fn wait_available(
+        &self,
+        ns: &str,
+        name: &str,
+        replicas: usize,
+        timeout: Duration,
+    ) -> Value {
+        eventually(
+            timeout,
+            &format!("EtcdCluster {ns}/{name} Available with {replicas} ready members"),
+            || async {
+                let ec = self.cluster(ns, name)?;
+                let st = &ec["status"];
+                let available = st["conditions"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["type"] == "Available" && c["status"] == "True");
+                let ready = st["readyMembers"].as_u64()? as usize == replicas;
+                let voters = st["members"]
+                    .as_array()?
+                    .iter()
+                    .filter(|m| m["learner"] != true && m["healthy"] == true)
+                    .count()
+                    == replicas;
+                let current = st["observedGeneration"] == ec["metadata"]["generation"];
+                (available && ready && voters && current).then(|| st.clone())
+            },
+            || self.context(ns),
+        )
+        .await
+    }
+
+    /// The member pods of a cluster (name → pod IP) as the API server has them.
+    async fn member_pods(&self, ns: &str, cluster: &str) -> Vec<(String, String)> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let lp = ListParams::default().labels(&format!("app.kubernetes.io/instance={cluster}"));
+        let mut out: Vec<(String, String)> = pods
+            .list(&lp)
+            .await
+            .expect("list pods")
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| {
+                let ip = p.status.as_ref()?.pod_ip.clone()?;
+                Some((p.metadata.name.clone()?, ip))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Reasons and notes of the Events on the cluster object, oldest first.
+    async fn events(&self, ns: &str, cluster: &str) -> Vec<(String, String)> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
+        let mut evs: Vec<Event> = api
+            .list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cluster))
+            .collect();
+        evs.sort_by_key(|e| e.metadata.creation_timestamp.clone());
+        evs.into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    /// `etcdctl member list -w json` through one member pod: (name, is learner) per member.
+    fn member_list(&self, ip: &str) -> Vec<(String, bool)> {
+        let out = ferrokv_tests::etcdctl(
+            &format!("http://{ip}:2379"),
+            &["member", "list", "-w", "json"],
+        );
+        let v = out.json();
+        let mut members: Vec<(String, bool)> = v["members"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| {
+                        (
+                            m["name"].as_str().unwrap_or_default().to_string(),
+                            m["isLearner"] == true,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        members.sort();
+        members
+    }
+}
+
+fn cluster_yaml(ns: &str, name: &str, replicas: u32, tls: &str) -> String {
+    format!(
+        "apiVersion: ferrokv.io/v1alpha1
+kind: EtcdCluster
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  tls: {{mode: {tls}}}
+"
+    )
+}
+
+/// The status, Events and member list of a cluster that just became Available with `n`
+/// members named after its pods.
+async fn assert_cluster_of(bed: &Testbed, ns: &str, name: &str, n: usize) {
+    let pods = bed.member_pods(ns, name).await;
+    assert_eq!(pods.len(), n, "member pods {pods:?}\n{}", bed.context(ns));
+    let want: Vec<(String, bool)> = pods.iter().map(|(p, _)| (p.clone(), false)).collect();
+    for (pod, ip) in &pods {
+        assert_eq!(
+            bed.member_list(ip),
+            want,
+            "etcdctl member list through {pod}\n{}",
+            bed.context(ns)
+        );
+    }
+    let events = bed.events(ns, name).await;
+    assert!(
+        events.iter().any(|(r, _)| r == "MemberBootstrapped"),
+        "no MemberBootstrapped Event: {events:?}"
+    );
+    if n > 1 {
+        for reason in ["MemberAdded", "MemberPromoted"] {
+            assert!(
+                events.iter().any(|(r, _)| r == reason),
+                "no {reason} Event: {events:?}"
+            );
+        }
+    }
+}
+
+/// Bootstrap of a 1-member and a 3-member cluster without TLS, from the shipped install.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operator_bootstraps_one_and_three_members_tls_disabled() {
+    let bed = Testbed::start().await;
+    let t = Instant::now();
+    bed.cp
+        .kubectl()
+        .apply(&cluster_yaml("default", "one", 1, "Disabled"))
+        .expect("apply one");
+    bed.wait_available("default", "one", 1, Duration::from_secs(90))
+        .await;
+    assert_cluster_of(&bed, "default", "one", 1).await;
+    eprintln!("one member Available after {:?}", t.elapsed());
+
+    let t = Instant::now();
+    bed.cp
+        .kubectl()
+        .apply(&cluster_yaml("default", "three", 3, "Disabled"))
+        .expect("apply three");
+    bed.wait_available("default", "three", 3, Duration::from_secs(180))
+        .await;
+    assert_cluster_of(&bed, "default", "three", 3).await;
+    eprintln!("three members Available after {:?}", t.elapsed());
 }

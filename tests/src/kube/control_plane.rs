@@ -378,6 +378,8 @@ impl ControlPlane {
             // projected volume the plugin adds. The operator gets its token by TokenRequest.
             "--disable-admission-plugins=ServiceAccount".into(),
             "--allow-privileged=true".into(),
+            // The `kubernetes` Service endpoint would be 127.0.0.1, which Endpoints refuse.
+            "--endpoint-reconciler-type=none".into(),
         ];
         let log = self.apiserver_log();
         self.apiserver = Some(self.spawn(&self.bins.apiserver.clone(), &args, &log)?);
