@@ -6,10 +6,12 @@
 //! a pod to Ready, resolves its names, keeps PVC data and finishes graceful deletion); the
 //! scenarios then install the operator from `manifests/install.yaml` and drive `EtcdCluster`s.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrokv_tests::kube::{ControlPlane, NodeAgent, OperatorProcess};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::Value;
@@ -490,4 +492,262 @@ async fn operator_bootstraps_one_and_three_members_tls_disabled() {
         .await;
     assert_cluster_of(&bed, "default", "three", 3).await;
     eprintln!("three members Available after {:?}", t.elapsed());
+}
+
+/// `etcdctl` run over the agent's hosts file, so member DNS names resolve and TLS names match;
+/// with `tls`, the client certificate the operator issued for users (`<cluster>-client-tls`).
+async fn etcdctl_dns(
+    bed: &Testbed,
+    ns: &str,
+    cluster: &str,
+    member: &str,
+    tls: bool,
+    args: &[&str],
+) -> String {
+    let mut all: Vec<String> = vec!["--dial-timeout=3s".into(), "--command-timeout=10s".into()];
+    let scheme = if tls { "https" } else { "http" };
+    all.push(format!(
+        "--endpoints={scheme}://{member}.{cluster}-peer.{ns}.svc:2379"
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    if tls {
+        let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), ns);
+        let s = secrets
+            .get(&format!("{cluster}-client-tls"))
+            .await
+            .expect("client certificate Secret");
+        let data = s.data.unwrap_or_default();
+        for (key, flag) in [
+            ("ca.crt", "--cacert"),
+            ("tls.crt", "--cert"),
+            ("tls.key", "--key"),
+        ] {
+            let path = dir.path().join(key);
+            std::fs::write(&path, &data.get(key).expect(key).0).expect("write");
+            all.push(format!("{flag}={}", path.display()));
+        }
+    }
+    all.extend(args.iter().map(|s| s.to_string()));
+    let out = ferrokv_tests::kube::hosts_command(
+        bed.agent.hosts_file(),
+        std::path::Path::new("etcdctl"),
+        &all,
+    )
+    .env("ETCDCTL_API", "3")
+    .output()
+    .expect("run etcdctl");
+    assert!(
+        out.status.success(),
+        "etcdctl {all:?} failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        bed.context(ns)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Names of the members `etcdctl member list` shows, and whether any is a learner.
+fn names_in(member_list_json: &str) -> (Vec<String>, bool) {
+    let v: Value = serde_json::from_str(member_list_json).expect("member list JSON");
+    let ms = v["members"].as_array().cloned().unwrap_or_default();
+    let mut names: Vec<String> = ms
+        .iter()
+        .map(|m| m["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    names.sort();
+    (names, ms.iter().any(|m| m["isLearner"] == true))
+}
+
+/// Bootstrap of 3 members with operator-issued TLS: the members serve clients and peers over
+/// mutual TLS with certificates for their DNS names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operator_bootstraps_three_members_tls_auto() {
+    let bed = Testbed::start().await;
+    let ns = "default";
+    let t = Instant::now();
+    bed.cp
+        .kubectl()
+        .apply(&cluster_yaml(ns, "secure", 3, "Auto"))
+        .expect("apply secure");
+    bed.wait_available(ns, "secure", 3, Duration::from_secs(180))
+        .await;
+    eprintln!("three TLS members Available after {:?}", t.elapsed());
+    let pods = bed.member_pods(ns, "secure").await;
+    let want: Vec<String> = pods.iter().map(|(p, _)| p.clone()).collect();
+    for member in &want {
+        let out = etcdctl_dns(
+            &bed,
+            ns,
+            "secure",
+            member,
+            true,
+            &["member", "list", "-w", "json"],
+        )
+        .await;
+        assert_eq!(names_in(&out), (want.clone(), false), "through {member}");
+    }
+    // Without a client certificate the member refuses the client.
+    let plain = ferrokv_tests::kube::hosts_command(
+        bed.agent.hosts_file(),
+        std::path::Path::new("etcdctl"),
+        &[
+            "--dial-timeout=2s".into(),
+            "--command-timeout=3s".into(),
+            format!("--endpoints=https://{}.secure-peer.{ns}.svc:2379", want[0]),
+            "--insecure-skip-tls-verify".into(),
+            "member".into(),
+            "list".into(),
+        ],
+    )
+    .env("ETCDCTL_API", "3")
+    .output()
+    .expect("run etcdctl");
+    assert!(
+        !plain.status.success(),
+        "a client without certificate was served"
+    );
+    let events = bed.events(ns, "secure").await;
+    for reason in ["MemberBootstrapped", "MemberAdded", "MemberPromoted"] {
+        assert!(
+            events.iter().any(|(r, _)| r == reason),
+            "no {reason} Event: {events:?}"
+        );
+    }
+}
+
+/// Writes through the member pods' addresses until stopped; returns the acknowledged keys.
+fn start_writer(
+    client: kube::Client,
+    ns: &'static str,
+    cluster: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<String>, usize)> {
+    tokio::spawn(async move {
+        let pods: Api<Pod> = Api::namespaced(client, ns);
+        let mut acked = Vec::new();
+        let mut failures = 0;
+        let mut etcd: Option<etcd_client::Client> = None;
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            if etcd.is_none() {
+                let lp =
+                    ListParams::default().labels(&format!("app.kubernetes.io/instance={cluster}"));
+                let endpoints: Vec<String> = pods
+                    .list(&lp)
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter_map(|p| p.status?.pod_ip)
+                    .map(|ip| format!("http://{ip}:2379"))
+                    .collect();
+                let opts = etcd_client::ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(2))
+                    .with_timeout(Duration::from_secs(5));
+                etcd = etcd_client::Client::connect(endpoints, Some(opts))
+                    .await
+                    .ok();
+            }
+            let Some(c) = etcd.as_mut() else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let key = format!("/writer/{i:08}");
+            match tokio::time::timeout(Duration::from_secs(5), c.put(key.clone(), "v", None)).await
+            {
+                Ok(Ok(_)) => {
+                    acked.push(key);
+                    i += 1;
+                }
+                _ => {
+                    // Not acknowledged: the key may or may not exist; a new key is written next.
+                    failures += 1;
+                    i += 1;
+                    etcd = None;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (acked, failures)
+    })
+}
+
+/// 3 → 5 → 3 with a client writing throughout: members are added as learners and promoted,
+/// removed one at a time, their pods and claims deleted, and no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operator_scales_three_five_three_under_writes() {
+    let bed = Testbed::start().await;
+    let ns = "default";
+    let kubectl = bed.cp.kubectl();
+    kubectl
+        .apply(&cluster_yaml(ns, "kv", 3, "Disabled"))
+        .expect("apply kv");
+    bed.wait_available(ns, "kv", 3, Duration::from_secs(180))
+        .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = start_writer(bed.client.clone(), ns, "kv", stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let t = Instant::now();
+    kubectl
+        .run(&["scale", "-n", ns, "etcdcluster/kv", "--replicas=5"])
+        .expect("scale to 5");
+    bed.wait_available(ns, "kv", 5, Duration::from_secs(180))
+        .await;
+    eprintln!("3 -> 5 after {:?}", t.elapsed());
+    assert_cluster_of(&bed, ns, "kv", 5).await;
+
+    let t = Instant::now();
+    kubectl
+        .run(&["scale", "-n", ns, "etcdcluster/kv", "--replicas=3"])
+        .expect("scale to 3");
+    bed.wait_available(ns, "kv", 3, Duration::from_secs(180))
+        .await;
+    // The removed members' pods and claims go too.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(bed.client.clone(), ns);
+    eventually(
+        Duration::from_secs(60),
+        "3 member pods and 3 claims after scaling down",
+        || async {
+            let pods = bed.member_pods(ns, "kv").await;
+            let lp = ListParams::default().labels("app.kubernetes.io/instance=kv");
+            let n = claims.list(&lp).await.ok()?.items.len();
+            (pods.len() == 3 && n == 3).then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    eprintln!("5 -> 3 after {:?}", t.elapsed());
+    assert_cluster_of(&bed, ns, "kv", 3).await;
+    let events = bed.events(ns, "kv").await;
+    let removed = events.iter().filter(|(r, _)| r == "MemberRemoved").count();
+    assert!(removed >= 1, "no MemberRemoved Event: {events:?}");
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failures) = writer.await.expect("writer");
+    assert!(
+        acked.len() > 50,
+        "too few writes acknowledged: {} ({failures} failed)",
+        acked.len()
+    );
+    let (_, ip) = bed.member_pods(ns, "kv").await.remove(0);
+    let out = ferrokv_tests::etcdctl(
+        &format!("http://{ip}:2379"),
+        &["get", "/writer/", "--prefix", "--keys-only"],
+    );
+    let present: std::collections::BTreeSet<&str> =
+        out.ok().lines().filter(|l| !l.is_empty()).collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|k| !present.contains(k.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    eprintln!(
+        "{} writes acknowledged, {failures} not, none lost",
+        acked.len()
+    );
 }
