@@ -751,3 +751,141 @@ async fn operator_scales_three_five_three_under_writes() {
         acked.len()
     );
 }
+
+/// Every API call the operator makes, as (API group, resource, verb): the watches of
+/// `controller::run`, the reads of `observe`, the server-side applies (a patch that creates
+/// the object when it is missing) and deletes of `apply`, the status apply, and the Events of
+/// kube-runtime's Recorder.
+const OPERATOR_CALLS: &[(&str, &str, &str)] = &[
+    ("ferrokv.io", "etcdclusters", "get"),
+    ("ferrokv.io", "etcdclusters", "list"),
+    ("ferrokv.io", "etcdclusters", "watch"),
+    ("ferrokv.io", "etcdclusters/status", "patch"),
+    ("", "pods", "list"),
+    ("", "pods", "watch"),
+    ("", "pods", "create"),
+    ("", "pods", "patch"),
+    ("", "pods", "delete"),
+    ("", "persistentvolumeclaims", "list"),
+    ("", "persistentvolumeclaims", "watch"),
+    ("", "persistentvolumeclaims", "create"),
+    ("", "persistentvolumeclaims", "patch"),
+    ("", "persistentvolumeclaims", "delete"),
+    ("", "services", "list"),
+    ("", "services", "watch"),
+    ("", "services", "create"),
+    ("", "services", "patch"),
+    ("", "secrets", "get"),
+    ("", "secrets", "create"),
+    ("", "secrets", "patch"),
+    ("policy", "poddisruptionbudgets", "create"),
+    ("policy", "poddisruptionbudgets", "patch"),
+    ("events.k8s.io", "events", "create"),
+    ("events.k8s.io", "events", "patch"),
+];
+
+/// What the operator must not be able to do (least privilege).
+const NOT_GRANTED: &[(&str, &str, &str)] = &[
+    ("", "secrets", "list"),
+    ("", "secrets", "delete"),
+    ("", "nodes", "get"),
+    ("rbac.authorization.k8s.io", "clusterroles", "create"),
+    ("ferrokv.io", "etcdclusters", "delete"),
+    ("apps", "deployments", "create"),
+];
+
+/// Whether the API server's authorizer lets `user` do `verb` on `group/resource` in
+/// namespace `ns` (a SubjectAccessReview, what `kubectl auth can-i --as` asks).
+async fn allowed(
+    client: &kube::Client,
+    user: &str,
+    ns: &str,
+    (group, resource, verb): (&str, &str, &str),
+) -> bool {
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, s)) => (r, Some(s)),
+        None => (resource, None),
+    };
+    let review: SubjectAccessReview = serde_json::from_value(serde_json::json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": user,
+            "groups": ["system:serviceaccounts", "system:authenticated"],
+            "resourceAttributes": {
+                "namespace": ns, "group": group, "resource": resource,
+                "subresource": subresource, "verb": verb,
+            },
+        },
+    }))
+    .expect("review");
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    let out = api
+        .create(&kube::api::PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview");
+    out.status.is_some_and(|s| s.allowed)
+}
+
+/// The RBAC of `manifests/install.yaml` and of the chart, as the real authorizer applies them
+/// to a ServiceAccount bound the way each install binds it: every call the operator makes is
+/// allowed in any namespace, and nothing beyond.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shipped_rbac_allows_every_operator_call_and_no_more() {
+    let cp = ControlPlane::start().await.expect("control plane");
+    let kubectl = cp.kubectl();
+    let root = ferrokv_tests::member::workspace_root();
+    let install = root.join("manifests/install.yaml").display().to_string();
+    kubectl
+        .run(&["apply", "-f", &install])
+        .expect("apply install.yaml");
+
+    // The chart's ClusterRole without Helm: its rules are plain YAML after the templated
+    // metadata; it is bound to a ServiceAccount of its own.
+    let chart =
+        std::fs::read_to_string(root.join("charts/ferrokv-operator/templates/clusterrole.yaml"))
+            .expect("chart ClusterRole");
+    let rules = &chart[chart.find("\nrules:").expect("rules in the chart")..];
+    let role = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: chart-operator{rules}"
+    );
+    kubectl.apply(&role).expect("apply the chart's ClusterRole");
+    kubectl
+        .run(&[
+            "create",
+            "serviceaccount",
+            "chart-operator",
+            "-n",
+            "ferrokv-system",
+        ])
+        .expect("chart sa");
+    kubectl
+        .run(&[
+            "create",
+            "clusterrolebinding",
+            "chart-operator",
+            "--clusterrole=chart-operator",
+            "--serviceaccount=ferrokv-system:chart-operator",
+        ])
+        .expect("chart binding");
+
+    let client = cp.client().await.expect("client");
+    let mut wrong = Vec::new();
+    for sa in ["ferrokv-operator", "chart-operator"] {
+        let user = format!("system:serviceaccount:ferrokv-system:{sa}");
+        for ns in ["default", "tenant-a"] {
+            for call in OPERATOR_CALLS {
+                if !allowed(&client, &user, ns, *call).await {
+                    wrong.push(format!("{sa} may not {call:?} in {ns}"));
+                }
+            }
+            for call in NOT_GRANTED {
+                if allowed(&client, &user, ns, *call).await {
+                    wrong.push(format!("{sa} may {call:?} in {ns}, which it does not need"));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "RBAC is off:\n{}", wrong.join("\n"));
+}

@@ -102,22 +102,31 @@ mod drift_tests {
         std::fs::read_to_string(format!("{root}/{path}")).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
-    /// The `rules:` block of a ClusterRole file, up to the next document.
-    fn rules_block(text: &str) -> String {
+    /// The rules of a ClusterRole file, parsed: everything from `rules:` to the end of its
+    /// YAML document (the chart's templated metadata comes before it).
+    fn rules_of(text: &str) -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
+        #[derive(serde::Deserialize)]
+        struct Rules {
+            rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+        }
         let start = text.find("\nrules:\n").expect("rules block");
         let rest = &text[start..];
-        rest.split("\n---")
-            .next()
-            .unwrap_or(rest)
-            .trim()
-            .to_string()
+        let block = rest.split("\n---").next().unwrap_or(rest);
+        serde_yaml::from_str::<Rules>(block)
+            .expect("rules parse as PolicyRules")
+            .rules
     }
 
+    /// The chart and the plain install grant the same rules (parsed, so formatting and
+    /// comments may differ). Whether those rules let the operator do its work is checked on a
+    /// real kube-apiserver: `shipped_rbac_allows_every_operator_call_and_no_more` and the
+    /// scenarios in tests/tests/operator_kube.rs, where the operator runs as this ServiceAccount.
     #[test]
     fn chart_and_plain_install_grant_the_same_rbac() {
-        let chart = rules_block(&read("charts/ferrokv-operator/templates/clusterrole.yaml"));
+        let chart = rules_of(&read("charts/ferrokv-operator/templates/clusterrole.yaml"));
         let install = read("manifests/install.yaml");
-        let plain = rules_block(&install);
+        let plain = rules_of(&install);
+        assert!(!plain.is_empty());
         assert_eq!(chart, plain);
         // The plain install is valid YAML, one object per document.
         use serde::Deserialize;
@@ -138,15 +147,6 @@ mod drift_tests {
                 "Service"
             ]
         );
-        // Every verb the controller needs is there (spot checks of the calls it makes).
-        for needle in [
-            "etcdclusters/status",
-            "poddisruptionbudgets",
-            "events.k8s.io",
-            "\"delete\"",
-        ] {
-            assert!(plain.contains(needle), "{needle}");
-        }
     }
 
     #[test]
