@@ -889,3 +889,356 @@ async fn shipped_rbac_allows_every_operator_call_and_no_more() {
     }
     assert!(wrong.is_empty(), "RBAC is off:\n{}", wrong.join("\n"));
 }
+
+/// An `EtcdCluster` with more spec lines (indented by two spaces, under `spec:`).
+fn cluster_yaml_with(ns: &str, name: &str, replicas: u32, tls: &str, extra: &str) -> String {
+    format!("{}{extra}", cluster_yaml(ns, name, replicas, tls))
+}
+
+/// Member name → member id, from the cluster's status.
+fn member_ids(status: &Value) -> std::collections::BTreeMap<String, String> {
+    status["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or_default().to_string(),
+                m["id"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The pod `ns/name` as the API server has it.
+async fn pod(bed: &Testbed, ns: &str, name: &str) -> Option<Pod> {
+    let pods: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
+    pods.get_opt(name).await.ok().flatten()
+}
+
+fn restarts(p: &Pod) -> i32 {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .map_or(0, |c| c.restart_count)
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A member SIGKILLed under the agent is restarted (restartCount 1) on its claim and rejoins
+/// with its id; a member pod deleted is re-created by the operator on the same claim, again
+/// with the same id: persistent members are never replaced for a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn persistent_members_survive_sigkill_and_pod_deletion() {
+    let bed = Testbed::start().await;
+    let ns = "default";
+    bed.cp
+        .kubectl()
+        .apply(&cluster_yaml(ns, "kv", 3, "Disabled"))
+        .expect("apply kv");
+    let before = member_ids(
+        &bed.wait_available(ns, "kv", 3, Duration::from_secs(180))
+            .await,
+    );
+    let pods = bed.member_pods(ns, "kv").await;
+    let (victim, _) = pods[1].clone();
+
+    let t = Instant::now();
+    bed.agent.signal(ns, &victim, "KILL").expect("SIGKILL");
+    eventually(
+        Duration::from_secs(60),
+        &format!("{victim} restarted by the agent and Ready"),
+        || async {
+            let p = pod(&bed, ns, &victim).await?;
+            (restarts(&p) >= 1 && is_ready(&p)).then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    let after = member_ids(
+        &bed.wait_available(ns, "kv", 3, Duration::from_secs(120))
+            .await,
+    );
+    assert_eq!(
+        before,
+        after,
+        "a restarted member keeps its id\n{}",
+        bed.context(ns)
+    );
+    eprintln!("SIGKILLed member back after {:?}", t.elapsed());
+
+    let t = Instant::now();
+    let old_uid = pod(&bed, ns, &victim).await.and_then(|p| p.metadata.uid);
+    let api: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
+    api.delete(&victim, &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    eventually(
+        Duration::from_secs(120),
+        &format!("{victim} re-created by the operator and Ready"),
+        || async {
+            let p = pod(&bed, ns, &victim).await?;
+            (p.metadata.uid != old_uid && is_ready(&p)).then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    let after = member_ids(
+        &bed.wait_available(ns, "kv", 3, Duration::from_secs(120))
+            .await,
+    );
+    assert_eq!(
+        before,
+        after,
+        "a re-created pod on its claim keeps the member id\n{}",
+        bed.context(ns)
+    );
+    assert_cluster_of(&bed, ns, "kv", 3).await;
+    eprintln!("deleted member pod back after {:?}", t.elapsed());
+}
+
+/// An emptyDir member whose pod is deleted has lost its data: the operator removes it and adds
+/// a new member under a new name with a new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn emptydir_member_whose_pod_is_deleted_is_replaced() {
+    let bed = Testbed::start().await;
+    let ns = "default";
+    bed.cp
+        .kubectl()
+        .apply(&cluster_yaml_with(
+            ns,
+            "ed",
+            3,
+            "Disabled",
+            "  storage: {emptyDir: true}\n",
+        ))
+        .expect("apply ed");
+    let before = member_ids(
+        &bed.wait_available(ns, "ed", 3, Duration::from_secs(180))
+            .await,
+    );
+    let victim = bed.member_pods(ns, "ed").await[1].0.clone();
+
+    let t = Instant::now();
+    let api: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
+    api.delete(&victim, &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    let after = eventually(
+        Duration::from_secs(180),
+        &format!("{victim} replaced by a new member"),
+        || async {
+            let ec = bed.cluster(ns, "ed")?;
+            let st = &ec["status"];
+            let ids = member_ids(st);
+            let healthy = st["members"]
+                .as_array()?
+                .iter()
+                .filter(|m| m["healthy"] == true && m["learner"] != true)
+                .count();
+            let available = st["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Available" && c["status"] == "True");
+            (ids.len() == 3 && healthy == 3 && available && !ids.contains_key(&victim))
+                .then_some(ids)
+        },
+        || bed.context(ns),
+    )
+    .await;
+    let new: Vec<(&String, &String)> = after
+        .iter()
+        .filter(|(n, _)| !before.contains_key(*n))
+        .collect();
+    assert_eq!(new.len(), 1, "one new member: {before:?} -> {after:?}");
+    assert!(
+        !before.values().any(|id| id == new[0].1),
+        "the replacement has a new id: {before:?} -> {after:?}"
+    );
+    assert_cluster_of(&bed, ns, "ed", 3).await;
+    let events = bed.events(ns, "ed").await;
+    assert!(
+        events
+            .iter()
+            .any(|(r, n)| r == "MemberRemoved" && n.contains(&victim)),
+        "no MemberRemoved Event for {victim}: {events:?}"
+    );
+    eprintln!("emptyDir member replaced after {:?}", t.elapsed());
+}
+
+/// Scaling down when the member to remove is the leader: leadership moves away first, then the
+/// member is removed; the cluster stays Available at every size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scale_down_moves_leadership_off_the_member_it_removes() {
+    let bed = Testbed::start().await;
+    let ns = "default";
+    bed.cp
+        .kubectl()
+        .apply(&cluster_yaml(ns, "ld", 3, "Disabled"))
+        .expect("apply ld");
+    let status = bed
+        .wait_available(ns, "ld", 3, Duration::from_secs(180))
+        .await;
+    let pods = bed.member_pods(ns, "ld").await;
+    // The newest member is the one a scale-down removes: make it the leader.
+    let (newest, newest_ip) = pods.last().cloned().expect("pods");
+    let ids = member_ids(&status);
+    let target = ids.get(&newest).expect("newest id").clone();
+    let leader = status["leader"].as_str().unwrap_or_default().to_string();
+    let leader_ip = pods
+        .iter()
+        .find(|(n, _)| *n == leader)
+        .map(|(_, ip)| ip.clone())
+        .unwrap_or(newest_ip.clone());
+    if leader != newest {
+        ferrokv_tests::etcdctl(
+            &format!("http://{leader_ip}:2379"),
+            &["move-leader", &target],
+        )
+        .ok();
+    }
+    eventually(
+        Duration::from_secs(30),
+        &format!("{newest} leader"),
+        || async {
+            let ec = bed.cluster(ns, "ld")?;
+            (ec["status"]["leader"] == newest.as_str()).then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
+
+    let t = Instant::now();
+    bed.cp
+        .kubectl()
+        .run(&["scale", "-n", ns, "etcdcluster/ld", "--replicas=1"])
+        .expect("scale to 1");
+    bed.wait_available(ns, "ld", 1, Duration::from_secs(180))
+        .await;
+    eventually(
+        Duration::from_secs(60),
+        "one member pod left",
+        || async { (bed.member_pods(ns, "ld").await.len() == 1).then_some(()) },
+        || bed.context(ns),
+    )
+    .await;
+    assert_cluster_of(&bed, ns, "ld", 1).await;
+    let events = bed.events(ns, "ld").await;
+    assert!(
+        events.iter().any(|(r, _)| r == "LeaderMoved"),
+        "no LeaderMoved Event: {events:?}"
+    );
+    eprintln!(
+        "3 -> 1 with the leader removed first after {:?}",
+        t.elapsed()
+    );
+}
+
+/// Invalid sizes are refused with `Degraded=True` and nothing is created; a fixed spec then
+/// bootstraps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_replicas_are_reported_degraded_until_fixed() {
+    let bed = Testbed::start().await;
+    let ns = "default";
+    let kubectl = bed.cp.kubectl();
+    for bad in [0, 12] {
+        kubectl
+            .apply(&cluster_yaml(ns, "bad", bad, "Disabled"))
+            .expect("apply bad");
+        let message = eventually(
+            Duration::from_secs(60),
+            &format!("replicas {bad} reported Degraded"),
+            || async {
+                let ec = bed.cluster(ns, "bad")?;
+                let current = ec["status"]["observedGeneration"] == ec["metadata"]["generation"];
+                let c = ec["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Degraded" && c["status"] == "True")?
+                    .clone();
+                current.then(|| c["message"].as_str().unwrap_or_default().to_string())
+            },
+            || bed.context(ns),
+        )
+        .await;
+        assert!(!message.is_empty(), "Degraded without a message");
+        assert!(
+            bed.member_pods(ns, "bad").await.is_empty(),
+            "pods for replicas {bad}"
+        );
+    }
+    kubectl
+        .apply(&cluster_yaml(ns, "bad", 1, "Disabled"))
+        .expect("apply fixed");
+    bed.wait_available(ns, "bad", 1, Duration::from_secs(90))
+        .await;
+    assert_cluster_of(&bed, ns, "bad", 1).await;
+}
+
+/// The operator SIGKILLed right after each `MemberAdd` (before it could create the new
+/// member's pod) still grows the cluster to its size: no stray learner, no leaked claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operator_killed_after_member_add_converges() {
+    let mut bed = Testbed::start().await;
+    let ns = "default";
+    let kubectl = bed.cp.kubectl();
+    kubectl
+        .apply(&cluster_yaml(ns, "ok", 1, "Disabled"))
+        .expect("apply ok");
+    bed.wait_available(ns, "ok", 1, Duration::from_secs(90))
+        .await;
+    kubectl
+        .run(&["scale", "-n", ns, "etcdcluster/ok", "--replicas=3"])
+        .expect("scale to 3");
+    let t = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut kills = 0;
+    let mut seen_adds = 0;
+    loop {
+        let adds = bed
+            .events(ns, "ok")
+            .await
+            .iter()
+            .filter(|(r, _)| r == "MemberAdded")
+            .count();
+        if adds > seen_adds {
+            seen_adds = adds;
+            bed.operator.restart().await.expect("operator restart");
+            kills += 1;
+        }
+        let done = bed.cluster(ns, "ok").is_some_and(|ec| {
+            let st = &ec["status"];
+            st["readyMembers"] == 3
+                && st["members"]
+                    .as_array()
+                    .is_some_and(|m| m.len() == 3 && m.iter().all(|m| m["learner"] != true))
+        });
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not 3 voters after 180 s\n{}",
+            bed.context(ns)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bed.wait_available(ns, "ok", 3, Duration::from_secs(60))
+        .await;
+    assert_cluster_of(&bed, ns, "ok", 3).await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(bed.client.clone(), ns);
+    let lp = ListParams::default().labels("app.kubernetes.io/instance=ok");
+    let n = claims.list(&lp).await.expect("claims").items.len();
+    assert_eq!(n, 3, "claims leaked\n{}", bed.context(ns));
+    assert!(
+        kills >= 1,
+        "the operator was never killed after a MemberAdd"
+    );
+    eprintln!("1 -> 3 with {kills} operator kills after {:?}", t.elapsed());
+}

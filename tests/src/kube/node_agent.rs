@@ -224,6 +224,24 @@ impl NodeAgent {
             .find(|p| p.namespace == namespace && p.name == name)
     }
 
+    /// Sends `signal` (`KILL`, `STOP`, `CONT`, ...) to the process of pod `namespace/name`:
+    /// a member crashing or freezing under the agent, which then reacts as kubelet would.
+    pub fn signal(&self, namespace: &str, name: &str, signal: &str) -> Result<()> {
+        let pid = self
+            .pod(namespace, name)
+            .and_then(|p| p.pid)
+            .ok_or_else(|| Error::Agent(format!("no process runs for pod {namespace}/{name}")))?;
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::Agent(format!("kill -{signal} {pid}: {status}")))
+        }
+    }
+
     /// Everything the agent knows, with each pod's log tail, for failure messages.
     pub fn describe(&self) -> String {
         let s = lock(&self.shared);
