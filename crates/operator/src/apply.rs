@@ -13,7 +13,7 @@ use crate::members::MemberClient;
 use crate::resources::{self, Names};
 use crate::{Error, Result, MANAGER};
 use ferrokv_cluster_api::{EtcdCluster, EtcdClusterStatus};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
@@ -127,7 +127,10 @@ impl<'a> Applier<'a> {
             reason: ev.reason.into(),
             note: Some(ev.note.clone()),
             action: ev.reason.into(),
-            secondary: None,
+            secondary: ev
+                .member
+                .as_deref()
+                .map(|m| member_pod_ref(&self.names.namespace, m)),
         };
         // An Event is a courtesy to humans; failing to record one must not fail the reconcile.
         if let Err(e) = self.recorder.publish(&event, &ec.object_ref(&())).await {
@@ -200,5 +203,17 @@ impl StepExecutor for KubeExecutor<'_> {
         // The next reconcile sees the member without a pod and creates it with the current
         // configuration (`CreatePod`).
         self.applier.delete::<Pod>(member).await
+    }
+}
+
+/// The member's pod as an Event's related object (the pod may not exist yet or any more; the
+/// reference only names it).
+pub fn member_pod_ref(namespace: &str, member: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(member.into()),
+        namespace: Some(namespace.into()),
+        ..ObjectReference::default()
     }
 }

@@ -7,11 +7,15 @@
 use crate::executor::StepOutcome;
 use crate::plan::{RemoveReason, Step};
 
-/// One Event: `reason` is a CamelCase machine word, `note` the sentence for humans.
+/// One Event: `reason` is a CamelCase machine word, `note` the sentence for humans, `member`
+/// the member (and pod) the step was about. The member becomes the Event's `related` object:
+/// the Recorder folds Events with equal reason and related object into one series that keeps
+/// the first note, so without it "added learner kv-1 (x6)" would stand for kv-1..kv-6.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepEvent {
     pub reason: &'static str,
     pub note: String,
+    pub member: Option<String>,
 }
 
 /// The Event of a step that was applied; `None` for steps that change nothing (and for a step
@@ -54,7 +58,25 @@ pub fn for_step(step: &Step, outcome: &StepOutcome) -> Option<StepEvent> {
         ),
         Step::Invalid { .. } | Step::Wait { .. } | Step::Steady => return None,
     };
-    Some(StepEvent { reason, note })
+    Some(StepEvent {
+        reason,
+        note,
+        member: member_of(step).map(str::to_string),
+    })
+}
+
+/// The member a step is about; `MoveLeader` is about two members named only by id.
+fn member_of(step: &Step) -> Option<&str> {
+    match step {
+        Step::BootstrapSeed { name }
+        | Step::AddLearner { name }
+        | Step::CreatePod { name }
+        | Step::PromoteLearner { name, .. }
+        | Step::RemoveMember { name, .. }
+        | Step::DeletePod { name }
+        | Step::RollMember { name } => Some(name),
+        Step::MoveLeader { .. } | Step::Invalid { .. } | Step::Wait { .. } | Step::Steady => None,
+    }
 }
 
 fn why(reason: RemoveReason) -> &'static str {
@@ -174,5 +196,23 @@ mod tests {
             let got = got.as_ref().map(|e| (e.reason, e.note.as_str()));
             assert_eq!(got, want, "{step:?}");
         }
+    }
+
+    /// Events of one reason about different members must not share a series (a real API
+    /// server showed `added learner kv-1 (x6)` after kv-2..kv-6 were added): each names its
+    /// member, which the publisher makes the Event's related object.
+    #[test]
+    fn each_member_step_names_its_member() {
+        let added = |n: &str| {
+            for_step(
+                &Step::AddLearner { name: n.into() },
+                &StepOutcome::Added { id: 1 },
+            )
+            .and_then(|e| e.member)
+        };
+        assert_eq!(added("kv-1").as_deref(), Some("kv-1"));
+        assert_ne!(added("kv-1"), added("kv-2"));
+        let moved = for_step(&Step::MoveLeader { from: 1, to: 2 }, &StepOutcome::Applied);
+        assert_eq!(moved.and_then(|e| e.member), None);
     }
 }
