@@ -11,12 +11,11 @@ use ferrokv_storage::Store;
 use prost::Message as _;
 use tokio::sync::watch;
 
-use crate::apply::{Alarms, Applied, Waiters};
+use crate::apply::{Alarms, Applied, Lessor, Waiters};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::header::HeaderSource;
 use crate::ids::IdGenerator;
-use crate::lease::Lessor;
 use crate::metrics::Metrics;
 
 /// Pause before retrying a proposal or read round that raft dropped.
@@ -75,14 +74,14 @@ impl Core {
                 return Ok(ch.clone());
             }
         }
-        let members = crate::membership::load(&self.store)?;
+        let members = crate::apply::membership::load(&self.store)?;
         let urls = members
             .iter()
             .find(|m| m.id == leader)
             .map(|m| m.peer_ur_ls.clone())
             .unwrap_or_default();
         for url in &urls {
-            if let Ok(ch) = crate::serve::connect_peer(url, self.peer_client_tls.as_ref()).await {
+            if let Ok(ch) = crate::peer::connect_peer(url, self.peer_client_tls.as_ref()).await {
                 *self.leader_conn.lock() = Some((leader, ch.clone()));
                 return Ok(ch);
             }
@@ -144,10 +143,20 @@ impl Core {
         }
     }
 
+    /// Publishes this member's name and client URLs through raft (into every member list).
+    pub async fn publish_attributes(
+        &self,
+        attr: ferrokv_proto::ferrokvpb::MemberAttributes,
+    ) -> Result<()> {
+        self.propose(Request::MemberAttributes(attr))
+            .await
+            .map(|_| ())
+    }
+
     /// The backend quota in bytes (`--quota-backend-bytes`, 0 = etcd's 2 GiB default).
     pub fn quota_bytes(&self) -> u64 {
         match self.cfg.quota_backend_bytes {
-            0 => crate::maintenance::DEFAULT_QUOTA_BYTES as u64,
+            0 => super::DEFAULT_QUOTA_BYTES as u64,
             q => q,
         }
     }
@@ -221,11 +230,6 @@ impl Core {
             .await
             .map_err(|e| Error::Fatal(format!("storage task: {e}")))?
     }
-}
-
-/// Resolves once the member's stop flag is set (or its sender is gone).
-pub async fn until_stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
 
 struct WaiterGuard<'a> {

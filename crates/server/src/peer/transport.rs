@@ -19,20 +19,15 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
-use ferrokv_proto::ferrokvpb::{
-    peer_client::PeerClient, peer_server::Peer, RaftAck, RaftBatch, SnapshotChunk,
-};
+use ferrokv_proto::ferrokvpb::{peer_client::PeerClient, RaftBatch, SnapshotChunk};
 use ferrokv_raftnode::{eraftpb, RaftHandle, Transport};
 use ferrokv_storage::Store;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::ClientTlsConfig;
-use tonic::{Request, Response, Status, Streaming};
 
-use crate::apply::InstallRequest;
-use crate::error::{to_status, Error};
-use crate::maintenance::RemoveOnDrop;
+use crate::error::Error;
+use crate::snapshot_file::RemoveOnDrop;
 
 /// Keyspace bytes per `SnapshotChunk`.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -203,14 +198,14 @@ async fn run_peer(
         }
         let url = &urls[attempt % urls.len()];
         attempt += 1;
-        let channel = crate::serve::connect_peer(url, tls.as_ref()).await;
+        let channel = super::connect_peer(url, tls.as_ref()).await;
         let channel = match channel {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(peer = id, url, error = %e, "peer unreachable");
                 unreachable(&raft, id, &mut rx);
                 tokio::select! {
-                    _ = crate::core::until_stopped(&mut stop) => return,
+                    _ = crate::stop::until_stopped(&mut stop) => return,
                     _ = tokio::time::sleep(RECONNECT_DELAY) => continue,
                 }
             }
@@ -224,7 +219,7 @@ async fn run_peer(
         });
         loop {
             tokio::select! {
-                _ = crate::core::until_stopped(&mut stop) => return,
+                _ = crate::stop::until_stopped(&mut stop) => return,
                 r = &mut call => {
                     tracing::debug!(peer = id, result = ?r.map(|_| ()), "peer stream ended");
                     break;
@@ -246,7 +241,7 @@ async fn run_peer(
         }
         unreachable(&raft, id, &mut rx);
         tokio::select! {
-            _ = crate::core::until_stopped(&mut stop) => return,
+            _ = crate::stop::until_stopped(&mut stop) => return,
             _ = tokio::time::sleep(RECONNECT_DELAY) => {}
         }
     }
@@ -292,7 +287,7 @@ async fn send_snapshot(
         .map_err(|e| Error::Io(format!("encode snapshot message: {e}")))?;
     let mut last = Error::LeaderChanged;
     for url in urls {
-        let channel = match crate::serve::connect_peer(url, tls).await {
+        let channel = match super::connect_peer(url, tls).await {
             Ok(c) => c,
             Err(e) => {
                 last = Error::Io(format!("{url}: {e}"));
@@ -343,100 +338,4 @@ async fn send_snapshot(
         }
     }
     Err(last)
-}
-
-/// The inbound side: steps every received message into the local raft node; snapshots are
-/// installed by the apply loop first.
-#[derive(Clone)]
-pub struct PeerService {
-    raft: RaftHandle,
-    installs: mpsc::Sender<InstallRequest>,
-    layout: DataDir,
-}
-
-impl PeerService {
-    pub fn new(raft: RaftHandle, installs: mpsc::Sender<InstallRequest>, layout: DataDir) -> Self {
-        PeerService {
-            raft,
-            installs,
-            layout,
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl Peer for PeerService {
-    async fn send(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
-        let mut input = req.into_inner();
-        while let Some(batch) = input.next().await {
-            let batch = batch?;
-            for bytes in batch.messages {
-                let msg: eraftpb::Message = protobuf::Message::parse_from_bytes(&bytes)
-                    .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
-                self.raft
-                    .step(msg)
-                    .await
-                    .map_err(|e| to_status(&Error::Raft(e)))?;
-            }
-        }
-        Ok(Response::new(RaftAck {}))
-    }
-
-    async fn send_snapshot(
-        &self,
-        req: Request<Streaming<SnapshotChunk>>,
-    ) -> Result<Response<RaftAck>, Status> {
-        let mut input = req.into_inner();
-        let first = input
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        let msg: eraftpb::Message = protobuf::Message::parse_from_bytes(&first.raft_message)
-            .map_err(|e| Status::invalid_argument(format!("bad snapshot message: {e}")))?;
-        if msg.get_msg_type() != eraftpb::MessageType::MsgSnapshot {
-            return Err(Status::invalid_argument("first chunk is not a MsgSnapshot"));
-        }
-        let index = msg.get_snapshot().get_metadata().index;
-        let path = self.layout.scratch(Scratch::Recv, &index.to_string());
-        let _cleanup = RemoveOnDrop(path.clone());
-        let mut file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| to_status(&Error::from(e)))?;
-        file.write_all(&first.data)
-            .await
-            .map_err(|e| to_status(&Error::from(e)))?;
-        let mut bytes = first.data.len() as u64;
-        while let Some(chunk) = input.next().await {
-            let chunk = chunk?;
-            bytes += chunk.data.len() as u64;
-            file.write_all(&chunk.data)
-                .await
-                .map_err(|e| to_status(&Error::from(e)))?;
-        }
-        file.flush().await.map_err(|e| to_status(&Error::from(e)))?;
-        drop(file);
-        tracing::info!(index, bytes, "received a keyspace snapshot from the leader");
-        let (done, rx) = oneshot::channel();
-        self.installs
-            .send(InstallRequest {
-                path: path.clone(),
-                done,
-            })
-            .await
-            .map_err(|_| to_status(&Error::Stopped))?;
-        let applied = rx
-            .await
-            .map_err(|_| to_status(&Error::Stopped))?
-            .map_err(|e| to_status(&e))?;
-        if applied < index {
-            return Err(Status::internal(format!(
-                "snapshot keyspace holds index {applied}, below the snapshot's {index}"
-            )));
-        }
-        self.raft
-            .step(msg)
-            .await
-            .map_err(|e| to_status(&Error::Raft(e)))?;
-        Ok(Response::new(RaftAck {}))
-    }
 }

@@ -18,15 +18,10 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::apply::Applied;
-use crate::core::Core;
 use crate::error::{to_status, Error};
-use crate::snapshot_file;
+use crate::etcdserver::{Core, DEFAULT_QUOTA_BYTES, ETCD_VERSION};
+use crate::snapshot_file::{self, RemoveOnDrop};
 
-/// The version reported by Status: kube-apiserver enables watch progress requests only for
-/// etcd >= 3.5.13, and ferrokv implements them.
-pub const ETCD_VERSION: &str = "3.6.0";
-/// etcd's default backend quota (2 GiB).
-pub const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
 #[derive(Clone)]
@@ -229,14 +224,6 @@ fn alarm_name(a: i32) -> &'static str {
         1 => "NOSPACE",
         2 => "CORRUPT",
         _ => "NONE",
-    }
-}
-
-pub(crate) struct RemoveOnDrop(pub(crate) std::path::PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 

@@ -13,8 +13,8 @@ use ferrokv_storage::validate;
 use tonic::{Request, Response, Status};
 
 use crate::apply::Applied;
-use crate::core::Core;
 use crate::error::{to_status, Error};
+use crate::etcdserver::Core;
 
 /// etcd's limit of operations per txn branch (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;

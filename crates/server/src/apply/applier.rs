@@ -12,133 +12,27 @@
 //! It runs on its own OS thread: storage calls are synchronous and must not stall the async
 //! runtime that serves clients.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferrokv_proto::etcdserverpb::{
-    self as pb, alarm_request::AlarmAction, AlarmMember, AlarmResponse, CompactionResponse,
-    DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse, TxnResponse,
-};
+use ferrokv_proto::etcdserverpb::{self as pb, LeaseGrantResponse, LeaseRevokeResponse};
 use ferrokv_proto::ferrokvpb::{internal_request::Request, ConfChangeContext, InternalRequest};
 use ferrokv_proto::mvccpb;
 use ferrokv_raftnode::eraftpb::{ConfChangeType, EntryType};
 use ferrokv_raftnode::{eraftpb, Committed, RaftHandle};
 use ferrokv_storage::{Store, WriteBatch};
-use parking_lot::Mutex;
 use prost::Message as _;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
+use super::{membership, Alarms, Applied, ApplyResult, Lessor, Waiters};
 use crate::error::{Error, Result};
-use crate::lease::Lessor;
-use crate::membership;
+use crate::peer::{InstallRequest, PeerTransport};
 use crate::watch::WatchHub;
 
 /// How often the apply loop makes storage durable (and lets raft compact the WAL).
 const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 /// ...or after this many applied entries, whichever comes first.
 const SYNC_ENTRIES: u64 = 10_000;
-
-/// The outcome of one applied request, handed to the proposer's waiter.
-#[derive(Debug)]
-pub enum Applied {
-    Put(PutResponse),
-    DeleteRange(DeleteRangeResponse),
-    Txn(TxnResponse),
-    Compaction(CompactionResponse),
-    LeaseGrant(LeaseGrantResponse),
-    LeaseRevoke(LeaseRevokeResponse),
-    Alarm(AlarmResponse),
-    /// Requests whose only answer is "done" (member attributes, lease checkpoints).
-    Done,
-}
-
-/// A per-request failure is the storage error etcd would return for that request.
-pub type ApplyResult = std::result::Result<Applied, ferrokv_storage::Error>;
-
-/// Request id -> the proposer waiting for the entry to be applied.
-#[derive(Default)]
-pub struct Waiters {
-    inner: Mutex<HashMap<u64, oneshot::Sender<ApplyResult>>>,
-}
-
-impl Waiters {
-    /// Register before proposing: the entry may be applied before `propose` returns.
-    pub fn register(&self, id: u64) -> oneshot::Receiver<ApplyResult> {
-        let (tx, rx) = oneshot::channel();
-        self.inner.lock().insert(id, tx);
-        rx
-    }
-
-    pub fn cancel(&self, id: u64) {
-        self.inner.lock().remove(&id);
-    }
-
-    fn complete(&self, id: u64, result: ApplyResult) {
-        if let Some(tx) = self.inner.lock().remove(&id) {
-            // The proposer may have timed out and gone; nothing to do then.
-            let _ = tx.send(result);
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// The alarms raised in the cluster (replicated through raft, kept in memory).
-#[derive(Default)]
-pub struct Alarms {
-    inner: Mutex<Vec<AlarmMember>>,
-}
-
-impl Alarms {
-    pub fn list(&self) -> Vec<AlarmMember> {
-        self.inner.lock().clone()
-    }
-
-    /// Some member raised NOSPACE: writes that grow the store are refused until disarmed.
-    pub fn no_space(&self) -> bool {
-        self.inner
-            .lock()
-            .iter()
-            .any(|a| a.alarm == pb::AlarmType::Nospace as i32)
-    }
-
-    fn apply(&self, req: &pb::AlarmRequest) -> AlarmResponse {
-        let mut list = self.inner.lock();
-        let this = AlarmMember {
-            member_id: req.member_id,
-            alarm: req.alarm,
-        };
-        let alarms = match AlarmAction::try_from(req.action) {
-            Ok(AlarmAction::Activate) => {
-                if req.alarm != pb::AlarmType::None as i32 && !list.contains(&this) {
-                    list.push(this);
-                }
-                vec![this]
-            }
-            Ok(AlarmAction::Deactivate) => {
-                let before = list.len();
-                list.retain(|a| a != &this);
-                if before != list.len() {
-                    vec![this]
-                } else {
-                    vec![]
-                }
-            }
-            _ => list.clone(),
-        };
-        AlarmResponse {
-            header: None,
-            alarms,
-        }
-    }
-}
 
 /// Everything the apply loop needs; moved onto its thread.
 pub struct Applier {
@@ -153,18 +47,10 @@ pub struct Applier {
     /// Set at shutdown: the loop ends once nothing more is queued, even if raft still holds
     /// the channel (anything not applied is in the WAL and replayed on restart).
     pub stop: watch::Receiver<bool>,
-    pub transport: Arc<crate::transport::PeerTransport>,
+    pub transport: Arc<PeerTransport>,
     pub member_id: u64,
     /// Asks the member to stop (used when this member is removed from the cluster).
     pub request_stop: Arc<watch::Sender<bool>>,
-}
-
-/// A keyspace snapshot received from the leader, to be installed by the apply loop (the
-/// keyspace's only writer) before raft sees the snapshot message. Answered with the applied
-/// index the keyspace has afterwards.
-pub struct InstallRequest {
-    pub path: std::path::PathBuf,
-    pub done: oneshot::Sender<Result<u64>>,
 }
 
 /// Things to do once the batch is committed: telling the lessor about grants/revokes earlier

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::core::Core;
+use crate::etcdserver::Core;
 use crate::metrics::Gauges;
 
 /// (status code, content type, body) for a request path.
@@ -73,7 +73,7 @@ pub fn respond(core: &Core, path: &str) -> (u16, &'static str, String) {
 pub async fn serve(listener: TcpListener, core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = crate::core::until_stopped(&mut stop) => return,
+            _ = crate::stop::until_stopped(&mut stop) => return,
             accepted = listener.accept() => match accepted {
                 Ok((conn, _)) => {
                     let core = core.clone();
@@ -198,7 +198,7 @@ where
             return Box::pin(self.inner.call(req));
         }
         let (code, ctype, body) = if path == "/version" {
-            let v = crate::maintenance::ETCD_VERSION;
+            let v = crate::etcdserver::ETCD_VERSION;
             (
                 200,
                 "application/json",

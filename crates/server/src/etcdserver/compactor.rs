@@ -15,7 +15,7 @@ use ferrokv_proto::ferrokvpb::internal_request::Request as Internal;
 use tokio::sync::watch;
 
 use crate::config::AutoCompaction;
-use crate::core::Core;
+use crate::etcdserver::Core;
 
 const REVISION_MODE_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -60,7 +60,7 @@ pub async fn run(core: Arc<Core>, mode: AutoCompaction, mut stop: watch::Receive
     let mut ticker = tokio::time::interval(tick);
     loop {
         tokio::select! {
-            _ = crate::core::until_stopped(&mut stop) => return,
+            _ = crate::stop::until_stopped(&mut stop) => return,
             _ = ticker.tick() => {}
         }
         let current = core.store.current_revision();

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use ferrokv_proto::etcdserverpb::{auth_server::Auth, *};
 use tonic::{Request, Response, Status};
 
-use crate::core::Core;
 use crate::error::{to_status, Error};
+use crate::etcdserver::Core;
 
 #[derive(Clone)]
 pub struct AuthService {
