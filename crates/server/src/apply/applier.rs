@@ -24,7 +24,7 @@ use ferrokv_storage::{Store, WriteBatch};
 use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 
-use super::{membership, Alarms, Applied, ApplyResult, Lessor, Waiters};
+use super::{membership, Alarms, ApplyResult, DbSize, Lessor, Waiters};
 use crate::error::{Error, Result};
 use crate::peer::{InstallRequest, PeerTransport};
 use crate::watch::WatchHub;
@@ -44,6 +44,8 @@ pub struct Applier {
     pub alarms: Arc<Alarms>,
     pub applied_tx: watch::Sender<u64>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The keyspace file's size, measured at each sync for the quota check.
+    pub db_size: DbSize,
     /// Set at shutdown: the loop ends once nothing more is queued, even if raft still holds
     /// the channel (anything not applied is in the WAL and replayed on restart).
     pub stop: watch::Receiver<bool>,
@@ -51,6 +53,21 @@ pub struct Applier {
     pub member_id: u64,
     /// Asks the member to stop (used when this member is removed from the cluster).
     pub request_stop: Arc<watch::Sender<bool>>,
+}
+
+/// A proposer's answer, delivered once the batch is committed.
+type Reply = Box<dyn FnOnce(&Waiters) + Send>;
+
+/// The reply to request `id`, typed by what applying it yielded; storage failures that mean
+/// the keyspace cannot be trusted end the loop instead (fail-stop).
+fn reply<R: Send + 'static>(id: u64, result: ApplyResult<R>) -> Result<Reply> {
+    match result {
+        Err(e @ (ferrokv_storage::Error::Backend(_) | ferrokv_storage::Error::Corrupt(_))) => {
+            tracing::error!(error = %e, "storage failed while applying; stopping the member");
+            Err(Error::Storage(e))
+        }
+        result => Ok(Box::new(move |w: &Waiters| w.complete(id, result))),
+    }
 }
 
 /// Things to do once the batch is committed: telling the lessor about grants/revokes earlier
@@ -144,6 +161,7 @@ impl Applier {
             Error::Fatal(format!("storage sync: {e}"))
         })?;
         self.raft.report_durable_applied(applied);
+        self.db_size.measure(&self.store);
         Ok(())
     }
 
@@ -163,6 +181,7 @@ impl Applier {
         }
         self.applied_tx.send_replace(index);
         self.metrics.set_applied(index);
+        self.db_size.measure(&self.store);
         self.hub.resync_all(revision);
         tracing::info!(
             applied_index = index,
@@ -189,7 +208,7 @@ impl Applier {
 
         let mut batch = self.store.write_batch().map_err(fatal)?;
         let mut events: Vec<mvccpb::Event> = Vec::new();
-        let mut replies: Vec<(u64, ApplyResult)> = Vec::new();
+        let mut replies: Vec<Reply> = Vec::new();
         let mut after: Vec<AfterCommit> = Vec::new();
         let mut members: Option<Vec<pb::Member>> = None;
 
@@ -204,14 +223,13 @@ impl Applier {
                         tracing::error!(index = entry.index, error = %e, "undecodable raft entry");
                         Error::Fatal(format!("entry {} does not decode: {e}", entry.index))
                     })?;
-                    let result = self.apply_request(
+                    replies.push(self.apply_request(
                         &mut batch,
-                        req.request,
+                        req,
                         &mut events,
                         &mut after,
                         &mut members,
-                    )?;
-                    replies.push((req.id, result));
+                    )?);
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     self.apply_conf_change(entry, &mut members, &mut after)?;
@@ -254,77 +272,86 @@ impl Applier {
             }
         }
         self.hub.publish(events, revision);
-        for (id, result) in replies {
-            self.waiters.complete(id, result);
+        for reply in replies {
+            reply(&self.waiters);
         }
         self.metrics.set_applied(last_index);
         self.applied_tx.send_replace(last_index);
         Ok(())
     }
 
+    /// Executes one request in the batch; returns the reply for its proposer (if it is
+    /// waiting on this member).
     fn apply_request(
         &self,
         batch: &mut WriteBatch<'_>,
-        request: Option<Request>,
+        req: InternalRequest,
         events: &mut Vec<mvccpb::Event>,
         after: &mut Vec<AfterCommit>,
         members: &mut Option<Vec<pb::Member>>,
-    ) -> Result<ApplyResult> {
-        let result: ApplyResult = match request {
-            None => Ok(Applied::Done),
-            Some(Request::Put(r)) => batch.put(&r).map(|(resp, ev)| {
-                events.extend(ev);
-                Applied::Put(resp)
-            }),
-            Some(Request::DeleteRange(r)) => batch.delete_range(&r).map(|(resp, ev)| {
-                events.extend(ev);
-                Applied::DeleteRange(resp)
-            }),
-            Some(Request::Txn(r)) => batch.txn(&r).map(|(resp, ev)| {
-                events.extend(ev);
-                Applied::Txn(resp)
-            }),
-            Some(Request::Compaction(r)) => batch.compact(r.revision).map(Applied::Compaction),
-            Some(Request::LeaseGrant(r)) => batch.lease_grant(r.id, r.ttl).map(|()| {
-                after.push(AfterCommit::Granted(r.id, r.ttl));
-                Applied::LeaseGrant(LeaseGrantResponse {
-                    header: None,
-                    id: r.id,
-                    ttl: r.ttl,
-                    error: String::new(),
-                })
-            }),
-            Some(Request::LeaseRevoke(r)) => batch.lease_revoke(r.id).map(|ev| {
-                events.extend(ev);
-                after.push(AfterCommit::Revoked(r.id));
-                Applied::LeaseRevoke(LeaseRevokeResponse { header: None })
-            }),
-            Some(Request::LeaseCheckpoint(r)) => {
-                let mut res = Ok(Applied::Done);
-                for cp in &r.checkpoints {
-                    if let Err(e) = batch.lease_checkpoint(cp.id, cp.remaining_ttl) {
-                        res = Err(e);
-                        break;
+    ) -> Result<Reply> {
+        let id = req.id;
+        let Some(request) = req.request else {
+            return reply(id, Ok(()));
+        };
+        match request {
+            Request::Put(r) => reply(
+                id,
+                batch.put(&r).map(|(resp, ev)| {
+                    events.extend(ev);
+                    resp
+                }),
+            ),
+            Request::DeleteRange(r) => reply(
+                id,
+                batch.delete_range(&r).map(|(resp, ev)| {
+                    events.extend(ev);
+                    resp
+                }),
+            ),
+            Request::Txn(r) => reply(
+                id,
+                batch.txn(&r).map(|(resp, ev)| {
+                    events.extend(ev);
+                    resp
+                }),
+            ),
+            Request::Compaction(r) => reply(id, batch.compact(r.revision)),
+            Request::LeaseGrant(r) => reply(
+                id,
+                batch.lease_grant(r.id, r.ttl).map(|()| {
+                    after.push(AfterCommit::Granted(r.id, r.ttl));
+                    LeaseGrantResponse {
+                        header: None,
+                        id: r.id,
+                        ttl: r.ttl,
+                        error: String::new(),
                     }
-                }
-                res
-            }
-            Some(Request::Alarm(r)) => Ok(Applied::Alarm(self.alarms.apply(&r))),
-            Some(Request::MemberAttributes(attr)) => {
+                }),
+            ),
+            Request::LeaseRevoke(r) => reply(
+                id,
+                batch.lease_revoke(r.id).map(|ev| {
+                    events.extend(ev);
+                    after.push(AfterCommit::Revoked(r.id));
+                    LeaseRevokeResponse { header: None }
+                }),
+            ),
+            Request::LeaseCheckpoint(r) => reply(
+                id,
+                r.checkpoints
+                    .iter()
+                    .try_for_each(|cp| batch.lease_checkpoint(cp.id, cp.remaining_ttl)),
+            ),
+            Request::Alarm(r) => reply(id, Ok(self.alarms.apply(&r))),
+            Request::MemberAttributes(attr) => {
                 let list = match members.take() {
                     Some(l) => l,
                     None => membership::load(&self.store).map_err(Error::Storage)?,
                 };
                 *members = Some(membership::with_attributes(list, &attr));
-                Ok(Applied::Done)
+                reply(id, Ok(()))
             }
-        };
-        match result {
-            Err(e @ (ferrokv_storage::Error::Backend(_) | ferrokv_storage::Error::Corrupt(_))) => {
-                tracing::error!(error = %e, "storage failed while applying; stopping the member");
-                Err(Error::Storage(e))
-            }
-            other => Ok(other),
         }
     }
 

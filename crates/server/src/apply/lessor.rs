@@ -10,16 +10,6 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-/// etcd's `MaxLeaseTTL`.
-pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
-
-/// The minimum TTL etcd grants: ceil(1.5 × election timeout) seconds, so a lease cannot
-/// expire during a normal leader election.
-pub fn min_ttl(election_timeout: Duration) -> i64 {
-    let ms = election_timeout.as_millis() as i64 * 3 / 2;
-    ((ms + 999) / 1000).max(1)
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     ttl: i64,
@@ -150,14 +140,6 @@ fn secs(ttl: i64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn min_ttl_is_ceil_of_one_and_a_half_election_timeouts() {
-        let rows = [(1000, 2), (100, 1), (2000, 3), (5000, 8), (10, 1)];
-        for (ms, want) in rows {
-            assert_eq!(min_ttl(Duration::from_millis(ms)), want, "{ms} ms");
-        }
-    }
 
     #[test]
     fn lessor_expiry_only_on_leader_and_once() {

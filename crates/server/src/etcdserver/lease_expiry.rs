@@ -6,17 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrokv_proto::etcdserverpb::LeaseRevokeRequest;
-use ferrokv_proto::ferrokvpb::internal_request::Request as Internal;
 use tokio::sync::watch;
 
-use super::Core;
+use super::EtcdServer;
 use crate::error::Error;
 
 /// How often the leader looks for expired leases.
 const EXPIRY_CHECK: Duration = Duration::from_millis(250);
 
 /// Follows leadership and revokes expired leases through raft until `stop` fires.
-pub async fn run_expiry(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+pub async fn run_expiry(core: Arc<EtcdServer>, mut stop: watch::Receiver<bool>) {
     let mut status = core.raft.status();
     let mut ticker = tokio::time::interval(EXPIRY_CHECK);
     loop {
@@ -48,10 +47,7 @@ pub async fn run_expiry(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             let core = core.clone();
             tokio::spawn(async move {
                 tracing::info!(lease = id, "lease expired; revoking");
-                match core
-                    .propose(Internal::LeaseRevoke(LeaseRevokeRequest { id }))
-                    .await
-                {
+                match core.propose(LeaseRevokeRequest { id }).await {
                     Ok(_) | Err(Error::Storage(ferrokv_storage::Error::LeaseNotFound)) => {
                         core.lessor.revoked(id)
                     }

@@ -1,71 +1,151 @@
-//! What every gRPC service of a member shares: the store, the raft handle, the waiters, and
-//! the two request paths every write and linearizable read take (propose-and-wait, read
-//! barrier).
+//! The server core every gRPC service calls: the store, the raft handle and the waiters
+//! behind private fields, and the two paths every write and linearizable read take
+//! (typed propose-and-wait, read barrier).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrokv_proto::ferrokvpb::{internal_request::Request, InternalRequest};
+use ferrokv_proto::etcdserverpb::{AlarmMember, ResponseHeader};
+use ferrokv_proto::ferrokvpb::{InternalRequest, MemberAttributes};
 use ferrokv_raftnode::{RaftHandle, RaftStatus};
 use ferrokv_storage::Store;
 use prost::Message as _;
 use tokio::sync::watch;
 
-use crate::apply::{Alarms, Applied, Lessor, Waiters};
+use crate::apply::{Alarms, DbSize, Lessor, Proposal, Waiters};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::header::HeaderSource;
 use crate::ids::IdGenerator;
-use crate::metrics::Metrics;
+use crate::metrics::{Gauges, Metrics};
+use crate::peer::{connect_peer, peer_client_tls};
 
 /// Pause before retrying a proposal or read round that raft dropped.
 const RETRY_DELAY: Duration = Duration::from_millis(20);
 
-pub struct Core {
+/// What the server core is built from (the node creates these during bootstrap).
+pub struct ServerParts {
     pub cfg: Config,
     pub store: Arc<Store>,
     pub raft: RaftHandle,
     pub header: HeaderSource,
-    pub waiters: Arc<Waiters>,
+    /// The applied index, published by the apply loop after each batch.
     pub applied: watch::Receiver<u64>,
-    pub ids: IdGenerator,
-    pub lessor: Arc<Lessor>,
-    pub alarms: Arc<Alarms>,
     pub metrics: Arc<Metrics>,
-    /// How long a client request may wait for raft (etcd: 5 s + 2 × election timeout).
-    pub request_timeout: Duration,
-    /// TLS for member-to-member connections (https peer URLs).
-    pub peer_client_tls: Option<tonic::transport::ClientTlsConfig>,
-    /// A connection to the leader's peer port, for requests only the leader can answer.
-    pub leader_conn: parking_lot::Mutex<Option<(u64, tonic::transport::Channel)>>,
+    pub db_size: DbSize,
 }
 
-impl Core {
-    pub fn status(&self) -> RaftStatus {
-        self.raft.status().borrow().clone()
+/// The server core (etcd's `EtcdServer`). Its state is private: services call its methods.
+pub struct EtcdServer {
+    pub(super) cfg: Config,
+    pub(super) store: Arc<Store>,
+    pub(super) raft: RaftHandle,
+    pub(super) header: HeaderSource,
+    pub(super) waiters: Arc<Waiters>,
+    pub(super) applied: watch::Receiver<u64>,
+    pub(super) ids: IdGenerator,
+    pub(super) lessor: Arc<Lessor>,
+    pub(super) alarms: Arc<Alarms>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) db_size: DbSize,
+    /// How long a client request may wait for raft (etcd: 5 s + 2 × election timeout).
+    pub(super) request_timeout: Duration,
+    /// TLS for member-to-member connections (https peer URLs).
+    peer_client_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// A connection to the leader's peer port, for requests only the leader can answer.
+    leader_conn: parking_lot::Mutex<Option<(u64, tonic::transport::Channel)>>,
+}
+
+impl EtcdServer {
+    pub fn new(p: ServerParts) -> Result<EtcdServer> {
+        let member_id = p.header.member_id();
+        Ok(EtcdServer {
+            request_timeout: Duration::from_secs(5) + 2 * p.cfg.election_timeout,
+            peer_client_tls: peer_client_tls(&p.cfg.peer_tls)?,
+            leader_conn: parking_lot::Mutex::new(None),
+            cfg: p.cfg,
+            store: p.store,
+            raft: p.raft,
+            header: p.header,
+            waiters: Arc::new(Waiters::default()),
+            applied: p.applied,
+            ids: IdGenerator::new(member_id),
+            lessor: Arc::new(Lessor::default()),
+            alarms: Arc::new(Alarms::default()),
+            metrics: p.metrics,
+            db_size: p.db_size,
+        })
     }
 
-    /// A learner serves only serializable reads, Status and MemberList to clients (etcd's
-    /// rule); its own proposals (member attributes) are not client requests.
-    pub fn reject_learner(&self) -> Result<()> {
-        if self.status().is_learner {
-            return Err(Error::LearnerRpc);
-        }
-        Ok(())
+    /// The state the apply loop shares with the server: it completes the waiters and keeps
+    /// the lessor and the alarms current.
+    pub fn shared_with_apply(&self) -> (Arc<Waiters>, Arc<Lessor>, Arc<Alarms>) {
+        (
+            self.waiters.clone(),
+            self.lessor.clone(),
+            self.alarms.clone(),
+        )
+    }
+
+    pub fn raft_status(&self) -> RaftStatus {
+        self.raft.status().borrow().clone()
     }
 
     pub fn member_id(&self) -> u64 {
         self.header.member_id()
     }
 
+    pub fn cluster_id(&self) -> u64 {
+        self.header.cluster_id()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    pub fn alarm_list(&self) -> Vec<AlarmMember> {
+        self.alarms.list()
+    }
+
+    /// The point-in-time values `/metrics` renders.
+    pub fn gauges(&self) -> Gauges {
+        let st = self.raft_status();
+        let has_leader = st.leader_id != 0;
+        let (db_size, db_size_in_use) = self.store.db_size().unwrap_or((0, 0));
+        Gauges {
+            has_leader,
+            is_leader: has_leader && st.leader_id == st.id,
+            term: st.term,
+            commit_index: st.commit_index,
+            db_size,
+            db_size_in_use,
+            revision: self.store.current_revision(),
+            compact_revision: self.store.compacted_revision(),
+        }
+    }
+
+    /// A learner serves only serializable reads, Status and MemberList to clients (etcd's
+    /// rule); its own proposals (member attributes) are not client requests.
+    pub fn reject_learner(&self) -> Result<()> {
+        if self.raft_status().is_learner {
+            return Err(Error::LearnerRpc);
+        }
+        Ok(())
+    }
+
     /// A header at the store's current revision.
-    pub fn header_now(&self) -> ferrokv_proto::etcdserverpb::ResponseHeader {
+    pub fn header_now(&self) -> ResponseHeader {
         self.header.header(self.store.current_revision())
     }
 
+    /// Completes a response header filled by storage (its revision) with ids and term.
+    pub(super) fn fill(&self, header: &mut Option<ResponseHeader>) {
+        self.header.fill(header);
+    }
+
     /// A channel to the current leader's peer port (cached per leader).
-    pub async fn leader_channel(&self) -> Result<tonic::transport::Channel> {
-        let leader = self.status().leader_id;
+    pub(super) async fn leader_channel(&self) -> Result<tonic::transport::Channel> {
+        let leader = self.raft_status().leader_id;
         if leader == 0 {
             return Err(Error::NoLeader);
         }
@@ -81,7 +161,7 @@ impl Core {
             .map(|m| m.peer_ur_ls.clone())
             .unwrap_or_default();
         for url in &urls {
-            if let Ok(ch) = crate::peer::connect_peer(url, self.peer_client_tls.as_ref()).await {
+            if let Ok(ch) = connect_peer(url, self.peer_client_tls.as_ref()).await {
                 *self.leader_conn.lock() = Some((leader, ch.clone()));
                 return Ok(ch);
             }
@@ -91,7 +171,7 @@ impl Core {
 
     /// Waits (bounded by the request timeout) until some member is leader: right after start,
     /// or during an election, proposals would otherwise be dropped.
-    pub async fn wait_leader(&self) -> Result<()> {
+    pub(super) async fn wait_leader(&self) -> Result<()> {
         let mut rx = self.raft.status();
         let wait = async { rx.wait_for(|s| s.leader_id != 0).await.map(|_| ()) };
         let outcome = tokio::time::timeout(self.request_timeout, wait).await;
@@ -102,19 +182,19 @@ impl Core {
         }
     }
 
-    /// Replicates `request` through raft and waits for its applied result.
-    pub async fn propose(&self, request: Request) -> Result<Applied> {
+    /// Replicates `proposal` through raft and waits for the response applying it yielded.
+    pub(super) async fn propose<P: Proposal>(&self, proposal: P) -> Result<P::Response> {
         let id = self.ids.next();
         let data = InternalRequest {
             id,
-            request: Some(request),
+            request: Some(proposal.into_request()),
         }
         .encode_to_vec();
         if data.len() > self.cfg.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
         self.wait_leader().await?;
-        let rx = self.waiters.register(id);
+        let rx = self.waiters.register::<P>(id);
         // Removes the waiter however this future ends (error, timeout, client gone).
         let _guard = WaiterGuard {
             waiters: &self.waiters,
@@ -144,54 +224,13 @@ impl Core {
     }
 
     /// Publishes this member's name and client URLs through raft (into every member list).
-    pub async fn publish_attributes(
-        &self,
-        attr: ferrokv_proto::ferrokvpb::MemberAttributes,
-    ) -> Result<()> {
-        self.propose(Request::MemberAttributes(attr))
-            .await
-            .map(|_| ())
-    }
-
-    /// The backend quota in bytes (`--quota-backend-bytes`, 0 = etcd's 2 GiB default).
-    pub fn quota_bytes(&self) -> u64 {
-        match self.cfg.quota_backend_bytes {
-            0 => super::DEFAULT_QUOTA_BYTES as u64,
-            q => q,
-        }
-    }
-
-    /// Refuses writes that grow the store once NOSPACE is raised; raises it (through raft, so
-    /// every member refuses) when the backend file is over quota.
-    pub async fn check_quota(&self) -> Result<()> {
-        if self.alarms.no_space() {
-            return Err(Error::NoSpace);
-        }
-        let size = std::fs::metadata(self.cfg.layout().db())
-            .map(|m| m.len())
-            .unwrap_or(0);
-        if size <= self.quota_bytes() {
-            return Ok(());
-        }
-        tracing::warn!(
-            size,
-            quota = self.quota_bytes(),
-            "backend over quota; raising NOSPACE"
-        );
-        let alarm = ferrokv_proto::etcdserverpb::AlarmRequest {
-            action: ferrokv_proto::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
-            member_id: self.member_id(),
-            alarm: ferrokv_proto::etcdserverpb::AlarmType::Nospace as i32,
-        };
-        if let Err(e) = self.propose(Request::Alarm(alarm)).await {
-            tracing::warn!(error = %e, "raising NOSPACE failed");
-        }
-        Err(Error::NoSpace)
+    pub async fn publish_attributes(&self, attr: MemberAttributes) -> Result<()> {
+        self.propose(attr).await
     }
 
     /// Linearizable read barrier: after it returns, local reads see every write acknowledged
     /// before the call started.
-    pub async fn read_barrier(&self) -> Result<()> {
+    pub(super) async fn read_barrier(&self) -> Result<()> {
         self.wait_leader().await?;
         let mut applied = self.applied.clone();
         let outcome = tokio::time::timeout(self.request_timeout, async {
@@ -220,7 +259,7 @@ impl Core {
     }
 
     /// Runs synchronous storage work off the async workers.
-    pub async fn blocking<T, F>(&self, f: F) -> Result<T>
+    pub(super) async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T> + Send + 'static,
@@ -229,6 +268,48 @@ impl Core {
         tokio::task::spawn_blocking(move || f(&store))
             .await
             .map_err(|e| Error::Fatal(format!("storage task: {e}")))?
+    }
+
+    /// A leader that stops gracefully hands leadership to another voter first, so the
+    /// cluster does not wait an election timeout (what etcd does on SIGTERM).
+    pub async fn transfer_leadership_away(&self) {
+        let st = self.raft_status();
+        if st.leader_id != st.id {
+            return;
+        }
+        let Some(&to) = st.voters.iter().find(|v| **v != st.id) else {
+            return;
+        };
+        tracing::info!(
+            to = format!("{to:x}"),
+            "transferring leadership before stopping"
+        );
+        if let Err(e) = self.raft.transfer_leader(to).await {
+            tracing::warn!(error = %e, "leadership transfer failed");
+            return;
+        }
+        let mut rx = self.raft.status();
+        let moved = async {
+            rx.wait_for(|s| s.leader_id != 0 && s.leader_id != st.id)
+                .await
+                .map(|_| ())
+        };
+        if tokio::time::timeout(self.cfg.election_timeout * 2, moved)
+            .await
+            .is_err()
+        {
+            tracing::warn!("leadership did not move before stopping");
+        }
+    }
+
+    /// Stops the raft node (shutdown, after every task has ended).
+    pub async fn stop_raft(&self) {
+        self.raft.shutdown().await;
+    }
+
+    /// Makes every applied batch durable (the last step of shutdown).
+    pub fn sync_storage(&self) -> Result<()> {
+        self.store.sync().map_err(Error::from)
     }
 }
 

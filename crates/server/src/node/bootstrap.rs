@@ -15,12 +15,11 @@ use tokio_rustls::TlsAcceptor;
 
 use super::identity::{encode_wal_metadata, Identity};
 use super::Signals;
-use crate::apply::{membership, Alarms, Applier, Lessor, Waiters};
+use crate::apply::{membership, Applier, DbSize};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::etcdserver::Core;
+use crate::etcdserver::{EtcdServer, ServerParts};
 use crate::header::HeaderSource;
-use crate::ids::IdGenerator;
 use crate::metrics::Metrics;
 use crate::net::listen::bind;
 use crate::peer::{peer_client_tls, InstallRequest, PeerTransport};
@@ -163,7 +162,7 @@ pub(super) fn start_raft(
 
 /// What the serving steps take from the started state machine.
 pub(super) struct Started {
-    pub core: Arc<Core>,
+    pub core: Arc<EtcdServer>,
     pub hub: Arc<WatchHub>,
     pub header: HeaderSource,
     pub has_leader: watch::Receiver<bool>,
@@ -189,34 +188,32 @@ pub(super) fn start_apply(
     let (applied_tx, applied_rx) = watch::channel(applied_index);
     let metrics = Arc::new(Metrics::default());
     metrics.set_applied(applied_index);
-    let core = Arc::new(Core {
-        request_timeout: Duration::from_secs(5) + 2 * cfg.election_timeout,
-        peer_client_tls: peer_client_tls(&cfg.peer_tls)?,
-        leader_conn: parking_lot::Mutex::new(None),
+    let db_size = DbSize::default();
+    db_size.measure(&store);
+    let core = Arc::new(EtcdServer::new(ServerParts {
         cfg: cfg.clone(),
         store: store.clone(),
         raft: raft.handle.clone(),
         header: header.clone(),
-        waiters: Arc::new(Waiters::default()),
         applied: applied_rx,
-        ids: IdGenerator::new(id.member_id),
-        lessor: Arc::new(Lessor::default()),
-        alarms: Arc::new(Alarms::default()),
         metrics: metrics.clone(),
-    });
+        db_size: db_size.clone(),
+    })?);
     let stop_rx = &signals.stop_rx;
     let has_leader = follow_leadership(&raft.handle, &header, stop_rx, tasks);
     // The store is the hub's event source (watch::source implements it for Store).
     let hub = WatchHub::new(store.clone(), cfg.watch_progress_notify_interval);
+    let (waiters, lessor, alarms) = core.shared_with_apply();
     let applier = Applier {
         store,
         raft: raft.handle.clone(),
         hub: hub.clone(),
-        waiters: core.waiters.clone(),
-        lessor: core.lessor.clone(),
-        alarms: core.alarms.clone(),
+        waiters,
+        lessor,
+        alarms,
         applied_tx,
         metrics,
+        db_size,
         stop: stop_rx.clone(),
         transport: raft.transport.clone(),
         member_id: id.member_id,
@@ -288,7 +285,7 @@ fn follow_leadership(
 /// has them; retried until it succeeds or the member stops.
 pub(super) fn publish_attributes(
     cfg: &Config,
-    core: Arc<Core>,
+    core: Arc<EtcdServer>,
     client_urls: &[String],
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {

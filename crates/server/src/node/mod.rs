@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::etcdserver::Core;
+use crate::etcdserver::EtcdServer;
 
 /// How long graceful shutdown waits for open client connections before closing them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -43,7 +43,7 @@ impl ShutdownHandle {
 
 /// A running member.
 pub struct Member {
-    core: Arc<Core>,
+    core: Arc<EtcdServer>,
     client_urls: Vec<String>,
     metrics_urls: Vec<String>,
     /// Set by `ShutdownHandle::shutdown` (or by our own removal from the cluster).
@@ -139,44 +139,12 @@ impl Member {
     }
 
     pub fn cluster_id(&self) -> u64 {
-        self.core.header.cluster_id()
+        self.core.cluster_id()
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             tx: self.request_tx.clone(),
-        }
-    }
-
-    /// A leader that stops gracefully hands leadership to another voter first, so the
-    /// cluster does not wait an election timeout (what etcd does on SIGTERM).
-    async fn transfer_leadership_away(&self) {
-        let st = self.core.status();
-        if st.leader_id != st.id {
-            return;
-        }
-        let Some(&to) = st.voters.iter().find(|v| **v != st.id) else {
-            return;
-        };
-        tracing::info!(
-            to = format!("{to:x}"),
-            "transferring leadership before stopping"
-        );
-        if let Err(e) = self.core.raft.transfer_leader(to).await {
-            tracing::warn!(error = %e, "leadership transfer failed");
-            return;
-        }
-        let mut rx = self.core.raft.status();
-        let moved = async {
-            rx.wait_for(|s| s.leader_id != 0 && s.leader_id != st.id)
-                .await
-                .map(|_| ())
-        };
-        if tokio::time::timeout(self.core.cfg.election_timeout * 2, moved)
-            .await
-            .is_err()
-        {
-            tracing::warn!("leadership did not move before stopping");
         }
     }
 
@@ -192,7 +160,7 @@ impl Member {
             tracing::error!(error = %e, "member stopping after a fatal error");
         } else {
             tracing::info!("member shutting down");
-            self.transfer_leadership_away().await;
+            self.core.transfer_leadership_away().await;
         }
         self.stop_tx.send_replace(true);
         for mut t in std::mem::take(&mut self.tasks) {
@@ -201,11 +169,11 @@ impl Member {
                 let _ = t.await;
             }
         }
-        self.core.raft.shutdown().await;
+        self.core.stop_raft().await;
         if let Some(th) = self.apply_thread.take() {
             let _ = tokio::task::spawn_blocking(move || th.join()).await;
         }
-        if let Err(e) = self.core.store.sync() {
+        if let Err(e) = self.core.sync_storage() {
             tracing::error!(error = %e, "final storage sync failed");
             return Err(Error::Fatal(format!("final storage sync: {e}")));
         }

@@ -16,10 +16,12 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::Server;
 
 use super::bootstrap::Started;
-use crate::api::{AuthService, ClusterService, KvService, LeaseService, MaintenanceService};
+use crate::api::{
+    AuthService, ClusterService, KvService, LeaseService, MaintenanceService, RpcLayer,
+};
 use crate::config::Config;
 use crate::error::Result;
-use crate::etcdserver::Core;
+use crate::etcdserver::EtcdServer;
 use crate::net::authority::AuthorityFix;
 use crate::net::listen::{client_incoming, nodelay_incoming};
 use crate::peer::PeerService;
@@ -73,6 +75,7 @@ pub(super) async fn serve_client(
         let router = Server::builder()
             .accept_http1(true)
             .layer(crate::net::http::ClientPortEndpoints::new(core.clone()))
+            .layer(RpcLayer::new(core.metrics()))
             .add_service(health_service)
             .add_service(
                 KvServer::new(KvService::new(core.clone())).max_decoding_message_size(max_msg),
@@ -135,6 +138,7 @@ pub(super) fn serve_peer(
 ) {
     for (u, listener) in listeners {
         let router = Server::builder()
+            .layer(RpcLayer::new(s.core.metrics()))
             .add_service(
                 PeerServer::new(PeerService::new(
                     s.raft.clone(),
@@ -169,7 +173,7 @@ pub(super) fn serve_peer(
 /// Returns the bound addresses (port 0 resolved).
 pub(super) fn serve_metrics(
     listeners: Vec<(url::Url, TcpListener)>,
-    core: &Arc<Core>,
+    core: &Arc<EtcdServer>,
     stop: &watch::Receiver<bool>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<Vec<String>> {

@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::InstallRequest;
-use crate::error::{to_status, Error};
+use crate::error::Error;
 use crate::snapshot_file::RemoveOnDrop;
 
 /// The inbound side: steps every received message into the local raft node; snapshots are
@@ -43,10 +43,7 @@ impl Peer for PeerService {
             for bytes in batch.messages {
                 let msg: eraftpb::Message = protobuf::Message::parse_from_bytes(&bytes)
                     .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
-                self.raft
-                    .step(msg)
-                    .await
-                    .map_err(|e| to_status(&Error::Raft(e)))?;
+                self.raft.step(msg).await.map_err(Error::Raft)?;
             }
         }
         Ok(Response::new(RaftAck {}))
@@ -69,21 +66,15 @@ impl Peer for PeerService {
         let index = msg.get_snapshot().get_metadata().index;
         let path = self.layout.scratch(Scratch::Recv, &index.to_string());
         let _cleanup = RemoveOnDrop(path.clone());
-        let mut file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| to_status(&Error::from(e)))?;
-        file.write_all(&first.data)
-            .await
-            .map_err(|e| to_status(&Error::from(e)))?;
+        let mut file = tokio::fs::File::create(&path).await.map_err(Error::from)?;
+        file.write_all(&first.data).await.map_err(Error::from)?;
         let mut bytes = first.data.len() as u64;
         while let Some(chunk) = input.next().await {
             let chunk = chunk?;
             bytes += chunk.data.len() as u64;
-            file.write_all(&chunk.data)
-                .await
-                .map_err(|e| to_status(&Error::from(e)))?;
+            file.write_all(&chunk.data).await.map_err(Error::from)?;
         }
-        file.flush().await.map_err(|e| to_status(&Error::from(e)))?;
+        file.flush().await.map_err(Error::from)?;
         drop(file);
         tracing::info!(index, bytes, "received a keyspace snapshot from the leader");
         let (done, rx) = oneshot::channel();
@@ -93,20 +84,14 @@ impl Peer for PeerService {
                 done,
             })
             .await
-            .map_err(|_| to_status(&Error::Stopped))?;
-        let applied = rx
-            .await
-            .map_err(|_| to_status(&Error::Stopped))?
-            .map_err(|e| to_status(&e))?;
+            .map_err(|_| Error::Stopped)?;
+        let applied = rx.await.map_err(|_| Error::Stopped)??;
         if applied < index {
             return Err(Status::internal(format!(
                 "snapshot keyspace holds index {applied}, below the snapshot's {index}"
             )));
         }
-        self.raft
-            .step(msg)
-            .await
-            .map_err(|e| to_status(&Error::Raft(e)))?;
+        self.raft.step(msg).await.map_err(Error::Raft)?;
         Ok(Response::new(RaftAck {}))
     }
 }
