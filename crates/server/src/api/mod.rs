@@ -1,5 +1,5 @@
-//! The etcd v3 gRPC services (KV, Lease, Cluster, Maintenance, Auth; Watch lives in
-//! `crate::watch`), kept thin: validate the request with etcd's exact errors, call one
+//! The etcd v3 gRPC services (KV, Lease, Cluster, Maintenance, Auth; Watch lives with the
+//! watch hub), kept thin: validate the request with etcd's exact errors, call one
 //! method of the server core, return its response. Metrics, tracing spans and error logging
 //! are done once for every call by [`RpcLayer`].
 //!

@@ -19,15 +19,14 @@ use ferrokv_proto::etcdserverpb::{self as pb, LeaseGrantResponse, LeaseRevokeRes
 use ferrokv_proto::ferrokvpb::{internal_request::Request, ConfChangeContext, InternalRequest};
 use ferrokv_proto::mvccpb;
 use ferrokv_raftnode::eraftpb::{ConfChangeType, EntryType};
-use ferrokv_raftnode::{eraftpb, Committed, RaftHandle};
+use ferrokv_raftnode::{eraftpb, Committed};
 use ferrokv_storage::{Store, WriteBatch};
 use prost::Message as _;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use super::seams::{DurableIndexSink, EventSink, PeerDirectory};
 use super::{membership, Alarms, ApplyResult, DbSize, Lessor, Waiters};
 use crate::error::{Error, Result};
-use crate::peer::{InstallRequest, PeerTransport};
-use crate::watch::WatchHub;
 
 /// How often the apply loop makes storage durable (and lets raft compact the WAL).
 const SYNC_INTERVAL: Duration = Duration::from_millis(100);
@@ -37,8 +36,8 @@ const SYNC_ENTRIES: u64 = 10_000;
 /// Everything the apply loop needs; moved onto its thread.
 pub struct Applier {
     pub store: Arc<Store>,
-    pub raft: RaftHandle,
-    pub hub: Arc<WatchHub>,
+    pub raft: Arc<dyn DurableIndexSink>,
+    pub events: Arc<dyn EventSink>,
     pub waiters: Arc<Waiters>,
     pub lessor: Arc<Lessor>,
     pub alarms: Arc<Alarms>,
@@ -49,10 +48,18 @@ pub struct Applier {
     /// Set at shutdown: the loop ends once nothing more is queued, even if raft still holds
     /// the channel (anything not applied is in the WAL and replayed on restart).
     pub stop: watch::Receiver<bool>,
-    pub transport: Arc<PeerTransport>,
+    pub peers: Arc<dyn PeerDirectory>,
     pub member_id: u64,
     /// Asks the member to stop (used when this member is removed from the cluster).
     pub request_stop: Arc<watch::Sender<bool>>,
+}
+
+/// A keyspace snapshot received from the leader, to be installed by the apply loop (the
+/// keyspace's only writer) before raft sees the snapshot message. Answered with the applied
+/// index the keyspace has afterwards.
+pub struct InstallRequest {
+    pub path: std::path::PathBuf,
+    pub done: oneshot::Sender<Result<u64>>,
 }
 
 /// A proposer's answer, delivered once the batch is committed.
@@ -176,13 +183,13 @@ impl Applier {
         self.lessor.replace_all(&leases);
         for m in membership::load(&self.store)? {
             if m.id != self.member_id {
-                self.transport.add_peer(m.id, m.peer_ur_ls.clone());
+                self.peers.add_peer(m.id, m.peer_ur_ls.clone());
             }
         }
         self.applied_tx.send_replace(index);
         self.metrics.set_applied(index);
         self.db_size.measure(&self.store);
-        self.hub.resync_all(revision);
+        self.events.resync_all(revision);
         tracing::info!(
             applied_index = index,
             revision,
@@ -261,17 +268,17 @@ impl Applier {
                 AfterCommit::Granted(id, ttl) => self.lessor.granted(id, ttl),
                 AfterCommit::Revoked(id) => self.lessor.revoked(id),
                 AfterCommit::PeerAdded(id, urls) if id != self.member_id => {
-                    self.transport.add_peer(id, urls)
+                    self.peers.add_peer(id, urls)
                 }
                 AfterCommit::PeerRemoved(id) if id == self.member_id => {
                     tracing::warn!("this member was removed from the cluster; stopping");
                     self.request_stop.send_replace(true);
                 }
-                AfterCommit::PeerRemoved(id) => self.transport.remove_peer(id),
+                AfterCommit::PeerRemoved(id) => self.peers.remove_peer(id),
                 AfterCommit::PeerAdded(..) => {}
             }
         }
-        self.hub.publish(events, revision);
+        self.events.publish(events, revision);
         for reply in replies {
             reply(&self.waiters);
         }

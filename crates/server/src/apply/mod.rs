@@ -2,8 +2,10 @@
 //! per committed batch), the typed waiters it completes, the lessor's deadlines, the
 //! replicated member list, the alarms and the measured keyspace size.
 //!
-//! May depend on `watch` and `peer` (to publish events and follow membership) and the base
-//! modules; must not depend on `etcdserver`, `api`, `net` or `node`.
+//! Depends only on the crate's base modules: the raft handle, the peer transport and the watch
+//! hub reach it through the small traits of [`seams`] (which the node implements), so it is
+//! unit-tested without them. Must not depend on `etcdserver`, `api`, `net`, `node`, `peer`
+//! or `watch`.
 
 mod alarms;
 mod applier;
@@ -11,9 +13,13 @@ mod db_size;
 pub mod lessor;
 pub mod membership;
 mod proposal;
+mod seams;
+#[cfg(test)]
+mod tests;
 
 pub use alarms::Alarms;
-pub use applier::Applier;
+pub use applier::{Applier, InstallRequest};
 pub use db_size::DbSize;
 pub use lessor::Lessor;
 pub use proposal::{ApplyResult, Proposal, Waiters};
+pub use seams::{DurableIndexSink, EventSink, PeerDirectory};

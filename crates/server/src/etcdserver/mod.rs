@@ -13,6 +13,7 @@ mod lease;
 pub mod lease_expiry;
 mod maintenance;
 mod quota;
+mod raft_snapshot;
 pub mod reconfig;
 mod server;
 

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::identity::{encode_wal_metadata, Identity};
+use super::seams::ApplyLoopInstaller;
 use super::Signals;
 use crate::apply::{membership, Applier, DbSize};
 use crate::config::Config;
@@ -22,7 +23,7 @@ use crate::etcdserver::{EtcdServer, ServerParts};
 use crate::header::HeaderSource;
 use crate::metrics::Metrics;
 use crate::net::listen::bind;
-use crate::peer::{peer_client_tls, InstallRequest, PeerTransport};
+use crate::peer::{peer_client_tls, PeerTransport, SnapshotSource};
 use crate::stop::until_stopped;
 use crate::watch::WatchHub;
 
@@ -138,7 +139,6 @@ pub(super) fn start_raft(
     ));
     let (handle, committed, raft_thread) = ferrokv_raftnode::start(node_cfg, transport.clone())?;
     transport.set_raft(handle.clone());
-    transport.set_snapshot_source(store.clone(), cfg.layout());
     let fatal_tx = signals.fatal_tx.clone();
     std::thread::Builder::new()
         .name("ferrokv-raft-watch".into())
@@ -167,8 +167,8 @@ pub(super) struct Started {
     pub header: HeaderSource,
     pub has_leader: watch::Receiver<bool>,
     pub raft: RaftHandle,
-    /// Keyspace snapshots received by the peer service go to the apply loop here.
-    pub installs: mpsc::Sender<InstallRequest>,
+    /// Keyspace snapshots received by the peer service go to the apply loop through this.
+    pub installer: Arc<ApplyLoopInstaller>,
     pub apply_thread: std::thread::JoinHandle<()>,
 }
 
@@ -199,6 +199,10 @@ pub(super) fn start_apply(
         metrics: metrics.clone(),
         db_size: db_size.clone(),
     })?);
+    // The leader's transport streams the keyspace copies the server writes.
+    let source: Arc<dyn SnapshotSource> = core.clone();
+    raft.transport
+        .set_snapshot_source(Arc::downgrade(&source), cfg.layout());
     let stop_rx = &signals.stop_rx;
     let has_leader = follow_leadership(&raft.handle, &header, stop_rx, tasks);
     // The store is the hub's event source (watch::source implements it for Store).
@@ -206,8 +210,8 @@ pub(super) fn start_apply(
     let (waiters, lessor, alarms) = core.shared_with_apply();
     let applier = Applier {
         store,
-        raft: raft.handle.clone(),
-        hub: hub.clone(),
+        raft: Arc::new(raft.handle.clone()),
+        events: hub.clone(),
         waiters,
         lessor,
         alarms,
@@ -215,7 +219,7 @@ pub(super) fn start_apply(
         metrics,
         db_size,
         stop: stop_rx.clone(),
-        transport: raft.transport.clone(),
+        peers: raft.transport.clone(),
         member_id: id.member_id,
         request_stop: signals.request_tx.clone(),
     };
@@ -246,7 +250,7 @@ pub(super) fn start_apply(
         header,
         has_leader,
         raft: raft.handle,
-        installs: install_tx,
+        installer: Arc::new(ApplyLoopInstaller(install_tx)),
         apply_thread,
     })
 }

@@ -14,6 +14,7 @@
 
 mod bootstrap;
 mod identity;
+mod seams;
 mod serve;
 
 use std::sync::Arc;

@@ -142,7 +142,7 @@ pub(super) fn serve_peer(
             .add_service(
                 PeerServer::new(PeerService::new(
                     s.raft.clone(),
-                    s.installs.clone(),
+                    s.installer.clone(),
                     cfg.layout(),
                 ))
                 .max_decoding_message_size(PEER_MAX_MESSAGE),

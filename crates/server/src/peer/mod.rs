@@ -5,11 +5,11 @@
 //! machine, the server core or the gRPC API.
 
 mod connect;
-mod install;
 mod service;
+mod snapshot;
 mod transport;
 
 pub use connect::{connect_peer, peer_client_tls};
-pub use install::InstallRequest;
 pub use service::PeerService;
+pub use snapshot::{SnapshotInstaller, SnapshotSource};
 pub use transport::PeerTransport;

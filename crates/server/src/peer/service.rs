@@ -3,15 +3,16 @@
 //! installer (the apply loop) first, and only then is the `MsgSnapshot` stepped, so raft never
 //! believes in data the keyspace does not hold.
 
+use std::sync::Arc;
+
 use ferrokv_datadir::{DataDir, Scratch};
 use ferrokv_proto::ferrokvpb::{peer_server::Peer, RaftAck, RaftBatch, SnapshotChunk};
 use ferrokv_raftnode::{eraftpb, RaftHandle};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::InstallRequest;
+use super::SnapshotInstaller;
 use crate::error::Error;
 use crate::snapshot_file::RemoveOnDrop;
 
@@ -20,15 +21,15 @@ use crate::snapshot_file::RemoveOnDrop;
 #[derive(Clone)]
 pub struct PeerService {
     raft: RaftHandle,
-    installs: mpsc::Sender<InstallRequest>,
+    installer: Arc<dyn SnapshotInstaller>,
     layout: DataDir,
 }
 
 impl PeerService {
-    pub fn new(raft: RaftHandle, installs: mpsc::Sender<InstallRequest>, layout: DataDir) -> Self {
+    pub fn new(raft: RaftHandle, installer: Arc<dyn SnapshotInstaller>, layout: DataDir) -> Self {
         PeerService {
             raft,
-            installs,
+            installer,
             layout,
         }
     }
@@ -77,15 +78,7 @@ impl Peer for PeerService {
         file.flush().await.map_err(Error::from)?;
         drop(file);
         tracing::info!(index, bytes, "received a keyspace snapshot from the leader");
-        let (done, rx) = oneshot::channel();
-        self.installs
-            .send(InstallRequest {
-                path: path.clone(),
-                done,
-            })
-            .await
-            .map_err(|_| Error::Stopped)?;
-        let applied = rx.await.map_err(|_| Error::Stopped)??;
+        let applied = self.installer.install(path.clone()).await?;
         if applied < index {
             return Err(Status::internal(format!(
                 "snapshot keyspace holds index {applied}, below the snapshot's {index}"

@@ -7,9 +7,9 @@
 //!
 //!
 //! A raft snapshot (for a follower that needs entries the leader has compacted away) takes
-//! its own path: `SendSnapshot` streams the `MsgSnapshot` and then a copy of the leader's
-//! keyspace taken once it has applied at least the snapshot's index. The follower hands the
-//! keyspace to its apply loop to install, and only then steps the message into raft, so raft
+//! its own path: `SendSnapshot` streams the `MsgSnapshot` and then the keyspace copy the
+//! [`SnapshotSource`] writes (one that holds at least the snapshot's index). The follower
+//! hands the keyspace to its installer, and only then steps the message into raft, so raft
 //! never believes in data the keyspace does not hold.
 
 use ferrokv_datadir::{DataDir, Scratch};
@@ -21,18 +21,16 @@ use parking_lot::RwLock;
 
 use ferrokv_proto::ferrokvpb::{peer_client::PeerClient, RaftBatch, SnapshotChunk};
 use ferrokv_raftnode::{eraftpb, RaftHandle, Transport};
-use ferrokv_storage::Store;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::ClientTlsConfig;
 
+use super::SnapshotSource;
 use crate::error::Error;
 use crate::snapshot_file::RemoveOnDrop;
 
 /// Keyspace bytes per `SnapshotChunk`.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
-/// How long the leader waits for its own keyspace to reach a snapshot's index.
-const SNAPSHOT_APPLY_WAIT: Duration = Duration::from_secs(30);
 
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE: usize = 4096;
@@ -51,10 +49,10 @@ pub struct PeerTransport {
     /// Peers are added from the apply thread, which is not a runtime thread.
     rt: tokio::runtime::Handle,
     tls: Option<ClientTlsConfig>,
-    /// The keyspace a snapshot is copied from, and where the copy is written; set at start.
+    /// What writes a keyspace snapshot, and where the copy is written; set at start.
     /// Weak: the transport can outlive the member for a moment at shutdown, and must not keep
     /// the keyspace file open (a restart in the same process would find it locked).
-    snapshots: OnceLock<(std::sync::Weak<Store>, DataDir)>,
+    snapshots: OnceLock<(std::sync::Weak<dyn SnapshotSource>, DataDir)>,
 }
 
 impl PeerTransport {
@@ -83,9 +81,14 @@ impl PeerTransport {
         let _ = self.raft.set(raft);
     }
 
-    /// Where keyspace snapshots for lagging followers come from (`member/snap`).
-    pub fn set_snapshot_source(&self, store: Arc<Store>, layout: DataDir) {
-        let _ = self.snapshots.set((Arc::downgrade(&store), layout));
+    /// What writes keyspace snapshots for lagging followers, and the data dir whose
+    /// scratch files hold them while they are sent.
+    pub fn set_snapshot_source(
+        &self,
+        source: std::sync::Weak<dyn SnapshotSource>,
+        layout: DataDir,
+    ) {
+        let _ = self.snapshots.set((source, layout));
     }
 
     /// Sends a `MsgSnapshot` with a copy of the keyspace on its own task, and tells raft how
@@ -98,18 +101,18 @@ impl PeerTransport {
             .get(&to)
             .map(|(u, _)| u.clone())
             .unwrap_or_default();
-        let (Some(raft), Some((store, dir))) = (self.raft.get().cloned(), self.snapshots.get())
+        let (Some(raft), Some((source, dir))) = (self.raft.get().cloned(), self.snapshots.get())
         else {
             return;
         };
-        let Some(store) = store.upgrade() else {
+        let Some(source) = source.upgrade() else {
             return;
         };
         let (dir, tls) = (dir.clone(), self.tls.clone());
         self.rt.spawn(async move {
             let index = m.get_snapshot().get_metadata().index;
             let started = Instant::now();
-            let result = send_snapshot(m, &urls, store, &dir, tls.as_ref()).await;
+            let result = send_snapshot(m, &urls, source.as_ref(), &dir, tls.as_ref()).await;
             match &result {
                 Ok(bytes) => tracing::info!(
                     peer = format!("{to:x}"),
@@ -255,34 +258,20 @@ fn unreachable(raft: &OnceLock<RaftHandle>, id: u64, rx: &mut mpsc::Receiver<Vec
     while rx.try_recv().is_ok() {}
 }
 
-/// Copies the keyspace once it holds the snapshot's index and streams message + copy to the
-/// first of the peer's URLs that takes it. Returns the keyspace bytes sent.
+/// Has the source write a keyspace copy holding the snapshot's index and streams message +
+/// copy to the first of the peer's URLs that takes it. Returns the keyspace bytes sent.
 async fn send_snapshot(
     m: eraftpb::Message,
     urls: &[String],
-    store: Arc<Store>,
+    source: &dyn SnapshotSource,
     dir: &DataDir,
     tls: Option<&ClientTlsConfig>,
 ) -> Result<u64, Error> {
     let index = m.get_snapshot().get_metadata().index;
-    // The metadata is raft's commit index; the copy must hold at least that much, or the
-    // follower would skip entries nobody applied for it.
-    let deadline = Instant::now() + SNAPSHOT_APPLY_WAIT;
-    while store.applied_index().0 < index {
-        if Instant::now() > deadline {
-            return Err(Error::Timeout);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     let path = dir.scratch(Scratch::Send, &format!("{:x}-{index}", m.to));
     let _ = std::fs::remove_file(&path);
     let _cleanup = RemoveOnDrop(path.clone());
-    {
-        let (store, path) = (store.clone(), path.clone());
-        tokio::task::spawn_blocking(move || store.snapshot_to(&path))
-            .await
-            .map_err(|e| Error::Fatal(format!("snapshot task: {e}")))??;
-    }
+    source.write_snapshot(index, &path).await?;
     let message = protobuf::Message::write_to_bytes(&m)
         .map_err(|e| Error::Io(format!("encode snapshot message: {e}")))?;
     let mut last = Error::LeaderChanged;
