@@ -12,6 +12,7 @@ use ferrokv_proto::etcdserverpb::{
     WatchRequest,
 };
 use ferrokv_server::{Config, Member};
+use ferrokv_tests::member::free_port;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
@@ -934,14 +935,6 @@ async fn periodic_auto_compaction() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stop(m).await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

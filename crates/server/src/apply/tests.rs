@@ -9,9 +9,9 @@ use ferrokv_proto::etcdserverpb::{
     compare, request_op, AlarmRequest, CompactionRequest, Compare, DeleteRangeRequest,
     LeaseGrantRequest, LeaseRevokeRequest, Member, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
-use ferrokv_proto::ferrokvpb::{ConfChangeContext, InternalRequest};
+use ferrokv_proto::ferrokvpb::InternalRequest;
 use ferrokv_proto::mvccpb::{event::EventType, Event};
-use ferrokv_raftnode::eraftpb::{self, ConfChangeSingle, ConfChangeType, ConfChangeV2, EntryType};
+use ferrokv_raftnode::eraftpb::{self, ConfChangeType, EntryType};
 use ferrokv_raftnode::Committed;
 use ferrokv_storage::Store;
 use parking_lot::Mutex;
@@ -112,16 +112,7 @@ fn entry<P: Proposal>(index: u64, id: u64, p: P) -> eraftpb::Entry {
 }
 
 fn conf_change(index: u64, kind: ConfChangeType, member: Member) -> eraftpb::Entry {
-    let mut single = ConfChangeSingle::default();
-    single.set_change_type(kind);
-    single.node_id = member.id;
-    let mut cc = ConfChangeV2::default();
-    cc.set_changes(vec![single].into());
-    cc.context = ConfChangeContext {
-        member: Some(member),
-    }
-    .encode_to_vec()
-    .into();
+    let cc = membership::conf_change(kind, member);
     let mut e = eraftpb::Entry {
         index,
         term: 1,

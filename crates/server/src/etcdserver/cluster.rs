@@ -9,9 +9,7 @@ use ferrokv_proto::etcdserverpb::{
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
-use ferrokv_proto::ferrokvpb::ConfChangeContext;
-use ferrokv_raftnode::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
-use prost::Message as _;
+use ferrokv_raftnode::eraftpb::ConfChangeType;
 
 use super::reconfig::{check_reconfig, valid_peer_urls, Reconfig};
 use super::EtcdServer;
@@ -50,16 +48,7 @@ impl EtcdServer {
         applied: impl Fn(&[Member]) -> bool,
     ) -> Result<Vec<Member>> {
         self.wait_leader().await?;
-        let mut single = ConfChangeSingle::default();
-        single.set_change_type(kind);
-        single.node_id = member.id;
-        let mut cc = ConfChangeV2::default();
-        cc.set_changes(vec![single].into());
-        cc.context = ConfChangeContext {
-            member: Some(member),
-        }
-        .encode_to_vec()
-        .into();
+        let cc = membership::conf_change(kind, member);
         let mut batches = self.applied.clone();
         batches.borrow_and_update();
         self.raft.propose_conf_change(cc).await?;
@@ -87,9 +76,7 @@ impl EtcdServer {
             return Err(Error::PeerUrlsExist);
         }
         if let Some(mut leader) = self.leader_client().await? {
-            let mut resp = leader.member_add(req).await?.into_inner();
-            resp.header = Some(self.header_now());
-            return Ok(resp);
+            return self.forwarded(leader.member_add(req)).await;
         }
         let (change, kind) = if req.is_learner {
             (Reconfig::AddLearner, ConfChangeType::AddLearnerNode)
@@ -131,12 +118,9 @@ impl EtcdServer {
             return Err(Error::MemberNotFound);
         }
         if let Some(mut leader) = self.leader_client().await? {
-            let mut resp = leader
-                .member_remove(MemberRemoveRequest { id })
-                .await?
-                .into_inner();
-            resp.header = Some(self.header_now());
-            return Ok(resp);
+            return self
+                .forwarded(leader.member_remove(MemberRemoveRequest { id }))
+                .await;
         }
         self.check_reconfig(Reconfig::Remove(id), &existing).await?;
         let Some(member) = existing.into_iter().find(|m| m.id == id) else {
@@ -214,12 +198,9 @@ impl EtcdServer {
         }
         // Only the leader knows how far the learner's log is, so it decides.
         if let Some(mut leader) = self.leader_client().await? {
-            let mut resp = leader
-                .member_promote(MemberPromoteRequest { id })
-                .await?
-                .into_inner();
-            resp.header = Some(self.header_now());
-            return Ok(resp);
+            return self
+                .forwarded(leader.member_promote(MemberPromoteRequest { id }))
+                .await;
         }
         self.check_reconfig(Reconfig::Promote(id), &existing)
             .await?;

@@ -16,24 +16,19 @@ impl EtcdServer {
             self.reject_learner()?;
             self.read_barrier().await?;
         }
-        let mut resp = self
-            .blocking(move |s| s.range(&req).map_err(Error::from))
-            .await?;
-        self.fill(&mut resp.header);
-        Ok(resp)
+        Ok(self.filled(
+            self.blocking(move |s| s.range(&req).map_err(Error::from))
+                .await?,
+        ))
     }
 
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
-        let mut resp = self.propose_within_quota(req).await?;
-        self.fill(&mut resp.header);
-        Ok(resp)
+        Ok(self.filled(self.propose_within_quota(req).await?))
     }
 
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
         // A delete never grows the store, so it passes even under NOSPACE (etcd's rule).
-        let mut resp = self.propose(req).await?;
-        self.fill(&mut resp.header);
-        Ok(resp)
+        Ok(self.filled(self.propose(req).await?))
     }
 
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
@@ -48,22 +43,17 @@ impl EtcdServer {
             }
             // Served locally like a Range: a read-only txn writes nothing and does not bump
             // the revision, so it needs no raft entry.
-            let mut resp = self
-                .blocking(move |s| s.read_txn(&req).map_err(Error::from))
-                .await?;
-            self.fill(&mut resp.header);
-            return Ok(resp);
+            return Ok(self.filled(
+                self.blocking(move |s| s.read_txn(&req).map_err(Error::from))
+                    .await?,
+            ));
         }
-        let mut resp = self.propose_within_quota(req).await?;
-        self.fill(&mut resp.header);
-        Ok(resp)
+        Ok(self.filled(self.propose_within_quota(req).await?))
     }
 
     pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
         // Storage compacts synchronously while applying, so `physical` needs no extra wait.
-        let mut resp = self.propose(req).await?;
-        self.fill(&mut resp.header);
-        Ok(resp)
+        Ok(self.filled(self.propose(req).await?))
     }
 }
 

@@ -35,15 +35,11 @@ impl EtcdServer {
             // Positive, and unique per member (the generator is prefixed with our id).
             req.id = (self.ids.next() & (i64::MAX as u64)) as i64;
         }
-        let mut resp = self.propose_within_quota(req).await?;
-        resp.header = Some(self.header_now());
-        Ok(resp)
+        Ok(self.stamped(self.propose_within_quota(req).await?))
     }
 
     pub async fn lease_revoke(&self, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
-        let mut resp = self.propose(req).await?;
-        resp.header = Some(self.header_now());
-        Ok(resp)
+        Ok(self.stamped(self.propose(req).await?))
     }
 
     /// One keep-alive: renews on the leader, forwarded there from a follower.

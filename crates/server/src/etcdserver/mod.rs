@@ -8,6 +8,7 @@
 
 mod cluster;
 pub mod compactor;
+mod headers;
 mod kv;
 mod lease;
 pub mod lease_expiry;

@@ -138,11 +138,6 @@ impl EtcdServer {
         self.header.header(self.store.current_revision())
     }
 
-    /// Completes a response header filled by storage (its revision) with ids and term.
-    pub(super) fn fill(&self, header: &mut Option<ResponseHeader>) {
-        self.header.fill(header);
-    }
-
     /// A channel to the current leader's peer port (cached per leader).
     pub(super) async fn leader_channel(&self) -> Result<tonic::transport::Channel> {
         let leader = self.raft_status().leader_id;

@@ -9,6 +9,7 @@ use ferrokv_proto::etcdserverpb::{
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use ferrokv_proto::ferrokvpb::peer_server::PeerServer;
+use futures::future::Either;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -100,26 +101,21 @@ pub(super) async fn serve_client(
                 AuthServer::new(AuthService::new(core.clone())).max_decoding_message_size(max_msg),
             );
         let signal = stop_signal(stop);
-        // TLS is terminated by ferrokv (net::tls), not tonic, so the two arms serve
-        // different stream types.
-        tasks.push(match tls {
+        // TLS is terminated by ferrokv (net::tls), not tonic, so the two kinds of port serve
+        // different stream types: one future type for both through `Either`.
+        let serving = match tls {
             Some(acceptor) => {
                 let incoming = tokio_stream::StreamExt::map(
                     crate::net::tls::incoming(listener, acceptor, stop.clone()),
                     |s| s.map(AuthorityFix::new),
                 );
-                spawn_serving(
-                    "gRPC",
-                    u.to_string(),
-                    router.serve_with_incoming_shutdown(incoming, signal),
-                )
+                Either::Left(router.serve_with_incoming_shutdown(incoming, signal))
             }
-            None => spawn_serving(
-                "gRPC",
-                u.to_string(),
+            None => Either::Right(
                 router.serve_with_incoming_shutdown(client_incoming(listener), signal),
             ),
-        });
+        };
+        tasks.push(spawn_serving("gRPC", u.to_string(), serving));
         tracing::info!(url = %u, %addr, "serving client requests");
     }
     Ok(urls)
@@ -151,21 +147,16 @@ pub(super) fn serve_peer(
             .add_service(LeaseServer::new(LeaseService::new(s.core.clone())));
         let signal = stop_signal(stop);
         tracing::info!(url = %u, "serving peers");
-        tasks.push(match (u.scheme() == "https", &tls) {
+        let serving = match (u.scheme() == "https", &tls) {
             (true, Some(acceptor)) => {
                 let incoming = crate::net::tls::incoming(listener, acceptor.clone(), stop.clone());
-                spawn_serving(
-                    "peer",
-                    u.to_string(),
-                    router.serve_with_incoming_shutdown(incoming, signal),
-                )
+                Either::Left(router.serve_with_incoming_shutdown(incoming, signal))
             }
-            _ => spawn_serving(
-                "peer",
-                u.to_string(),
+            _ => Either::Right(
                 router.serve_with_incoming_shutdown(nodelay_incoming(listener), signal),
             ),
-        });
+        };
+        tasks.push(spawn_serving("peer", u.to_string(), serving));
     }
 }
 
