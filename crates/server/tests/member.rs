@@ -1064,7 +1064,6 @@ async fn member_add_join_promote_remove() {
     let d1 = tempfile::tempdir().unwrap();
     let cfg0 = config(d0.path(), "seed");
     let p0 = cfg0.initial_advertise_peer_urls[0].clone();
-    let leader_snaps = cfg0.layout().snap();
     let (m0, ch0) = start(cfg0).await;
     let mut kv0 = KvClient::new(ch0.clone());
     kv0.put(put("before", "join")).await.unwrap();
