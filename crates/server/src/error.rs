@@ -1,7 +1,8 @@
 //! The crate's one error type and the one table that turns it into a gRPC status.
 //!
 //! Clients (etcdctl, clientv3, kube-apiserver) match etcd's error *text*, so every message
-//! here is spelled exactly as etcd spells it and lives nowhere else.
+//! is spelled exactly as etcd spells it, once, in [`Error::etcd`]: the `Display` of an etcd
+//! error and its gRPC status both come from that table.
 
 use tonic::{Code, Status};
 
@@ -15,43 +16,43 @@ pub enum Error {
     Storage(#[from] ferrokv_storage::Error),
     #[error("raft: {0}")]
     Raft(#[from] ferrokv_raftnode::Error),
-    #[error("etcdserver: no leader")]
+    #[error("{}", self.etcd_text())]
     NoLeader,
-    #[error("etcdserver: not leader")]
+    #[error("{}", self.etcd_text())]
     NotLeader,
-    #[error("etcdserver: leader changed")]
+    #[error("{}", self.etcd_text())]
     LeaderChanged,
-    #[error("etcdserver: server stopped")]
+    #[error("{}", self.etcd_text())]
     Stopped,
-    #[error("etcdserver: request timed out")]
+    #[error("{}", self.etcd_text())]
     Timeout,
-    #[error("etcdserver: request is too large")]
+    #[error("{}", self.etcd_text())]
     RequestTooLarge,
-    #[error("etcdserver: too large lease TTL")]
+    #[error("{}", self.etcd_text())]
     LeaseTtlTooLarge,
-    #[error("etcdserver: mvcc: database space exceeded")]
+    #[error("{}", self.etcd_text())]
     NoSpace,
-    #[error("etcdserver: member not found")]
+    #[error("{}", self.etcd_text())]
     MemberNotFound,
-    #[error("etcdserver: given member URLs are invalid")]
+    #[error("{}", self.etcd_text())]
     InvalidPeerUrls,
-    #[error("etcdserver: Peer URLs already exists")]
+    #[error("{}", self.etcd_text())]
     PeerUrlsExist,
-    #[error("etcdserver: can only promote a learner member")]
+    #[error("{}", self.etcd_text())]
     NotLearner,
-    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    #[error("{}", self.etcd_text())]
     LearnerNotReady,
-    #[error("etcdserver: too many learner members in cluster")]
+    #[error("{}", self.etcd_text())]
     TooManyLearners,
-    #[error("etcdserver: unhealthy cluster")]
+    #[error("{}", self.etcd_text())]
     Unhealthy,
-    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    #[error("{}", self.etcd_text())]
     NotEnoughStartedMembers,
-    #[error("etcdserver: rpc not supported for learner")]
+    #[error("{}", self.etcd_text())]
     LearnerRpc,
-    #[error("etcdserver: bad leader transferee")]
+    #[error("{}", self.etcd_text())]
     BadLeaderTransferee,
-    #[error("etcdserver: authentication is not enabled")]
+    #[error("{}", self.etcd_text())]
     AuthNotEnabled,
     #[error("snapshot file: {0}")]
     SnapshotFile(&'static str),
@@ -64,9 +65,19 @@ pub enum Error {
     Io(String),
     #[error("tls: {0}")]
     Tls(String),
+    /// The answer of the leader to a request this member forwarded there: passed on to the
+    /// client exactly as the leader gave it.
+    #[error("{}", .0.message())]
+    Forwarded(Status),
     /// Something the member cannot continue from (fail-stop).
     #[error("fatal: {0}")]
     Fatal(String),
+}
+
+impl From<Status> for Error {
+    fn from(s: Status) -> Self {
+        Error::Forwarded(s)
+    }
 }
 
 impl From<std::io::Error> for Error {
@@ -88,107 +99,125 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The table: the gRPC code and exact etcd text of every error etcd defines. None for
+    /// ferrokv's own errors (config, I/O, fatal, ...).
+    pub fn etcd(&self) -> Option<(Code, &'static str)> {
+        use ferrokv_storage::Error as S;
+        Some(match self {
+            Error::Storage(s) => match s {
+                S::Compacted => (
+                    Code::OutOfRange,
+                    "etcdserver: mvcc: required revision has been compacted",
+                ),
+                S::FutureRevision => (
+                    Code::OutOfRange,
+                    "etcdserver: mvcc: required revision is a future revision",
+                ),
+                S::KeyNotFound => (Code::InvalidArgument, "etcdserver: key not found"),
+                S::LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
+                S::LeaseExists => (Code::FailedPrecondition, "etcdserver: lease already exists"),
+                S::EmptyKey => (Code::InvalidArgument, "etcdserver: key is not provided"),
+                S::ValueProvided => (Code::InvalidArgument, "etcdserver: value is provided"),
+                S::LeaseProvided => (Code::InvalidArgument, "etcdserver: lease is provided"),
+                S::TooManyOps => (
+                    Code::InvalidArgument,
+                    "etcdserver: too many operations in txn request",
+                ),
+                S::DuplicateKey => (
+                    Code::InvalidArgument,
+                    "etcdserver: duplicate key given in txn request",
+                ),
+                S::InvalidSortOption => (Code::InvalidArgument, "etcdserver: invalid sort option"),
+                S::Corrupt(_) => (Code::DataLoss, "etcdserver: corrupt cluster"),
+                S::Backend(_) | S::BadSnapshot(_) => return None,
+            },
+            // Raft's own errors are the server errors etcd reports for them.
+            Error::Raft(ferrokv_raftnode::Error::Stopped) => return Error::Stopped.etcd(),
+            Error::Raft(ferrokv_raftnode::Error::ProposalDropped) => {
+                return Error::LeaderChanged.etcd()
+            }
+            Error::Raft(ferrokv_raftnode::Error::NotLeader) => return Error::NotLeader.etcd(),
+            Error::Raft(_) => return None,
+            Error::NoLeader => (Code::Unavailable, "etcdserver: no leader"),
+            Error::NotLeader => (Code::FailedPrecondition, "etcdserver: not leader"),
+            Error::LeaderChanged => (Code::Unavailable, "etcdserver: leader changed"),
+            Error::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
+            Error::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
+            Error::RequestTooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
+            Error::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
+            Error::NoSpace => (
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            Error::MemberNotFound => (Code::NotFound, "etcdserver: member not found"),
+            Error::InvalidPeerUrls => (
+                Code::InvalidArgument,
+                "etcdserver: given member URLs are invalid",
+            ),
+            Error::PeerUrlsExist => (
+                Code::FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
+            ),
+            Error::LearnerRpc => (
+                Code::FailedPrecondition,
+                "etcdserver: rpc not supported for learner",
+            ),
+            Error::NotLearner => (
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+            ),
+            Error::LearnerNotReady => (
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            Error::TooManyLearners => (
+                Code::FailedPrecondition,
+                "etcdserver: too many learner members in cluster",
+            ),
+            Error::Unhealthy => (Code::Unavailable, "etcdserver: unhealthy cluster"),
+            Error::NotEnoughStartedMembers => (
+                Code::FailedPrecondition,
+                "etcdserver: re-configuration failed due to not enough started members",
+            ),
+            Error::BadLeaderTransferee => (
+                Code::FailedPrecondition,
+                "etcdserver: bad leader transferee",
+            ),
+            Error::AuthNotEnabled => (
+                Code::FailedPrecondition,
+                "etcdserver: authentication is not enabled",
+            ),
+            Error::Forwarded(_)
+            | Error::SnapshotFile(_)
+            | Error::Unimplemented(_)
+            | Error::Config(_)
+            | Error::Io(_)
+            | Error::Tls(_)
+            | Error::Fatal(_) => return None,
+        })
+    }
+
+    /// The etcd text of an etcd error (what `Display` shows for it).
+    fn etcd_text(&self) -> &'static str {
+        self.etcd().map(|(_, text)| text).unwrap_or_default()
+    }
+}
+
 /// The one mapping from [`Error`] to the gRPC status etcd would send.
 pub fn to_status(err: &Error) -> Status {
     use ferrokv_storage::Error as S;
-    let (code, msg): (Code, &str) = match err {
-        Error::Storage(s) => match s {
-            S::Compacted => (
-                Code::OutOfRange,
-                "etcdserver: mvcc: required revision has been compacted",
-            ),
-            S::FutureRevision => (
-                Code::OutOfRange,
-                "etcdserver: mvcc: required revision is a future revision",
-            ),
-            S::KeyNotFound => (Code::InvalidArgument, "etcdserver: key not found"),
-            S::LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
-            S::LeaseExists => (Code::FailedPrecondition, "etcdserver: lease already exists"),
-            S::EmptyKey => (Code::InvalidArgument, "etcdserver: key is not provided"),
-            S::ValueProvided => (Code::InvalidArgument, "etcdserver: value is provided"),
-            S::LeaseProvided => (Code::InvalidArgument, "etcdserver: lease is provided"),
-            S::TooManyOps => (
-                Code::InvalidArgument,
-                "etcdserver: too many operations in txn request",
-            ),
-            S::DuplicateKey => (
-                Code::InvalidArgument,
-                "etcdserver: duplicate key given in txn request",
-            ),
-            S::InvalidSortOption => (Code::InvalidArgument, "etcdserver: invalid sort option"),
-            S::Corrupt(_) => (Code::DataLoss, "etcdserver: corrupt cluster"),
-            S::Backend(m) => return Status::new(Code::Internal, m.clone()),
-            S::BadSnapshot(m) => return Status::new(Code::DataLoss, m.clone()),
-        },
-        Error::Raft(r) => match r {
-            ferrokv_raftnode::Error::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
-            ferrokv_raftnode::Error::ProposalDropped => {
-                (Code::Unavailable, "etcdserver: leader changed")
-            }
-            ferrokv_raftnode::Error::NotLeader => {
-                (Code::FailedPrecondition, "etcdserver: not leader")
-            }
-            other => return Status::new(Code::Internal, other.to_string()),
-        },
-        Error::NoLeader => (Code::Unavailable, "etcdserver: no leader"),
-        Error::NotLeader => (Code::FailedPrecondition, "etcdserver: not leader"),
-        Error::LeaderChanged => (Code::Unavailable, "etcdserver: leader changed"),
-        Error::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
-        Error::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
-        Error::RequestTooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
-        Error::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
-        Error::NoSpace => (
-            Code::ResourceExhausted,
-            "etcdserver: mvcc: database space exceeded",
-        ),
-        Error::MemberNotFound => (Code::NotFound, "etcdserver: member not found"),
-        Error::InvalidPeerUrls => (
-            Code::InvalidArgument,
-            "etcdserver: given member URLs are invalid",
-        ),
-        Error::PeerUrlsExist => (
-            Code::FailedPrecondition,
-            "etcdserver: Peer URLs already exists",
-        ),
-        Error::LearnerRpc => (
-            Code::FailedPrecondition,
-            "etcdserver: rpc not supported for learner",
-        ),
-        Error::NotLearner => (
-            Code::FailedPrecondition,
-            "etcdserver: can only promote a learner member",
-        ),
-        Error::LearnerNotReady => (
-            Code::FailedPrecondition,
-            "etcdserver: can only promote a learner member which is in sync with leader",
-        ),
-        Error::TooManyLearners => (
-            Code::FailedPrecondition,
-            "etcdserver: too many learner members in cluster",
-        ),
-        Error::Unhealthy => (Code::Unavailable, "etcdserver: unhealthy cluster"),
-        Error::NotEnoughStartedMembers => (
-            Code::FailedPrecondition,
-            "etcdserver: re-configuration failed due to not enough started members",
-        ),
-        Error::BadLeaderTransferee => (
-            Code::FailedPrecondition,
-            "etcdserver: bad leader transferee",
-        ),
-        Error::AuthNotEnabled => (
-            Code::FailedPrecondition,
-            "etcdserver: authentication is not enabled",
-        ),
-        Error::Unimplemented(what) => {
-            return Status::unimplemented(format!("{what} is not implemented"))
-        }
-        Error::SnapshotFile(_)
-        | Error::Config(_)
-        | Error::Io(_)
-        | Error::Tls(_)
-        | Error::Fatal(_) => return Status::new(Code::Internal, err.to_string()),
-    };
-    Status::new(code, msg)
+    if let Some((code, text)) = err.etcd() {
+        return Status::new(code, text);
+    }
+    match err {
+        Error::Storage(S::Backend(m)) => Status::new(Code::Internal, m.clone()),
+        Error::Storage(S::BadSnapshot(m)) => Status::new(Code::DataLoss, m.clone()),
+        Error::Raft(r) => Status::new(Code::Internal, r.to_string()),
+        Error::Forwarded(status) => status.clone(),
+        Error::Unimplemented(what) => Status::unimplemented(format!("{what} is not implemented")),
+        other => Status::new(Code::Internal, other.to_string()),
+    }
 }
 
 impl From<Error> for Status {

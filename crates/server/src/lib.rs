@@ -1,34 +1,37 @@
-//! The ferrokv member server: the etcd v3 gRPC services, the apply loop that executes
-//! committed raft entries against the MVCC store, the watch hub, the lessor, the peer
-//! transport and the HTTP health/metrics endpoints.
+//! The ferrokv member server, as a stack of layers (one folder each; arrows point down):
+//!
+//! - `api`: the thin etcd v3 gRPC services;
+//! - `etcdserver`: the server core they call (propose-and-wait, read barrier, quota, ...);
+//! - `apply`: the state machine fed by committed entries;
+//! - `watch`: the watch hub and its Watch service;
+//! - `peer`: the raft transport between members;
+//! - `net`: listeners, TLS, the `:authority` repair, HTTP endpoints;
+//! - `node`: member bootstrap as named steps, and shutdown; wires everything.
+//!
+//! Base modules every layer may use: `error`, `config`, `ids`, `header`, `metrics`,
+//! `snapshot_file`, `stop`. See `docs/architecture.md`.
 //!
 //! Depends on `ferrokv-proto` (wire types), `ferrokv-storage` (MVCC keyspace),
 //! `ferrokv-raftnode` (consensus + WAL). Nothing here is specific to the command line; the
 //! `ferrokv` binary builds a config and calls [`Member::start`]. It must not depend on the
 //! binary or on anything Kubernetes.
 
+mod api;
 pub mod apply;
-pub mod auth;
-pub mod authority;
-pub mod cluster;
-pub mod compactor;
 pub mod config;
-mod core;
 pub mod error;
+pub mod etcdserver;
 pub mod header;
-pub mod http;
 pub mod ids;
-pub mod kv;
-pub mod lease;
-pub mod listen_tls;
-pub mod maintenance;
-pub mod membership;
 pub mod metrics;
-mod serve;
+pub mod net;
+mod node;
+pub mod peer;
 pub mod snapshot_file;
-pub mod transport;
+mod stop;
 pub mod watch;
 
+pub use apply::membership;
 pub use config::Config;
 pub use error::{to_status, Error, Result};
-pub use serve::{Member, ShutdownHandle};
+pub use node::{Member, ShutdownHandle};

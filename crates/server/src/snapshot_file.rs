@@ -82,6 +82,15 @@ pub fn unwrap_snapshot(bytes: &[u8]) -> Result<&[u8]> {
     Ok(data)
 }
 
+/// A scratch file that is removed however the code holding it ends (error, client gone).
+pub(crate) struct RemoveOnDrop(pub(crate) std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ use ferrokv_proto::etcdserverpb::{
     WatchRequest,
 };
 use ferrokv_server::{Config, Member};
+use ferrokv_tests::member::free_port;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
@@ -936,14 +937,6 @@ async fn periodic_auto_compaction() {
     stop(m).await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_replicate_over_the_peer_transport() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -1314,6 +1307,22 @@ async fn failed_start_leaves_the_data_dir_usable() {
 /// snapshot (`SendSnapshot`), installs it, then follows the log: same data, same revision,
 /// same HashKV as the leader, a watch on it sees later writes, and it keeps all of it across
 /// a restart.
+/// The raft indexes of the `<term>-<index>.snap` files in a member's snap directory.
+fn snap_indexes(dir: &std::path::Path) -> Vec<u64> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let stem = name.strip_suffix(".snap")?.to_string();
+                    u64::from_str_radix(stem.rsplit('-').next()?, 16).ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joiner_behind_a_compacted_log_catches_up_by_snapshot() {
     use ferrokv_proto::etcdserverpb::{HashKvRequest, MemberAddRequest, MemberPromoteRequest};
@@ -1323,6 +1332,7 @@ async fn joiner_behind_a_compacted_log_catches_up_by_snapshot() {
     // The leader keeps 5000 entries below each raft snapshot; write past that.
     cfg0.snapshot_count = 100;
     let p0 = cfg0.initial_advertise_peer_urls[0].clone();
+    let leader_snaps = cfg0.layout().snap();
     let (m0, ch0) = start(cfg0).await;
     let mut kv0 = KvClient::new(ch0.clone());
     let lease = LeaseClient::new(ch0.clone())
@@ -1356,6 +1366,18 @@ async fn joiner_behind_a_compacted_log_catches_up_by_snapshot() {
     })
     .await
     .unwrap();
+    // The leader compacts its raft log only at a raft snapshot of durably applied entries,
+    // i.e. after the apply loop's next periodic sync; the joiner must not start before the
+    // log starts past its first entry, or plain entries would catch it up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !snap_indexes(&leader_snaps).iter().any(|i| *i > 5100) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leader took no raft snapshot past 5100: {:?}",
+            snap_indexes(&leader_snaps)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let p1 = url::Url::parse(&format!("http://127.0.0.1:{}", free_port())).unwrap();
     let mut cl = ClusterClient::new(ch0.clone());
@@ -1406,21 +1428,9 @@ async fn joiner_behind_a_compacted_log_catches_up_by_snapshot() {
     }
     // It got there through a raft snapshot: the leader's log no longer starts at 1, and the
     // joiner (snapshot-count 100000) records the leader's snapshot, not one of its own.
-    let snaps: Vec<String> = std::fs::read_dir(d1.path().join("member").join("snap"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".snap"))
-        .collect();
-    let snapshot_index = |n: &String| {
-        n.trim_end_matches(".snap")
-            .rsplit('-')
-            .next()
-            .and_then(|i| u64::from_str_radix(i, 16).ok())
-            .unwrap_or(0)
-    };
+    let snaps = snap_indexes(&cfg1.layout().snap());
     assert!(
-        snaps.iter().any(|n| snapshot_index(n) > 1000),
+        snaps.iter().any(|i| *i > 1000),
         "no raft snapshot from the leader on the joiner: {snaps:?}"
     );
     // Promote (retrying while the leader still counts it as behind), then write through the

@@ -188,6 +188,13 @@ impl Store {
         self.read(|v, cur, comp| v.range(req, cur, comp))
     }
 
+    /// etcd Txn for a txn of ranges only, on a consistent read snapshot: it neither waits for
+    /// nor blocks the writer. Gives what `WriteBatch::txn` gives the same txn (which a
+    /// read-only txn leaves unchanged). A txn with a put or delete is refused.
+    pub fn read_txn(&self, req: &pb::TxnRequest) -> Result<pb::TxnResponse> {
+        self.read(|v, cur, comp| write::read_only_txn(v, req, cur, comp))
+    }
+
     /// Starts the one write transaction; blocks while another batch is open.
     pub fn write_batch(&self) -> Result<WriteBatch<'_>> {
         WriteBatch::begin(self)
@@ -326,6 +333,11 @@ impl Store {
         feed(&mut h, &rtx.open_table(LEASE_KEYS)?)?;
         feed(&mut h, &rtx.open_table(META)?)?;
         Ok(h.finalize())
+    }
+
+    /// The size of the keyspace file in bytes (one `stat`, no read transaction).
+    pub fn file_size(&self) -> Result<u64> {
+        Ok(std::fs::metadata(&self.path)?.len())
     }
 
     /// (file size, bytes in use). In use is the bytes of every table's pages as redb reports

@@ -246,6 +246,121 @@ enum Want {
     Err(&'static str),
 }
 
+/// A read-only txn in a read transaction gives exactly what the write path gives it: same
+/// branch, responses, headers and errors, and no revision bump.
+#[test]
+fn read_txn_matches_the_write_path() {
+    let (_d, s) = open();
+    apply(&s, &base_ops());
+    apply(&s, &[Op::Compact(3)]);
+    let eq_a = |v: &str| {
+        cmp(
+            "a",
+            "",
+            CompareTarget::Value,
+            CompareResult::Equal,
+            TargetUnion::Value(v.into()),
+        )
+    };
+    let at = |k: &str, rev: i64| pb::RequestOp {
+        request: Some(Request::RequestRange(pb::RangeRequest {
+            key: k.into(),
+            revision: rev,
+            ..Default::default()
+        })),
+    };
+    let bad_sort = pb::RequestOp {
+        request: Some(Request::RequestRange(pb::RangeRequest {
+            key: "a".into(),
+            sort_order: 9,
+            ..Default::default()
+        })),
+    };
+    let rows: Vec<(&str, pb::TxnRequest)> = vec![
+        ("empty", pb::TxnRequest::default()),
+        (
+            "success branch",
+            pb::TxnRequest {
+                compare: vec![eq_a("11")],
+                success: vec![op_range("a", "z"), op_range("c", "")],
+                failure: vec![op_range("b", "")],
+            },
+        ),
+        (
+            "failure branch",
+            pb::TxnRequest {
+                compare: vec![eq_a("nope")],
+                success: vec![op_range("a", "")],
+                failure: vec![op_range("b", ""), pb::RequestOp { request: None }],
+            },
+        ),
+        (
+            "nested",
+            pb::TxnRequest {
+                compare: vec![],
+                success: vec![op_txn(pb::TxnRequest {
+                    compare: vec![eq_a("11")],
+                    success: vec![op_range("d", "")],
+                    failure: vec![],
+                })],
+                failure: vec![],
+            },
+        ),
+        (
+            "old revision",
+            pb::TxnRequest {
+                success: vec![at("a", 4)],
+                ..Default::default()
+            },
+        ),
+        (
+            "compacted",
+            pb::TxnRequest {
+                success: vec![at("a", 2)],
+                ..Default::default()
+            },
+        ),
+        (
+            "future",
+            pb::TxnRequest {
+                success: vec![at("a", 99)],
+                ..Default::default()
+            },
+        ),
+        (
+            "bad sort",
+            pb::TxnRequest {
+                success: vec![bad_sort],
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, t) in rows {
+        let before = s.current_revision();
+        let via_write = {
+            let mut b = s.write_batch().unwrap();
+            let r = b.txn(&t).map(|(resp, events)| {
+                assert!(events.is_empty(), "{name}");
+                resp
+            });
+            drop(b);
+            r
+        };
+        let via_read = s.read_txn(&t);
+        match (via_write, via_read) {
+            (Ok(w), Ok(r)) => assert_eq!(w, r, "{name}"),
+            (Err(w), Err(r)) => assert_eq!(w.to_string(), r.to_string(), "{name}"),
+            (w, r) => panic!("{name}: write path {w:?}, read path {r:?}"),
+        }
+        assert_eq!(s.current_revision(), before, "{name}");
+    }
+    let with_put = pb::TxnRequest {
+        success: vec![op_put("x", "1")],
+        ..Default::default()
+    };
+    assert!(s.read_txn(&with_put).is_err(), "writes are refused");
+}
+
 #[test]
 fn range_rules() {
     use pb::range_request::{SortOrder as O, SortTarget as T};

@@ -192,7 +192,12 @@ struct Plan {
     nested: Vec<Option<Plan>>,
 }
 
-fn plan(view: &WView<'_, '_>, req: &pb::TxnRequest) -> Result<Plan> {
+fn plan<L, I, H>(view: &View<'_, L, I, H>, req: &pb::TxnRequest) -> Result<Plan>
+where
+    L: ReadableTable<&'static [u8], &'static [u8]>,
+    I: ReadableTable<IndexKey, bool>,
+    H: ReadableTable<HistoryKey, &'static [u8]>,
+{
     let mut succeeded = true;
     for c in &req.compare {
         if !view.compare(c)? {
@@ -290,6 +295,68 @@ fn exec_txn(
                 }
                 _ => None,
             };
+        responses.push(pb::ResponseOp { response });
+    }
+    Ok(pb::TxnResponse {
+        header: None,
+        succeeded: plan.succeeded,
+        responses,
+    })
+}
+
+/// A txn of ranges only (nested read-only txns included), evaluated on any view, so that it
+/// can run in a read transaction: the same branch choice, the same responses and headers as
+/// [`WriteBatch::txn`] gives it, and no revision bump (it writes nothing).
+pub(crate) fn read_only_txn<L, I, H>(
+    view: &View<'_, L, I, H>,
+    req: &pb::TxnRequest,
+    current: i64,
+    compacted: i64,
+) -> Result<pb::TxnResponse>
+where
+    L: ReadableTable<&'static [u8], &'static [u8]>,
+    I: ReadableTable<IndexKey, bool>,
+    H: ReadableTable<HistoryKey, &'static [u8]>,
+{
+    let plan = plan(view, req)?;
+    let mut resp = exec_read_only(view, req, &plan, current, compacted)?;
+    fill_headers(&mut resp, current);
+    Ok(resp)
+}
+
+fn exec_read_only<L, I, H>(
+    view: &View<'_, L, I, H>,
+    req: &pb::TxnRequest,
+    plan: &Plan,
+    current: i64,
+    compacted: i64,
+) -> Result<pb::TxnResponse>
+where
+    L: ReadableTable<&'static [u8], &'static [u8]>,
+    I: ReadableTable<IndexKey, bool>,
+    H: ReadableTable<HistoryKey, &'static [u8]>,
+{
+    let ops = if plan.succeeded {
+        &req.success
+    } else {
+        &req.failure
+    };
+    let mut responses = Vec::with_capacity(ops.len());
+    for (op, nested) in ops.iter().zip(&plan.nested) {
+        let response = match (&op.request, nested) {
+            (Some(Request::RequestRange(r)), _) => {
+                Some(Response::ResponseRange(view.range(r, current, compacted)?))
+            }
+            (Some(Request::RequestTxn(inner)), Some(p)) => Some(Response::ResponseTxn(
+                exec_read_only(view, inner, p, current, compacted)?,
+            )),
+            (Some(Request::RequestPut(_) | Request::RequestDeleteRange(_)), _) => {
+                return Err(Error::Backend(
+                    "a txn with writes cannot run in a read transaction".into(),
+                ))
+            }
+            _ => None,
+        };
         responses.push(pb::ResponseOp { response });
     }
     Ok(pb::TxnResponse {

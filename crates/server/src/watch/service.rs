@@ -19,7 +19,9 @@ use super::hub::{Next, WatchHub};
 use crate::header::HeaderSource;
 
 /// The error etcd ends a `hasleader=true` stream with while the member has no leader.
-const ERR_NO_LEADER: &str = "etcdserver: no leader";
+fn no_leader() -> Status {
+    Status::from(crate::error::Error::NoLeader)
+}
 
 /// The gRPC Watch service; register it with `WatchServer::new(service)`.
 pub struct WatchService {
@@ -61,7 +63,7 @@ impl Watch for WatchService {
             .and_then(|v| v.to_str().ok())
             == Some("true");
         if require_leader && !*self.has_leader.borrow() {
-            return Err(Status::unavailable(ERR_NO_LEADER));
+            return Err(no_leader());
         }
         let mut inbound = request.into_inner();
         let (stream, notify) = self.hub.open_stream();
@@ -145,7 +147,7 @@ impl Sender {
         loop {
             if self.leader.as_ref().is_some_and(|rx| !*rx.borrow()) {
                 self.done = true;
-                return Some(Err(Status::unavailable(ERR_NO_LEADER)));
+                return Some(Err(no_leader()));
             }
             match self.hub.next(self.stream) {
                 Next::Send(mut resp) => {

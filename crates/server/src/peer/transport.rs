@@ -7,9 +7,9 @@
 //!
 //!
 //! A raft snapshot (for a follower that needs entries the leader has compacted away) takes
-//! its own path: `SendSnapshot` streams the `MsgSnapshot` and then a copy of the leader's
-//! keyspace taken once it has applied at least the snapshot's index. The follower hands the
-//! keyspace to its apply loop to install, and only then steps the message into raft, so raft
+//! its own path: `SendSnapshot` streams the `MsgSnapshot` and then the keyspace copy the
+//! [`SnapshotSource`] writes (one that holds at least the snapshot's index). The follower
+//! hands the keyspace to its installer, and only then steps the message into raft, so raft
 //! never believes in data the keyspace does not hold.
 
 use ferrokv_datadir::{DataDir, Scratch};
@@ -19,25 +19,18 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
-use ferrokv_proto::ferrokvpb::{
-    peer_client::PeerClient, peer_server::Peer, RaftAck, RaftBatch, SnapshotChunk,
-};
+use ferrokv_proto::ferrokvpb::{peer_client::PeerClient, RaftBatch, SnapshotChunk};
 use ferrokv_raftnode::{eraftpb, RaftHandle, Transport};
-use ferrokv_storage::Store;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::ClientTlsConfig;
-use tonic::{Request, Response, Status, Streaming};
 
-use crate::apply::InstallRequest;
-use crate::error::{to_status, Error};
-use crate::maintenance::RemoveOnDrop;
+use super::SnapshotSource;
+use crate::error::Error;
+use crate::snapshot_file::RemoveOnDrop;
 
 /// Keyspace bytes per `SnapshotChunk`.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
-/// How long the leader waits for its own keyspace to reach a snapshot's index.
-const SNAPSHOT_APPLY_WAIT: Duration = Duration::from_secs(30);
 
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE: usize = 4096;
@@ -56,10 +49,10 @@ pub struct PeerTransport {
     /// Peers are added from the apply thread, which is not a runtime thread.
     rt: tokio::runtime::Handle,
     tls: Option<ClientTlsConfig>,
-    /// The keyspace a snapshot is copied from, and where the copy is written; set at start.
+    /// What writes a keyspace snapshot, and where the copy is written; set at start.
     /// Weak: the transport can outlive the member for a moment at shutdown, and must not keep
     /// the keyspace file open (a restart in the same process would find it locked).
-    snapshots: OnceLock<(std::sync::Weak<Store>, DataDir)>,
+    snapshots: OnceLock<(std::sync::Weak<dyn SnapshotSource>, DataDir)>,
 }
 
 impl PeerTransport {
@@ -88,9 +81,14 @@ impl PeerTransport {
         let _ = self.raft.set(raft);
     }
 
-    /// Where keyspace snapshots for lagging followers come from (`member/snap`).
-    pub fn set_snapshot_source(&self, store: Arc<Store>, layout: DataDir) {
-        let _ = self.snapshots.set((Arc::downgrade(&store), layout));
+    /// What writes keyspace snapshots for lagging followers, and the data dir whose
+    /// scratch files hold them while they are sent.
+    pub fn set_snapshot_source(
+        &self,
+        source: std::sync::Weak<dyn SnapshotSource>,
+        layout: DataDir,
+    ) {
+        let _ = self.snapshots.set((source, layout));
     }
 
     /// Sends a `MsgSnapshot` with a copy of the keyspace on its own task, and tells raft how
@@ -103,18 +101,18 @@ impl PeerTransport {
             .get(&to)
             .map(|(u, _)| u.clone())
             .unwrap_or_default();
-        let (Some(raft), Some((store, dir))) = (self.raft.get().cloned(), self.snapshots.get())
+        let (Some(raft), Some((source, dir))) = (self.raft.get().cloned(), self.snapshots.get())
         else {
             return;
         };
-        let Some(store) = store.upgrade() else {
+        let Some(source) = source.upgrade() else {
             return;
         };
         let (dir, tls) = (dir.clone(), self.tls.clone());
         self.rt.spawn(async move {
             let index = m.get_snapshot().get_metadata().index;
             let started = Instant::now();
-            let result = send_snapshot(m, &urls, store, &dir, tls.as_ref()).await;
+            let result = send_snapshot(m, &urls, source.as_ref(), &dir, tls.as_ref()).await;
             match &result {
                 Ok(bytes) => tracing::info!(
                     peer = format!("{to:x}"),
@@ -203,14 +201,14 @@ async fn run_peer(
         }
         let url = &urls[attempt % urls.len()];
         attempt += 1;
-        let channel = crate::serve::connect_peer(url, tls.as_ref()).await;
+        let channel = super::connect_peer(url, tls.as_ref()).await;
         let channel = match channel {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(peer = id, url, error = %e, "peer unreachable");
                 unreachable(&raft, id, &mut rx);
                 tokio::select! {
-                    _ = crate::core::until_stopped(&mut stop) => return,
+                    _ = crate::stop::until_stopped(&mut stop) => return,
                     _ = tokio::time::sleep(RECONNECT_DELAY) => continue,
                 }
             }
@@ -224,7 +222,7 @@ async fn run_peer(
         });
         loop {
             tokio::select! {
-                _ = crate::core::until_stopped(&mut stop) => return,
+                _ = crate::stop::until_stopped(&mut stop) => return,
                 r = &mut call => {
                     tracing::debug!(peer = id, result = ?r.map(|_| ()), "peer stream ended");
                     break;
@@ -246,7 +244,7 @@ async fn run_peer(
         }
         unreachable(&raft, id, &mut rx);
         tokio::select! {
-            _ = crate::core::until_stopped(&mut stop) => return,
+            _ = crate::stop::until_stopped(&mut stop) => return,
             _ = tokio::time::sleep(RECONNECT_DELAY) => {}
         }
     }
@@ -260,39 +258,25 @@ fn unreachable(raft: &OnceLock<RaftHandle>, id: u64, rx: &mut mpsc::Receiver<Vec
     while rx.try_recv().is_ok() {}
 }
 
-/// Copies the keyspace once it holds the snapshot's index and streams message + copy to the
-/// first of the peer's URLs that takes it. Returns the keyspace bytes sent.
+/// Has the source write a keyspace copy holding the snapshot's index and streams message +
+/// copy to the first of the peer's URLs that takes it. Returns the keyspace bytes sent.
 async fn send_snapshot(
     m: eraftpb::Message,
     urls: &[String],
-    store: Arc<Store>,
+    source: &dyn SnapshotSource,
     dir: &DataDir,
     tls: Option<&ClientTlsConfig>,
 ) -> Result<u64, Error> {
     let index = m.get_snapshot().get_metadata().index;
-    // The metadata is raft's commit index; the copy must hold at least that much, or the
-    // follower would skip entries nobody applied for it.
-    let deadline = Instant::now() + SNAPSHOT_APPLY_WAIT;
-    while store.applied_index().0 < index {
-        if Instant::now() > deadline {
-            return Err(Error::Timeout);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     let path = dir.scratch(Scratch::Send, &format!("{:x}-{index}", m.to));
     let _ = std::fs::remove_file(&path);
     let _cleanup = RemoveOnDrop(path.clone());
-    {
-        let (store, path) = (store.clone(), path.clone());
-        tokio::task::spawn_blocking(move || store.snapshot_to(&path))
-            .await
-            .map_err(|e| Error::Fatal(format!("snapshot task: {e}")))??;
-    }
+    source.write_snapshot(index, &path).await?;
     let message = protobuf::Message::write_to_bytes(&m)
         .map_err(|e| Error::Io(format!("encode snapshot message: {e}")))?;
     let mut last = Error::LeaderChanged;
     for url in urls {
-        let channel = match crate::serve::connect_peer(url, tls).await {
+        let channel = match super::connect_peer(url, tls).await {
             Ok(c) => c,
             Err(e) => {
                 last = Error::Io(format!("{url}: {e}"));
@@ -343,100 +327,4 @@ async fn send_snapshot(
         }
     }
     Err(last)
-}
-
-/// The inbound side: steps every received message into the local raft node; snapshots are
-/// installed by the apply loop first.
-#[derive(Clone)]
-pub struct PeerService {
-    raft: RaftHandle,
-    installs: mpsc::Sender<InstallRequest>,
-    layout: DataDir,
-}
-
-impl PeerService {
-    pub fn new(raft: RaftHandle, installs: mpsc::Sender<InstallRequest>, layout: DataDir) -> Self {
-        PeerService {
-            raft,
-            installs,
-            layout,
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl Peer for PeerService {
-    async fn send(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
-        let mut input = req.into_inner();
-        while let Some(batch) = input.next().await {
-            let batch = batch?;
-            for bytes in batch.messages {
-                let msg: eraftpb::Message = protobuf::Message::parse_from_bytes(&bytes)
-                    .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
-                self.raft
-                    .step(msg)
-                    .await
-                    .map_err(|e| to_status(&Error::Raft(e)))?;
-            }
-        }
-        Ok(Response::new(RaftAck {}))
-    }
-
-    async fn send_snapshot(
-        &self,
-        req: Request<Streaming<SnapshotChunk>>,
-    ) -> Result<Response<RaftAck>, Status> {
-        let mut input = req.into_inner();
-        let first = input
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        let msg: eraftpb::Message = protobuf::Message::parse_from_bytes(&first.raft_message)
-            .map_err(|e| Status::invalid_argument(format!("bad snapshot message: {e}")))?;
-        if msg.get_msg_type() != eraftpb::MessageType::MsgSnapshot {
-            return Err(Status::invalid_argument("first chunk is not a MsgSnapshot"));
-        }
-        let index = msg.get_snapshot().get_metadata().index;
-        let path = self.layout.scratch(Scratch::Recv, &index.to_string());
-        let _cleanup = RemoveOnDrop(path.clone());
-        let mut file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| to_status(&Error::from(e)))?;
-        file.write_all(&first.data)
-            .await
-            .map_err(|e| to_status(&Error::from(e)))?;
-        let mut bytes = first.data.len() as u64;
-        while let Some(chunk) = input.next().await {
-            let chunk = chunk?;
-            bytes += chunk.data.len() as u64;
-            file.write_all(&chunk.data)
-                .await
-                .map_err(|e| to_status(&Error::from(e)))?;
-        }
-        file.flush().await.map_err(|e| to_status(&Error::from(e)))?;
-        drop(file);
-        tracing::info!(index, bytes, "received a keyspace snapshot from the leader");
-        let (done, rx) = oneshot::channel();
-        self.installs
-            .send(InstallRequest {
-                path: path.clone(),
-                done,
-            })
-            .await
-            .map_err(|_| to_status(&Error::Stopped))?;
-        let applied = rx
-            .await
-            .map_err(|_| to_status(&Error::Stopped))?
-            .map_err(|e| to_status(&e))?;
-        if applied < index {
-            return Err(Status::internal(format!(
-                "snapshot keyspace holds index {applied}, below the snapshot's {index}"
-            )));
-        }
-        self.raft
-            .step(msg)
-            .await
-            .map_err(|e| to_status(&Error::Raft(e)))?;
-        Ok(Response::new(RaftAck {}))
-    }
 }

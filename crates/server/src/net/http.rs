@@ -9,17 +9,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::core::Core;
-use crate::metrics::Gauges;
+use crate::etcdserver::{EtcdServer, ETCD_VERSION};
 
 /// (status code, content type, body) for a request path.
-pub fn respond(core: &Core, path: &str) -> (u16, &'static str, String) {
-    let st = core.status();
+pub fn respond(core: &EtcdServer, path: &str) -> (u16, &'static str, String) {
+    let st = core.raft_status();
     let has_leader = st.leader_id != 0;
     let path = path.split('?').next().unwrap_or(path);
     match path {
         "/health" => {
-            let alarms = core.alarms.list();
+            let alarms = core.alarm_list();
             if !has_leader {
                 (
                     503,
@@ -52,28 +51,19 @@ pub fn respond(core: &Core, path: &str) -> (u16, &'static str, String) {
                 )
             }
         }
-        "/metrics" => {
-            let (db_size, db_size_in_use) = core.store.db_size().unwrap_or((0, 0));
-            let g = Gauges {
-                has_leader,
-                is_leader: has_leader && st.leader_id == st.id,
-                term: st.term,
-                commit_index: st.commit_index,
-                db_size,
-                db_size_in_use,
-                revision: core.store.current_revision(),
-                compact_revision: core.store.compacted_revision(),
-            };
-            (200, "text/plain; version=0.0.4", core.metrics.render(&g))
-        }
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4",
+            core.metrics().render(&core.gauges()),
+        ),
         _ => (404, "text/plain", "404 page not found\n".into()),
     }
 }
 
-pub async fn serve(listener: TcpListener, core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, core: Arc<EtcdServer>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = crate::core::until_stopped(&mut stop) => return,
+            _ = crate::stop::until_stopped(&mut stop) => return,
             accepted = listener.accept() => match accepted {
                 Ok((conn, _)) => {
                     let core = core.clone();
@@ -92,7 +82,7 @@ pub async fn serve(listener: TcpListener, core: Arc<Core>, mut stop: watch::Rece
     }
 }
 
-async fn handle(mut conn: TcpStream, core: &Core) -> std::io::Result<()> {
+async fn handle(mut conn: TcpStream, core: &EtcdServer) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     // Read the request head only (GETs carry no body); bounded in size and time.
@@ -142,11 +132,11 @@ async fn handle(mut conn: TcpStream, core: &Core) -> std::io::Result<()> {
 /// passes everything else through.
 #[derive(Clone)]
 pub struct ClientPortEndpoints {
-    core: Arc<Core>,
+    core: Arc<EtcdServer>,
 }
 
 impl ClientPortEndpoints {
-    pub fn new(core: Arc<Core>) -> Self {
+    pub fn new(core: Arc<EtcdServer>) -> Self {
         ClientPortEndpoints { core }
     }
 }
@@ -165,7 +155,7 @@ impl<S> tower::Layer<S> for ClientPortEndpoints {
 #[derive(Clone)]
 pub struct WithEndpoints<S> {
     inner: S,
-    core: Arc<Core>,
+    core: Arc<EtcdServer>,
 }
 
 const ENDPOINT_PATHS: [&str; 5] = ["/health", "/livez", "/readyz", "/metrics", "/version"];
@@ -198,7 +188,7 @@ where
             return Box::pin(self.inner.call(req));
         }
         let (code, ctype, body) = if path == "/version" {
-            let v = crate::maintenance::ETCD_VERSION;
+            let v = ETCD_VERSION;
             (
                 200,
                 "application/json",

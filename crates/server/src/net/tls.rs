@@ -1,6 +1,6 @@
 //! TLS on `https` listen URLs, client and peer, from etcd's TLS flags. ferrokv terminates it
 //! itself instead of inside tonic so that, on the client port, the `:authority` repair of
-//! [`crate::authority`] runs on the decrypted HTTP/2 stream: etcdctl 3.4 sends a URL there over
+//! [`super::authority`] runs on the decrypted HTTP/2 stream: etcdctl 3.4 sends a URL there over
 //! TLS too.
 
 use std::io;

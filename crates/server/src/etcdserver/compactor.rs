@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrokv_proto::etcdserverpb::CompactionRequest;
-use ferrokv_proto::ferrokvpb::internal_request::Request as Internal;
 use tokio::sync::watch;
 
+use super::EtcdServer;
 use crate::config::AutoCompaction;
-use crate::core::Core;
 
 const REVISION_MODE_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -51,7 +50,7 @@ impl Samples {
     }
 }
 
-pub async fn run(core: Arc<Core>, mode: AutoCompaction, mut stop: watch::Receiver<bool>) {
+pub async fn run(core: Arc<EtcdServer>, mode: AutoCompaction, mut stop: watch::Receiver<bool>) {
     let tick = match &mode {
         AutoCompaction::Revision(_) => REVISION_MODE_INTERVAL,
         AutoCompaction::Periodic(d) => (*d / 10).max(Duration::from_millis(100)),
@@ -60,7 +59,7 @@ pub async fn run(core: Arc<Core>, mode: AutoCompaction, mut stop: watch::Receive
     let mut ticker = tokio::time::interval(tick);
     loop {
         tokio::select! {
-            _ = crate::core::until_stopped(&mut stop) => return,
+            _ = crate::stop::until_stopped(&mut stop) => return,
             _ = ticker.tick() => {}
         }
         let current = core.store.current_revision();
@@ -73,16 +72,16 @@ pub async fn run(core: Arc<Core>, mode: AutoCompaction, mut stop: watch::Receive
                 samples.due(now, *retention).filter(|t| *t > compacted)
             }
         };
-        let st = core.status();
+        let st = core.raft_status();
         if st.leader_id == 0 || st.leader_id != st.id {
             continue;
         }
         if let Some(revision) = target {
             tracing::info!(revision, "auto compaction");
-            let req = Internal::Compaction(CompactionRequest {
+            let req = CompactionRequest {
                 revision,
                 physical: false,
-            });
+            };
             if let Err(e) = core.propose(req).await {
                 tracing::warn!(revision, error = %e, "auto compaction failed");
             }

@@ -3,8 +3,8 @@
 //! only by applied raft entries (conf changes, member attributes).
 
 use ferrokv_proto::etcdserverpb::{Member, MemberListResponse};
-use ferrokv_proto::ferrokvpb::MemberAttributes;
-use ferrokv_raftnode::eraftpb::{ConfChangeType, ConfState};
+use ferrokv_proto::ferrokvpb::{ConfChangeContext, MemberAttributes};
+use ferrokv_raftnode::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
 use ferrokv_storage::Store;
 use prost::Message as _;
 
@@ -98,6 +98,22 @@ pub fn with_attributes(mut list: Vec<Member>, attr: &MemberAttributes) -> Vec<Me
         m.client_ur_ls = attr.client_urls.clone();
     }
     list
+}
+
+/// The raft conf change that applies `kind` to `member`, carrying the member in its context
+/// so that every member's list follows raft's configuration in the same apply step.
+pub fn conf_change(kind: ConfChangeType, member: Member) -> ConfChangeV2 {
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = member.id;
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(vec![single].into());
+    cc.context = ConfChangeContext {
+        member: Some(member),
+    }
+    .encode_to_vec()
+    .into();
+    cc
 }
 
 pub fn with_conf_change(

@@ -12,148 +12,43 @@
 //! It runs on its own OS thread: storage calls are synchronous and must not stall the async
 //! runtime that serves clients.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferrokv_proto::etcdserverpb::{
-    self as pb, alarm_request::AlarmAction, AlarmMember, AlarmResponse, CompactionResponse,
-    DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse, TxnResponse,
-};
+use ferrokv_proto::etcdserverpb::{self as pb, LeaseGrantResponse, LeaseRevokeResponse};
 use ferrokv_proto::ferrokvpb::{internal_request::Request, ConfChangeContext, InternalRequest};
 use ferrokv_proto::mvccpb;
 use ferrokv_raftnode::eraftpb::{ConfChangeType, EntryType};
-use ferrokv_raftnode::{eraftpb, Committed, RaftHandle};
+use ferrokv_raftnode::{eraftpb, Committed};
 use ferrokv_storage::{Store, WriteBatch};
-use parking_lot::Mutex;
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::seams::{DurableIndexSink, EventSink, PeerDirectory};
+use super::{membership, Alarms, ApplyResult, DbSize, Lessor, Waiters};
 use crate::error::{Error, Result};
-use crate::lease::Lessor;
-use crate::membership;
-use crate::watch::WatchHub;
 
 /// How often the apply loop makes storage durable (and lets raft compact the WAL).
 const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 /// ...or after this many applied entries, whichever comes first.
 const SYNC_ENTRIES: u64 = 10_000;
 
-/// The outcome of one applied request, handed to the proposer's waiter.
-#[derive(Debug)]
-pub enum Applied {
-    Put(PutResponse),
-    DeleteRange(DeleteRangeResponse),
-    Txn(TxnResponse),
-    Compaction(CompactionResponse),
-    LeaseGrant(LeaseGrantResponse),
-    LeaseRevoke(LeaseRevokeResponse),
-    Alarm(AlarmResponse),
-    /// Requests whose only answer is "done" (member attributes, lease checkpoints).
-    Done,
-}
-
-/// A per-request failure is the storage error etcd would return for that request.
-pub type ApplyResult = std::result::Result<Applied, ferrokv_storage::Error>;
-
-/// Request id -> the proposer waiting for the entry to be applied.
-#[derive(Default)]
-pub struct Waiters {
-    inner: Mutex<HashMap<u64, oneshot::Sender<ApplyResult>>>,
-}
-
-impl Waiters {
-    /// Register before proposing: the entry may be applied before `propose` returns.
-    pub fn register(&self, id: u64) -> oneshot::Receiver<ApplyResult> {
-        let (tx, rx) = oneshot::channel();
-        self.inner.lock().insert(id, tx);
-        rx
-    }
-
-    pub fn cancel(&self, id: u64) {
-        self.inner.lock().remove(&id);
-    }
-
-    fn complete(&self, id: u64, result: ApplyResult) {
-        if let Some(tx) = self.inner.lock().remove(&id) {
-            // The proposer may have timed out and gone; nothing to do then.
-            let _ = tx.send(result);
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// The alarms raised in the cluster (replicated through raft, kept in memory).
-#[derive(Default)]
-pub struct Alarms {
-    inner: Mutex<Vec<AlarmMember>>,
-}
-
-impl Alarms {
-    pub fn list(&self) -> Vec<AlarmMember> {
-        self.inner.lock().clone()
-    }
-
-    /// Some member raised NOSPACE: writes that grow the store are refused until disarmed.
-    pub fn no_space(&self) -> bool {
-        self.inner
-            .lock()
-            .iter()
-            .any(|a| a.alarm == pb::AlarmType::Nospace as i32)
-    }
-
-    fn apply(&self, req: &pb::AlarmRequest) -> AlarmResponse {
-        let mut list = self.inner.lock();
-        let this = AlarmMember {
-            member_id: req.member_id,
-            alarm: req.alarm,
-        };
-        let alarms = match AlarmAction::try_from(req.action) {
-            Ok(AlarmAction::Activate) => {
-                if req.alarm != pb::AlarmType::None as i32 && !list.contains(&this) {
-                    list.push(this);
-                }
-                vec![this]
-            }
-            Ok(AlarmAction::Deactivate) => {
-                let before = list.len();
-                list.retain(|a| a != &this);
-                if before != list.len() {
-                    vec![this]
-                } else {
-                    vec![]
-                }
-            }
-            _ => list.clone(),
-        };
-        AlarmResponse {
-            header: None,
-            alarms,
-        }
-    }
-}
-
 /// Everything the apply loop needs; moved onto its thread.
 pub struct Applier {
     pub store: Arc<Store>,
-    pub raft: RaftHandle,
-    pub hub: Arc<WatchHub>,
+    pub raft: Arc<dyn DurableIndexSink>,
+    pub events: Arc<dyn EventSink>,
     pub waiters: Arc<Waiters>,
     pub lessor: Arc<Lessor>,
     pub alarms: Arc<Alarms>,
     pub applied_tx: watch::Sender<u64>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The keyspace file's size, measured at each sync for the quota check.
+    pub db_size: DbSize,
     /// Set at shutdown: the loop ends once nothing more is queued, even if raft still holds
     /// the channel (anything not applied is in the WAL and replayed on restart).
     pub stop: watch::Receiver<bool>,
-    pub transport: Arc<crate::transport::PeerTransport>,
+    pub peers: Arc<dyn PeerDirectory>,
     pub member_id: u64,
     /// Asks the member to stop (used when this member is removed from the cluster).
     pub request_stop: Arc<watch::Sender<bool>>,
@@ -165,6 +60,21 @@ pub struct Applier {
 pub struct InstallRequest {
     pub path: std::path::PathBuf,
     pub done: oneshot::Sender<Result<u64>>,
+}
+
+/// A proposer's answer, delivered once the batch is committed.
+type Reply = Box<dyn FnOnce(&Waiters) + Send>;
+
+/// The reply to request `id`, typed by what applying it yielded; storage failures that mean
+/// the keyspace cannot be trusted end the loop instead (fail-stop).
+fn reply<R: Send + 'static>(id: u64, result: ApplyResult<R>) -> Result<Reply> {
+    match result {
+        Err(e @ (ferrokv_storage::Error::Backend(_) | ferrokv_storage::Error::Corrupt(_))) => {
+            tracing::error!(error = %e, "storage failed while applying; stopping the member");
+            Err(Error::Storage(e))
+        }
+        result => Ok(Box::new(move |w: &Waiters| w.complete(id, result))),
+    }
 }
 
 /// Things to do once the batch is committed: telling the lessor about grants/revokes earlier
@@ -258,6 +168,7 @@ impl Applier {
             Error::Fatal(format!("storage sync: {e}"))
         })?;
         self.raft.report_durable_applied(applied);
+        self.db_size.measure(&self.store);
         Ok(())
     }
 
@@ -272,12 +183,13 @@ impl Applier {
         self.lessor.replace_all(&leases);
         for m in membership::load(&self.store)? {
             if m.id != self.member_id {
-                self.transport.add_peer(m.id, m.peer_ur_ls.clone());
+                self.peers.add_peer(m.id, m.peer_ur_ls.clone());
             }
         }
         self.applied_tx.send_replace(index);
         self.metrics.set_applied(index);
-        self.hub.resync_all(revision);
+        self.db_size.measure(&self.store);
+        self.events.resync_all(revision);
         tracing::info!(
             applied_index = index,
             revision,
@@ -303,7 +215,7 @@ impl Applier {
 
         let mut batch = self.store.write_batch().map_err(fatal)?;
         let mut events: Vec<mvccpb::Event> = Vec::new();
-        let mut replies: Vec<(u64, ApplyResult)> = Vec::new();
+        let mut replies: Vec<Reply> = Vec::new();
         let mut after: Vec<AfterCommit> = Vec::new();
         let mut members: Option<Vec<pb::Member>> = None;
 
@@ -318,14 +230,13 @@ impl Applier {
                         tracing::error!(index = entry.index, error = %e, "undecodable raft entry");
                         Error::Fatal(format!("entry {} does not decode: {e}", entry.index))
                     })?;
-                    let result = self.apply_request(
+                    replies.push(self.apply_request(
                         &mut batch,
-                        req.request,
+                        req,
                         &mut events,
                         &mut after,
                         &mut members,
-                    )?;
-                    replies.push((req.id, result));
+                    )?);
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     self.apply_conf_change(entry, &mut members, &mut after)?;
@@ -357,88 +268,97 @@ impl Applier {
                 AfterCommit::Granted(id, ttl) => self.lessor.granted(id, ttl),
                 AfterCommit::Revoked(id) => self.lessor.revoked(id),
                 AfterCommit::PeerAdded(id, urls) if id != self.member_id => {
-                    self.transport.add_peer(id, urls)
+                    self.peers.add_peer(id, urls)
                 }
                 AfterCommit::PeerRemoved(id) if id == self.member_id => {
                     tracing::warn!("this member was removed from the cluster; stopping");
                     self.request_stop.send_replace(true);
                 }
-                AfterCommit::PeerRemoved(id) => self.transport.remove_peer(id),
+                AfterCommit::PeerRemoved(id) => self.peers.remove_peer(id),
                 AfterCommit::PeerAdded(..) => {}
             }
         }
-        self.hub.publish(events, revision);
-        for (id, result) in replies {
-            self.waiters.complete(id, result);
+        self.events.publish(events, revision);
+        for reply in replies {
+            reply(&self.waiters);
         }
         self.metrics.set_applied(last_index);
         self.applied_tx.send_replace(last_index);
         Ok(())
     }
 
+    /// Executes one request in the batch; returns the reply for its proposer (if it is
+    /// waiting on this member).
     fn apply_request(
         &self,
         batch: &mut WriteBatch<'_>,
-        request: Option<Request>,
+        req: InternalRequest,
         events: &mut Vec<mvccpb::Event>,
         after: &mut Vec<AfterCommit>,
         members: &mut Option<Vec<pb::Member>>,
-    ) -> Result<ApplyResult> {
-        let result: ApplyResult = match request {
-            None => Ok(Applied::Done),
-            Some(Request::Put(r)) => batch.put(&r).map(|(resp, ev)| {
-                events.extend(ev);
-                Applied::Put(resp)
-            }),
-            Some(Request::DeleteRange(r)) => batch.delete_range(&r).map(|(resp, ev)| {
-                events.extend(ev);
-                Applied::DeleteRange(resp)
-            }),
-            Some(Request::Txn(r)) => batch.txn(&r).map(|(resp, ev)| {
-                events.extend(ev);
-                Applied::Txn(resp)
-            }),
-            Some(Request::Compaction(r)) => batch.compact(r.revision).map(Applied::Compaction),
-            Some(Request::LeaseGrant(r)) => batch.lease_grant(r.id, r.ttl).map(|()| {
-                after.push(AfterCommit::Granted(r.id, r.ttl));
-                Applied::LeaseGrant(LeaseGrantResponse {
-                    header: None,
-                    id: r.id,
-                    ttl: r.ttl,
-                    error: String::new(),
-                })
-            }),
-            Some(Request::LeaseRevoke(r)) => batch.lease_revoke(r.id).map(|ev| {
-                events.extend(ev);
-                after.push(AfterCommit::Revoked(r.id));
-                Applied::LeaseRevoke(LeaseRevokeResponse { header: None })
-            }),
-            Some(Request::LeaseCheckpoint(r)) => {
-                let mut res = Ok(Applied::Done);
-                for cp in &r.checkpoints {
-                    if let Err(e) = batch.lease_checkpoint(cp.id, cp.remaining_ttl) {
-                        res = Err(e);
-                        break;
+    ) -> Result<Reply> {
+        let id = req.id;
+        let Some(request) = req.request else {
+            return reply(id, Ok(()));
+        };
+        match request {
+            Request::Put(r) => reply(
+                id,
+                batch.put(&r).map(|(resp, ev)| {
+                    events.extend(ev);
+                    resp
+                }),
+            ),
+            Request::DeleteRange(r) => reply(
+                id,
+                batch.delete_range(&r).map(|(resp, ev)| {
+                    events.extend(ev);
+                    resp
+                }),
+            ),
+            Request::Txn(r) => reply(
+                id,
+                batch.txn(&r).map(|(resp, ev)| {
+                    events.extend(ev);
+                    resp
+                }),
+            ),
+            Request::Compaction(r) => reply(id, batch.compact(r.revision)),
+            Request::LeaseGrant(r) => reply(
+                id,
+                batch.lease_grant(r.id, r.ttl).map(|()| {
+                    after.push(AfterCommit::Granted(r.id, r.ttl));
+                    LeaseGrantResponse {
+                        header: None,
+                        id: r.id,
+                        ttl: r.ttl,
+                        error: String::new(),
                     }
-                }
-                res
-            }
-            Some(Request::Alarm(r)) => Ok(Applied::Alarm(self.alarms.apply(&r))),
-            Some(Request::MemberAttributes(attr)) => {
+                }),
+            ),
+            Request::LeaseRevoke(r) => reply(
+                id,
+                batch.lease_revoke(r.id).map(|ev| {
+                    events.extend(ev);
+                    after.push(AfterCommit::Revoked(r.id));
+                    LeaseRevokeResponse { header: None }
+                }),
+            ),
+            Request::LeaseCheckpoint(r) => reply(
+                id,
+                r.checkpoints
+                    .iter()
+                    .try_for_each(|cp| batch.lease_checkpoint(cp.id, cp.remaining_ttl)),
+            ),
+            Request::Alarm(r) => reply(id, Ok(self.alarms.apply(&r))),
+            Request::MemberAttributes(attr) => {
                 let list = match members.take() {
                     Some(l) => l,
                     None => membership::load(&self.store).map_err(Error::Storage)?,
                 };
                 *members = Some(membership::with_attributes(list, &attr));
-                Ok(Applied::Done)
+                reply(id, Ok(()))
             }
-        };
-        match result {
-            Err(e @ (ferrokv_storage::Error::Backend(_) | ferrokv_storage::Error::Corrupt(_))) => {
-                tracing::error!(error = %e, "storage failed while applying; stopping the member");
-                Err(Error::Storage(e))
-            }
-            other => Ok(other),
         }
     }
 

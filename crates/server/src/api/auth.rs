@@ -6,17 +6,17 @@ use std::sync::Arc;
 use ferrokv_proto::etcdserverpb::{auth_server::Auth, *};
 use tonic::{Request, Response, Status};
 
-use crate::core::Core;
-use crate::error::{to_status, Error};
+use crate::error::Error;
+use crate::etcdserver::EtcdServer;
 
 #[derive(Clone)]
 pub struct AuthService {
-    core: Arc<Core>,
+    server: Arc<EtcdServer>,
 }
 
 impl AuthService {
-    pub fn new(core: Arc<Core>) -> Self {
-        AuthService { core }
+    pub fn new(server: Arc<EtcdServer>) -> Self {
+        AuthService { server }
     }
 }
 
@@ -26,9 +26,8 @@ impl Auth for AuthService {
         &self,
         _r: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
-        self.core.metrics.request("AuthStatus");
         Ok(Response::new(AuthStatusResponse {
-            header: Some(self.core.header_now()),
+            header: Some(self.server.header_now()),
             enabled: false,
             auth_revision: 0,
         }))
@@ -38,111 +37,111 @@ impl Auth for AuthService {
         &self,
         _r: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("AuthEnable")))
+        Err(Error::Unimplemented("AuthEnable").into())
     }
 
     async fn auth_disable(
         &self,
         _r: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("AuthDisable")))
+        Err(Error::Unimplemented("AuthDisable").into())
     }
 
     async fn authenticate(
         &self,
         _r: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("Authenticate")))
+        Err(Error::Unimplemented("Authenticate").into())
     }
 
     async fn user_add(
         &self,
         _r: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("UserAdd")))
+        Err(Error::Unimplemented("UserAdd").into())
     }
 
     async fn user_get(
         &self,
         _r: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("UserGet")))
+        Err(Error::Unimplemented("UserGet").into())
     }
 
     async fn user_list(
         &self,
         _r: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("UserList")))
+        Err(Error::Unimplemented("UserList").into())
     }
 
     async fn user_delete(
         &self,
         _r: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("UserDelete")))
+        Err(Error::Unimplemented("UserDelete").into())
     }
 
     async fn user_change_password(
         &self,
         _r: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("UserChangePassword")))
+        Err(Error::Unimplemented("UserChangePassword").into())
     }
 
     async fn user_grant_role(
         &self,
         _r: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("UserGrantRole")))
+        Err(Error::Unimplemented("UserGrantRole").into())
     }
 
     async fn user_revoke_role(
         &self,
         _r: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("UserRevokeRole")))
+        Err(Error::Unimplemented("UserRevokeRole").into())
     }
 
     async fn role_add(
         &self,
         _r: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("RoleAdd")))
+        Err(Error::Unimplemented("RoleAdd").into())
     }
 
     async fn role_get(
         &self,
         _r: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("RoleGet")))
+        Err(Error::Unimplemented("RoleGet").into())
     }
 
     async fn role_list(
         &self,
         _r: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("RoleList")))
+        Err(Error::Unimplemented("RoleList").into())
     }
 
     async fn role_delete(
         &self,
         _r: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("RoleDelete")))
+        Err(Error::Unimplemented("RoleDelete").into())
     }
 
     async fn role_grant_permission(
         &self,
         _r: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("RoleGrantPermission")))
+        Err(Error::Unimplemented("RoleGrantPermission").into())
     }
 
     async fn role_revoke_permission(
         &self,
         _r: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("RoleRevokePermission")))
+        Err(Error::Unimplemented("RoleRevokePermission").into())
     }
 }

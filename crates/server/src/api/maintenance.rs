@@ -1,0 +1,94 @@
+//! The Maintenance service: call the server core.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ferrokv_proto::etcdserverpb::{
+    maintenance_server::Maintenance, AlarmRequest, AlarmResponse, DefragmentRequest,
+    DefragmentResponse, DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse,
+    HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse,
+};
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::etcdserver::EtcdServer;
+
+#[derive(Clone)]
+pub struct MaintenanceService {
+    server: Arc<EtcdServer>,
+}
+
+impl MaintenanceService {
+    pub fn new(server: Arc<EtcdServer>) -> Self {
+        MaintenanceService { server }
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        Ok(Response::new(self.server.alarm(req.into_inner()).await?))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(self.server.status().await?))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        // redb reuses freed pages itself; there is nothing to rewrite.
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.server.header_now()),
+        }))
+    }
+
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Ok(Response::new(self.server.hash().await?))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        Ok(Response::new(
+            self.server.hash_kv(req.into_inner().revision).await?,
+        ))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let chunks = self.server.snapshot().await?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(chunks),
+        )))
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        Ok(Response::new(
+            self.server.move_leader(req.into_inner().target_id).await?,
+        ))
+    }
+
+    async fn downgrade(
+        &self,
+        _req: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(Error::Unimplemented("Downgrade").into())
+    }
+}

@@ -1,0 +1,25 @@
+//! The state machine fed by committed raft entries: the [`Applier`] (one storage transaction
+//! per committed batch), the typed waiters it completes, the lessor's deadlines, the
+//! replicated member list, the alarms and the measured keyspace size.
+//!
+//! Depends only on the crate's base modules: the raft handle, the peer transport and the watch
+//! hub reach it through the small traits of [`seams`] (which the node implements), so it is
+//! unit-tested without them. Must not depend on `etcdserver`, `api`, `net`, `node`, `peer`
+//! or `watch`.
+
+mod alarms;
+mod applier;
+mod db_size;
+pub mod lessor;
+pub mod membership;
+mod proposal;
+mod seams;
+#[cfg(test)]
+mod tests;
+
+pub use alarms::Alarms;
+pub use applier::{Applier, InstallRequest};
+pub use db_size::DbSize;
+pub use lessor::Lessor;
+pub use proposal::{ApplyResult, Proposal, Waiters};
+pub use seams::{DurableIndexSink, EventSink, PeerDirectory};

@@ -1,0 +1,63 @@
+//! Response headers: every etcd response carries the cluster id, the answering member's id,
+//! a revision and the raft term. Storage fills the revision of what it answers; the server
+//! completes the rest, or stamps a header at the current revision.
+
+use ferrokv_proto::etcdserverpb::{
+    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse,
+    MemberAddResponse, MemberPromoteResponse, MemberRemoveResponse, PutResponse, RangeResponse,
+    ResponseHeader, TxnResponse,
+};
+
+use super::EtcdServer;
+use crate::error::Result;
+
+/// A response with an etcd header.
+pub(super) trait Headed {
+    fn header_mut(&mut self) -> &mut Option<ResponseHeader>;
+}
+
+macro_rules! headed {
+    ($($t:ty),*) => {$(
+        impl Headed for $t {
+            fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+                &mut self.header
+            }
+        }
+    )*};
+}
+
+headed!(
+    RangeResponse,
+    PutResponse,
+    DeleteRangeResponse,
+    TxnResponse,
+    CompactionResponse,
+    LeaseGrantResponse,
+    LeaseRevokeResponse,
+    MemberAddResponse,
+    MemberRemoveResponse,
+    MemberPromoteResponse
+);
+
+impl EtcdServer {
+    /// Completes the header storage filled (its revision) with ids and term.
+    pub(super) fn filled<R: Headed>(&self, mut resp: R) -> R {
+        self.header.fill(resp.header_mut());
+        resp
+    }
+
+    /// Replaces the header with one of this member at the current revision.
+    pub(super) fn stamped<R: Headed>(&self, mut resp: R) -> R {
+        *resp.header_mut() = Some(self.header_now());
+        resp
+    }
+
+    /// The leader's answer to a request this member forwarded, with this member's header
+    /// (the client asked this member).
+    pub(super) async fn forwarded<R: Headed>(
+        &self,
+        call: impl std::future::Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
+    ) -> Result<R> {
+        Ok(self.stamped(call.await?.into_inner()))
+    }
+}

@@ -1,0 +1,51 @@
+//! The backend quota (`--quota-backend-bytes`): a decorator in front of every proposal that
+//! can grow the store. The size it compares is the one the apply loop last measured
+//! ([`DbSize`]), read from memory: a write does not `stat` the file.
+
+use ferrokv_proto::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
+
+use super::{EtcdServer, DEFAULT_QUOTA_BYTES};
+use crate::apply::Proposal;
+use crate::error::{Error, Result};
+
+impl EtcdServer {
+    /// The backend quota in bytes (0 = etcd's 2 GiB default).
+    pub fn quota_bytes(&self) -> u64 {
+        match self.cfg.quota_backend_bytes {
+            0 => DEFAULT_QUOTA_BYTES as u64,
+            q => q,
+        }
+    }
+
+    /// Proposes a write that can grow the store, unless the quota refuses it.
+    pub(super) async fn propose_within_quota<P: Proposal>(&self, p: P) -> Result<P::Response> {
+        self.check_quota().await?;
+        self.propose(p).await
+    }
+
+    /// Refuses writes once NOSPACE is raised; raises it (through raft, so every member
+    /// refuses) when the backend file is over quota.
+    async fn check_quota(&self) -> Result<()> {
+        if self.alarms.no_space() {
+            return Err(Error::NoSpace);
+        }
+        let size = self.db_size.get();
+        if size <= self.quota_bytes() {
+            return Ok(());
+        }
+        tracing::warn!(
+            size,
+            quota = self.quota_bytes(),
+            "backend over quota; raising NOSPACE"
+        );
+        let alarm = AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: self.member_id(),
+            alarm: AlarmType::Nospace as i32,
+        };
+        if let Err(e) = self.propose(alarm).await {
+            tracing::warn!(error = %e, "raising NOSPACE failed");
+        }
+        Err(Error::NoSpace)
+    }
+}

@@ -1,0 +1,320 @@
+//! The server core every gRPC service calls: the store, the raft handle and the waiters
+//! behind private fields, and the two paths every write and linearizable read take
+//! (typed propose-and-wait, read barrier).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrokv_proto::etcdserverpb::{AlarmMember, ResponseHeader};
+use ferrokv_proto::ferrokvpb::{InternalRequest, MemberAttributes};
+use ferrokv_raftnode::{RaftHandle, RaftStatus};
+use ferrokv_storage::Store;
+use prost::Message as _;
+use tokio::sync::watch;
+
+use crate::apply::{Alarms, DbSize, Lessor, Proposal, Waiters};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::header::HeaderSource;
+use crate::ids::IdGenerator;
+use crate::metrics::{Gauges, Metrics};
+use crate::peer::{connect_peer, peer_client_tls};
+
+/// Pause before retrying a proposal or read round that raft dropped.
+const RETRY_DELAY: Duration = Duration::from_millis(20);
+
+/// What the server core is built from (the node creates these during bootstrap).
+pub struct ServerParts {
+    pub cfg: Config,
+    pub store: Arc<Store>,
+    pub raft: RaftHandle,
+    pub header: HeaderSource,
+    /// The applied index, published by the apply loop after each batch.
+    pub applied: watch::Receiver<u64>,
+    pub metrics: Arc<Metrics>,
+    pub db_size: DbSize,
+}
+
+/// The server core (etcd's `EtcdServer`). Its state is private: services call its methods.
+pub struct EtcdServer {
+    pub(super) cfg: Config,
+    pub(super) store: Arc<Store>,
+    pub(super) raft: RaftHandle,
+    pub(super) header: HeaderSource,
+    pub(super) waiters: Arc<Waiters>,
+    pub(super) applied: watch::Receiver<u64>,
+    pub(super) ids: IdGenerator,
+    pub(super) lessor: Arc<Lessor>,
+    pub(super) alarms: Arc<Alarms>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) db_size: DbSize,
+    /// How long a client request may wait for raft (etcd: 5 s + 2 × election timeout).
+    pub(super) request_timeout: Duration,
+    /// TLS for member-to-member connections (https peer URLs).
+    peer_client_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// A connection to the leader's peer port, for requests only the leader can answer.
+    leader_conn: parking_lot::Mutex<Option<(u64, tonic::transport::Channel)>>,
+}
+
+impl EtcdServer {
+    pub fn new(p: ServerParts) -> Result<EtcdServer> {
+        let member_id = p.header.member_id();
+        Ok(EtcdServer {
+            request_timeout: Duration::from_secs(5) + 2 * p.cfg.election_timeout,
+            peer_client_tls: peer_client_tls(&p.cfg.peer_tls)?,
+            leader_conn: parking_lot::Mutex::new(None),
+            cfg: p.cfg,
+            store: p.store,
+            raft: p.raft,
+            header: p.header,
+            waiters: Arc::new(Waiters::default()),
+            applied: p.applied,
+            ids: IdGenerator::new(member_id),
+            lessor: Arc::new(Lessor::default()),
+            alarms: Arc::new(Alarms::default()),
+            metrics: p.metrics,
+            db_size: p.db_size,
+        })
+    }
+
+    /// The state the apply loop shares with the server: it completes the waiters and keeps
+    /// the lessor and the alarms current.
+    pub fn shared_with_apply(&self) -> (Arc<Waiters>, Arc<Lessor>, Arc<Alarms>) {
+        (
+            self.waiters.clone(),
+            self.lessor.clone(),
+            self.alarms.clone(),
+        )
+    }
+
+    pub fn raft_status(&self) -> RaftStatus {
+        self.raft.status().borrow().clone()
+    }
+
+    pub fn member_id(&self) -> u64 {
+        self.header.member_id()
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.header.cluster_id()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    pub fn alarm_list(&self) -> Vec<AlarmMember> {
+        self.alarms.list()
+    }
+
+    /// The point-in-time values `/metrics` renders.
+    pub fn gauges(&self) -> Gauges {
+        let st = self.raft_status();
+        let has_leader = st.leader_id != 0;
+        let (db_size, db_size_in_use) = self.store.db_size().unwrap_or((0, 0));
+        Gauges {
+            has_leader,
+            is_leader: has_leader && st.leader_id == st.id,
+            term: st.term,
+            commit_index: st.commit_index,
+            db_size,
+            db_size_in_use,
+            revision: self.store.current_revision(),
+            compact_revision: self.store.compacted_revision(),
+        }
+    }
+
+    /// A learner serves only serializable reads, Status and MemberList to clients (etcd's
+    /// rule); its own proposals (member attributes) are not client requests.
+    pub fn reject_learner(&self) -> Result<()> {
+        if self.raft_status().is_learner {
+            return Err(Error::LearnerRpc);
+        }
+        Ok(())
+    }
+
+    /// A header at the store's current revision.
+    pub fn header_now(&self) -> ResponseHeader {
+        self.header.header(self.store.current_revision())
+    }
+
+    /// A channel to the current leader's peer port (cached per leader).
+    pub(super) async fn leader_channel(&self) -> Result<tonic::transport::Channel> {
+        let leader = self.raft_status().leader_id;
+        if leader == 0 {
+            return Err(Error::NoLeader);
+        }
+        if let Some((id, ch)) = self.leader_conn.lock().as_ref() {
+            if *id == leader {
+                return Ok(ch.clone());
+            }
+        }
+        let members = crate::apply::membership::load(&self.store)?;
+        let urls = members
+            .iter()
+            .find(|m| m.id == leader)
+            .map(|m| m.peer_ur_ls.clone())
+            .unwrap_or_default();
+        for url in &urls {
+            if let Ok(ch) = connect_peer(url, self.peer_client_tls.as_ref()).await {
+                *self.leader_conn.lock() = Some((leader, ch.clone()));
+                return Ok(ch);
+            }
+        }
+        Err(Error::LeaderChanged)
+    }
+
+    /// Waits (bounded by the request timeout) until some member is leader: right after start,
+    /// or during an election, proposals would otherwise be dropped.
+    pub(super) async fn wait_leader(&self) -> Result<()> {
+        let mut rx = self.raft.status();
+        let wait = async { rx.wait_for(|s| s.leader_id != 0).await.map(|_| ()) };
+        let outcome = tokio::time::timeout(self.request_timeout, wait).await;
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::NoLeader),
+        }
+    }
+
+    /// Replicates `proposal` through raft and waits for the response applying it yielded.
+    pub(super) async fn propose<P: Proposal>(&self, proposal: P) -> Result<P::Response> {
+        let id = self.ids.next();
+        let data = InternalRequest {
+            id,
+            request: Some(proposal.into_request()),
+        }
+        .encode_to_vec();
+        if data.len() > self.cfg.max_request_bytes {
+            return Err(Error::RequestTooLarge);
+        }
+        self.wait_leader().await?;
+        let rx = self.waiters.register::<P>(id);
+        // Removes the waiter however this future ends (error, timeout, client gone).
+        let _guard = WaiterGuard {
+            waiters: &self.waiters,
+            id,
+        };
+        let outcome = tokio::time::timeout(self.request_timeout, async {
+            // A dropped proposal was not appended anywhere, so proposing again cannot apply
+            // it twice; drops happen around elections and leader transfers.
+            loop {
+                match self.raft.propose(data.clone()).await {
+                    Ok(()) => break,
+                    Err(ferrokv_raftnode::Error::ProposalDropped) => {
+                        tokio::time::sleep(RETRY_DELAY).await;
+                        self.wait_leader().await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            rx.await.map_err(|_| Error::Stopped)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(result)) => result.map_err(Error::Storage),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Publishes this member's name and client URLs through raft (into every member list).
+    pub async fn publish_attributes(&self, attr: MemberAttributes) -> Result<()> {
+        self.propose(attr).await
+    }
+
+    /// Linearizable read barrier: after it returns, local reads see every write acknowledged
+    /// before the call started.
+    pub(super) async fn read_barrier(&self) -> Result<()> {
+        self.wait_leader().await?;
+        let mut applied = self.applied.clone();
+        let outcome = tokio::time::timeout(self.request_timeout, async {
+            let index = loop {
+                match self.raft.read_index().await {
+                    Ok(i) => break i,
+                    // No round could complete (election, leader change): a new round is safe.
+                    Err(ferrokv_raftnode::Error::ProposalDropped) => {
+                        tokio::time::sleep(RETRY_DELAY).await;
+                        self.wait_leader().await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            applied
+                .wait_for(|a| *a >= index)
+                .await
+                .map_err(|_| Error::Stopped)?;
+            Ok::<(), Error>(())
+        })
+        .await;
+        match outcome {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Runs synchronous storage work off the async workers.
+    pub(super) async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Error::Fatal(format!("storage task: {e}")))?
+    }
+
+    /// A leader that stops gracefully hands leadership to another voter first, so the
+    /// cluster does not wait an election timeout (what etcd does on SIGTERM).
+    pub async fn transfer_leadership_away(&self) {
+        let st = self.raft_status();
+        if st.leader_id != st.id {
+            return;
+        }
+        let Some(&to) = st.voters.iter().find(|v| **v != st.id) else {
+            return;
+        };
+        tracing::info!(
+            to = format!("{to:x}"),
+            "transferring leadership before stopping"
+        );
+        if let Err(e) = self.raft.transfer_leader(to).await {
+            tracing::warn!(error = %e, "leadership transfer failed");
+            return;
+        }
+        let mut rx = self.raft.status();
+        let moved = async {
+            rx.wait_for(|s| s.leader_id != 0 && s.leader_id != st.id)
+                .await
+                .map(|_| ())
+        };
+        if tokio::time::timeout(self.cfg.election_timeout * 2, moved)
+            .await
+            .is_err()
+        {
+            tracing::warn!("leadership did not move before stopping");
+        }
+    }
+
+    /// Stops the raft node (shutdown, after every task has ended).
+    pub async fn stop_raft(&self) {
+        self.raft.shutdown().await;
+    }
+
+    /// Makes every applied batch durable (the last step of shutdown).
+    pub fn sync_storage(&self) -> Result<()> {
+        self.store.sync().map_err(Error::from)
+    }
+}
+
+struct WaiterGuard<'a> {
+    waiters: &'a Waiters,
+    id: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.waiters.cancel(self.id);
+    }
+}
