@@ -57,8 +57,27 @@ fn etcdctl_bin() -> String {
     std::env::var("ETCDCTL_BIN").unwrap_or_else(|_| "etcdctl".into())
 }
 
+/// Which etcdctl runs: the system one (Debian's 3.4, or `ETCDCTL_BIN`), or etcd 3.6's from
+/// `scripts/build-etcd36.sh`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ctl {
+    System,
+    V36,
+}
+
 fn command(args: &[String]) -> Command {
-    let mut c = Command::new(etcdctl_bin());
+    command_of(Ctl::System, args)
+}
+
+fn command_of(ctl: Ctl, args: &[String]) -> Command {
+    let bin = match ctl {
+        Ctl::System => std::path::PathBuf::from(etcdctl_bin()),
+        // A missing 3.6 build makes the spawn fail below with the reason in stderr.
+        Ctl::V36 => crate::member::etcd36_dir()
+            .map(|d| d.join("etcdctl"))
+            .unwrap_or_else(|e| std::path::PathBuf::from(format!("etcdctl-3.6-unavailable: {e}"))),
+    };
+    let mut c = Command::new(bin);
     c.env("ETCDCTL_API", "3")
         // A short dial timeout so a refused connection fails the test quickly.
         .arg("--dial-timeout=3s")
@@ -69,7 +88,12 @@ fn command(args: &[String]) -> Command {
 
 /// Runs etcdctl with the given args (and optional stdin) to completion.
 pub fn run(args: &[String], stdin: Option<&str>) -> CtlOutput {
-    let mut c = command(args);
+    run_with(Ctl::System, args, stdin)
+}
+
+/// [`run`] with the chosen etcdctl.
+pub fn run_with(ctl: Ctl, args: &[String], stdin: Option<&str>) -> CtlOutput {
+    let mut c = command_of(ctl, args);
     c.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {

@@ -69,6 +69,28 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Generates three `#[tokio::test]`s per body: `<body>::etcd` (Debian's 3.4),
+/// `<body>::etcd36` (etcd 3.6 from the Go module proxy) and `<body>::ferrokv`.
+#[macro_export]
+macro_rules! all_backends {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn etcd() {
+                super::$body($crate::Backend::Etcd).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn etcd36() {
+                super::$body($crate::Backend::Etcd36).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ferrokv() {
+                super::$body($crate::Backend::Ferrokv).await
+            }
+        }
+    )*};
+}
+
 /// Generates two `#[tokio::test]`s per body, `<body>::etcd` and `<body>::ferrokv`, so one test
 /// body checks both backends and a filter like `::etcd` picks one side.
 #[macro_export]

@@ -17,7 +17,10 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Ferrokv,
+    /// The system etcd (Debian's 3.4).
     Etcd,
+    /// etcd 3.6 built from the Go module proxy (`tests/etcd36`, `scripts/build-etcd36.sh`).
+    Etcd36,
 }
 
 impl Backend {
@@ -25,6 +28,7 @@ impl Backend {
         match self {
             Backend::Ferrokv => "ferrokv",
             Backend::Etcd => "etcd",
+            Backend::Etcd36 => "etcd36",
         }
     }
 
@@ -47,6 +51,7 @@ impl Backend {
                     })
                 }
             }
+            Backend::Etcd36 => Ok(etcd36_dir()?.join("etcd")),
             Backend::Etcd => {
                 let name = std::env::var_os("ETCD_BIN").unwrap_or_else(|| "etcd".into());
                 let path = PathBuf::from(&name);
@@ -66,6 +71,40 @@ impl Backend {
                 })
             }
         }
+    }
+}
+
+/// The directory holding etcd 3.6's `etcd`, `etcdctl` and `etcdutl`: `ETCD36_DIR`, else what
+/// `scripts/build-etcd36.sh` prints (it builds them once into a cache outside the checkout; a
+/// cache hit costs nothing). Built at most once per test process.
+pub fn etcd36_dir() -> Result<PathBuf> {
+    static DIR: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
+    let got = DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("ETCD36_DIR") {
+            return Ok(PathBuf::from(d));
+        }
+        let script = workspace_root().join("scripts").join("build-etcd36.sh");
+        let out = Command::new(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("running {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!("{} failed ({})", script.display(), out.status));
+        }
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok(PathBuf::from(dir))
+    });
+    match got {
+        Ok(d) if d.join("etcd").is_file() => Ok(d.clone()),
+        Ok(d) => Err(Error::BinaryMissing {
+            path: d.join("etcd"),
+            hint: "scripts/build-etcd36.sh printed a directory without etcd".into(),
+        }),
+        Err(e) => Err(Error::BinaryMissing {
+            path: PathBuf::from("etcd (3.6)"),
+            hint: e.clone(),
+        }),
     }
 }
 
@@ -468,6 +507,13 @@ impl Member {
         let mut all: Vec<String> = self.ctl_flags();
         all.extend(args.iter().map(|s| s.to_string()));
         crate::etcdctl::run(&all, None)
+    }
+
+    /// Runs etcd 3.6's `etcdctl <flags> <args>` against this member.
+    pub fn ctl36(&self, args: &[&str]) -> crate::CtlOutput {
+        let mut all: Vec<String> = self.ctl_flags();
+        all.extend(args.iter().map(|s| s.to_string()));
+        crate::etcdctl::run_with(crate::etcdctl::Ctl::V36, &all, None)
     }
 
     /// Runs `etcdctl` with `stdin` fed to it (interactive `txn`).

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferrokv_tests::{both_backends, Backend, Cluster, MemberOpts};
+use ferrokv_tests::{all_backends, Backend, Cluster, MemberOpts};
 
 fn fast() -> MemberOpts {
     MemberOpts {
@@ -122,4 +122,4 @@ async fn grow_through_a_learner_and_shrink(b: Backend) {
     }
 }
 
-both_backends!(leader_kill_restart, grow_through_a_learner_and_shrink);
+all_backends!(leader_kill_restart, grow_through_a_learner_and_shrink);

@@ -7,8 +7,8 @@
 //! fresh member and requires every scenario to pass.
 //!
 //! etcd is the control: a scenario failing there is a wrong scenario, not a ferrokv bug. Two
-//! controls run: the system etcd the harness uses (Debian: 3.4.x) and `etcd-ref`, etcd 3.6
-//! built from Go modules (`tests/goclient/etcdref`), because kube-apiserver's progress-request
+//! controls run: the system etcd the harness uses (Debian: 3.4.x) and etcd 3.6 built from Go
+//! modules (`Backend::Etcd36`, `tests/etcd36`), because kube-apiserver's progress-request
 //! contract only exists from etcd 3.5.13 on and a 3.4 server cannot check it.
 //! Go is required (CI machines have it); without it these tests fail with a clear message.
 
@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use ferrokv_tests::member::{target_dir, workspace_root};
-use ferrokv_tests::{both_backends, Backend, Member, MemberOpts, TlsFiles};
+use ferrokv_tests::{all_backends, both_backends, Backend, Member, MemberOpts, TlsFiles};
 use serde_json::Value;
 
 /// The whole program run is bounded: every scenario has its own 60 s limit inside the Go
@@ -30,16 +30,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 fn goclient() -> &'static Path {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     match BIN.get_or_init(|| go_build("goclient", "goclient")) {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-/// Builds `tests/goclient/etcdref` (etcd's own server main at the version its go.mod pins)
-/// into `<target>/goclient/etcd-ref` once per test process.
-fn etcd_ref() -> &'static Path {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BIN.get_or_init(|| go_build("goclient/etcdref", "etcd-ref")) {
         Ok(p) => p,
         Err(e) => panic!("{e}"),
     }
@@ -202,11 +192,11 @@ async fn run_against(m: &Member, scenarios: &[&str], min_version: Option<&str>) 
 /// The Status version floor for a backend: ferrokv must claim what kube-apiserver needs
 /// (>= 3.5.13, the program's default); the system etcd (Debian: 3.4.x) is older, so its control
 /// only checks that the version is semver. (`watch_progress_load` reports itself skipped on a
-/// server below 3.5.13; `kube_storage_etcd_ref` is its control.)
+/// server below 3.5.13; etcd 3.6 is its control.)
 fn min_version(b: Backend) -> Option<&'static str> {
     match b {
         Backend::Etcd => Some("3.4.0"),
-        Backend::Ferrokv => None,
+        Backend::Etcd36 | Backend::Ferrokv => None,
     }
 }
 
@@ -216,20 +206,6 @@ async fn kube_storage(b: Backend) {
         .await
         .unwrap_or_else(|e| panic!("starting {}: {e}", b.name()));
     run_against(&m, &[], min_version(b)).await;
-}
-
-/// Control with etcd 3.6 built from Go modules (tests/goclient/etcdref): every scenario with
-/// kube's version floor, including the progress-ordering one a 3.4 etcd cannot judge.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_storage_etcd_ref() {
-    let opts = MemberOpts {
-        bin: Some(etcd_ref().to_path_buf()),
-        ..MemberOpts::default()
-    };
-    let m = Member::start(Backend::Etcd, opts)
-        .await
-        .unwrap_or_else(|e| panic!("starting etcd-ref: {e}"));
-    run_against(&m, &[], None).await;
 }
 
 /// The Go client's TLS path (CA + client certificate, as kube-apiserver is configured) with
@@ -253,4 +229,5 @@ async fn kube_storage_tls(b: Backend) {
     .await;
 }
 
-both_backends!(kube_storage, kube_storage_tls);
+all_backends!(kube_storage);
+both_backends!(kube_storage_tls);
