@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ferrokv_tests::kube::{ControlPlane, NodeAgent, OperatorProcess};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::Value;
 
@@ -493,6 +494,7 @@ async fn operator_bootstraps_one_and_three_members_tls_disabled() {
     bed.wait_available("default", "three", 3, Duration::from_secs(180))
         .await;
     assert_cluster_of(&bed, "default", "three", 3).await;
+    assert_pdb_allows(&bed, "default", "three", 3, 1).await;
     eprintln!("three members Available after {:?}", t.elapsed());
 }
 
@@ -701,6 +703,7 @@ async fn operator_scales_three_five_three_under_writes() {
         .await;
     eprintln!("3 -> 5 after {:?}", t.elapsed());
     assert_cluster_of(&bed, ns, "kv", 5).await;
+    assert_pdb_allows(&bed, ns, "kv", 5, 2).await;
 
     let t = Instant::now();
     kubectl
@@ -1243,4 +1246,20 @@ async fn operator_killed_after_member_add_converges() {
         "the operator was never killed after a MemberAdd"
     );
     eprintln!("1 -> 3 with {kills} operator kills after {:?}", t.elapsed());
+}
+
+/// The PodDisruptionBudget allows as many voluntary disruptions as the cluster can lose and
+/// keep quorum, computed by the real disruption controller.
+async fn assert_pdb_allows(bed: &Testbed, ns: &str, cluster: &str, members: i32, allowed: i32) {
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(bed.client.clone(), ns);
+    eventually(
+        Duration::from_secs(60),
+        &format!("PDB {cluster} allows {allowed} disruptions of {members}"),
+        || async {
+            let st = pdbs.get(cluster).await.ok()?.status?;
+            (st.disruptions_allowed == allowed && st.current_healthy == members).then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
 }

@@ -364,7 +364,7 @@ mod tests {
             let [peer, client, pdb] = expect_services_and_pdb(&mut handle).await;
             assert_eq!(peer["spec"]["clusterIP"], "None");
             assert_eq!(client["spec"]["ports"][0]["port"], 2379);
-            assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+            assert_eq!(pdb["spec"]["minAvailable"], 2);
             // Status first, then the seed.
             let status = expect_status(&mut handle, 3).await;
             assert_eq!(

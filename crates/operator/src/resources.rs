@@ -207,11 +207,17 @@ pub fn client_service(ec: &EtcdCluster) -> Result<Service> {
 }
 
 /// Allows voluntary disruption of at most as many members as the cluster can lose and keep
-/// quorum (0 for one member, 1 for three, 2 for five).
+/// quorum (0 for one member, 1 for three, 2 for five), as `minAvailable: <quorum>`.
+///
+/// Not `maxUnavailable`: with it (or a percentage) the disruption controller must resolve the
+/// pods' controller through its `/scale` subresource, and on a real kube-controller-manager
+/// that fails for an EtcdCluster created within its 30 s discovery refresh of a new CRD; the
+/// controller then fails safe to 0 allowed disruptions and does not look again until a pod
+/// changes. An integer `minAvailable` is computed from the matching pods alone.
 pub fn pod_disruption_budget(ec: &EtcdCluster) -> Result<PodDisruptionBudget> {
     let names = Names::of(ec)?;
     let n = usize::try_from(ec.spec.replicas.max(1)).unwrap_or(1);
-    let tolerable = i32::try_from(n - quorum(n)).unwrap_or(0);
+    let keep = i32::try_from(quorum(n)).unwrap_or(i32::MAX);
     Ok(PodDisruptionBudget {
         metadata: meta(
             ec,
@@ -220,7 +226,7 @@ pub fn pod_disruption_budget(ec: &EtcdCluster) -> Result<PodDisruptionBudget> {
             cluster_labels(&names.cluster),
         )?,
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(tolerable)),
+            min_available: Some(IntOrString::Int(keep)),
             selector: Some(LabelSelector {
                 match_labels: Some(cluster_labels(&names.cluster)),
                 ..LabelSelector::default()
@@ -666,14 +672,16 @@ mod tests {
 
     #[test]
     fn pdb_keeps_quorum() {
-        for (replicas, tolerable) in [(1, 0), (2, 0), (3, 1), (4, 1), (5, 2), (7, 3), (9, 4)] {
+        // (replicas, members that must stay up): a majority.
+        for (replicas, keep) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (7, 4), (9, 5)] {
             let pdb = pod_disruption_budget(&cluster("kv", replicas)).expect("pdb");
             let spec = pdb.spec.expect("spec");
             assert_eq!(
-                spec.max_unavailable,
-                Some(IntOrString::Int(tolerable)),
+                spec.min_available,
+                Some(IntOrString::Int(keep)),
                 "replicas {replicas}"
             );
+            assert_eq!(spec.max_unavailable, None, "replicas {replicas}");
         }
     }
 
