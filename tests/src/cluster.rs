@@ -6,7 +6,7 @@
 //! Names are never reused, as an operator would never reuse them. The member API calls go
 //! through the `etcd-client` crate; everything else is the process and its flags.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, MemberAddOptions};
@@ -21,6 +21,9 @@ pub struct Cluster {
     pub backend: Backend,
     opts: MemberOpts,
     members: BTreeMap<String, Member>,
+    /// Members added as learners and not promoted yet: they refuse writes and most member
+    /// calls, so the cluster's own client leaves them out.
+    learners: BTreeSet<String>,
     next_ordinal: u64,
 }
 
@@ -41,6 +44,7 @@ impl Cluster {
             backend,
             opts,
             members: BTreeMap::new(),
+            learners: BTreeSet::new(),
             next_ordinal: 1,
         }
     }
@@ -129,9 +133,14 @@ impl Cluster {
             .map(|(n, _)| n.clone())
     }
 
-    /// An `etcd-client` over every running member.
+    /// An `etcd-client` over every running member but learners.
     pub async fn client(&mut self) -> Result<Client> {
-        let endpoints = self.endpoints();
+        let endpoints: Vec<String> = self
+            .members
+            .iter_mut()
+            .filter(|(n, _)| !self.learners.contains(*n))
+            .filter_map(|(_, m)| m.is_running().then(|| m.client_url.clone()))
+            .collect();
         crate::client::connect_endpoints(&endpoints, self.opts.tls.as_ref()).await
     }
 
@@ -214,6 +223,9 @@ impl Cluster {
                 })?;
             initial.push(slot);
         }
+        if learner {
+            self.learners.insert(name.clone());
+        }
         self.start_members(std::slice::from_ref(&name), &initial, "existing")?;
         self.get_mut(&name)?.wait_ready().await?;
         Ok(name)
@@ -227,7 +239,10 @@ impl Cluster {
         loop {
             let mut c = self.client().await?;
             match c.member_promote(id).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.learners.remove(name);
+                    return Ok(());
+                }
                 Err(e) if Instant::now() > deadline => return Err(e.into()),
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
@@ -264,6 +279,7 @@ impl Cluster {
     pub fn drop_slot(&mut self, name: &str) {
         // Dropping the member kills its process and removes its temp dir.
         self.members.remove(name);
+        self.learners.remove(name);
     }
 
     /// SIGKILL.
