@@ -1263,3 +1263,60 @@ async fn assert_pdb_allows(bed: &Testbed, ns: &str, cluster: &str, members: i32,
     )
     .await;
 }
+
+/// The spec changes in the middle of a scale: 3 → 5 is turned back to 3 as soon as the first
+/// new learner is added. The cluster settles at 3 voters with no learner, pod or claim left
+/// over from the abandoned growth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scale_reversed_midway_settles_at_the_new_size() {
+    let bed = Testbed::start().await;
+    let ns = "default";
+    let kubectl = bed.cp.kubectl();
+    kubectl
+        .apply(&cluster_yaml(ns, "mid", 3, "Disabled"))
+        .expect("apply mid");
+    bed.wait_available(ns, "mid", 3, Duration::from_secs(180))
+        .await;
+    let adds =
+        |events: &[(String, String)]| events.iter().filter(|(r, _)| r == "MemberAdded").count();
+    let before = adds(&bed.events(ns, "mid").await);
+
+    let t = Instant::now();
+    kubectl
+        .run(&["scale", "-n", ns, "etcdcluster/mid", "--replicas=5"])
+        .expect("scale to 5");
+    eventually(
+        Duration::from_secs(60),
+        "the first learner of the growth added",
+        || async { (adds(&bed.events(ns, "mid").await) > before).then_some(()) },
+        || bed.context(ns),
+    )
+    .await;
+    kubectl
+        .run(&["scale", "-n", ns, "etcdcluster/mid", "--replicas=3"])
+        .expect("scale back to 3");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(bed.client.clone(), ns);
+    eventually(
+        Duration::from_secs(120),
+        "3 voters, 3 pods and 3 claims after the reversal",
+        || async {
+            let ec = bed.cluster(ns, "mid")?;
+            let st = &ec["status"];
+            let members = st["members"].as_array()?;
+            let voters = members
+                .iter()
+                .filter(|m| m["learner"] != true && m["healthy"] == true)
+                .count();
+            let pods = bed.member_pods(ns, "mid").await.len();
+            let lp = ListParams::default().labels("app.kubernetes.io/instance=mid");
+            let n = claims.list(&lp).await.ok()?.items.len();
+            (members.len() == 3 && voters == 3 && pods == 3 && n == 3).then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    bed.wait_available(ns, "mid", 3, Duration::from_secs(60))
+        .await;
+    assert_cluster_of(&bed, ns, "mid", 3).await;
+    eprintln!("3 -> 5 reversed to 3 settled after {:?}", t.elapsed());
+}

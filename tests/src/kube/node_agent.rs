@@ -66,27 +66,43 @@ static POD_IPS: Mutex<BTreeSet<u8>> = Mutex::new(BTreeSet::new());
 /// free on it (another test on this machine may still hold one).
 const POD_PORTS: [u16; 3] = [2379, 2380, 2381];
 
-fn allocate_ip() -> Option<Ipv4Addr> {
+/// A port on the pod address the agent itself holds while the pod exists: another test
+/// process probing the same address finds it taken, so two agents on one machine never hand
+/// out the same address (the member ports alone are free until the member binds them).
+const LEASE_PORT: u16 = 2378;
+
+/// A pod address and the listener that reserves it; dropping it releases the address.
+struct IpLease {
+    ip: Ipv4Addr,
+    _hold: std::net::TcpListener,
+}
+
+impl Drop for IpLease {
+    fn drop(&mut self) {
+        let mut used = POD_IPS.lock().unwrap_or_else(|e| e.into_inner());
+        used.remove(&self.ip.octets()[3]);
+    }
+}
+
+fn allocate_ip() -> Option<IpLease> {
     let mut used = POD_IPS.lock().unwrap_or_else(|e| e.into_inner());
     for n in 2..=254u8 {
         if used.contains(&n) {
             continue;
         }
         let ip = Ipv4Addr::new(127, 0, 0, n);
+        let Ok(hold) = std::net::TcpListener::bind((ip, LEASE_PORT)) else {
+            continue;
+        };
         let free = POD_PORTS
             .iter()
             .all(|p| std::net::TcpListener::bind((ip, *p)).is_ok());
         if free {
             used.insert(n);
-            return Some(ip);
+            return Some(IpLease { ip, _hold: hold });
         }
     }
     None
-}
-
-fn release_ip(ip: Ipv4Addr) {
-    let mut used = POD_IPS.lock().unwrap_or_else(|e| e.into_inner());
-    used.remove(&ip.octets()[3]);
 }
 
 /// One pod as the agent sees it, for failure messages.
@@ -283,9 +299,6 @@ impl Drop for NodeAgent {
                 .args(["-KILL", &pid.to_string()])
                 .status();
         }
-        for v in &s.views {
-            release_ip(v.ip);
-        }
         drop(s);
         if std::thread::panicking() {
             eprintln!("{}", self.describe());
@@ -384,6 +397,8 @@ struct PodRun {
     name: String,
     uid: String,
     ip: Ipv4Addr,
+    /// Holds `ip` for this pod until the record is dropped.
+    _lease: IpLease,
     dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -457,7 +472,6 @@ impl Drop for Agent {
     fn drop(&mut self) {
         for run in self.runs.values_mut() {
             run.kill(&self.shared);
-            release_ip(run.ip);
         }
     }
 }
@@ -543,7 +557,7 @@ impl Agent {
     }
 
     fn admit(&mut self, pod: &Pod) {
-        let Some(ip) = allocate_ip() else {
+        let Some(lease) = allocate_ip() else {
             self.note(format!("no free loopback address for {}", pod.name_any()));
             return;
         };
@@ -551,14 +565,14 @@ impl Agent {
         let dir = self.root.join("pods").join(&u);
         if let Err(e) = std::fs::create_dir_all(dir.join("root")) {
             self.note(format!("{}: {e}", dir.display()));
-            release_ip(ip);
             return;
         }
         let run = PodRun {
             namespace: pod.namespace().unwrap_or_default(),
             name: pod.name_any(),
             uid: u.clone(),
-            ip,
+            ip: lease.ip,
+            _lease: lease,
             log: dir.join("container.log"),
             dir,
             child: None,
@@ -579,13 +593,16 @@ impl Agent {
             transitions: BTreeMap::new(),
             last_status: None,
         };
-        self.note(format!("admitted {}/{} at {ip}", run.namespace, run.name));
+        self.note(format!(
+            "admitted {}/{} at {}",
+            run.namespace, run.name, run.ip
+        ));
         self.runs.insert(u, run);
     }
 
     fn cleanup(&mut self, mut run: PodRun) {
+        // The address is released when `run` (its lease) is dropped, after the process died.
         run.kill(&self.shared);
-        release_ip(run.ip);
         // The pod's own directory holds its emptyDirs and Secret files; claims live elsewhere.
         let _ = std::fs::remove_dir_all(&run.dir);
     }
