@@ -1320,3 +1320,75 @@ async fn scale_reversed_midway_settles_at_the_new_size() {
     assert_cluster_of(&bed, ns, "mid", 3).await;
     eprintln!("3 -> 5 reversed to 3 settled after {:?}", t.elapsed());
 }
+
+/// A frozen member (SIGSTOP): the status shows it unhealthy while the other two keep the
+/// cluster Available; its liveness probe fails, the agent restarts it as kubelet would, and
+/// it rejoins under its own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn frozen_member_is_reported_and_restarted_by_its_liveness_probe() {
+    let bed = Testbed::start().await;
+    let ns = "default";
+    bed.cp
+        .kubectl()
+        .apply(&cluster_yaml(ns, "fz", 3, "Disabled"))
+        .expect("apply fz");
+    let before = member_ids(
+        &bed.wait_available(ns, "fz", 3, Duration::from_secs(180))
+            .await,
+    );
+    let pods = bed.member_pods(ns, "fz").await;
+    // Not the leader: freezing the leader also tests an election, which is not the point here.
+    let leader = bed
+        .cluster(ns, "fz")
+        .and_then(|ec| ec["status"]["leader"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let victim = pods
+        .iter()
+        .map(|(n, _)| n.clone())
+        .find(|n| *n != leader)
+        .expect("a follower");
+
+    let t = Instant::now();
+    bed.agent.signal(ns, &victim, "STOP").expect("SIGSTOP");
+    eventually(
+        Duration::from_secs(60),
+        &format!("{victim} reported unhealthy while the cluster stays Available"),
+        || async {
+            let ec = bed.cluster(ns, "fz")?;
+            let st = &ec["status"];
+            let frozen = st["members"]
+                .as_array()?
+                .iter()
+                .any(|m| m["name"] == victim.as_str() && m["healthy"] == false);
+            let available = st["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Available" && c["status"] == "True");
+            (frozen && available).then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    eprintln!("frozen member reported after {:?}", t.elapsed());
+    eventually(
+        Duration::from_secs(120),
+        &format!("{victim} restarted after failing liveness, and Ready"),
+        || async {
+            let p = pod(&bed, ns, &victim).await?;
+            (restarts(&p) >= 1 && is_ready(&p)).then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    let after = member_ids(
+        &bed.wait_available(ns, "fz", 3, Duration::from_secs(60))
+            .await,
+    );
+    assert_eq!(
+        before,
+        after,
+        "the restarted member keeps its id\n{}",
+        bed.context(ns)
+    );
+    eprintln!("frozen member restarted and back after {:?}", t.elapsed());
+}
