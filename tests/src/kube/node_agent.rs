@@ -31,7 +31,7 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ::kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use ::kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use ::kube::runtime::reflector::{self, Store};
 use ::kube::runtime::{watcher, WatchStreamExt};
 use ::kube::{Client, ResourceExt};
@@ -1432,12 +1432,6 @@ fn probe_target(probe: &Probe, c: &Container, pod_ip: Ipv4Addr) -> Option<ProbeT
         return Some(ProbeTarget::Tcp((pod_ip, port_of(&t.port)?)));
     }
     None
-}
-
-/// Lists pods through the API (not the agent's store), for tests that want the truth.
-pub async fn list_pods(client: &Client, namespace: &str) -> Result<Vec<Pod>> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    Ok(api.list(&ListParams::default()).await?.items)
 }
 
 #[cfg(test)]
