@@ -10,33 +10,36 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferrokv_tests::kube::{ControlPlane, NodeAgent, OperatorProcess};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
-use k8s_openapi::api::events::v1::Event;
+use ferrokv_tests::kube::{ControlPlane, NodeAgent, Testbed};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::Value;
 
-/// Polls `check` until it returns `Some`, failing with `what` and `context()` after `timeout`.
+/// [`ferrokv_tests::kube::eventually`], failing the test with its message (and context).
 async fn eventually<T, F, Fut>(
     timeout: Duration,
     what: &str,
-    mut check: F,
+    check: F,
     context: impl Fn() -> String,
 ) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("{what}: not within {timeout:?}\n{}", context());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    ferrokv_tests::kube::eventually(timeout, what, check, context)
+        .await
+        .or_panic()
+}
+
+/// Harness errors carry multi-line context: fail with their text, not their `Debug`.
+trait OrPanic<T> {
+    fn or_panic(self) -> T;
+}
+
+impl<T> OrPanic<T> for ferrokv_tests::kube::Result<T> {
+    fn or_panic(self) -> T {
+        self.unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -245,188 +248,28 @@ async fn node_agent_runs_a_member_pod_to_ready() {
     .await;
 }
 
-/// The control plane, the node agent and the operator installed as a user installs it.
-struct Testbed {
-    cp: ControlPlane,
-    agent: NodeAgent,
-    operator: OperatorProcess,
-    client: kube::Client,
-}
-
-impl Testbed {
-    /// `kubectl apply` of the CRD and `manifests/install.yaml` (its Deployment scaled to 0:
-    /// no kubelet runs the operator image; the test runs the binary as that ServiceAccount).
-    async fn start() -> Testbed {
-        let cp = ControlPlane::start().await.expect("control plane");
-        let agent = NodeAgent::start(&cp).await.expect("node agent");
-        let root = ferrokv_tests::member::workspace_root();
-        let kubectl = cp.kubectl();
-        for file in ["crds/etcdcluster.yaml", "manifests/install.yaml"] {
-            let path = root.join(file).display().to_string();
-            kubectl
-                .run(&["apply", "-f", &path])
-                .unwrap_or_else(|e| panic!("kubectl apply -f {file}: {e}"));
-        }
-        kubectl
-            .run(&[
-                "wait",
-                "--for=condition=Established",
-                "crd/etcdclusters.ferrokv.io",
-                "--timeout=60s",
-            ])
-            .expect("CRD established");
-        kubectl
-            .run(&[
-                "scale",
-                "-n",
-                "ferrokv-system",
-                "deployment/ferrokv-operator",
-                "--replicas=0",
-            ])
-            .expect("scale the operator Deployment to 0");
-        let operator = OperatorProcess::start(&cp, agent.hosts_file())
-            .await
-            .expect("operator");
-        let client = cp.client().await.expect("client");
-        Testbed {
-            cp,
-            agent,
-            operator,
-            client,
-        }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        self.cp
-            .kubectl()
-            .run(args)
-            .unwrap_or_else(|e| format!("({e})"))
-    }
-
-    /// Everything worth reading when a scenario fails.
-    fn context(&self, ns: &str) -> String {
-        format!(
-            "----- kubectl get etcdclusters -o yaml -----\n{}\n\
-             ----- kubectl get pods,pvc,svc,pdb -----\n{}\n\
-             ----- events -----\n{}\n\
-             ----- operator log (last 40 lines) -----\n{}\n{}",
-            self.kubectl(&["get", "etcdclusters", "-n", ns, "-o", "yaml"]),
-            self.kubectl(&["get", "pods,pvc,svc,pdb", "-n", ns, "-o", "wide"]),
-            self.kubectl(&[
-                "get",
-                "events",
-                "-n",
-                ns,
-                "--sort-by=.metadata.creationTimestamp"
-            ]),
-            self.operator.log_tail(40),
-            self.agent.describe(),
-        )
-    }
-
-    fn cluster(&self, ns: &str, name: &str) -> Option<Value> {
-        let out = self
-            .cp
-            .kubectl()
-            .run(&["get", "etcdcluster", name, "-n", ns, "-o", "json"])
-            .ok()?;
-        serde_json::from_str(&out).ok()
-    }
-
-    /// Waits until the cluster reports `Available=True` with `replicas` ready voters for the
-    /// current generation; returns its status.
-    async fn wait_available(
-        &self,
-        ns: &str,
-        name: &str,
-        replicas: usize,
-        timeout: Duration,
-    ) -> Value {
-        eventually(
-            timeout,
-            &format!("EtcdCluster {ns}/{name} Available with {replicas} ready members"),
-            || async {
-                let ec = self.cluster(ns, name)?;
-                let st = &ec["status"];
-                let available = st["conditions"]
-                    .as_array()?
-                    .iter()
-                    .any(|c| c["type"] == "Available" && c["status"] == "True");
-                let ready = st["readyMembers"].as_u64()? as usize == replicas;
-                let voters = st["members"]
-                    .as_array()?
-                    .iter()
-                    .filter(|m| m["learner"] != true && m["healthy"] == true)
-                    .count()
-                    == replicas;
-                let current = st["observedGeneration"] == ec["metadata"]["generation"];
-                (available && ready && voters && current).then(|| st.clone())
-            },
-            || self.context(ns),
-        )
-        .await
-    }
-
-    /// The member pods of a cluster (name → pod IP) as the API server has them.
-    async fn member_pods(&self, ns: &str, cluster: &str) -> Vec<(String, String)> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let lp = ListParams::default().labels(&format!("app.kubernetes.io/instance={cluster}"));
-        let mut out: Vec<(String, String)> = pods
-            .list(&lp)
-            .await
-            .expect("list pods")
-            .items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter_map(|p| {
-                let ip = p.status.as_ref()?.pod_ip.clone()?;
-                Some((p.metadata.name.clone()?, ip))
-            })
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// Reasons and notes of the Events on the cluster object, oldest first.
-    async fn events(&self, ns: &str, cluster: &str) -> Vec<(String, String)> {
-        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
-        let mut evs: Vec<Event> = api
-            .list(&ListParams::default())
-            .await
-            .expect("list events")
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cluster))
-            .collect();
-        evs.sort_by_key(|e| e.metadata.creation_timestamp.clone());
-        evs.into_iter()
-            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-            .collect()
-    }
-
-    /// `etcdctl member list -w json` through one member pod: (name, is learner) per member.
-    fn member_list(&self, ip: &str) -> Vec<(String, bool)> {
-        let out = ferrokv_tests::etcdctl(
-            &format!("http://{ip}:2379"),
-            &["member", "list", "-w", "json"],
-        );
-        let v = out.json();
-        let mut members: Vec<(String, bool)> = v["members"]
-            .as_array()
-            .map(|ms| {
-                ms.iter()
-                    .map(|m| {
-                        (
-                            m["name"].as_str().unwrap_or_default().to_string(),
-                            m["isLearner"] == true,
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        members.sort();
-        members
-    }
+/// `etcdctl member list -w json` through one member pod: (name, is learner) per member.
+fn member_list(ip: &str) -> Vec<(String, bool)> {
+    let out = ferrokv_tests::etcdctl(
+        &format!("http://{ip}:2379"),
+        &["member", "list", "-w", "json"],
+    );
+    let v = out.json();
+    let mut members: Vec<(String, bool)> = v["members"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap_or_default().to_string(),
+                        m["isLearner"] == true,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    members.sort();
+    members
 }
 
 fn cluster_yaml(ns: &str, name: &str, replicas: u32, tls: &str) -> String {
@@ -444,19 +287,19 @@ spec:
 /// The status, Events and member list of a cluster that just became Available with `n`
 /// members named after its pods.
 async fn assert_cluster_of(bed: &Testbed, ns: &str, name: &str, n: usize) {
-    let pods = bed.member_pods(ns, name).await;
+    let pods = bed.member_pods(ns, name).await.or_panic();
     assert_eq!(pods.len(), n, "member pods {pods:?}\n{}", bed.context(ns));
     let want: Vec<(String, bool)> = pods.iter().map(|(p, _)| (p.clone(), false)).collect();
     for (pod, ip) in &pods {
         assert_eq!(
-            bed.member_list(ip),
+            member_list(ip),
             want,
             "etcdctl member list through {pod}\n{}",
             bed.context(ns)
         );
     }
     // Every member has its own Events: bootstrapped as the seed, or added and promoted.
-    let events = bed.events(ns, name).await;
+    let events = bed.events(ns, name).await.or_panic();
     let names = |reason: &str, member: &str| {
         events
             .iter()
@@ -475,14 +318,15 @@ async fn assert_cluster_of(bed: &Testbed, ns: &str, name: &str, n: usize) {
 /// Bootstrap of a 1-member and a 3-member cluster without TLS, from the shipped install.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn operator_bootstraps_one_and_three_members_tls_disabled() {
-    let bed = Testbed::start().await;
+    let bed = Testbed::start().await.or_panic();
     let t = Instant::now();
     bed.cp
         .kubectl()
         .apply(&cluster_yaml("default", "one", 1, "Disabled"))
         .expect("apply one");
     bed.wait_available("default", "one", 1, Duration::from_secs(90))
-        .await;
+        .await
+        .or_panic();
     assert_cluster_of(&bed, "default", "one", 1).await;
     eprintln!("one member Available after {:?}", t.elapsed());
 
@@ -492,62 +336,11 @@ async fn operator_bootstraps_one_and_three_members_tls_disabled() {
         .apply(&cluster_yaml("default", "three", 3, "Disabled"))
         .expect("apply three");
     bed.wait_available("default", "three", 3, Duration::from_secs(180))
-        .await;
+        .await
+        .or_panic();
     assert_cluster_of(&bed, "default", "three", 3).await;
     assert_pdb_allows(&bed, "default", "three", 3, 1).await;
     eprintln!("three members Available after {:?}", t.elapsed());
-}
-
-/// `etcdctl` run over the agent's hosts file, so member DNS names resolve and TLS names match;
-/// with `tls`, the client certificate the operator issued for users (`<cluster>-client-tls`).
-async fn etcdctl_dns(
-    bed: &Testbed,
-    ns: &str,
-    cluster: &str,
-    member: &str,
-    tls: bool,
-    args: &[&str],
-) -> String {
-    let mut all: Vec<String> = vec!["--dial-timeout=3s".into(), "--command-timeout=10s".into()];
-    let scheme = if tls { "https" } else { "http" };
-    all.push(format!(
-        "--endpoints={scheme}://{member}.{cluster}-peer.{ns}.svc:2379"
-    ));
-    let dir = tempfile::tempdir().expect("tempdir");
-    if tls {
-        let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), ns);
-        let s = secrets
-            .get(&format!("{cluster}-client-tls"))
-            .await
-            .expect("client certificate Secret");
-        let data = s.data.unwrap_or_default();
-        for (key, flag) in [
-            ("ca.crt", "--cacert"),
-            ("tls.crt", "--cert"),
-            ("tls.key", "--key"),
-        ] {
-            let path = dir.path().join(key);
-            std::fs::write(&path, &data.get(key).expect(key).0).expect("write");
-            all.push(format!("{flag}={}", path.display()));
-        }
-    }
-    all.extend(args.iter().map(|s| s.to_string()));
-    let out = ferrokv_tests::kube::hosts_command(
-        bed.agent.hosts_file(),
-        std::path::Path::new("etcdctl"),
-        &all,
-    )
-    .env("ETCDCTL_API", "3")
-    .output()
-    .expect("run etcdctl");
-    assert!(
-        out.status.success(),
-        "etcdctl {all:?} failed: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        bed.context(ns)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Names of the members `etcdctl member list` shows, and whether any is a learner.
@@ -566,7 +359,7 @@ fn names_in(member_list_json: &str) -> (Vec<String>, bool) {
 /// mutual TLS with certificates for their DNS names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn operator_bootstraps_three_members_tls_auto() {
-    let bed = Testbed::start().await;
+    let bed = Testbed::start().await.or_panic();
     let ns = "default";
     let t = Instant::now();
     bed.cp
@@ -574,20 +367,22 @@ async fn operator_bootstraps_three_members_tls_auto() {
         .apply(&cluster_yaml(ns, "secure", 3, "Auto"))
         .expect("apply secure");
     bed.wait_available(ns, "secure", 3, Duration::from_secs(180))
-        .await;
+        .await
+        .or_panic();
     eprintln!("three TLS members Available after {:?}", t.elapsed());
-    let pods = bed.member_pods(ns, "secure").await;
+    let pods = bed.member_pods(ns, "secure").await.or_panic();
     let want: Vec<String> = pods.iter().map(|(p, _)| p.clone()).collect();
     for member in &want {
-        let out = etcdctl_dns(
-            &bed,
-            ns,
-            "secure",
-            member,
-            true,
-            &["member", "list", "-w", "json"],
-        )
-        .await;
+        let out = bed
+            .etcdctl_dns(
+                ns,
+                "secure",
+                member,
+                true,
+                &["member", "list", "-w", "json"],
+            )
+            .await
+            .or_panic();
         assert_eq!(names_in(&out), (want.clone(), false), "through {member}");
     }
     // Without a client certificate the member refuses the client.
@@ -610,7 +405,7 @@ async fn operator_bootstraps_three_members_tls_auto() {
         !plain.status.success(),
         "a client without certificate was served"
     );
-    let events = bed.events(ns, "secure").await;
+    let events = bed.events(ns, "secure").await.or_panic();
     for reason in ["MemberBootstrapped", "MemberAdded", "MemberPromoted"] {
         assert!(
             events.iter().any(|(r, _)| r == reason),
@@ -682,14 +477,15 @@ fn start_writer(
 /// removed one at a time, their pods and claims deleted, and no acknowledged write is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn operator_scales_three_five_three_under_writes() {
-    let bed = Testbed::start().await;
+    let bed = Testbed::start().await.or_panic();
     let ns = "default";
     let kubectl = bed.cp.kubectl();
     kubectl
         .apply(&cluster_yaml(ns, "kv", 3, "Disabled"))
         .expect("apply kv");
     bed.wait_available(ns, "kv", 3, Duration::from_secs(180))
-        .await;
+        .await
+        .or_panic();
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = start_writer(bed.client.clone(), ns, "kv", stop.clone());
@@ -700,7 +496,8 @@ async fn operator_scales_three_five_three_under_writes() {
         .run(&["scale", "-n", ns, "etcdcluster/kv", "--replicas=5"])
         .expect("scale to 5");
     bed.wait_available(ns, "kv", 5, Duration::from_secs(180))
-        .await;
+        .await
+        .or_panic();
     eprintln!("3 -> 5 after {:?}", t.elapsed());
     assert_cluster_of(&bed, ns, "kv", 5).await;
     assert_pdb_allows(&bed, ns, "kv", 5, 2).await;
@@ -710,14 +507,15 @@ async fn operator_scales_three_five_three_under_writes() {
         .run(&["scale", "-n", ns, "etcdcluster/kv", "--replicas=3"])
         .expect("scale to 3");
     bed.wait_available(ns, "kv", 3, Duration::from_secs(180))
-        .await;
+        .await
+        .or_panic();
     // The removed members' pods and claims go too.
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(bed.client.clone(), ns);
     eventually(
         Duration::from_secs(60),
         "3 member pods and 3 claims after scaling down",
         || async {
-            let pods = bed.member_pods(ns, "kv").await;
+            let pods = bed.member_pods(ns, "kv").await.ok()?;
             let lp = ListParams::default().labels("app.kubernetes.io/instance=kv");
             let n = claims.list(&lp).await.ok()?.items.len();
             (pods.len() == 3 && n == 3).then_some(())
@@ -727,7 +525,7 @@ async fn operator_scales_three_five_three_under_writes() {
     .await;
     eprintln!("5 -> 3 after {:?}", t.elapsed());
     assert_cluster_of(&bed, ns, "kv", 3).await;
-    let events = bed.events(ns, "kv").await;
+    let events = bed.events(ns, "kv").await.or_panic();
     let removed = events.iter().filter(|(r, _)| r == "MemberRemoved").count();
     assert!(removed >= 1, "no MemberRemoved Event: {events:?}");
 
@@ -739,7 +537,7 @@ async fn operator_scales_three_five_three_under_writes() {
         "too few writes acknowledged: {} ({failures} failed)",
         acked.len()
     );
-    let (_, ip) = bed.member_pods(ns, "kv").await.remove(0);
+    let (_, ip) = bed.member_pods(ns, "kv").await.or_panic().remove(0);
     let out = ferrokv_tests::etcdctl(
         &format!("http://{ip}:2379"),
         &["get", "/writer/", "--prefix", "--keys-only"],
@@ -941,7 +739,7 @@ fn is_ready(p: &Pod) -> bool {
 /// with the same id: persistent members are never replaced for a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn persistent_members_survive_sigkill_and_pod_deletion() {
-    let bed = Testbed::start().await;
+    let bed = Testbed::start().await.or_panic();
     let ns = "default";
     bed.cp
         .kubectl()
@@ -949,9 +747,10 @@ async fn persistent_members_survive_sigkill_and_pod_deletion() {
         .expect("apply kv");
     let before = member_ids(
         &bed.wait_available(ns, "kv", 3, Duration::from_secs(180))
-            .await,
+            .await
+            .or_panic(),
     );
-    let pods = bed.member_pods(ns, "kv").await;
+    let pods = bed.member_pods(ns, "kv").await.or_panic();
     let (victim, _) = pods[1].clone();
 
     let t = Instant::now();
@@ -968,7 +767,8 @@ async fn persistent_members_survive_sigkill_and_pod_deletion() {
     .await;
     let after = member_ids(
         &bed.wait_available(ns, "kv", 3, Duration::from_secs(120))
-            .await,
+            .await
+            .or_panic(),
     );
     assert_eq!(
         before,
@@ -996,7 +796,8 @@ async fn persistent_members_survive_sigkill_and_pod_deletion() {
     .await;
     let after = member_ids(
         &bed.wait_available(ns, "kv", 3, Duration::from_secs(120))
-            .await,
+            .await
+            .or_panic(),
     );
     assert_eq!(
         before,
@@ -1012,7 +813,7 @@ async fn persistent_members_survive_sigkill_and_pod_deletion() {
 /// a new member under a new name with a new id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn emptydir_member_whose_pod_is_deleted_is_replaced() {
-    let bed = Testbed::start().await;
+    let bed = Testbed::start().await.or_panic();
     let ns = "default";
     bed.cp
         .kubectl()
@@ -1026,9 +827,10 @@ async fn emptydir_member_whose_pod_is_deleted_is_replaced() {
         .expect("apply ed");
     let before = member_ids(
         &bed.wait_available(ns, "ed", 3, Duration::from_secs(180))
-            .await,
+            .await
+            .or_panic(),
     );
-    let victim = bed.member_pods(ns, "ed").await[1].0.clone();
+    let victim = bed.member_pods(ns, "ed").await.or_panic()[1].0.clone();
 
     let t = Instant::now();
     let api: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
@@ -1067,7 +869,7 @@ async fn emptydir_member_whose_pod_is_deleted_is_replaced() {
         "the replacement has a new id: {before:?} -> {after:?}"
     );
     assert_cluster_of(&bed, ns, "ed", 3).await;
-    let events = bed.events(ns, "ed").await;
+    let events = bed.events(ns, "ed").await.or_panic();
     assert!(
         events
             .iter()
@@ -1081,7 +883,7 @@ async fn emptydir_member_whose_pod_is_deleted_is_replaced() {
 /// member is removed; the cluster stays Available at every size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scale_down_moves_leadership_off_the_member_it_removes() {
-    let bed = Testbed::start().await;
+    let bed = Testbed::start().await.or_panic();
     let ns = "default";
     bed.cp
         .kubectl()
@@ -1089,8 +891,9 @@ async fn scale_down_moves_leadership_off_the_member_it_removes() {
         .expect("apply ld");
     let status = bed
         .wait_available(ns, "ld", 3, Duration::from_secs(180))
-        .await;
-    let pods = bed.member_pods(ns, "ld").await;
+        .await
+        .or_panic();
+    let pods = bed.member_pods(ns, "ld").await.or_panic();
     // The newest member is the one a scale-down removes: make it the leader.
     let (newest, newest_ip) = pods.last().cloned().expect("pods");
     let ids = member_ids(&status);
@@ -1125,16 +928,17 @@ async fn scale_down_moves_leadership_off_the_member_it_removes() {
         .run(&["scale", "-n", ns, "etcdcluster/ld", "--replicas=1"])
         .expect("scale to 1");
     bed.wait_available(ns, "ld", 1, Duration::from_secs(180))
-        .await;
+        .await
+        .or_panic();
     eventually(
         Duration::from_secs(60),
         "one member pod left",
-        || async { (bed.member_pods(ns, "ld").await.len() == 1).then_some(()) },
+        || async { (bed.member_pods(ns, "ld").await.ok()?.len() == 1).then_some(()) },
         || bed.context(ns),
     )
     .await;
     assert_cluster_of(&bed, ns, "ld", 1).await;
-    let events = bed.events(ns, "ld").await;
+    let events = bed.events(ns, "ld").await.or_panic();
     assert!(
         events.iter().any(|(r, _)| r == "LeaderMoved"),
         "no LeaderMoved Event: {events:?}"
@@ -1149,7 +953,7 @@ async fn scale_down_moves_leadership_off_the_member_it_removes() {
 /// bootstraps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invalid_replicas_are_reported_degraded_until_fixed() {
-    let bed = Testbed::start().await;
+    let bed = Testbed::start().await.or_panic();
     let ns = "default";
     let kubectl = bed.cp.kubectl();
     for bad in [0, 12] {
@@ -1174,7 +978,7 @@ async fn invalid_replicas_are_reported_degraded_until_fixed() {
         .await;
         assert!(!message.is_empty(), "Degraded without a message");
         assert!(
-            bed.member_pods(ns, "bad").await.is_empty(),
+            bed.member_pods(ns, "bad").await.or_panic().is_empty(),
             "pods for replicas {bad}"
         );
     }
@@ -1182,7 +986,8 @@ async fn invalid_replicas_are_reported_degraded_until_fixed() {
         .apply(&cluster_yaml(ns, "bad", 1, "Disabled"))
         .expect("apply fixed");
     bed.wait_available(ns, "bad", 1, Duration::from_secs(90))
-        .await;
+        .await
+        .or_panic();
     assert_cluster_of(&bed, ns, "bad", 1).await;
 }
 
@@ -1190,14 +995,15 @@ async fn invalid_replicas_are_reported_degraded_until_fixed() {
 /// member's pod) still grows the cluster to its size: no stray learner, no leaked claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn operator_killed_after_member_add_converges() {
-    let mut bed = Testbed::start().await;
+    let mut bed = Testbed::start().await.or_panic();
     let ns = "default";
     let kubectl = bed.cp.kubectl();
     kubectl
         .apply(&cluster_yaml(ns, "ok", 1, "Disabled"))
         .expect("apply ok");
     bed.wait_available(ns, "ok", 1, Duration::from_secs(90))
-        .await;
+        .await
+        .or_panic();
     kubectl
         .run(&["scale", "-n", ns, "etcdcluster/ok", "--replicas=3"])
         .expect("scale to 3");
@@ -1209,6 +1015,7 @@ async fn operator_killed_after_member_add_converges() {
         let adds = bed
             .events(ns, "ok")
             .await
+            .or_panic()
             .iter()
             .filter(|(r, _)| r == "MemberAdded")
             .count();
@@ -1235,7 +1042,8 @@ async fn operator_killed_after_member_add_converges() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bed.wait_available(ns, "ok", 3, Duration::from_secs(60))
-        .await;
+        .await
+        .or_panic();
     assert_cluster_of(&bed, ns, "ok", 3).await;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(bed.client.clone(), ns);
     let lp = ListParams::default().labels("app.kubernetes.io/instance=ok");
@@ -1269,17 +1077,18 @@ async fn assert_pdb_allows(bed: &Testbed, ns: &str, cluster: &str, members: i32,
 /// over from the abandoned growth.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scale_reversed_midway_settles_at_the_new_size() {
-    let bed = Testbed::start().await;
+    let bed = Testbed::start().await.or_panic();
     let ns = "default";
     let kubectl = bed.cp.kubectl();
     kubectl
         .apply(&cluster_yaml(ns, "mid", 3, "Disabled"))
         .expect("apply mid");
     bed.wait_available(ns, "mid", 3, Duration::from_secs(180))
-        .await;
+        .await
+        .or_panic();
     let adds =
         |events: &[(String, String)]| events.iter().filter(|(r, _)| r == "MemberAdded").count();
-    let before = adds(&bed.events(ns, "mid").await);
+    let before = adds(&bed.events(ns, "mid").await.or_panic());
 
     let t = Instant::now();
     kubectl
@@ -1288,7 +1097,7 @@ async fn scale_reversed_midway_settles_at_the_new_size() {
     eventually(
         Duration::from_secs(60),
         "the first learner of the growth added",
-        || async { (adds(&bed.events(ns, "mid").await) > before).then_some(()) },
+        || async { (adds(&bed.events(ns, "mid").await.ok()?) > before).then_some(()) },
         || bed.context(ns),
     )
     .await;
@@ -1307,7 +1116,7 @@ async fn scale_reversed_midway_settles_at_the_new_size() {
                 .iter()
                 .filter(|m| m["learner"] != true && m["healthy"] == true)
                 .count();
-            let pods = bed.member_pods(ns, "mid").await.len();
+            let pods = bed.member_pods(ns, "mid").await.ok()?.len();
             let lp = ListParams::default().labels("app.kubernetes.io/instance=mid");
             let n = claims.list(&lp).await.ok()?.items.len();
             (members.len() == 3 && voters == 3 && pods == 3 && n == 3).then_some(())
@@ -1316,7 +1125,8 @@ async fn scale_reversed_midway_settles_at_the_new_size() {
     )
     .await;
     bed.wait_available(ns, "mid", 3, Duration::from_secs(60))
-        .await;
+        .await
+        .or_panic();
     assert_cluster_of(&bed, ns, "mid", 3).await;
     eprintln!("3 -> 5 reversed to 3 settled after {:?}", t.elapsed());
 }
@@ -1326,7 +1136,7 @@ async fn scale_reversed_midway_settles_at_the_new_size() {
 /// it rejoins under its own id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn frozen_member_is_reported_and_restarted_by_its_liveness_probe() {
-    let bed = Testbed::start().await;
+    let bed = Testbed::start().await.or_panic();
     let ns = "default";
     bed.cp
         .kubectl()
@@ -1334,9 +1144,10 @@ async fn frozen_member_is_reported_and_restarted_by_its_liveness_probe() {
         .expect("apply fz");
     let before = member_ids(
         &bed.wait_available(ns, "fz", 3, Duration::from_secs(180))
-            .await,
+            .await
+            .or_panic(),
     );
-    let pods = bed.member_pods(ns, "fz").await;
+    let pods = bed.member_pods(ns, "fz").await.or_panic();
     // Not the leader: freezing the leader also tests an election, which is not the point here.
     let leader = bed
         .cluster(ns, "fz")
@@ -1382,7 +1193,8 @@ async fn frozen_member_is_reported_and_restarted_by_its_liveness_probe() {
     .await;
     let after = member_ids(
         &bed.wait_available(ns, "fz", 3, Duration::from_secs(60))
-            .await,
+            .await
+            .or_panic(),
     );
     assert_eq!(
         before,

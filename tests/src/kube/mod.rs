@@ -4,7 +4,8 @@
 //! through `scripts/build-kube.sh`; running them as envtest does, backed by a ferrokv member
 //! ([`ControlPlane`]); a test node agent that plays kubelet for member pods and runs their
 //! containers as real `ferrokv` processes ([`NodeAgent`]); and the operator binary run as its
-//! own ServiceAccount ([`OperatorProcess`]). Only the container runtime is replaced: the API
+//! own ServiceAccount ([`OperatorProcess`]), all three together with the shipped install
+//! applied ([`Testbed`]). Only the container runtime is replaced: the API
 //! server, the controllers, RBAC, the operator and the members are the real programs.
 //!
 //! Name resolution: member pods and the operator find each other by their cluster DNS names
@@ -20,10 +21,12 @@
 pub mod control_plane;
 pub mod node_agent;
 pub mod operator;
+pub mod testbed;
 
 pub use control_plane::{ControlPlane, KubeBinaries, Kubectl};
 pub use node_agent::{NodeAgent, PodView};
 pub use operator::OperatorProcess;
+pub use testbed::{eventually, Testbed};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,6 +59,12 @@ pub enum Error {
         args: String,
         status: String,
         stderr: String,
+    },
+    #[error("{what}: not within {secs} s\n{context}")]
+    Timeout {
+        what: String,
+        secs: u64,
+        context: String,
     },
     #[error("{0}")]
     Agent(String),
