@@ -69,11 +69,23 @@ spec:
       readinessProbe:
         httpGet: {path: /readyz, port: 2381}
         periodSeconds: 1
+      env:
+        - {name: SOLO_GREETING, value: /etc/solo/greeting}
       volumeMounts:
         - {name: data, mountPath: /var/lib/ferrokv}
+        - {name: conf, mountPath: /etc/solo, readOnly: true}
   volumes:
     - name: data
       persistentVolumeClaim: {claimName: solo-0}
+    - name: conf
+      secret: {secretName: solo-conf}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: solo-conf
+  namespace: default
+stringData: {greeting: hello}
 ---
 apiVersion: v1
 kind: PersistentVolumeClaim
@@ -174,6 +186,35 @@ async fn node_agent_runs_a_member_pod_to_ready() {
         "{}",
         list.stdout
     );
+    // Mount paths in the environment point into the pod's volumes; a Secret volume follows
+    // the Secret.
+    let pid = agent
+        .pod("default", "solo-0")
+        .and_then(|p| p.pid)
+        .expect("pid");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    let greeting = String::from_utf8_lossy(&environ)
+        .split('\0')
+        .find_map(|kv| kv.strip_prefix("SOLO_GREETING=").map(str::to_string))
+        .expect("SOLO_GREETING in the member's environment");
+    assert!(!greeting.starts_with("/etc/solo"), "{greeting}");
+    assert_eq!(
+        std::fs::read_to_string(&greeting).expect("greeting"),
+        "hello"
+    );
+    kubectl
+        .apply("apiVersion: v1\nkind: Secret\nmetadata: {name: solo-conf, namespace: default}\nstringData: {greeting: bye}\n")
+        .expect("update secret");
+    eventually(
+        Duration::from_secs(20),
+        "the Secret volume follows the Secret",
+        || {
+            let greeting = greeting.clone();
+            async move { (std::fs::read_to_string(&greeting).ok()? == "bye").then_some(()) }
+        },
+        || agent.describe(),
+    )
+    .await;
     let hosts = std::fs::read_to_string(agent.hosts_file()).expect("hosts");
     assert!(
         hosts.contains(&format!("{ip} solo-0.solo-peer.default.svc.cluster.local")),
