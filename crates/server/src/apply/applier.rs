@@ -100,6 +100,10 @@ impl Applier {
             .enable_time()
             .build()
             .map_err(|e| Error::Fatal(format!("apply loop runtime: {e}")))?;
+        // The live-key gauge starts from a count of the keyspace, taken here because this
+        // thread is the only writer (so no batch lands between the count and the deltas the
+        // batches add) and so a large keyspace does not delay the member's start.
+        self.metrics.set_keys(count_live_keys(&self.store));
         let mut durable = self.store.applied_index().0;
         let mut last_sync = Instant::now();
         self.raft.report_durable_applied(durable);
@@ -443,7 +447,7 @@ fn live_keys_delta(events: &[mvccpb::Event]) -> i64 {
 /// The live keys of the whole keyspace (`etcd_debugging_mvcc_keys_total` after a start or a
 /// snapshot install; the apply loop keeps it current from the events afterwards). A failed
 /// count leaves the gauge at 0 rather than failing the member over a metric.
-pub fn count_live_keys(store: &ferrokv_storage::Store) -> i64 {
+fn count_live_keys(store: &ferrokv_storage::Store) -> i64 {
     let all = pb::RangeRequest {
         key: vec![0],
         range_end: vec![0],

@@ -18,7 +18,7 @@ mod seams;
 mod tests;
 
 pub use alarms::Alarms;
-pub use applier::{count_live_keys, Applier, InstallRequest};
+pub use applier::{Applier, InstallRequest};
 pub use db_size::DbSize;
 pub use lessor::Lessor;
 pub use proposal::{ApplyResult, Proposal, Waiters};

@@ -198,7 +198,6 @@ pub(super) fn start_apply(
     let (applied_tx, applied_rx) = watch::channel(applied_index);
     let metrics = raft.metrics.clone();
     metrics.set_applied(applied_index);
-    metrics.set_keys(crate::apply::count_live_keys(&store));
     let db_size = DbSize::default();
     db_size.measure(&store);
     let core = Arc::new(EtcdServer::new(ServerParts {
