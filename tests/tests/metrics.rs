@@ -52,11 +52,21 @@ const REQUIRED: &[&str] = &[
     "process_max_fds",
     "process_start_time_seconds",
     "process_virtual_memory_bytes",
+    // Beyond the list, cheap and real.
+    "etcd_cluster_version",
+    "etcd_debugging_lease_granted_total",
+    "etcd_debugging_lease_renewed_total",
+    "etcd_debugging_lease_revoked_total",
+    "etcd_server_health_failures",
+    "etcd_server_health_success",
+    "etcd_server_read_indexes_failed_total",
+    "etcd_disk_wal_write_duration_seconds",
 ];
 
 /// The per-peer families etcd exports once a member has peers.
 const PEER_FAMILIES: &[&str] = &[
     "etcd_network_active_peers",
+    "etcd_network_known_peers",
     "etcd_network_peer_round_trip_time_seconds",
     "etcd_network_peer_sent_bytes_total",
     "etcd_network_peer_received_bytes_total",
@@ -348,6 +358,12 @@ async fn one_member_families_match_etcd36() {
             "{who}"
         );
         assert_eq!(gauge(s, "etcd_server_proposals_pending"), 0.0, "{who}");
+        assert_eq!(gauge(s, "etcd_debugging_lease_granted_total"), 1.0, "{who}");
+        assert_eq!(
+            gauge(s, "etcd_server_read_indexes_failed_total"),
+            0.0,
+            "{who}"
+        );
         // 5 puts, the watched put, the lease's put, and the txns' three puts.
         assert_eq!(gauge(s, "etcd_mvcc_put_total"), (PUTS + 5) as f64, "{who}");
         assert_eq!(gauge(s, "etcd_mvcc_delete_total"), 1.0, "{who}");
@@ -575,10 +591,16 @@ async fn three_members_match_etcd36() {
         after.push(scrape(c.get(&leader).expect("leader")).await);
     }
     let (etcd_after, ours_after) = (&after[0], &after[1]);
-    let failures = "etcd_network_peer_sent_failures_total";
-    if etcd_after.contains_key(failures) {
-        same_family(etcd_after, ours_after, failures);
+    // etcd exports these only once something failed.
+    for family in [
+        "etcd_network_peer_sent_failures_total",
+        "etcd_network_peer_received_failures_total",
+    ] {
+        if etcd_after.contains_key(family) {
+            same_family(etcd_after, ours_after, family);
+        }
     }
+    let failures = "etcd_network_peer_sent_failures_total";
     let failed: f64 = ours_after
         .get(failures)
         .map(|f| f.samples.iter().map(|(_, _, v)| v).sum())

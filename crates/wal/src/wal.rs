@@ -36,8 +36,8 @@ impl Default for WalOptions {
 /// `etcd_disk_wal_fsync_duration_seconds` and `etcd_disk_wal_write_bytes_total` without this
 /// crate knowing about metrics. Called on the raft node's thread: keep it cheap.
 pub trait WalObserver: Send + Sync + std::fmt::Debug {
-    /// `bytes` were written and fdatasync'd, the sync taking `fsync`.
-    fn synced(&self, bytes: u64, fsync: std::time::Duration);
+    /// `bytes` were written (taking `write`) and fdatasync'd (taking `fsync`).
+    fn synced(&self, bytes: u64, write: std::time::Duration, fsync: std::time::Duration);
 }
 
 /// The observer of a WAL nobody watches.
@@ -45,7 +45,7 @@ pub trait WalObserver: Send + Sync + std::fmt::Debug {
 pub struct NoObserver;
 
 impl WalObserver for NoObserver {
-    fn synced(&self, _bytes: u64, _fsync: std::time::Duration) {}
+    fn synced(&self, _bytes: u64, _write: std::time::Duration, _fsync: std::time::Duration) {}
 }
 
 /// An open write-ahead log. Single writer: the raft node owns it.
@@ -400,18 +400,21 @@ impl Wal {
     }
 
     fn write_and_sync(&mut self, buf: &[u8]) -> Result<()> {
+        let writing = std::time::Instant::now();
         if let Err(e) = self.active.write_all(buf) {
             let err = io_err("write segment", self.active_path())(e);
             return Err(self.fail(err));
         }
         // Counted before the sync: the bytes are in the file whether or not the sync works.
         self.active_len += buf.len() as u64;
-        let started = std::time::Instant::now();
+        let syncing = std::time::Instant::now();
+        let write = syncing - writing;
         if let Err(e) = self.active.sync_data() {
             let err = io_err("fdatasync segment", self.active_path())(e);
             return Err(self.fail(err));
         }
-        self.observer.synced(buf.len() as u64, started.elapsed());
+        self.observer
+            .synced(buf.len() as u64, write, syncing.elapsed());
         Ok(())
     }
 

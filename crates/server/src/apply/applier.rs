@@ -276,8 +276,14 @@ impl Applier {
         let revision = self.store.current_revision();
         for a in after {
             match a {
-                AfterCommit::Granted(id, ttl) => self.lessor.granted(id, ttl),
-                AfterCommit::Revoked(id) => self.lessor.revoked(id),
+                AfterCommit::Granted(id, ttl) => {
+                    self.metrics.lease_granted();
+                    self.lessor.granted(id, ttl)
+                }
+                AfterCommit::Revoked(id) => {
+                    self.metrics.lease_revoked();
+                    self.lessor.revoked(id)
+                }
                 AfterCommit::PeerAdded(id, urls) if id != self.member_id => {
                     self.peers.add_peer(id, urls)
                 }

@@ -264,10 +264,14 @@ impl EtcdServer {
             Ok::<(), Error>(())
         })
         .await;
-        match outcome {
+        let result = match outcome {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout),
+        };
+        if result.is_err() {
+            self.metrics.read_index_failed();
         }
+        result
     }
 
     /// Runs synchronous storage work off the async workers.

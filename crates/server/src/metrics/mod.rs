@@ -38,7 +38,14 @@ pub struct Metrics {
     heartbeat_send_failures: AtomicU64,
     slow_apply: AtomicU64,
     wal_fsync: Histogram,
+    wal_write: Histogram,
     wal_write_bytes: AtomicU64,
+    health_success: AtomicU64,
+    health_failures: AtomicU64,
+    read_indexes_failed: AtomicU64,
+    leases_granted: AtomicU64,
+    leases_revoked: AtomicU64,
+    leases_renewed: AtomicU64,
     backend_commit: Histogram,
     puts: AtomicU64,
     deletes: AtomicU64,
@@ -83,6 +90,8 @@ pub struct PeerStats {
     pub round_trip: Histogram,
     /// A stream to the peer is open (`etcd_network_active_peers`).
     pub active: AtomicBool,
+    /// Inbound streams from the peer that broke (`etcd_network_peer_received_failures_total`).
+    pub received_failures: AtomicU64,
 }
 
 /// Writes a family's `# HELP` and `# TYPE` lines.
@@ -111,7 +120,14 @@ impl Metrics {
             heartbeat_send_failures: AtomicU64::new(0),
             slow_apply: AtomicU64::new(0),
             wal_fsync: Histogram::new(DISK_BUCKETS),
+            wal_write: Histogram::new(DISK_BUCKETS),
             wal_write_bytes: AtomicU64::new(0),
+            health_success: AtomicU64::new(0),
+            health_failures: AtomicU64::new(0),
+            read_indexes_failed: AtomicU64::new(0),
+            leases_granted: AtomicU64::new(0),
+            leases_revoked: AtomicU64::new(0),
+            leases_renewed: AtomicU64::new(0),
             backend_commit: Histogram::new(DISK_BUCKETS),
             puts: AtomicU64::new(0),
             deletes: AtomicU64::new(0),
@@ -139,6 +155,34 @@ impl Metrics {
         if failed {
             self.proposals_failed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A `/health` check answered healthy or not.
+    pub fn health_checked(&self, healthy: bool) {
+        let c = if healthy {
+            &self.health_success
+        } else {
+            &self.health_failures
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A linearizable read could not get a read index (timeout, no leader, stop).
+    pub fn read_index_failed(&self) {
+        self.read_indexes_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn lease_granted(&self) {
+        self.leases_granted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn lease_revoked(&self) {
+        self.leases_revoked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A keep-alive renewed a lease on this member as leader.
+    pub fn lease_renewed(&self) {
+        self.leases_renewed.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn heartbeat_send_failed(&self) {
@@ -205,6 +249,7 @@ impl Metrics {
                     received_bytes: AtomicU64::new(0),
                     round_trip: Histogram::new(RTT_BUCKETS),
                     active: AtomicBool::new(false),
+                    received_failures: AtomicU64::new(0),
                 })
             })
             .clone()
@@ -228,6 +273,59 @@ impl Metrics {
 
     fn render_server(&self, out: &mut String, g: &Gauges) {
         let b = |v: bool| u8::from(v);
+        header(
+            out,
+            "etcd_cluster_version",
+            "Which version is running. 1 for 'cluster_version' label with current cluster version",
+            "gauge",
+        );
+        let cluster_version = g.version.rsplit_once('.').map_or(g.version, |(mm, _)| mm);
+        let _ = writeln!(
+            out,
+            "etcd_cluster_version{{cluster_version=\"{cluster_version}\"}} 1"
+        );
+        single(
+            out,
+            "etcd_debugging_lease_granted_total",
+            "The total number of granted leases.",
+            "counter",
+            load(&self.leases_granted),
+        );
+        single(
+            out,
+            "etcd_debugging_lease_renewed_total",
+            "The number of renewed leases seen by the leader.",
+            "counter",
+            load(&self.leases_renewed),
+        );
+        single(
+            out,
+            "etcd_debugging_lease_revoked_total",
+            "The total number of revoked leases.",
+            "counter",
+            load(&self.leases_revoked),
+        );
+        single(
+            out,
+            "etcd_server_health_failures",
+            "The total number of failed health checks",
+            "counter",
+            load(&self.health_failures),
+        );
+        single(
+            out,
+            "etcd_server_health_success",
+            "The total number of successful health checks",
+            "counter",
+            load(&self.health_success),
+        );
+        single(
+            out,
+            "etcd_server_read_indexes_failed_total",
+            "The total number of failed read indexes seen.",
+            "counter",
+            load(&self.read_indexes_failed),
+        );
         single(
             out,
             "etcd_server_has_leader",
@@ -359,6 +457,14 @@ impl Metrics {
         );
         self.wal_fsync
             .render(out, "etcd_disk_wal_fsync_duration_seconds", "");
+        header(
+            out,
+            "etcd_disk_wal_write_duration_seconds",
+            "The latency distributions of write called by WAL.",
+            "histogram",
+        );
+        self.wal_write
+            .render(out, "etcd_disk_wal_write_duration_seconds", "");
         // A gauge in etcd, though it only grows.
         single(
             out,
@@ -473,6 +579,35 @@ impl Metrics {
         }
         header(
             out,
+            "etcd_network_known_peers",
+            "The current number of known peers.",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "etcd_network_known_peers{{Local=\"{local:x}\",Remote=\"{local:x}\"}} 1"
+        );
+        for id in peers.keys() {
+            let _ = writeln!(
+                out,
+                "etcd_network_known_peers{{Local=\"{local:x}\",Remote=\"{id:x}\"}} 1"
+            );
+        }
+        header(
+            out,
+            "etcd_network_peer_received_failures_total",
+            "The total number of receive failures from peers.",
+            "counter",
+        );
+        for (id, p) in peers.iter() {
+            let _ = writeln!(
+                out,
+                "etcd_network_peer_received_failures_total{{From=\"{id:x}\"}} {}",
+                load(&p.received_failures)
+            );
+        }
+        header(
+            out,
             "etcd_network_peer_received_bytes_total",
             "The total number of bytes received from peers.",
             "counter",
@@ -537,8 +672,9 @@ impl std::fmt::Debug for WalMetrics {
 }
 
 impl ferrokv_wal::WalObserver for WalMetrics {
-    fn synced(&self, bytes: u64, fsync: Duration) {
+    fn synced(&self, bytes: u64, write: Duration, fsync: Duration) {
         self.0.wal_write_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.0.wal_write.observe(write);
         self.0.wal_fsync.observe(fsync);
     }
 }
@@ -559,7 +695,11 @@ mod tests {
         m.mvcc(MvccOps::put(&Default::default()));
         m.mvcc(MvccOps::put(&Default::default()));
         m.keys_changed(2);
-        WalMetrics(Arc::new(Metrics::new(false))).synced(10, Duration::from_micros(300));
+        WalMetrics(Arc::new(Metrics::new(false))).synced(
+            10,
+            Duration::from_micros(5),
+            Duration::from_micros(300),
+        );
         let text = m.render(&Gauges {
             member_id: 0xabc,
             has_leader: true,

@@ -51,7 +51,15 @@ impl Peer for PeerService {
         // One stream carries one peer's messages: its counters are looked up once.
         let mut from: Option<Arc<PeerStats>> = None;
         while let Some(batch) = input.next().await {
-            let batch = batch?;
+            let batch = match batch {
+                Ok(b) => b,
+                Err(status) => {
+                    if let Some(p) = &from {
+                        p.received_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(status);
+                }
+            };
             for bytes in batch.messages {
                 let msg: eraftpb::Message = protobuf::Message::parse_from_bytes(&bytes)
                     .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
