@@ -274,6 +274,9 @@ struct MemberArgs {
     /// Comma-separated URLs for plain /metrics and /health endpoints.
     #[arg(long = "listen-metrics-urls")]
     listen_metrics_urls: Option<String>,
+    /// Metrics detail: basic, or extensive (adds the gRPC handling-time histograms).
+    #[arg(long)]
+    metrics: Option<String>,
     /// Log level: debug, info, warn, error.
     #[arg(long = "log-level")]
     log_level: Option<String>,
@@ -572,6 +575,8 @@ fn build_serve(m: MemberArgs) -> Result<Serve> {
     if let Some(v) = &m.listen_metrics_urls {
         cfg.listen_metrics_urls = parse_urls("listen-metrics-urls", v, UrlUse::Listen)?;
     }
+    // etcd takes any value and turns the histograms on only for "extensive".
+    cfg.metrics_extensive = m.metrics.as_deref() == Some("extensive");
 
     cfg.initial_cluster = match &m.initial_cluster {
         Some(v) => parse_initial_cluster(v)?,
@@ -1275,6 +1280,8 @@ mod tests {
                         }
                 },
             ),
+            (&["--metrics=extensive"], |s| s.config.metrics_extensive),
+            (&["--metrics", "basic"], |s| !s.config.metrics_extensive),
             (&["--listen-metrics-urls=http://127.0.0.1:2381"], |s| {
                 s.config.listen_metrics_urls == urls(&["http://127.0.0.1:2381"])
             }),

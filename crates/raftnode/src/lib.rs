@@ -111,6 +111,8 @@ pub struct RaftStatus {
     pub term: u64,
     pub commit_index: u64,
     pub is_learner: bool,
+    /// How many times a (new) leader became known since the node started.
+    pub leader_changes: u64,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
 }

@@ -114,6 +114,7 @@ pub(crate) fn start(
         // term); give up after two election timeouts (by then the leader is gone).
         reads: ReadBatcher::new(cfg.id, heartbeat * 2, election * 2),
         leader_id: 0,
+        leader_changes: 0,
         durable_applied: cfg.applied_index,
         last_snapshot_index: opened.snapshot_index,
         snapshot_count: cfg.snapshot_count,
@@ -396,6 +397,8 @@ struct RaftLoop {
     reads: ReadBatcher,
     /// The leader seen in the last soft state, to notice leader changes.
     leader_id: u64,
+    /// Leaders seen since start (etcd's `etcd_server_leader_changes_seen_total`).
+    leader_changes: u64,
     durable_applied: u64,
     last_snapshot_index: u64,
     snapshot_count: u64,
@@ -599,6 +602,10 @@ impl RaftLoop {
                 // A read round sent to the old leader will never be answered.
                 self.reads.fail_in_flight();
                 self.leader_id = ss.leader_id;
+                // etcd counts a change to a known leader, not the loss of one.
+                if ss.leader_id != 0 {
+                    self.leader_changes += 1;
+                }
             }
         }
 
@@ -773,6 +780,7 @@ impl RaftLoop {
             term: self.raw.raft.term,
             commit_index: self.raw.raft.raft_log.committed,
             is_learner: learners.contains(&self.id),
+            leader_changes: self.leader_changes,
             voters,
             learners,
         };

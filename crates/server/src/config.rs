@@ -55,6 +55,9 @@ pub struct Config {
     pub listen_metrics_urls: Vec<url::Url>,
     /// How often idle `progress_notify` watchers get a progress response (etcd: 10 min).
     pub watch_progress_notify_interval: Duration,
+    /// `--metrics extensive`: also export `grpc_server_handling_seconds` (etcd's default is
+    /// `basic`, without it).
+    pub metrics_extensive: bool,
 }
 
 impl Config {
@@ -81,6 +84,7 @@ impl Config {
             peer_tls: TlsFiles::default(),
             listen_metrics_urls: Vec::new(),
             watch_progress_notify_interval: Duration::from_secs(600),
+            metrics_extensive: false,
         }
     }
 

@@ -604,7 +604,7 @@ async fn status_member_list_and_metrics() {
     let metrics = http_get(&base, "/metrics").await;
     assert!(
         metrics.contains(
-            "grpc_server_started_total{grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\"} 1"
+            "grpc_server_started_total{grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 1"
         ),
         "{metrics}"
     );

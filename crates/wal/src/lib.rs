@@ -21,7 +21,7 @@ mod wal;
 use std::path::{Path, PathBuf};
 
 pub use crate::fs::{FaultFs, FileSystem, SegmentFile, StdFs};
-pub use crate::wal::{Wal, WalOptions};
+pub use crate::wal::{NoObserver, Wal, WalObserver, WalOptions};
 
 /// Builds the `map_err` closure for a failed file-system step on `path`.
 pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {

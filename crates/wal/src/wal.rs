@@ -18,6 +18,8 @@ pub struct WalOptions {
     /// A segment is closed and a new one started once it reaches this size (default 64 MiB).
     pub segment_bytes: u64,
     pub fs: Arc<dyn FileSystem>,
+    /// Told the size and fsync time of every synced append (the member's metrics).
+    pub observer: Arc<dyn WalObserver>,
 }
 
 impl Default for WalOptions {
@@ -25,14 +27,32 @@ impl Default for WalOptions {
         Self {
             segment_bytes: 64 * 1024 * 1024,
             fs: Arc::new(StdFs),
+            observer: Arc::new(NoObserver),
         }
     }
+}
+
+/// What the WAL reports about its appends, so a member can export etcd's
+/// `etcd_disk_wal_fsync_duration_seconds` and `etcd_disk_wal_write_bytes_total` without this
+/// crate knowing about metrics. Called on the raft node's thread: keep it cheap.
+pub trait WalObserver: Send + Sync + std::fmt::Debug {
+    /// `bytes` were written (taking `write`) and fdatasync'd (taking `fsync`).
+    fn synced(&self, bytes: u64, write: std::time::Duration, fsync: std::time::Duration);
+}
+
+/// The observer of a WAL nobody watches.
+#[derive(Debug)]
+pub struct NoObserver;
+
+impl WalObserver for NoObserver {
+    fn synced(&self, _bytes: u64, _write: std::time::Duration, _fsync: std::time::Duration) {}
 }
 
 /// An open write-ahead log. Single writer: the raft node owns it.
 pub struct Wal {
     dir: PathBuf,
     fs: Arc<dyn FileSystem>,
+    observer: Arc<dyn WalObserver>,
     segment_bytes: u64,
     metadata: Vec<u8>,
     /// The last hard state written; repeated at the head of every new segment.
@@ -151,6 +171,7 @@ impl Wal {
         Ok(Wal {
             dir: dir.to_path_buf(),
             fs,
+            observer: opts.observer.clone(),
             segment_bytes: opts.segment_bytes,
             metadata: metadata.to_vec(),
             hard_state,
@@ -208,6 +229,7 @@ impl Wal {
         let wal = Wal {
             dir: dir.to_path_buf(),
             fs,
+            observer: opts.observer.clone(),
             segment_bytes: opts.segment_bytes,
             metadata: loaded.replay.metadata.clone(),
             hard_state: loaded.replay.hard_state.clone(),
@@ -378,16 +400,21 @@ impl Wal {
     }
 
     fn write_and_sync(&mut self, buf: &[u8]) -> Result<()> {
+        let writing = std::time::Instant::now();
         if let Err(e) = self.active.write_all(buf) {
             let err = io_err("write segment", self.active_path())(e);
             return Err(self.fail(err));
         }
         // Counted before the sync: the bytes are in the file whether or not the sync works.
         self.active_len += buf.len() as u64;
+        let syncing = std::time::Instant::now();
+        let write = syncing - writing;
         if let Err(e) = self.active.sync_data() {
             let err = io_err("fdatasync segment", self.active_path())(e);
             return Err(self.fail(err));
         }
+        self.observer
+            .synced(buf.len() as u64, write, syncing.elapsed());
         Ok(())
     }
 

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::seams::{DurableIndexSink, EventSink, PeerDirectory};
 use super::{membership, Alarms, ApplyResult, DbSize, Lessor, Waiters};
 use crate::error::{Error, Result};
+use crate::metrics::MvccOps;
 
 /// How often the apply loop makes storage durable (and lets raft compact the WAL).
 const SYNC_INTERVAL: Duration = Duration::from_millis(100);
@@ -99,6 +100,10 @@ impl Applier {
             .enable_time()
             .build()
             .map_err(|e| Error::Fatal(format!("apply loop runtime: {e}")))?;
+        // The live-key gauge starts from a count of the keyspace, taken here because this
+        // thread is the only writer (so no batch lands between the count and the deltas the
+        // batches add) and so a large keyspace does not delay the member's start.
+        self.metrics.set_keys(count_live_keys(&self.store));
         let mut durable = self.store.applied_index().0;
         let mut last_sync = Instant::now();
         self.raft.report_durable_applied(durable);
@@ -188,6 +193,7 @@ impl Applier {
         }
         self.applied_tx.send_replace(index);
         self.metrics.set_applied(index);
+        self.metrics.set_keys(count_live_keys(&self.store));
         self.db_size.measure(&self.store);
         self.events.resync_all(revision);
         tracing::info!(
@@ -209,6 +215,7 @@ impl Applier {
             return Ok(());
         };
         let (last_index, last_term) = (last.index, last.term);
+        let started = Instant::now();
         let span =
             tracing::debug_span!("apply_batch", entries = committed.entries.len(), last_index);
         let _enter = span.enter();
@@ -260,13 +267,23 @@ impl Applier {
                 .set_meta(membership::MEMBERS_KEY, &membership::encode_members(m))
                 .map_err(fatal)?;
         }
+        let committing = Instant::now();
         batch.commit(false).map_err(fatal)?;
+        self.metrics
+            .backend_committed(committing.elapsed(), started.elapsed());
+        self.metrics.keys_changed(live_keys_delta(&events));
 
         let revision = self.store.current_revision();
         for a in after {
             match a {
-                AfterCommit::Granted(id, ttl) => self.lessor.granted(id, ttl),
-                AfterCommit::Revoked(id) => self.lessor.revoked(id),
+                AfterCommit::Granted(id, ttl) => {
+                    self.metrics.lease_granted();
+                    self.lessor.granted(id, ttl)
+                }
+                AfterCommit::Revoked(id) => {
+                    self.metrics.lease_revoked();
+                    self.lessor.revoked(id)
+                }
                 AfterCommit::PeerAdded(id, urls) if id != self.member_id => {
                     self.peers.add_peer(id, urls)
                 }
@@ -306,6 +323,7 @@ impl Applier {
                 id,
                 batch.put(&r).map(|(resp, ev)| {
                     events.extend(ev);
+                    self.metrics.mvcc(MvccOps::put(&r));
                     resp
                 }),
             ),
@@ -313,6 +331,7 @@ impl Applier {
                 id,
                 batch.delete_range(&r).map(|(resp, ev)| {
                     events.extend(ev);
+                    self.metrics.mvcc(MvccOps::delete(&r));
                     resp
                 }),
             ),
@@ -320,6 +339,9 @@ impl Applier {
                 id,
                 batch.txn(&r).map(|(resp, ev)| {
                     events.extend(ev);
+                    // The compares run in a read transaction of their own, as in etcd.
+                    self.metrics.mvcc(MvccOps::compares(&r));
+                    self.metrics.mvcc(MvccOps::branch(&r, &resp));
                     resp
                 }),
             ),
@@ -339,6 +361,7 @@ impl Applier {
             Request::LeaseRevoke(r) => reply(
                 id,
                 batch.lease_revoke(r.id).map(|ev| {
+                    self.metrics.mvcc(MvccOps::deletes(ev.len() as u64));
                     events.extend(ev);
                     after.push(AfterCommit::Revoked(r.id));
                     LeaseRevokeResponse { header: None }
@@ -412,6 +435,32 @@ impl Applier {
         *members = Some(list);
         Ok(())
     }
+}
+
+/// How the events of one batch change the number of live keys: a put at version 1 creates a
+/// key, a delete removes one.
+fn live_keys_delta(events: &[mvccpb::Event]) -> i64 {
+    events
+        .iter()
+        .map(|e| match mvccpb::event::EventType::try_from(e.r#type) {
+            Ok(mvccpb::event::EventType::Delete) => -1,
+            _ if e.kv.as_ref().is_some_and(|kv| kv.version == 1) => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The live keys of the whole keyspace (`etcd_debugging_mvcc_keys_total` after a start or a
+/// snapshot install; the apply loop keeps it current from the events afterwards). A failed
+/// count leaves the gauge at 0 rather than failing the member over a metric.
+fn count_live_keys(store: &ferrokv_storage::Store) -> i64 {
+    let all = pb::RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        count_only: true,
+        ..Default::default()
+    };
+    store.range(&all).map_or(0, |r| r.count)
 }
 
 fn fatal(e: ferrokv_storage::Error) -> Error {

@@ -9,6 +9,7 @@ use ferrokv_proto::etcdserverpb::{
 
 use super::EtcdServer;
 use crate::error::{Error, Result};
+use crate::metrics::MvccOps;
 
 impl EtcdServer {
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
@@ -16,10 +17,11 @@ impl EtcdServer {
             self.reject_learner()?;
             self.read_barrier().await?;
         }
-        Ok(self.filled(
-            self.blocking(move |s| s.range(&req).map_err(Error::from))
-                .await?,
-        ))
+        let resp = self
+            .blocking(move |s| s.range(&req).map_err(Error::from))
+            .await?;
+        self.metrics.mvcc(MvccOps::range());
+        Ok(self.filled(resp))
     }
 
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
@@ -43,10 +45,16 @@ impl EtcdServer {
             }
             // Served locally like a Range: a read-only txn writes nothing and does not bump
             // the revision, so it needs no raft entry.
-            return Ok(self.filled(
-                self.blocking(move |s| s.read_txn(&req).map_err(Error::from))
-                    .await?,
-            ));
+            let (resp, ops) = self
+                .blocking(move |s| {
+                    let resp = s.read_txn(&req).map_err(Error::from)?;
+                    // Compares and ops run in one read transaction.
+                    let ops = MvccOps::compares(&req) + MvccOps::branch(&req, &resp);
+                    Ok((resp, ops))
+                })
+                .await?;
+            self.metrics.mvcc(ops);
+            return Ok(self.filled(resp));
         }
         Ok(self.filled(self.propose_within_quota(req).await?))
     }

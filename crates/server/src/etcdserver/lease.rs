@@ -68,6 +68,9 @@ impl EtcdServer {
                 self.lessor.renew(id).unwrap_or(0)
             }
         };
+        if ttl > 0 {
+            self.metrics.lease_renewed();
+        }
         Ok(LeaseKeepAliveResponse {
             header: Some(self.header_now()),
             id,

@@ -113,14 +113,19 @@ impl EtcdServer {
         let has_leader = st.leader_id != 0;
         let (db_size, db_size_in_use) = self.store.db_size().unwrap_or((0, 0));
         Gauges {
+            member_id: self.member_id(),
             has_leader,
             is_leader: has_leader && st.leader_id == st.id,
+            is_learner: st.is_learner,
+            leader_changes: st.leader_changes,
             term: st.term,
             commit_index: st.commit_index,
+            quota_backend_bytes: self.quota_bytes(),
             db_size,
             db_size_in_use,
             revision: self.store.current_revision(),
             compact_revision: self.store.compacted_revision(),
+            version: super::ETCD_VERSION,
         }
     }
 
@@ -195,6 +200,11 @@ impl EtcdServer {
             waiters: &self.waiters,
             id,
         };
+        self.metrics.proposal_started();
+        let mut pending = PendingProposal {
+            metrics: &self.metrics,
+            failed: false,
+        };
         let outcome = tokio::time::timeout(self.request_timeout, async {
             // A dropped proposal was not appended anywhere, so proposing again cannot apply
             // it twice; drops happen around elections and leader transfers.
@@ -212,9 +222,16 @@ impl EtcdServer {
         })
         .await;
         match outcome {
+            // Applied: a storage error is the request's answer, not a failed proposal.
             Ok(Ok(result)) => result.map_err(Error::Storage),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::Timeout),
+            Ok(Err(e)) => {
+                pending.failed = true;
+                Err(e)
+            }
+            Err(_) => {
+                pending.failed = true;
+                Err(Error::Timeout)
+            }
         }
     }
 
@@ -247,10 +264,14 @@ impl EtcdServer {
             Ok::<(), Error>(())
         })
         .await;
-        match outcome {
+        let result = match outcome {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout),
+        };
+        if result.is_err() {
+            self.metrics.read_index_failed();
         }
+        result
     }
 
     /// Runs synchronous storage work off the async workers.
@@ -316,5 +337,19 @@ struct WaiterGuard<'a> {
 impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         self.waiters.cancel(self.id);
+    }
+}
+
+/// Counts a proposal in `etcd_server_proposals_pending` while it waits (also when the client
+/// goes away and drops the future) and, when raft failed it or it timed out, in
+/// `etcd_server_proposals_failed_total`.
+struct PendingProposal<'a> {
+    metrics: &'a Metrics,
+    failed: bool,
+}
+
+impl Drop for PendingProposal<'_> {
+    fn drop(&mut self) {
+        self.metrics.proposal_ended(self.failed);
     }
 }

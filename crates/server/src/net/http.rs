@@ -19,6 +19,8 @@ pub fn respond(core: &EtcdServer, path: &str) -> (u16, &'static str, String) {
     match path {
         "/health" => {
             let alarms = core.alarm_list();
+            core.metrics()
+                .health_checked(has_leader && alarms.is_empty());
             if !has_leader {
                 (
                     503,

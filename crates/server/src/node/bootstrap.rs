@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::etcdserver::{EtcdServer, ServerParts};
 use crate::header::HeaderSource;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WalMetrics};
 use crate::net::listen::bind;
 use crate::peer::{peer_client_tls, PeerTransport, SnapshotSource};
 use crate::stop::until_stopped;
@@ -86,6 +86,8 @@ pub(super) async fn bind_listeners(cfg: &Config) -> Result<Listeners> {
 /// A started raft node and what the next steps take from it.
 pub(super) struct Raft {
     pub handle: RaftHandle,
+    /// Created here because the WAL and the transport report into it from the start.
+    pub metrics: Arc<Metrics>,
     pub committed: mpsc::Receiver<Committed>,
     pub transport: Arc<PeerTransport>,
 }
@@ -132,12 +134,19 @@ pub(super) fn start_raft(
         .filter(|m| m.id != id.member_id)
         .map(|m| (m.id, m.peer_ur_ls.clone()))
         .collect();
+    let metrics = Arc::new(Metrics::new(cfg.metrics_extensive));
     let transport = Arc::new(PeerTransport::start(
         peers,
         signals.stop_rx.clone(),
         peer_client_tls(&cfg.peer_tls)?,
+        metrics.clone(),
     ));
-    let (handle, committed, raft_thread) = ferrokv_raftnode::start(node_cfg, transport.clone())?;
+    let wal_options = ferrokv_wal::WalOptions {
+        observer: Arc::new(WalMetrics(metrics.clone())),
+        ..ferrokv_wal::WalOptions::default()
+    };
+    let (handle, committed, raft_thread) =
+        ferrokv_raftnode::start_with_wal_options(node_cfg, transport.clone(), wal_options)?;
     transport.set_raft(handle.clone());
     let fatal_tx = signals.fatal_tx.clone();
     std::thread::Builder::new()
@@ -155,6 +164,7 @@ pub(super) fn start_raft(
         })?;
     Ok(Raft {
         handle,
+        metrics,
         committed,
         transport,
     })
@@ -186,7 +196,7 @@ pub(super) fn start_apply(
     let (install_tx, install_rx) = mpsc::channel(4);
     let header = HeaderSource::new(id.cluster_id, id.member_id);
     let (applied_tx, applied_rx) = watch::channel(applied_index);
-    let metrics = Arc::new(Metrics::default());
+    let metrics = raft.metrics.clone();
     metrics.set_applied(applied_index);
     let db_size = DbSize::default();
     db_size.measure(&store);

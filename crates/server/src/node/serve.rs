@@ -134,12 +134,13 @@ pub(super) fn serve_peer(
 ) {
     for (u, listener) in listeners {
         let router = Server::builder()
-            .layer(RpcLayer::new(s.core.metrics()))
+            .layer(RpcLayer::uncounted(s.core.metrics()))
             .add_service(
                 PeerServer::new(PeerService::new(
                     s.raft.clone(),
                     s.installer.clone(),
                     cfg.layout(),
+                    s.core.metrics(),
                 ))
                 .max_decoding_message_size(PEER_MAX_MESSAGE),
             )

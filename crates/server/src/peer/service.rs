@@ -3,6 +3,7 @@
 //! installer (the apply loop) first, and only then is the `MsgSnapshot` stepped, so raft never
 //! believes in data the keyspace does not hold.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ferrokv_datadir::{DataDir, Scratch};
@@ -14,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::SnapshotInstaller;
 use crate::error::Error;
+use crate::metrics::{Metrics, PeerStats};
 use crate::snapshot_file::RemoveOnDrop;
 
 /// The inbound side: steps every received message into the local raft node; snapshots are
@@ -23,14 +25,21 @@ pub struct PeerService {
     raft: RaftHandle,
     installer: Arc<dyn SnapshotInstaller>,
     layout: DataDir,
+    metrics: Arc<Metrics>,
 }
 
 impl PeerService {
-    pub fn new(raft: RaftHandle, installer: Arc<dyn SnapshotInstaller>, layout: DataDir) -> Self {
+    pub fn new(
+        raft: RaftHandle,
+        installer: Arc<dyn SnapshotInstaller>,
+        layout: DataDir,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         PeerService {
             raft,
             installer,
             layout,
+            metrics,
         }
     }
 }
@@ -39,11 +48,24 @@ impl PeerService {
 impl Peer for PeerService {
     async fn send(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
         let mut input = req.into_inner();
+        // One stream carries one peer's messages: its counters are looked up once.
+        let mut from: Option<Arc<PeerStats>> = None;
         while let Some(batch) = input.next().await {
-            let batch = batch?;
+            let batch = match batch {
+                Ok(b) => b,
+                Err(status) => {
+                    if let Some(p) = &from {
+                        p.received_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(status);
+                }
+            };
             for bytes in batch.messages {
                 let msg: eraftpb::Message = protobuf::Message::parse_from_bytes(&bytes)
                     .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+                from.get_or_insert_with(|| self.metrics.peer(msg.from))
+                    .received_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 self.raft.step(msg).await.map_err(Error::Raft)?;
             }
         }

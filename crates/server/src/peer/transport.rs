@@ -11,9 +11,13 @@
 //! [`SnapshotSource`] writes (one that holds at least the snapshot's index). The follower
 //! hands the keyspace to its installer, and only then steps the message into raft, so raft
 //! never believes in data the keyspace does not hold.
+//!
+//! The transport also keeps etcd's per-peer network metrics: bytes sent, send failures,
+//! whether a stream is up (`active_peers`) and the TCP round trip measured by a prober.
 
 use ferrokv_datadir::{DataDir, Scratch};
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +31,7 @@ use tonic::transport::ClientTlsConfig;
 
 use super::SnapshotSource;
 use crate::error::Error;
+use crate::metrics::{Metrics, PeerStats};
 use crate::snapshot_file::RemoveOnDrop;
 
 /// Keyspace bytes per `SnapshotChunk`.
@@ -37,9 +42,11 @@ const PEER_QUEUE: usize = 4096;
 /// Messages per RaftBatch on the wire.
 const BATCH: usize = 256;
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+/// How often the prober measures the round trip to each peer (etcd probes every 4 s... 5 s).
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// A peer's URLs and the queue its sender task drains.
-type PeerQueue = (Vec<String>, mpsc::Sender<Vec<u8>>);
+/// A peer's URLs, the queue its sender task drains, and its metrics.
+type PeerQueue = (Vec<String>, mpsc::Sender<Vec<u8>>, Arc<PeerStats>);
 
 pub struct PeerTransport {
     queues: RwLock<HashMap<u64, PeerQueue>>,
@@ -53,6 +60,7 @@ pub struct PeerTransport {
     /// Weak: the transport can outlive the member for a moment at shutdown, and must not keep
     /// the keyspace file open (a restart in the same process would find it locked).
     snapshots: OnceLock<(std::sync::Weak<dyn SnapshotSource>, DataDir)>,
+    metrics: Arc<Metrics>,
 }
 
 impl PeerTransport {
@@ -62,6 +70,7 @@ impl PeerTransport {
         peers: HashMap<u64, Vec<String>>,
         stop: watch::Receiver<bool>,
         tls: Option<ClientTlsConfig>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let t = PeerTransport {
             queues: RwLock::new(HashMap::new()),
@@ -70,6 +79,7 @@ impl PeerTransport {
             rt: tokio::runtime::Handle::current(),
             tls,
             snapshots: OnceLock::new(),
+            metrics,
         };
         for (id, urls) in peers {
             t.add_peer(id, urls);
@@ -99,7 +109,7 @@ impl PeerTransport {
             .queues
             .read()
             .get(&to)
-            .map(|(u, _)| u.clone())
+            .map(|(u, _, _)| u.clone())
             .unwrap_or_default();
         let (Some(raft), Some((source, dir))) = (self.raft.get().cloned(), self.snapshots.get())
         else {
@@ -136,14 +146,20 @@ impl PeerTransport {
     /// Idempotent; replacing the queue ends the old sender task.
     pub fn add_peer(&self, id: u64, urls: Vec<String>) {
         let mut queues = self.queues.write();
-        if urls.is_empty() || queues.get(&id).is_some_and(|(u, _)| *u == urls) {
+        if urls.is_empty() || queues.get(&id).is_some_and(|(u, _, _)| *u == urls) {
             return;
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        queues.insert(id, (urls.clone(), tx));
+        let stats = self.metrics.peer(id);
+        self.rt.spawn(probe_round_trips(
+            urls.clone(),
+            tx.downgrade(),
+            stats.clone(),
+            self.stop.clone(),
+        ));
+        queues.insert(id, (urls.clone(), tx, stats.clone()));
         self.rt.spawn(run_peer(
-            id,
-            urls,
+            Peer { id, urls, stats },
             rx,
             self.raft.clone(),
             self.stop.clone(),
@@ -151,9 +167,10 @@ impl PeerTransport {
         ));
     }
 
-    /// A member left: dropping its queue ends its sender task.
+    /// A member left: dropping its queue ends its sender task (and its prober).
     pub fn remove_peer(&self, id: u64) {
         self.queues.write().remove(&id);
+        self.metrics.remove_peer(id);
     }
 }
 
@@ -165,7 +182,7 @@ impl Transport for PeerTransport {
                 continue;
             }
             let queues = self.queues.read();
-            let Some((_, q)) = queues.get(&m.to) else {
+            let Some((_, q, stats)) = queues.get(&m.to) else {
                 tracing::debug!(to = m.to, "raft message for an unknown peer dropped");
                 continue;
             };
@@ -178,6 +195,10 @@ impl Transport for PeerTransport {
             };
             if q.try_send(bytes).is_err() {
                 tracing::debug!(to = m.to, "peer queue full; raft message dropped");
+                stats.sent_failures.fetch_add(1, Ordering::Relaxed);
+                if m.get_msg_type() == eraftpb::MessageType::MsgHeartbeat {
+                    self.metrics.heartbeat_send_failed();
+                }
                 if let Some(r) = self.raft.get() {
                     r.report_unreachable(m.to);
                 }
@@ -186,14 +207,21 @@ impl Transport for PeerTransport {
     }
 }
 
-async fn run_peer(
+/// Who a sender task sends to.
+struct Peer {
     id: u64,
     urls: Vec<String>,
+    stats: Arc<PeerStats>,
+}
+
+async fn run_peer(
+    peer: Peer,
     mut rx: mpsc::Receiver<Vec<u8>>,
     raft: Arc<OnceLock<RaftHandle>>,
     mut stop: watch::Receiver<bool>,
     tls: Option<ClientTlsConfig>,
 ) {
+    let Peer { id, urls, stats } = peer;
     let mut attempt = 0usize;
     loop {
         if *stop.borrow() || urls.is_empty() {
@@ -206,13 +234,14 @@ async fn run_peer(
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(peer = id, url, error = %e, "peer unreachable");
-                unreachable(&raft, id, &mut rx);
+                unreachable(&raft, id, &mut rx, &stats);
                 tokio::select! {
                     _ = crate::stop::until_stopped(&mut stop) => return,
                     _ = tokio::time::sleep(RECONNECT_DELAY) => continue,
                 }
             }
         };
+        stats.active.store(true, Ordering::Relaxed);
         let (tx, batches) = mpsc::channel::<RaftBatch>(16);
         let mut client = PeerClient::new(channel);
         let mut call = Box::pin(async move {
@@ -236,13 +265,16 @@ async fn run_peer(
                             Err(_) => break,
                         }
                     }
+                    let bytes: usize = messages.iter().map(Vec::len).sum();
                     if tx.send(RaftBatch { messages }).await.is_err() {
                         break;
                     }
+                    stats.sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                 }
             }
         }
-        unreachable(&raft, id, &mut rx);
+        stats.active.store(false, Ordering::Relaxed);
+        unreachable(&raft, id, &mut rx, &stats);
         tokio::select! {
             _ = crate::stop::until_stopped(&mut stop) => return,
             _ = tokio::time::sleep(RECONNECT_DELAY) => {}
@@ -251,11 +283,52 @@ async fn run_peer(
 }
 
 /// Tells raft and drops what was queued: stale messages are worse than none after a gap.
-fn unreachable(raft: &OnceLock<RaftHandle>, id: u64, rx: &mut mpsc::Receiver<Vec<u8>>) {
+fn unreachable(
+    raft: &OnceLock<RaftHandle>,
+    id: u64,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+    stats: &PeerStats,
+) {
     if let Some(r) = raft.get() {
         r.report_unreachable(id);
     }
-    while rx.try_recv().is_ok() {}
+    while rx.try_recv().is_ok() {
+        stats.sent_failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Measures the round trip to a peer every [`PROBE_INTERVAL`] as the time a TCP connect to
+/// its peer address takes (one SYN / SYN-ACK exchange), into
+/// `etcd_network_peer_round_trip_time_seconds`. Ends with the peer's queue (the peer was
+/// removed or its URLs changed) or at stop.
+async fn probe_round_trips(
+    urls: Vec<String>,
+    queue: mpsc::WeakSender<Vec<u8>>,
+    stats: Arc<PeerStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(addr) = urls
+        .first()
+        .and_then(|u| url::Url::parse(u).ok())
+        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+    else {
+        return;
+    };
+    loop {
+        if queue.upgrade().is_none() {
+            return;
+        }
+        let started = Instant::now();
+        let probe = tokio::time::timeout(PROBE_INTERVAL, tokio::net::TcpStream::connect(&addr));
+        if let Ok(Ok(conn)) = probe.await {
+            stats.round_trip.observe(started.elapsed());
+            drop(conn);
+        }
+        tokio::select! {
+            _ = crate::stop::until_stopped(&mut stop) => return,
+            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+        }
+    }
 }
 
 /// Has the source write a keyspace copy holding the snapshot's index and streams message +
