@@ -189,6 +189,7 @@ impl EtcdServer {
             return Err(Error::RequestTooLarge);
         }
         self.wait_leader().await?;
+        let leader_at_start = self.raft_status().leader_id;
         let rx = self.waiters.register::<P>(id);
         // Removes the waiter however this future ends (error, timeout, client gone).
         let _guard = WaiterGuard {
@@ -214,7 +215,18 @@ impl EtcdServer {
         match outcome {
             Ok(Ok(result)) => result.map_err(Error::Storage),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::Timeout),
+            Err(_) => Err(self.proposal_timeout(leader_at_start)),
+        }
+    }
+
+    /// Why a proposal timed out, as etcd tells it: when another member became leader while it
+    /// waited, the entry was most likely lost with the old leader, and clients are told so.
+    fn proposal_timeout(&self, leader_at_start: u64) -> Error {
+        let leader = self.raft_status().leader_id;
+        if leader != 0 && leader != leader_at_start {
+            Error::TimeoutDueToLeaderFail
+        } else {
+            Error::Timeout
         }
     }
 
