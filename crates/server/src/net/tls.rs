@@ -124,7 +124,9 @@ pub fn incoming(
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    // etcd warns of every rejected connection ("bad certificate" and the
+                    // like): a member or client with the wrong certificate must be visible.
+                    Ok(Err(e)) => tracing::warn!(%peer, error = %e, "rejected connection: TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });
