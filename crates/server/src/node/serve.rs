@@ -75,7 +75,9 @@ pub(super) async fn serve_client(
         let core = &s.core;
         let gateway = Gateway::new(
             KvService::new(core.clone()),
-            s.hub.service(s.header.clone(), s.has_leader.clone()),
+            s.hub
+                .service(s.header.clone(), s.has_leader.clone())
+                .cancel_streams_with(s.streams_keep_leader.clone()),
             LeaseService::new(core.clone()),
             ClusterService::new(core.clone()),
             MaintenanceService::new(core.clone()),
@@ -94,8 +96,12 @@ pub(super) async fn serve_client(
                 KvServer::new(KvService::new(core.clone())).max_decoding_message_size(max_msg),
             )
             .add_service(
-                WatchServer::new(s.hub.service(s.header.clone(), s.has_leader.clone()))
-                    .max_decoding_message_size(max_msg),
+                WatchServer::new(
+                    s.hub
+                        .service(s.header.clone(), s.has_leader.clone())
+                        .cancel_streams_with(s.streams_keep_leader.clone()),
+                )
+                .max_decoding_message_size(max_msg),
             )
             .add_service(
                 LeaseServer::new(LeaseService::new(core.clone()))
