@@ -260,8 +260,10 @@ impl<S> WithEndpoints<S> {
             text(code, ctype, body)
         } else if method != ::http::Method::GET {
             let mut resp = go_error(405, "Method Not Allowed");
-            resp.headers_mut()
-                .insert(::http::header::ALLOW, ::http::HeaderValue::from_static("GET"));
+            resp.headers_mut().insert(
+                ::http::header::ALLOW,
+                ::http::HeaderValue::from_static("GET"),
+            );
             resp
         } else if path == "/version" {
             text(200, "application/json", version_json())

@@ -126,7 +126,9 @@ pub fn incoming(
                     }
                     // etcd warns of every rejected connection ("bad certificate" and the
                     // like): a member or client with the wrong certificate must be visible.
-                    Ok(Err(e)) => tracing::warn!(%peer, error = %e, "rejected connection: TLS handshake failed"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(%peer, error = %e, "rejected connection: TLS handshake failed")
+                    }
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });

@@ -450,7 +450,11 @@ async fn watch_service_hasleader_streams_end_without_leader() {
 #[tokio::test]
 async fn watch_service_hasleader_streams_outlive_a_short_leader_loss() {
     let log = Arc::new(MemoryLog::default());
-    let hub = WatchHub::with_limits(log.clone(), Duration::from_secs(600), WatchLimits::default());
+    let hub = WatchHub::with_limits(
+        log.clone(),
+        Duration::from_secs(600),
+        WatchLimits::default(),
+    );
     let (leader, has_leader) = watch::channel(true);
     let (keep, keep_streams) = watch::channel(true);
     let service = hub

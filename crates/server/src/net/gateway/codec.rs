@@ -85,9 +85,9 @@ pub fn json_response(status: u16, body: Vec<u8>, grpc_ok: bool) -> HttpResponse 
     if grpc_ok {
         b = b.header("grpc-metadata-content-type", "application/grpc");
     }
-    b.body(tonic::body::Body::new(http_body_util::Full::new(Bytes::from(
-        body,
-    ))))
+    b.body(tonic::body::Body::new(http_body_util::Full::new(
+        Bytes::from(body),
+    )))
     .unwrap_or_default()
 }
 

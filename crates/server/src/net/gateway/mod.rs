@@ -119,7 +119,10 @@ impl Gateway {
     }
 
     /// Answers a request whose path [`gateway_path`] accepted.
-    pub fn handle(&self, req: ::http::Request<tonic::body::Body>) -> BoxFuture<'static, HttpResponse> {
+    pub fn handle(
+        &self,
+        req: ::http::Request<tonic::body::Body>,
+    ) -> BoxFuture<'static, HttpResponse> {
         let routes = self.routes.clone();
         Box::pin(async move {
             let path = req.uri().path().to_string();
