@@ -11,12 +11,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/rpc.proto",
         "proto/ferrokv.proto",
     ];
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptors = out.join("descriptors.bin");
     tonic_prost_build::configure()
         .build_server(grpc)
         .build_client(grpc)
+        .file_descriptor_set_path(&descriptors)
         .compile_protos(&protos, &["proto"])?;
+    #[cfg(feature = "json")]
+    json(&descriptors)?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
+    Ok(())
+}
+
+/// The serde impls of the etcd API types, shaped as etcd's grpc-gateway marshals them
+/// (`OrigName`: the proto field names, not camelCase) and reads them (unknown fields ignored).
+#[cfg(feature = "json")]
+fn json(descriptors: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let set = std::fs::read(descriptors)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&set)?
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[".etcdserverpb", ".mvccpb", ".authpb"])?;
     Ok(())
 }

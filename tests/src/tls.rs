@@ -37,7 +37,7 @@ fn leaf(
     issuer: &Issuer<'_, &KeyPair>,
     cn: &str,
     sans: Vec<String>,
-    usage: ExtendedKeyUsagePurpose,
+    usage: Vec<ExtendedKeyUsagePurpose>,
 ) -> Result<(String, String)> {
     let mut p = CertificateParams::new(sans)?;
     p.distinguished_name.push(DnType::CommonName, cn);
@@ -46,7 +46,7 @@ fn leaf(
         KeyUsagePurpose::KeyEncipherment,
     ];
     // Go's TLS stack checks extended key usage on both sides.
-    p.extended_key_usages = vec![usage];
+    p.extended_key_usages = usage;
     let key = KeyPair::generate()?;
     let cert = p.signed_by(&key, issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -61,17 +61,27 @@ impl TlsFiles {
             &issuer,
             "ferrokv-test-server",
             vec!["localhost".into(), "127.0.0.1".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
+            // etcd's JSON gateway dials its own gRPC port with the server certificate as its
+            // client certificate, so under --client-cert-auth it must allow client auth too
+            // (as etcd's docs ask of server certificates).
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         )?;
-        let (client_pem, client_key) =
-            leaf(&issuer, "root", vec![], ExtendedKeyUsagePurpose::ClientAuth)?;
+        let (client_pem, client_key) = leaf(
+            &issuer,
+            "root",
+            vec![],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        )?;
         let (rogue_params, rogue_ca_key, _) = ca("rogue-ca")?;
         let rogue_issuer = Issuer::from_params(&rogue_params, &rogue_ca_key);
         let (rogue_pem, rogue_key) = leaf(
             &rogue_issuer,
             "root",
             vec![],
-            ExtendedKeyUsagePurpose::ClientAuth,
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
         )?;
         let files = TlsFiles {
             ca_cert: dir.join("ca.pem"),

@@ -26,6 +26,10 @@ pub enum Error {
     Stopped,
     #[error("{}", self.etcd_text())]
     Timeout,
+    /// A proposal that timed out while a new leader took over (etcd's
+    /// `ErrTimeoutDueToLeaderFail`): it was most likely lost with the old leader.
+    #[error("{}", self.etcd_text())]
+    TimeoutDueToLeaderFail,
     #[error("{}", self.etcd_text())]
     RequestTooLarge,
     #[error("{}", self.etcd_text())]
@@ -144,6 +148,10 @@ impl Error {
             Error::LeaderChanged => (Code::Unavailable, "etcdserver: leader changed"),
             Error::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
             Error::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
+            Error::TimeoutDueToLeaderFail => (
+                Code::Unavailable,
+                "etcdserver: request timed out, possibly due to previous leader failure",
+            ),
             Error::RequestTooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
             Error::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
             Error::NoSpace => (
@@ -319,6 +327,11 @@ mod tests {
                 Error::Timeout,
                 Code::Unavailable,
                 "etcdserver: request timed out",
+            ),
+            (
+                Error::TimeoutDueToLeaderFail,
+                Code::Unavailable,
+                "etcdserver: request timed out, possibly due to previous leader failure",
             ),
             (
                 Error::RequestTooLarge,

@@ -76,7 +76,7 @@ impl EtcdServer {
             return Err(Error::PeerUrlsExist);
         }
         if let Some(mut leader) = self.leader_client().await? {
-            return self.forwarded(leader.member_add(req)).await;
+            return self.forwarded_cluster(leader.member_add(req)).await;
         }
         let (change, kind) = if req.is_learner {
             (Reconfig::AddLearner, ConfChangeType::AddLearnerNode)
@@ -106,7 +106,7 @@ impl EtcdServer {
             "member added"
         );
         Ok(MemberAddResponse {
-            header: Some(self.header_now()),
+            header: Some(self.cluster_header()),
             member: Some(member),
             members,
         })
@@ -119,7 +119,7 @@ impl EtcdServer {
         }
         if let Some(mut leader) = self.leader_client().await? {
             return self
-                .forwarded(leader.member_remove(MemberRemoveRequest { id }))
+                .forwarded_cluster(leader.member_remove(MemberRemoveRequest { id }))
                 .await;
         }
         self.check_reconfig(Reconfig::Remove(id), &existing).await?;
@@ -133,7 +133,7 @@ impl EtcdServer {
             .await?;
         tracing::info!(member = format!("{id:x}"), "member removed");
         Ok(MemberRemoveResponse {
-            header: Some(self.header_now()),
+            header: Some(self.cluster_header()),
             members,
         })
     }
@@ -172,7 +172,7 @@ impl EtcdServer {
             })
             .await?;
         Ok(MemberUpdateResponse {
-            header: Some(self.header_now()),
+            header: Some(self.cluster_header()),
             members,
         })
     }
@@ -183,7 +183,7 @@ impl EtcdServer {
         }
         let members = self.members().await?;
         Ok(MemberListResponse {
-            header: Some(self.header_now()),
+            header: Some(self.cluster_header()),
             members,
         })
     }
@@ -199,7 +199,7 @@ impl EtcdServer {
         // Only the leader knows how far the learner's log is, so it decides.
         if let Some(mut leader) = self.leader_client().await? {
             return self
-                .forwarded(leader.member_promote(MemberPromoteRequest { id }))
+                .forwarded_cluster(leader.member_promote(MemberPromoteRequest { id }))
                 .await;
         }
         self.check_reconfig(Reconfig::Promote(id), &existing)
@@ -211,7 +211,7 @@ impl EtcdServer {
             .await?;
         tracing::info!(member = format!("{id:x}"), "learner promoted");
         Ok(MemberPromoteResponse {
-            header: Some(self.header_now()),
+            header: Some(self.cluster_header()),
             members,
         })
     }

@@ -60,4 +60,23 @@ impl EtcdServer {
     ) -> Result<R> {
         Ok(self.stamped(call.await?.into_inner()))
     }
+
+    /// The header of Cluster RPCs: etcd's `ClusterServer` gives ids and raft term but no
+    /// revision (membership is not part of the keyspace).
+    pub(super) fn cluster_header(&self) -> ResponseHeader {
+        ResponseHeader {
+            revision: 0,
+            ..self.header_now()
+        }
+    }
+
+    /// [`Self::forwarded`] for a Cluster RPC: this member's header, without a revision.
+    pub(super) async fn forwarded_cluster<R: Headed>(
+        &self,
+        call: impl std::future::Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
+    ) -> Result<R> {
+        let mut resp = self.forwarded(call).await?;
+        *resp.header_mut() = Some(self.cluster_header());
+        Ok(resp)
+    }
 }

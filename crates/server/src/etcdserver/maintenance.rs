@@ -57,7 +57,8 @@ impl EtcdServer {
             is_learner: st.is_learner,
             storage_version: ETCD_VERSION.to_string(),
             db_size_quota: self.quota_bytes() as i64,
-            downgrade_info: None,
+            // etcd 3.6 always sends it, empty when no downgrade is in progress.
+            downgrade_info: Some(Default::default()),
         })
     }
 
@@ -76,7 +77,12 @@ impl EtcdServer {
         Ok(HashKvResponse {
             header: Some(self.header_now()),
             hash,
-            compact_revision,
+            // etcd's store starts at compacted revision -1 ("never compacted") and reports it so.
+            compact_revision: if compact_revision > 0 {
+                compact_revision
+            } else {
+                -1
+            },
             hash_revision,
         })
     }

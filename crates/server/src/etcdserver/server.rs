@@ -194,6 +194,7 @@ impl EtcdServer {
             return Err(Error::RequestTooLarge);
         }
         self.wait_leader().await?;
+        let leader_at_start = self.raft_status().leader_id;
         let rx = self.waiters.register::<P>(id);
         // Removes the waiter however this future ends (error, timeout, client gone).
         let _guard = WaiterGuard {
@@ -230,8 +231,19 @@ impl EtcdServer {
             }
             Err(_) => {
                 pending.failed = true;
-                Err(Error::Timeout)
+                Err(self.proposal_timeout(leader_at_start))
             }
+        }
+    }
+
+    /// Why a proposal timed out, as etcd tells it: when another member became leader while it
+    /// waited, the entry was most likely lost with the old leader, and clients are told so.
+    fn proposal_timeout(&self, leader_at_start: u64) -> Error {
+        let leader = self.raft_status().leader_id;
+        if leader != 0 && leader != leader_at_start {
+            Error::TimeoutDueToLeaderFail
+        } else {
+            Error::Timeout
         }
     }
 

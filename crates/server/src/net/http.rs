@@ -1,4 +1,5 @@
-//! Plain-HTTP endpoints on `--listen-metrics-urls`: `/health`, `/livez`, `/readyz`, `/metrics`.
+//! Plain-HTTP endpoints on `--listen-metrics-urls`: `/health`, `/livez`, `/readyz`, `/metrics`;
+//! and the non-gRPC side of the client port (the endpoints, `/version`, the JSON gateway).
 //! The requests are tiny GETs from probes and scrapers, so a minimal HTTP/1.1 responder (one
 //! request per connection) is enough and keeps hyper's server stack out of the member.
 
@@ -9,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::gateway::{gateway_path, Gateway};
 use crate::etcdserver::{EtcdServer, ETCD_VERSION};
 
 /// (status code, content type, body) for a request path.
@@ -129,17 +131,20 @@ async fn handle(mut conn: TcpStream, core: &EtcdServer) -> std::io::Result<()> {
     conn.shutdown().await
 }
 
-/// The HTTP endpoints on the client port too (etcd serves `/health` and `/metrics` there, and
-/// probes commonly use it): a layer in front of the gRPC router that answers these paths and
-/// passes everything else through.
+/// Everything on the client port that is not gRPC, routed as etcd's HTTP mux routes it: the
+/// endpoints (`/health`, `/metrics`, `/version`, ...), the JSON gateway under `/v3/`, and
+/// "404 page not found" for anything else (so `/v2/keys/...` gets a plain 404, as on
+/// etcd 3.6, rather than an HTTP 200 carrying a gRPC error). A layer in front of the gRPC
+/// router.
 #[derive(Clone)]
 pub struct ClientPortEndpoints {
     core: Arc<EtcdServer>,
+    gateway: Option<Gateway>,
 }
 
 impl ClientPortEndpoints {
-    pub fn new(core: Arc<EtcdServer>) -> Self {
-        ClientPortEndpoints { core }
+    pub fn new(core: Arc<EtcdServer>, gateway: Option<Gateway>) -> Self {
+        ClientPortEndpoints { core, gateway }
     }
 }
 
@@ -150,6 +155,7 @@ impl<S> tower::Layer<S> for ClientPortEndpoints {
         WithEndpoints {
             inner,
             core: self.core.clone(),
+            gateway: self.gateway.clone(),
         }
     }
 }
@@ -158,11 +164,118 @@ impl<S> tower::Layer<S> for ClientPortEndpoints {
 pub struct WithEndpoints<S> {
     inner: S,
     core: Arc<EtcdServer>,
+    gateway: Option<Gateway>,
 }
 
 const ENDPOINT_PATHS: [&str; 5] = ["/health", "/livez", "/readyz", "/metrics", "/version"];
 
 type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+/// The request goes to the gRPC server. etcd splits its client port the same way
+/// (`grpcHandlerFunc`): HTTP/2 with a gRPC content type; HTTP/1 never is.
+fn is_grpc<B>(req: &::http::Request<B>) -> bool {
+    req.version() == ::http::Version::HTTP_2
+        && req
+            .headers()
+            .get(::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.contains("application/grpc"))
+}
+
+/// The `/version` body: etcd 3.6 reports the server, cluster and storage versions.
+pub fn version_json() -> String {
+    let v = ETCD_VERSION;
+    format!(r#"{{"etcdserver":"{v}","etcdcluster":"{v}","storage":"{v}"}}"#)
+}
+
+fn text(code: u16, ctype: &str, body: String) -> ::http::Response<tonic::body::Body> {
+    ::http::Response::builder()
+        .status(code)
+        .header(::http::header::CONTENT_TYPE, ctype)
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(body),
+        )))
+        .unwrap_or_default()
+}
+
+/// A plain-text error as Go's `http.Error` writes it.
+fn go_error(code: u16, msg: &str) -> ::http::Response<tonic::body::Body> {
+    let mut resp = text(code, "text/plain; charset=utf-8", format!("{msg}\n"));
+    resp.headers_mut().insert(
+        "x-content-type-options",
+        ::http::HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// etcd wraps its whole client-port HTTP mux in a permissive CORS handler; clients and
+/// browsers see these headers on every non-gRPC answer.
+fn with_cors(mut resp: ::http::Response<tonic::body::Body>) -> ::http::Response<tonic::body::Body> {
+    let h = resp.headers_mut();
+    h.insert(
+        "access-control-allow-headers",
+        ::http::HeaderValue::from_static("accept, content-type, authorization"),
+    );
+    h.insert(
+        "access-control-allow-methods",
+        ::http::HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+    );
+    h.insert(
+        "access-control-allow-origin",
+        ::http::HeaderValue::from_static("*"),
+    );
+    resp
+}
+
+impl<S> WithEndpoints<S> {
+    fn http(
+        &self,
+        req: ::http::Request<tonic::body::Body>,
+    ) -> futures::future::BoxFuture<'static, ::http::Response<tonic::body::Body>> {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        // CORS preflight: etcd answers every OPTIONS with an empty 200.
+        if method == ::http::Method::OPTIONS {
+            let mut resp = text(200, "", String::new());
+            resp.headers_mut().remove(::http::header::CONTENT_TYPE);
+            return Box::pin(async { resp });
+        }
+        if let (Some(gw), Some(_)) = (&self.gateway, gateway_path(&path)) {
+            return gw.handle(req);
+        }
+        let resp = if path == "/v3" || path == "/v3beta" {
+            // Go's ServeMux redirects a subtree root without its slash.
+            let mut resp = text(
+                307,
+                "text/html; charset=utf-8",
+                format!("<a href=\"{path}/\">Temporary Redirect</a>.\n\n"),
+            );
+            if let Ok(loc) = ::http::HeaderValue::from_str(&format!("{path}/")) {
+                resp.headers_mut().insert(::http::header::LOCATION, loc);
+            }
+            resp
+        } else if !ENDPOINT_PATHS.contains(&path.as_str()) {
+            go_error(404, "404 page not found")
+        } else if path == "/metrics" {
+            // Prometheus' handler takes any method.
+            let (code, ctype, body) = respond(&self.core, &path);
+            text(code, ctype, body)
+        } else if method != ::http::Method::GET {
+            let mut resp = go_error(405, "Method Not Allowed");
+            resp.headers_mut().insert(
+                ::http::header::ALLOW,
+                ::http::HeaderValue::from_static("GET"),
+            );
+            resp
+        } else if path == "/version" {
+            text(200, "application/json", version_json())
+        } else {
+            let (code, ctype, body) = respond(&self.core, &path);
+            text(code, ctype, body)
+        };
+        Box::pin(async move { resp })
+    }
+}
 
 impl<S> tower::Service<::http::Request<tonic::body::Body>> for WithEndpoints<S>
 where
@@ -185,26 +298,10 @@ where
     }
 
     fn call(&mut self, req: ::http::Request<tonic::body::Body>) -> Self::Future {
-        let path = req.uri().path();
-        if req.method() != ::http::Method::GET || !ENDPOINT_PATHS.contains(&path) {
+        if is_grpc(&req) {
             return Box::pin(self.inner.call(req));
         }
-        let (code, ctype, body) = if path == "/version" {
-            let v = ETCD_VERSION;
-            (
-                200,
-                "application/json",
-                format!(r#"{{"etcdserver":"{v}","etcdcluster":"{v}"}}"#),
-            )
-        } else {
-            respond(&self.core, path)
-        };
-        let body = tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(body)));
-        let resp = ::http::Response::builder()
-            .status(code)
-            .header(::http::header::CONTENT_TYPE, ctype)
-            .body(body)
-            .unwrap_or_default();
-        Box::pin(async move { Ok(resp) })
+        let answer = self.http(req);
+        Box::pin(async move { Ok(with_cors(answer.await)) })
     }
 }

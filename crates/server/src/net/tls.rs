@@ -124,7 +124,16 @@ pub fn incoming(
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    // A connection closed before it said anything is a TCP check (the peer
+                    // round-trip prober, a load balancer's health check), not a refusal.
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        tracing::debug!(%peer, "connection closed before the TLS handshake")
+                    }
+                    // etcd warns of every rejected connection ("bad certificate" and the
+                    // like): a member or client with the wrong certificate must be visible.
+                    Ok(Err(e)) => {
+                        tracing::warn!(%peer, error = %e, "rejected connection: TLS handshake failed")
+                    }
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });

@@ -176,6 +176,8 @@ pub(super) struct Started {
     pub hub: Arc<WatchHub>,
     pub header: HeaderSource,
     pub has_leader: watch::Receiver<bool>,
+    /// False while open `hasleader=true` streams are to be canceled (no leader for a while).
+    pub streams_keep_leader: watch::Receiver<bool>,
     pub raft: RaftHandle,
     /// Keyspace snapshots received by the peer service go to the apply loop through this.
     pub installer: Arc<ApplyLoopInstaller>,
@@ -215,6 +217,8 @@ pub(super) fn start_apply(
         .set_snapshot_source(Arc::downgrade(&source), cfg.layout());
     let stop_rx = &signals.stop_rx;
     let has_leader = follow_leadership(&raft.handle, &header, stop_rx, tasks);
+    let streams_keep_leader =
+        monitor_leader_loss(has_leader.clone(), cfg.election_timeout, stop_rx, tasks);
     // The store is the hub's event source (watch::source implements it for Store).
     let hub = WatchHub::new(store.clone(), cfg.watch_progress_notify_interval);
     let (waiters, lessor, alarms) = core.shared_with_apply();
@@ -259,6 +263,7 @@ pub(super) fn start_apply(
         hub,
         header,
         has_leader,
+        streams_keep_leader,
         raft: raft.handle,
         installer: Arc::new(ApplyLoopInstaller(install_tx)),
         apply_thread,
@@ -293,6 +298,42 @@ fn follow_leadership(
         }
     }));
     has_leader_rx
+}
+
+/// Election timeouts without a leader after which open `hasleader=true` streams are canceled
+/// (etcd's `maxNoLeaderCnt`).
+const MAX_NO_LEADER_CHECKS: u32 = 3;
+
+/// etcd's `monitorLeader`: checks once per election timeout whether the member has a leader
+/// and turns the returned flag false after [`MAX_NO_LEADER_CHECKS`] checks in a row without
+/// one (so 3–4 election timeouts after the leader was lost), true again with a leader.
+fn monitor_leader_loss(
+    has_leader: watch::Receiver<bool>,
+    election_timeout: std::time::Duration,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> watch::Receiver<bool> {
+    let (keep_tx, keep_rx) = watch::channel(true);
+    let mut stop = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut missed = 0u32;
+        loop {
+            tokio::select! {
+                _ = until_stopped(&mut stop) => return,
+                _ = tokio::time::sleep(election_timeout) => {}
+            }
+            missed = if *has_leader.borrow() { 0 } else { missed.saturating_add(1) };
+            let keep = missed < MAX_NO_LEADER_CHECKS;
+            if !keep && missed == MAX_NO_LEADER_CHECKS {
+                tracing::warn!(
+                    missed,
+                    "no leader for {MAX_NO_LEADER_CHECKS} election timeouts; canceling watch streams that require one"
+                );
+            }
+            keep_tx.send_if_modified(|v| std::mem::replace(v, keep) != keep);
+        }
+    }));
+    keep_rx
 }
 
 /// Step 7: publishes our name and client URLs through raft, so every member's MemberList

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::etcdserver::EtcdServer;
 use crate::net::authority::AuthorityFix;
+use crate::net::gateway::Gateway;
 use crate::net::listen::{client_incoming, nodelay_incoming};
 use crate::peer::PeerService;
 use crate::stop::until_stopped;
@@ -53,8 +54,8 @@ fn stop_signal(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send 
     async move { until_stopped(&mut stop).await }
 }
 
-/// Step 6a: the etcd services (and gRPC health, and HTTP/1 `/health`, `/metrics`, `/version`)
-/// on every client URL. Returns the bound URLs (port 0 resolved).
+/// Step 6a: the etcd services (and gRPC health, HTTP `/health`, `/metrics`, `/version`, and the
+/// JSON gateway) on every client URL. Returns the bound URLs (port 0 resolved).
 pub(super) async fn serve_client(
     cfg: &Config,
     listeners: Vec<(url::Url, TcpListener, Option<TlsAcceptor>)>,
@@ -72,18 +73,35 @@ pub(super) async fn serve_client(
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         let core = &s.core;
-        // HTTP/1 too, for /health, /metrics and /version on the client port.
+        let gateway = Gateway::new(
+            KvService::new(core.clone()),
+            s.hub
+                .service(s.header.clone(), s.has_leader.clone())
+                .cancel_streams_with(s.streams_keep_leader.clone()),
+            LeaseService::new(core.clone()),
+            ClusterService::new(core.clone()),
+            MaintenanceService::new(core.clone()),
+            AuthService::new(core.clone()),
+        );
+        // HTTP/1 too, for /health, /metrics, /version and the JSON gateway on the client port.
         let router = Server::builder()
             .accept_http1(true)
-            .layer(crate::net::http::ClientPortEndpoints::new(core.clone()))
+            .layer(crate::net::http::ClientPortEndpoints::new(
+                core.clone(),
+                Some(gateway),
+            ))
             .layer(RpcLayer::new(core.metrics()))
             .add_service(health_service)
             .add_service(
                 KvServer::new(KvService::new(core.clone())).max_decoding_message_size(max_msg),
             )
             .add_service(
-                WatchServer::new(s.hub.service(s.header.clone(), s.has_leader.clone()))
-                    .max_decoding_message_size(max_msg),
+                WatchServer::new(
+                    s.hub
+                        .service(s.header.clone(), s.has_leader.clone())
+                        .cancel_streams_with(s.streams_keep_leader.clone()),
+                )
+                .max_decoding_message_size(max_msg),
             )
             .add_service(
                 LeaseServer::new(LeaseService::new(core.clone()))

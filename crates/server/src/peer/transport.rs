@@ -223,6 +223,7 @@ async fn run_peer(
 ) {
     let Peer { id, urls, stats } = peer;
     let mut attempt = 0usize;
+    let mut outage = Outage::default();
     loop {
         if *stop.borrow() || urls.is_empty() {
             return;
@@ -233,7 +234,7 @@ async fn run_peer(
         let channel = match channel {
             Ok(c) => c,
             Err(e) => {
-                tracing::debug!(peer = id, url, error = %e, "peer unreachable");
+                outage.failed(id, url, &e, "cannot connect to peer");
                 unreachable(&raft, id, &mut rx, &stats);
                 tokio::select! {
                     _ = crate::stop::until_stopped(&mut stop) => return,
@@ -244,6 +245,7 @@ async fn run_peer(
         stats.active.store(true, Ordering::Relaxed);
         let (tx, batches) = mpsc::channel::<RaftBatch>(16);
         let mut client = PeerClient::new(channel);
+        let connected = tokio::time::Instant::now();
         let mut call = Box::pin(async move {
             client
                 .send(tokio_stream::wrappers::ReceiverStream::new(batches))
@@ -253,7 +255,15 @@ async fn run_peer(
             tokio::select! {
                 _ = crate::stop::until_stopped(&mut stop) => return,
                 r = &mut call => {
-                    tracing::debug!(peer = id, result = ?r.map(|_| ()), "peer stream ended");
+                    if connected.elapsed() >= HEALTHY_STREAM {
+                        outage = Outage::default();
+                    }
+                    match r {
+                        // A peer that refuses this member's certificate ends the stream
+                        // right after the handshake (TLS 1.3 checks it last).
+                        Err(status) => outage.failed(id, url, &status, "peer stream failed"),
+                        Ok(_) => tracing::debug!(peer = id, "peer stream ended"),
+                    }
                     break;
                 }
                 m = rx.recv() => {
@@ -278,6 +288,30 @@ async fn run_peer(
         tokio::select! {
             _ = crate::stop::until_stopped(&mut stop) => return,
             _ = tokio::time::sleep(RECONNECT_DELAY) => {}
+        }
+    }
+}
+
+/// A stream that stayed up this long was working: a failure after it starts a new outage.
+const HEALTHY_STREAM: Duration = Duration::from_secs(5);
+
+/// The failures of one peer's connection since it last worked. etcd warns when a peer cannot
+/// be reached or refuses this member (a rejected certificate, say); a warning per reconnect
+/// (every 100 ms) would drown the log, so each distinct failure warns once per outage.
+#[derive(Default)]
+struct Outage {
+    warned: Vec<String>,
+}
+
+impl Outage {
+    fn failed(&mut self, peer: u64, url: &str, error: &dyn std::fmt::Debug, what: &str) {
+        let error = format!("{error:?}");
+        // Bounded: errors that name something new each time warn at most a few times.
+        if self.warned.contains(&error) || self.warned.len() >= 8 {
+            tracing::debug!(peer, url, error, "{what}");
+        } else {
+            tracing::warn!(peer, url, error, "{what}");
+            self.warned.push(error);
         }
     }
 }

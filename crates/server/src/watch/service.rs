@@ -28,6 +28,20 @@ pub struct WatchService {
     hub: Arc<WatchHub>,
     header: HeaderSource,
     has_leader: watch::Receiver<bool>,
+    /// False once open `hasleader=true` streams are to be canceled; by default the same
+    /// signal as `has_leader`, see [`WatchService::cancel_streams_with`].
+    keep_streams: watch::Receiver<bool>,
+}
+
+impl WatchService {
+    /// Cancels open `hasleader=true` streams when `keep` turns false, instead of the moment
+    /// the leader is unknown. etcd refuses new such streams at once but cancels open ones
+    /// only after about three election timeouts without a leader (its `monitorLeader`):
+    /// re-watching and relisting costs a client far more than a refused request.
+    pub fn cancel_streams_with(mut self, keep: watch::Receiver<bool>) -> Self {
+        self.keep_streams = keep;
+        self
+    }
 }
 
 impl WatchHub {
@@ -41,6 +55,7 @@ impl WatchHub {
         WatchService {
             hub: self.clone(),
             header,
+            keep_streams: has_leader.clone(),
             has_leader,
         }
     }
@@ -96,7 +111,7 @@ impl Watch for WatchService {
             stream,
             notify,
             header: self.header.clone(),
-            leader: require_leader.then(|| self.has_leader.clone()),
+            leader: require_leader.then(|| self.keep_streams.clone()),
             ticker,
             done: false,
             _guard: StreamGuard {

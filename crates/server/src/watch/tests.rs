@@ -448,6 +448,57 @@ async fn watch_service_hasleader_streams_end_without_leader() {
 }
 
 #[tokio::test]
+async fn watch_service_hasleader_streams_outlive_a_short_leader_loss() {
+    let log = Arc::new(MemoryLog::default());
+    let hub = WatchHub::with_limits(
+        log.clone(),
+        Duration::from_secs(600),
+        WatchLimits::default(),
+    );
+    let (leader, has_leader) = watch::channel(true);
+    let (keep, keep_streams) = watch::channel(true);
+    let service = hub
+        .service(HeaderSource::new(CLUSTER_ID, MEMBER_ID), has_leader)
+        .cancel_streams_with(keep_streams);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(WatchServer::new(service))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let client = WatchClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let h = Harness {
+        log,
+        hub,
+        leader,
+        client,
+    };
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert("hasleader", "true".parse().expect("ascii"));
+    let mut s = h.open_with(md.clone()).await.expect("open");
+    s.create(create(b"a", b"", 0)).await;
+    assert!(s.recv().await.created);
+    // Leader unknown: new streams are refused at once, the open one keeps its events.
+    h.leader.send_replace(false);
+    let err = h.open_with(md.clone()).await.err().expect("refused");
+    assert_eq!(err.message(), "etcdserver: no leader");
+    h.log.put(&h.hub, b"a", b"1");
+    assert_eq!(s.events(1).await[0].1, 1);
+    // Still no leader after the grace: the open stream is canceled.
+    keep.send_replace(false);
+    let err = tokio::time::timeout(WAIT, s.rx.message())
+        .await
+        .expect("in time")
+        .expect_err("canceled");
+    assert_eq!(err.message(), "etcdserver: no leader");
+}
+
+#[tokio::test]
 async fn watch_service_client_gone_cleans_up() {
     let h = start_default().await;
     let s = h.open().await;
