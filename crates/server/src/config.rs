@@ -55,6 +55,20 @@ pub struct Config {
     pub listen_metrics_urls: Vec<url::Url>,
     /// How often idle `progress_notify` watchers get a progress response (etcd: 10 min).
     pub watch_progress_notify_interval: Duration,
+    /// How auth tokens are made (etcd `--auth-token`; only `simple` is supported).
+    pub auth_token: AuthToken,
+    /// How long a simple token lives after its last use (etcd `--auth-token-ttl`, 300 s).
+    pub auth_token_ttl: Duration,
+    /// bcrypt cost of stored password hashes (etcd `--bcrypt-cost`, 10).
+    pub bcrypt_cost: u32,
+}
+
+/// etcd's `--auth-token` kinds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AuthToken {
+    /// Random tokens known to every member through raft, expiring after the TTL.
+    #[default]
+    Simple,
 }
 
 impl Config {
@@ -81,6 +95,9 @@ impl Config {
             peer_tls: TlsFiles::default(),
             listen_metrics_urls: Vec::new(),
             watch_progress_notify_interval: Duration::from_secs(600),
+            auth_token: AuthToken::Simple,
+            auth_token_ttl: Duration::from_secs(300),
+            bcrypt_cost: 10,
         }
     }
 
