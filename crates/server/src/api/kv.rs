@@ -29,6 +29,8 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        self.server
+            .authorize(req.metadata(), |v| v.range_request(req.get_ref()))?;
         let req = req.into_inner();
         validate::range(&req).map_err(Error::from)?;
         Ok(Response::new(self.server.range(req).await?))
@@ -36,6 +38,8 @@ impl Kv for KvService {
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         self.server.reject_learner()?;
+        self.server
+            .authorize(req.metadata(), |v| v.put(req.get_ref()))?;
         let req = req.into_inner();
         validate::put(&req).map_err(Error::from)?;
         Ok(Response::new(self.server.put(req).await?))
@@ -46,12 +50,16 @@ impl Kv for KvService {
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         self.server.reject_learner()?;
+        self.server
+            .authorize(req.metadata(), |v| v.delete(req.get_ref()))?;
         let req = req.into_inner();
         validate::delete_range(&req).map_err(Error::from)?;
         Ok(Response::new(self.server.delete_range(req).await?))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.server
+            .authorize(req.metadata(), |v| v.txn(req.get_ref()))?;
         let req = req.into_inner();
         validate::txn(&req, MAX_TXN_OPS).map_err(Error::from)?;
         Ok(Response::new(self.server.txn(req).await?))

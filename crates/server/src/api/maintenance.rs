@@ -43,15 +43,17 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _req: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.server.authorize_admin(req.metadata())?;
         // redb reuses freed pages itself; there is nothing to rewrite.
         Ok(Response::new(DefragmentResponse {
             header: Some(self.server.header_now()),
         }))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.server.authorize_admin(req.metadata())?;
         Ok(Response::new(self.server.hash().await?))
     }
 
@@ -59,6 +61,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.server.authorize_admin(req.metadata())?;
         Ok(Response::new(
             self.server.hash_kv(req.into_inner().revision).await?,
         ))
@@ -68,8 +71,10 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        // etcd: Defragment, Snapshot, Hash and HashKV need the root role.
+        self.server.authorize_admin(req.metadata())?;
         let chunks = self.server.snapshot().await?;
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(chunks),

@@ -1,11 +1,12 @@
 //! The server core the gRPC services call ([`EtcdServer`]): typed propose-and-wait, the
 //! linearizable read barrier, the backend quota, the reconfiguration policy, leader
 //! forwarding, the compactor, lease expiry and response headers. One file per request family
-//! (kv, lease, cluster, maintenance), all methods of the one server type.
+//! (kv, lease, cluster, maintenance, auth), all methods of the one server type.
 //!
 //! May depend on `apply`, `watch` and `peer` (and the crate's base modules); must not depend
 //! on `api`, `net` or `node`.
 
+mod auth;
 mod cluster;
 pub mod compactor;
 mod headers;
