@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use ferrokv_server::config::{AutoCompaction, ClusterState, Config, TlsFiles};
+use ferrokv_server::config::{AuthToken, AutoCompaction, ClusterState, Config, TlsFiles};
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -292,6 +292,15 @@ struct MemberArgs {
     /// Accepted for compatibility (kubeadm sets it); ferrokv checks its files at start anyway.
     #[arg(long = "experimental-initial-corrupt-check", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     initial_corrupt_check: Option<String>,
+    /// Specify auth token type and options: "simple" (JWT is not supported yet).
+    #[arg(long = "auth-token")]
+    auth_token: Option<String>,
+    /// The lifetime in seconds of a simple auth token after its last use.
+    #[arg(long = "auth-token-ttl")]
+    auth_token_ttl: Option<String>,
+    /// Cost of the bcrypt password hashes (4..=31).
+    #[arg(long = "bcrypt-cost")]
+    bcrypt_cost: Option<String>,
 }
 
 /// Parses a full command line (`args[0]` is the program name) with `env` as the source of
@@ -647,6 +656,7 @@ fn build_serve(m: MemberArgs) -> Result<Serve> {
         )?,
     };
     check_tls(&cfg)?;
+    parse_auth_flags(&mut cfg, &m)?;
     parse_bool_flag(
         "experimental-initial-corrupt-check",
         m.initial_corrupt_check.as_deref(),
@@ -932,6 +942,35 @@ fn check_tls(cfg: &Config) -> Result<()> {
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+/// `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`, with etcd's bounds. A JWT token
+/// provider is refused at start rather than silently replaced by simple tokens.
+fn parse_auth_flags(cfg: &mut Config, m: &MemberArgs) -> Result<()> {
+    if let Some(v) = &m.auth_token {
+        let kind = v.split(',').next().unwrap_or_default();
+        cfg.auth_token = match kind {
+            "simple" => AuthToken::Simple,
+            _ => {
+                return Err(Error::invalid(
+                    "auth-token",
+                    v,
+                    "only \"simple\" tokens are supported",
+                ))
+            }
+        };
+    }
+    if let Some(v) = &m.auth_token_ttl {
+        cfg.auth_token_ttl = Duration::from_secs(parse_u64("auth-token-ttl", v)?);
+    }
+    if let Some(v) = &m.bcrypt_cost {
+        let cost = parse_u64("bcrypt-cost", v)?;
+        if !(4..=31).contains(&cost) {
+            return Err(Error::invalid("bcrypt-cost", v, "must be between 4 and 31"));
+        }
+        cfg.bcrypt_cost = cost as u32;
     }
     Ok(())
 }
