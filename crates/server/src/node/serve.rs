@@ -82,8 +82,12 @@ pub(super) async fn serve_client(
                 KvServer::new(KvService::new(core.clone())).max_decoding_message_size(max_msg),
             )
             .add_service(
-                WatchServer::new(s.hub.service(s.header.clone(), s.has_leader.clone()))
-                    .max_decoding_message_size(max_msg),
+                WatchServer::new(
+                    s.hub
+                        .service(s.header.clone(), s.has_leader.clone())
+                        .with_authorizer(watch_authorizer(core.clone())),
+                )
+                .max_decoding_message_size(max_msg),
             )
             .add_service(
                 LeaseServer::new(LeaseService::new(core.clone()))
@@ -180,4 +184,19 @@ pub(super) fn serve_metrics(
         )));
     }
     Ok(urls)
+}
+
+/// etcd's `isWatchPermitted`: the range permission of the stream's caller, checked when each
+/// watch is created. Any refusal (no token, bad token, no permission) reads as etcd's
+/// "permission denied" status as Go's gRPC prints it (etcd puts `err.Error()` there).
+fn watch_authorizer(core: Arc<EtcdServer>) -> crate::watch::WatchAuthorizer {
+    Arc::new(move |md, key, end| {
+        core.authorize(md, |v| v.range(key, end)).map_err(|_| {
+            let denied = tonic::Status::from(crate::error::Error::PermissionDenied);
+            format!(
+                "rpc error: code = PermissionDenied desc = {}",
+                denied.message()
+            )
+        })
+    })
 }

@@ -6,6 +6,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use ferrokv_proto::etcdserverpb::watch_request::RequestUnion;
 use ferrokv_proto::etcdserverpb::watch_server::Watch;
 use ferrokv_proto::etcdserverpb::{WatchRequest, WatchResponse};
 use futures::Stream;
@@ -23,11 +24,26 @@ fn no_leader() -> Status {
     Status::from(crate::error::Error::NoLeader)
 }
 
+/// Decides whether the caller (the stream's metadata) may watch `[key, range_end)`; `Err`
+/// carries the cancel reason. Set by the node when auth may be enabled.
+pub type WatchAuthorizer =
+    Arc<dyn Fn(&tonic::metadata::MetadataMap, &[u8], &[u8]) -> Result<(), String> + Send + Sync>;
+
 /// The gRPC Watch service; register it with `WatchServer::new(service)`.
 pub struct WatchService {
     hub: Arc<WatchHub>,
     header: HeaderSource,
     has_leader: watch::Receiver<bool>,
+    authorize: Option<WatchAuthorizer>,
+}
+
+impl WatchService {
+    /// Checks every create request of a stream with `authorize` (etcd checks the range
+    /// permission once, when the watch is created).
+    pub fn with_authorizer(mut self, authorize: WatchAuthorizer) -> WatchService {
+        self.authorize = Some(authorize);
+        self
+    }
 }
 
 impl WatchHub {
@@ -42,6 +58,7 @@ impl WatchHub {
             hub: self.clone(),
             header,
             has_leader,
+            authorize: None,
         }
     }
 }
@@ -65,6 +82,9 @@ impl Watch for WatchService {
         if require_leader && !*self.has_leader.borrow() {
             return Err(no_leader());
         }
+        // The token is the stream's: creates later on it are checked against it.
+        let metadata = self.authorize.as_ref().map(|_| request.metadata().clone());
+        let authorize = self.authorize.clone();
         let mut inbound = request.into_inner();
         let (stream, notify) = self.hub.open_stream();
         debug!(stream, require_leader, "watch stream opened");
@@ -73,7 +93,17 @@ impl Watch for WatchService {
         let receiver = tokio::spawn(async move {
             loop {
                 match inbound.message().await {
-                    Ok(Some(req)) => hub.handle_request(stream, req),
+                    Ok(Some(req)) => {
+                        if let (Some(check), Some(md), Some(RequestUnion::CreateRequest(c))) =
+                            (&authorize, &metadata, &req.request_union)
+                        {
+                            if let Err(reason) = check(md, &c.key, &c.range_end) {
+                                hub.refuse_create(stream, &reason);
+                                continue;
+                            }
+                        }
+                        hub.handle_request(stream, req)
+                    }
                     // A half-closed stream keeps delivering events, as in etcd.
                     Ok(None) => break,
                     Err(status) => {
