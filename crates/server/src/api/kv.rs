@@ -70,6 +70,8 @@ impl Kv for KvService {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         self.server.reject_learner()?;
+        // etcd 3.6 lets only the root role compact.
+        self.server.authorize_admin(req.metadata())?;
         Ok(Response::new(self.server.compact(req.into_inner()).await?))
     }
 }

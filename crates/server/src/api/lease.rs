@@ -83,9 +83,11 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _req: Request<LeaseLeasesRequest>,
+        req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         self.server.reject_learner()?;
+        // etcd 3.6 lists every lease only to the root role.
+        self.server.authorize_admin(req.metadata())?;
         Ok(Response::new(self.server.lease_leases().await?))
     }
 }
