@@ -40,8 +40,25 @@ fn ctl(m: &Member, args: &[&str], stdin: Option<&str>) -> String {
         out.stdout,
         errors.join("\n")
     );
+    // Timings ("... took 2.69ms") differ by nature.
+    let text: String = text
+        .lines()
+        .map(|l| l.split(". took ").next().unwrap_or(l).to_string() + "\n")
+        .collect();
     text.replace(&m.client_url, "ENDPOINT")
         .replace(&m.scratch_dir().to_string_lossy().into_owned(), "SCRATCH")
+}
+
+/// Only whether the command worked and its error: for output that differs by nature (ids,
+/// sizes, timings).
+fn ctl_outcome(m: &Member, args: &[&str]) -> String {
+    ctl(m, args, None)
+        .lines()
+        .enumerate()
+        .filter(|(i, l)| *i < 2 || l.starts_with("Error"))
+        .map(|(_, l)| l)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 const ROOT: &str = "--user=root:rootpw";
@@ -51,6 +68,7 @@ const ALICE: &str = "--user=alice:alicepw";
 /// operations as root and as a user with key and prefix permissions, and disabling again.
 fn workflow(m: &Member) -> Vec<String> {
     let c = |args: &[&str]| ctl(m, args, None);
+    let o = |args: &[&str]| ctl_outcome(m, args);
     let snap = m.scratch_dir().join("auth.snap");
     let snap = snap.to_string_lossy().into_owned();
     vec![
@@ -153,6 +171,40 @@ fn workflow(m: &Member) -> Vec<String> {
             .take(2)
             .collect::<Vec<_>>()
             .join("\n"),
+        // Txn: every compare and op of both branches is checked.
+        ctl(
+            m,
+            &[ALICE, "txn"],
+            Some("value(\"secret\") = \"s\"\n\nput pre/t 1\n\n\n"),
+        ),
+        ctl(
+            m,
+            &[ALICE, "txn"],
+            Some("value(\"pre/a\") = \"1\"\n\nput pre/t 1\n\nput secret x\n\n"),
+        ),
+        ctl(
+            m,
+            &[ALICE, "txn"],
+            Some("value(\"pre/a\") = \"1\"\n\nput pre/t 1\n\nget pre/t\n\n"),
+        ),
+        // Maintenance and membership as a user without the root role, and as root.
+        c(&[ALICE, "compaction", "2"]),
+        c(&[ALICE, "defrag"]),
+        o(&[ALICE, "endpoint", "hashkv"]),
+        o(&[ALICE, "endpoint", "status"]),
+        o(&[ALICE, "endpoint", "health"]),
+        c(&[ALICE, "alarm", "list"]),
+        c(&[
+            ALICE,
+            "member",
+            "add",
+            "newbie",
+            "--learner",
+            "--peer-urls=http://127.0.0.1:1",
+        ]),
+        o(&[ROOT, "endpoint", "hashkv"]),
+        c(&[ROOT, "defrag"]),
+        lease_workflow(m).join("\n"),
         // Root-only management rules while auth is on.
         c(&[ROOT, "user", "delete", "root"]),
         c(&[ROOT, "user", "revoke-role", "root", "root"]),
@@ -177,6 +229,31 @@ fn workflow(m: &Member) -> Vec<String> {
         c(&["get", "secret"]),
         c(&["user", "list"]),
         c(&["auth", "disable"]),
+    ]
+}
+
+/// Leases: revoking needs write permission on the attached keys, listing them read permission.
+fn lease_workflow(m: &Member) -> Vec<String> {
+    let granted = ctl(m, &[ROOT, "lease", "grant", "600"], None);
+    // "lease 694d7a3f4b1c2e05 granted with TTL(600s)"
+    let id = granted
+        .lines()
+        .find(|l| l.ends_with("granted with TTL(600s)"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_default()
+        .to_string();
+    assert!(!id.is_empty(), "{granted}");
+    let c = |args: &[&str]| ctl(m, args, None).replace(&id, "LEASE");
+    let o = |args: &[&str]| ctl_outcome(m, args).replace(&id, "LEASE");
+    vec![
+        granted.replace(&id, "LEASE"),
+        c(&[ROOT, "put", "secret2", "v", &format!("--lease={id}")]),
+        o(&[ALICE, "lease", "timetolive", &id]),
+        c(&[ALICE, "lease", "timetolive", &id, "--keys"]),
+        c(&[ALICE, "lease", "revoke", &id]),
+        o(&[ALICE, "lease", "list"]),
+        c(&[ROOT, "lease", "revoke", &id]),
+        c(&[ROOT, "get", "secret2"]),
     ]
 }
 
@@ -377,3 +454,62 @@ async fn auth_reaches_a_member_joining_by_snapshot() {
     let denied = ctl(new, &[ALICE, "put", "b", "1"], None);
     assert!(denied.contains("etcdserver: permission denied"), "{denied}");
 }
+
+/// A watch the caller may not read is refused at creation, as etcd refuses it.
+async fn watch_needs_read_permission(b: Backend) {
+    use ferrokv_proto::etcdserverpb::{
+        watch_client::WatchClient, watch_request::RequestUnion, WatchCreateRequest, WatchRequest,
+    };
+    let m = start(b, &[]).await;
+    let mut c = m.client().await.unwrap();
+    setup_auth(&mut c).await;
+    let ch = tonic::transport::Endpoint::from_shared(m.client_url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token = AuthClient::new(ch.clone())
+        .authenticate(AuthenticateRequest {
+            name: "alice".into(),
+            password: "alicepw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let create = |key: &str| WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })),
+    };
+    // The request side stays open, as a client's does.
+    let requests = futures::StreamExt::chain(
+        futures::stream::iter(vec![create("secret"), create("a/ok")]),
+        futures::stream::pending(),
+    );
+    let mut req = tonic::Request::new(requests);
+    req.metadata_mut()
+        .insert("token", token.parse().expect("ascii token"));
+    let mut stream = WatchClient::new(ch).watch(req).await.unwrap().into_inner();
+    let denied = stream.message().await.unwrap().unwrap();
+    assert_eq!(
+        (
+            denied.watch_id,
+            denied.created,
+            denied.canceled,
+            denied.cancel_reason.as_str()
+        ),
+        (
+            -1,
+            true,
+            true,
+            "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+        ),
+        "{b:?}"
+    );
+    let allowed = stream.message().await.unwrap().unwrap();
+    assert!(allowed.created && !allowed.canceled, "{b:?}: {allowed:?}");
+}
+
+etcd36_and_ferrokv!(watch_needs_read_permission);
