@@ -513,3 +513,36 @@ async fn watch_needs_read_permission(b: Backend) {
 }
 
 etcd36_and_ferrokv!(watch_needs_read_permission);
+
+/// Under `--client-cert-auth` a request without a token is the user its certificate names
+/// (the harness's client certificate has CN "root"); a token still wins over the CN.
+fn cert_workflow(m: &Member) -> Vec<String> {
+    let c = |args: &[&str]| ctl(m, args, None);
+    vec![
+        c(&["user", "add", "root:rootpw"]),
+        c(&["user", "grant-role", "root", "root"]),
+        c(&["user", "add", "alice:alicepw"]),
+        c(&["auth", "enable"]),
+        c(&["user", "list"]),
+        c(&["put", "foo", "bar"]),
+        c(&["get", "foo"]),
+        c(&[ALICE, "get", "foo"]),
+        c(&["auth", "disable"]),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_cn_is_the_user() {
+    let pki = tempfile::tempdir().unwrap();
+    let tls = ferrokv_tests::TlsFiles::generate(pki.path()).unwrap();
+    let opts = MemberOpts {
+        tls: Some(tls),
+        client_cert_auth: true,
+        ..MemberOpts::default()
+    };
+    let etcd = Member::start(Backend::Etcd36, opts.clone()).await.unwrap();
+    let ours = Member::start(Backend::Ferrokv, opts).await.unwrap();
+    let want = cert_workflow(&etcd);
+    let got = cert_workflow(&ours);
+    assert_eq!(got, want);
+}

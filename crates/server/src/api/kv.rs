@@ -10,7 +10,7 @@ use ferrokv_storage::validate;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::etcdserver::EtcdServer;
+use crate::etcdserver::{Caller, EtcdServer};
 
 /// etcd's limit of operations per txn branch (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
@@ -30,7 +30,7 @@ impl KvService {
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         self.server
-            .authorize(req.metadata(), |v| v.range_request(req.get_ref()))?;
+            .authorize(&Caller::of(&req), |v| v.range_request(req.get_ref()))?;
         let req = req.into_inner();
         validate::range(&req).map_err(Error::from)?;
         Ok(Response::new(self.server.range(req).await?))
@@ -39,7 +39,7 @@ impl Kv for KvService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         self.server.reject_learner()?;
         self.server
-            .authorize(req.metadata(), |v| v.put(req.get_ref()))?;
+            .authorize(&Caller::of(&req), |v| v.put(req.get_ref()))?;
         let req = req.into_inner();
         validate::put(&req).map_err(Error::from)?;
         Ok(Response::new(self.server.put(req).await?))
@@ -51,7 +51,7 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         self.server.reject_learner()?;
         self.server
-            .authorize(req.metadata(), |v| v.delete(req.get_ref()))?;
+            .authorize(&Caller::of(&req), |v| v.delete(req.get_ref()))?;
         let req = req.into_inner();
         validate::delete_range(&req).map_err(Error::from)?;
         Ok(Response::new(self.server.delete_range(req).await?))
@@ -59,7 +59,7 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         self.server
-            .authorize(req.metadata(), |v| v.txn(req.get_ref()))?;
+            .authorize(&Caller::of(&req), |v| v.txn(req.get_ref()))?;
         let req = req.into_inner();
         validate::txn(&req, MAX_TXN_OPS).map_err(Error::from)?;
         Ok(Response::new(self.server.txn(req).await?))
@@ -71,7 +71,7 @@ impl Kv for KvService {
     ) -> Result<Response<CompactionResponse>, Status> {
         self.server.reject_learner()?;
         // etcd 3.6 lets only the root role compact.
-        self.server.authorize_admin(req.metadata())?;
+        self.server.authorize_admin(&Caller::of(&req))?;
         Ok(Response::new(self.server.compact(req.into_inner()).await?))
     }
 }

@@ -13,7 +13,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::etcdserver::EtcdServer;
+use crate::etcdserver::{Caller, EtcdServer};
 
 #[derive(Clone)]
 pub struct MaintenanceService {
@@ -45,7 +45,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        self.server.authorize_admin(req.metadata())?;
+        self.server.authorize_admin(&Caller::of(&req))?;
         // redb reuses freed pages itself; there is nothing to rewrite.
         Ok(Response::new(DefragmentResponse {
             header: Some(self.server.header_now()),
@@ -53,7 +53,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        self.server.authorize_admin(req.metadata())?;
+        self.server.authorize_admin(&Caller::of(&req))?;
         Ok(Response::new(self.server.hash().await?))
     }
 
@@ -61,7 +61,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        self.server.authorize_admin(req.metadata())?;
+        self.server.authorize_admin(&Caller::of(&req))?;
         Ok(Response::new(
             self.server.hash_kv(req.into_inner().revision).await?,
         ))
@@ -74,7 +74,7 @@ impl Maintenance for MaintenanceService {
         req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
         // etcd: Defragment, Snapshot, Hash and HashKV need the root role.
-        self.server.authorize_admin(req.metadata())?;
+        self.server.authorize_admin(&Caller::of(&req))?;
         let chunks = self.server.snapshot().await?;
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(chunks),

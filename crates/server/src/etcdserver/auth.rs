@@ -14,6 +14,7 @@ use ferrokv_proto::etcdserverpb as pb;
 use ferrokv_proto::ferrokvpb::InternalAuthenticate;
 use rand::distr::{Alphanumeric, SampleString};
 use tonic::metadata::MetadataMap;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::EtcdServer;
 use crate::apply::{AuthResult, AuthView, Proposal};
@@ -24,16 +25,70 @@ const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
 /// Length of the random part of a simple token (etcd: 16 letters, then `.` and an index).
 const SIMPLE_TOKEN_LEN: usize = 16;
 
+/// Who sent a request: its metadata (the token) and, on a TLS port, the verified client
+/// certificate, whose CN is the user under `--client-cert-auth` when there is no token
+/// (etcd's `AuthInfoFromTLS`). Building one costs nothing; the certificate is parsed only
+/// when auth is enabled and no token came.
+pub struct Caller<'a> {
+    md: &'a MetadataMap,
+    cert: CertName<'a>,
+}
+
+enum CertName<'a> {
+    None,
+    Tls(&'a TlsConnectInfo<TcpConnectInfo>),
+    Known(Option<&'a str>),
+}
+
+impl<'a> Caller<'a> {
+    pub fn of<T>(r: &'a tonic::Request<T>) -> Caller<'a> {
+        Caller::new(r.metadata(), r.extensions())
+    }
+
+    pub fn new(md: &'a MetadataMap, ext: &'a tonic::Extensions) -> Caller<'a> {
+        let cert = ext
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .map_or(CertName::None, CertName::Tls);
+        Caller { md, cert }
+    }
+
+    /// A caller whose certificate CN was read already (a watch stream reads it once).
+    pub fn with_cn(md: &'a MetadataMap, cn: Option<&'a str>) -> Caller<'a> {
+        Caller {
+            md,
+            cert: CertName::Known(cn),
+        }
+    }
+
+    /// The CN of the client certificate the TLS handshake verified, if any.
+    pub fn cert_cn(&self) -> Option<String> {
+        match &self.cert {
+            CertName::None => None,
+            CertName::Known(cn) => cn.map(str::to_string),
+            CertName::Tls(info) => {
+                let certs = info.peer_certs()?;
+                let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?).ok()?;
+                let cn = cert.subject().iter_common_name().next()?;
+                cn.as_str().ok().map(str::to_string)
+            }
+        }
+    }
+}
+
 impl EtcdServer {
     /// One atomic load; everything else about auth is skipped while this is false.
     pub fn auth_enabled(&self) -> bool {
         self.auth.is_enabled()
     }
 
-    /// The user a request comes from: its token's owner, else "" (etcd then answers
-    /// "user name is empty" to anything that needs a user).
-    fn caller(&self, md: &MetadataMap) -> Result<String> {
-        let Some(value) = TOKEN_KEYS.iter().find_map(|k| md.get(*k)) else {
+    /// The user a request comes from: its token's owner, else (with `--client-cert-auth`)
+    /// its certificate's CN, else "" (etcd then answers "user name is empty" to anything
+    /// that needs a user).
+    fn caller(&self, caller: &Caller<'_>) -> Result<String> {
+        let Some(value) = TOKEN_KEYS.iter().find_map(|k| caller.md.get(*k)) else {
+            if self.cfg.client_tls.client_cert_auth {
+                return Ok(caller.cert_cn().unwrap_or_default());
+            }
             return Ok(String::new());
         };
         let token = value.to_str().map_err(|_| Error::InvalidAuthToken)?;
@@ -43,13 +98,13 @@ impl EtcdServer {
     /// Runs `check` as the caller; with auth disabled this is one atomic load and nothing else.
     pub fn authorize(
         &self,
-        md: &MetadataMap,
+        caller: &Caller<'_>,
         check: impl FnOnce(&AuthView<'_>) -> Result<()>,
     ) -> Result<()> {
         if !self.auth.is_enabled() {
             return Ok(());
         }
-        let user = self.caller(md)?;
+        let user = self.caller(caller)?;
         let data = self.auth.data();
         check(&AuthView {
             data: &data,
@@ -58,18 +113,23 @@ impl EtcdServer {
     }
 
     /// etcd's `IsAdminPermitted` for the caller (maintenance and membership operations).
-    pub fn authorize_admin(&self, md: &MetadataMap) -> Result<()> {
-        self.authorize(md, |v| v.admin())
+    pub fn authorize_admin(&self, caller: &Caller<'_>) -> Result<()> {
+        self.authorize(caller, |v| v.admin())
     }
 
     /// Checks a lease revoke as etcd does: the caller must be allowed to write every key
     /// attached to the lease (an admin always is).
-    pub fn authorize_lease_keys(&self, md: &MetadataMap, id: i64, want_write: bool) -> Result<()> {
+    pub fn authorize_lease_keys(
+        &self,
+        caller: &Caller<'_>,
+        id: i64,
+        want_write: bool,
+    ) -> Result<()> {
         if !self.auth.is_enabled() {
             return Ok(());
         }
         let keys = self.store.lease_keys(id).unwrap_or_default();
-        self.authorize(md, |v| {
+        self.authorize(caller, |v| {
             if v.is_admin() {
                 return Ok(());
             }
@@ -91,8 +151,8 @@ impl EtcdServer {
         self.propose(req).await?
     }
 
-    pub async fn auth_status(&self, md: &MetadataMap) -> Result<pb::AuthStatusResponse> {
-        self.authorize_admin(md)?;
+    pub async fn auth_status(&self, caller: &Caller<'_>) -> Result<pb::AuthStatusResponse> {
+        self.authorize_admin(caller)?;
         let data = self.auth.data();
         Ok(pb::AuthStatusResponse {
             header: Some(self.header_now()),
@@ -101,15 +161,15 @@ impl EtcdServer {
         })
     }
 
-    pub async fn auth_enable(&self, md: &MetadataMap) -> Result<pb::AuthEnableResponse> {
-        self.authorize_admin(md)?;
+    pub async fn auth_enable(&self, caller: &Caller<'_>) -> Result<pb::AuthEnableResponse> {
+        self.authorize_admin(caller)?;
         let mut r = self.propose_auth(pb::AuthEnableRequest {}).await?;
         r.header = Some(self.header_now());
         Ok(r)
     }
 
-    pub async fn auth_disable(&self, md: &MetadataMap) -> Result<pb::AuthDisableResponse> {
-        self.authorize_admin(md)?;
+    pub async fn auth_disable(&self, caller: &Caller<'_>) -> Result<pb::AuthDisableResponse> {
+        self.authorize_admin(caller)?;
         let mut r = self.propose_auth(pb::AuthDisableRequest {}).await?;
         r.header = Some(self.header_now());
         Ok(r)
@@ -167,10 +227,10 @@ impl EtcdServer {
 
     pub async fn user_add(
         &self,
-        md: &MetadataMap,
+        caller: &Caller<'_>,
         mut req: pb::AuthUserAddRequest,
     ) -> Result<pb::AuthUserAddResponse> {
-        self.authorize_admin(md)?;
+        self.authorize_admin(caller)?;
         if req.name.is_empty() {
             return Err(Error::UserEmpty);
         }
@@ -188,10 +248,10 @@ impl EtcdServer {
 
     pub async fn user_change_password(
         &self,
-        md: &MetadataMap,
+        caller: &Caller<'_>,
         mut req: pb::AuthUserChangePasswordRequest,
     ) -> Result<pb::AuthUserChangePasswordResponse> {
-        self.authorize_admin(md)?;
+        self.authorize_admin(caller)?;
         if req.name.is_empty() {
             return Err(Error::UserEmpty);
         }
@@ -209,10 +269,10 @@ impl EtcdServer {
     /// A user may read itself; anyone else needs the root role (etcd's rule).
     pub async fn user_get(
         &self,
-        md: &MetadataMap,
+        caller: &Caller<'_>,
         req: pb::AuthUserGetRequest,
     ) -> Result<pb::AuthUserGetResponse> {
-        self.authorize(md, |v| {
+        self.authorize(caller, |v| {
             if v.user == req.name {
                 return Ok(());
             }
@@ -225,8 +285,8 @@ impl EtcdServer {
         })
     }
 
-    pub async fn user_list(&self, md: &MetadataMap) -> Result<pb::AuthUserListResponse> {
-        self.authorize_admin(md)?;
+    pub async fn user_list(&self, caller: &Caller<'_>) -> Result<pb::AuthUserListResponse> {
+        self.authorize_admin(caller)?;
         self.read_barrier().await?;
         Ok(pb::AuthUserListResponse {
             header: Some(self.header_now()),
@@ -237,10 +297,10 @@ impl EtcdServer {
     /// A user may read the roles it has; anyone else needs the root role.
     pub async fn role_get(
         &self,
-        md: &MetadataMap,
+        caller: &Caller<'_>,
         req: pb::AuthRoleGetRequest,
     ) -> Result<pb::AuthRoleGetResponse> {
-        self.authorize(md, |v| {
+        self.authorize(caller, |v| {
             let has = v
                 .data
                 .users
@@ -258,8 +318,8 @@ impl EtcdServer {
         })
     }
 
-    pub async fn role_list(&self, md: &MetadataMap) -> Result<pb::AuthRoleListResponse> {
-        self.authorize_admin(md)?;
+    pub async fn role_list(&self, caller: &Caller<'_>) -> Result<pb::AuthRoleListResponse> {
+        self.authorize_admin(caller)?;
         self.read_barrier().await?;
         Ok(pb::AuthRoleListResponse {
             header: Some(self.header_now()),
@@ -272,8 +332,8 @@ impl EtcdServer {
 macro_rules! admin_proposals {
     ($($fn:ident: $req:ty => $resp:ty;)*) => {
         impl EtcdServer {
-            $(pub async fn $fn(&self, md: &MetadataMap, req: $req) -> Result<$resp> {
-                self.authorize_admin(md)?;
+            $(pub async fn $fn(&self, caller: &Caller<'_>, req: $req) -> Result<$resp> {
+                self.authorize_admin(caller)?;
                 let mut r = self.propose_auth(req).await?;
                 r.header = Some(self.header_now());
                 Ok(r)

@@ -19,6 +19,7 @@ mod raft_snapshot;
 pub mod reconfig;
 mod server;
 
+pub use auth::Caller;
 pub use kv::txn_is_read_only;
 pub use lease::{min_ttl, MAX_LEASE_TTL};
 pub use maintenance::SnapshotChunks;

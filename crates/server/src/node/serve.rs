@@ -22,7 +22,7 @@ use crate::api::{
 };
 use crate::config::Config;
 use crate::error::Result;
-use crate::etcdserver::EtcdServer;
+use crate::etcdserver::{Caller, EtcdServer};
 use crate::net::authority::AuthorityFix;
 use crate::net::listen::{client_incoming, nodelay_incoming};
 use crate::peer::PeerService;
@@ -188,15 +188,26 @@ pub(super) fn serve_metrics(
 
 /// etcd's `isWatchPermitted`: the range permission of the stream's caller, checked when each
 /// watch is created. Any refusal (no token, bad token, no permission) reads as etcd's
-/// "permission denied" status as Go's gRPC prints it (etcd puts `err.Error()` there).
+/// "permission denied" status as Go's gRPC prints it (etcd puts `err.Error()` there). The
+/// certificate CN is read when the stream opens, and only while auth is enabled.
 fn watch_authorizer(core: Arc<EtcdServer>) -> crate::watch::WatchAuthorizer {
-    Arc::new(move |md, key, end| {
-        core.authorize(md, |v| v.range(key, end)).map_err(|_| {
-            let denied = tonic::Status::from(crate::error::Error::PermissionDenied);
-            format!(
-                "rpc error: code = PermissionDenied desc = {}",
-                denied.message()
-            )
+    Arc::new(move |md, ext| {
+        let md = md.clone();
+        let cn = if core.auth_enabled() {
+            Caller::new(&md, ext).cert_cn()
+        } else {
+            None
+        };
+        let core = core.clone();
+        Box::new(move |key: &[u8], end: &[u8]| {
+            let caller = Caller::with_cn(&md, cn.as_deref());
+            core.authorize(&caller, |v| v.range(key, end)).map_err(|_| {
+                let denied = tonic::Status::from(crate::error::Error::PermissionDenied);
+                format!(
+                    "rpc error: code = PermissionDenied desc = {}",
+                    denied.message()
+                )
+            })
         })
     })
 }

@@ -24,10 +24,13 @@ fn no_leader() -> Status {
     Status::from(crate::error::Error::NoLeader)
 }
 
-/// Decides whether the caller (the stream's metadata) may watch `[key, range_end)`; `Err`
-/// carries the cancel reason. Set by the node when auth may be enabled.
+/// Decides whether a stream's caller may watch `[key, range_end)`; `Err` carries the cancel
+/// reason.
+pub type WatchCheck = Box<dyn Fn(&[u8], &[u8]) -> Result<(), String> + Send>;
+/// Makes the [`WatchCheck`] of a stream from its request (metadata, TLS connection info) when
+/// the stream opens. Set by the node.
 pub type WatchAuthorizer =
-    Arc<dyn Fn(&tonic::metadata::MetadataMap, &[u8], &[u8]) -> Result<(), String> + Send + Sync>;
+    Arc<dyn Fn(&tonic::metadata::MetadataMap, &tonic::Extensions) -> WatchCheck + Send + Sync>;
 
 /// The gRPC Watch service; register it with `WatchServer::new(service)`.
 pub struct WatchService {
@@ -83,8 +86,10 @@ impl Watch for WatchService {
             return Err(no_leader());
         }
         // The token is the stream's: creates later on it are checked against it.
-        let metadata = self.authorize.as_ref().map(|_| request.metadata().clone());
-        let authorize = self.authorize.clone();
+        let authorize = self
+            .authorize
+            .as_ref()
+            .map(|a| a(request.metadata(), request.extensions()));
         let mut inbound = request.into_inner();
         let (stream, notify) = self.hub.open_stream();
         debug!(stream, require_leader, "watch stream opened");
@@ -94,10 +99,10 @@ impl Watch for WatchService {
             loop {
                 match inbound.message().await {
                     Ok(Some(req)) => {
-                        if let (Some(check), Some(md), Some(RequestUnion::CreateRequest(c))) =
-                            (&authorize, &metadata, &req.request_union)
+                        if let (Some(check), Some(RequestUnion::CreateRequest(c))) =
+                            (&authorize, &req.request_union)
                         {
-                            if let Err(reason) = check(md, &c.key, &c.range_end) {
+                            if let Err(reason) = check(&c.key, &c.range_end) {
                                 hub.refuse_create(stream, &reason);
                                 continue;
                             }
