@@ -1237,6 +1237,16 @@ mod tests {
             (&["--quota-backend-bytes=8589934592"], |s| {
                 s.config.quota_backend_bytes == 8 << 30
             }),
+            (&["--auth-token=simple"], |s| {
+                s.config.auth_token == AuthToken::Simple
+            }),
+            (&["--auth-token-ttl=2"], |s| {
+                s.config.auth_token_ttl == Duration::from_secs(2)
+            }),
+            (&["--bcrypt-cost=4"], |s| s.config.bcrypt_cost == 4),
+            (&[], |s| {
+                s.config.auth_token_ttl == Duration::from_secs(300) && s.config.bcrypt_cost == 10
+            }),
             (&["--max-request-bytes=10485760"], |s| {
                 s.config.max_request_bytes == 10 << 20
             }),
@@ -1379,6 +1389,9 @@ mod tests {
             (&["--election-timeout=50001"], "--election-timeout[50001ms] is too long, and should be set less than 50000ms"),
             (&["--election-timeout=1s"], "invalid value \"1s\" for flag --election-timeout"),
             (&["--quota-backend-bytes=2G"], "invalid value \"2G\" for flag --quota-backend-bytes"),
+            (&["--auth-token=jwt,pub-key=a,priv-key=b,sign-method=RS256"], "invalid value \"jwt,pub-key=a,priv-key=b,sign-method=RS256\" for flag --auth-token"),
+            (&["--auth-token-ttl=5m"], "invalid value \"5m\" for flag --auth-token-ttl"),
+            (&["--bcrypt-cost=3"], "invalid value \"3\" for flag --bcrypt-cost"),
             (&["--max-request-bytes=0"], "invalid value \"0\" for flag --max-request-bytes"),
             (&["--auto-compaction-mode=hourly"], "invalid value \"hourly\" for flag --auto-compaction-mode"),
             (&["--auto-compaction-retention=1x"], "invalid value \"1x\" for flag --auto-compaction-retention"),
