@@ -7,8 +7,9 @@
 //! proposes only the user name and the token it chose, so every member learns the token.
 //!
 //! Permissions are checked on the serving member against its applied auth state before a
-//! write is proposed (etcd re-checks at apply time against the auth revision in the entry's
-//! header; ferrokv does not yet, see the module's report).
+//! request is served or proposed. etcd also re-checks writes at apply time when the auth
+//! revision in the entry's header is older than the store's; ferrokv does not yet, so a
+//! write proposed just before a revoke commits can still apply.
 
 use ferrokv_proto::etcdserverpb as pb;
 use ferrokv_proto::ferrokvpb::InternalAuthenticate;
@@ -35,8 +36,9 @@ pub struct Caller<'a> {
 }
 
 enum CertName<'a> {
-    None,
-    Tls(&'a TlsConnectInfo<TcpConnectInfo>),
+    /// The request's extensions, where tonic keeps the TLS connection info; looked into only
+    /// when the CN is needed, so a request with auth disabled pays nothing for it.
+    Tls(&'a tonic::Extensions),
     Known(Option<&'a str>),
 }
 
@@ -46,10 +48,10 @@ impl<'a> Caller<'a> {
     }
 
     pub fn new(md: &'a MetadataMap, ext: &'a tonic::Extensions) -> Caller<'a> {
-        let cert = ext
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .map_or(CertName::None, CertName::Tls);
-        Caller { md, cert }
+        Caller {
+            md,
+            cert: CertName::Tls(ext),
+        }
     }
 
     /// A caller whose certificate CN was read already (a watch stream reads it once).
@@ -63,10 +65,9 @@ impl<'a> Caller<'a> {
     /// The CN of the client certificate the TLS handshake verified, if any.
     pub fn cert_cn(&self) -> Option<String> {
         match &self.cert {
-            CertName::None => None,
             CertName::Known(cn) => cn.map(str::to_string),
-            CertName::Tls(info) => {
-                let certs = info.peer_certs()?;
+            CertName::Tls(ext) => {
+                let certs = ext.get::<TlsConnectInfo<TcpConnectInfo>>()?.peer_certs()?;
                 let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?).ok()?;
                 let cn = cert.subject().iter_common_name().next()?;
                 cn.as_str().ok().map(str::to_string)
