@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use ferrokv_server::config::{AuthToken, AutoCompaction, ClusterState, Config, TlsFiles};
+use ferrokv_server::config::{
+    AuthToken, AutoCompaction, ClusterState, Config, JwtOptions, TlsFiles,
+};
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -953,11 +955,12 @@ fn parse_auth_flags(cfg: &mut Config, m: &MemberArgs) -> Result<()> {
         let kind = v.split(',').next().unwrap_or_default();
         cfg.auth_token = match kind {
             "simple" => AuthToken::Simple,
+            "jwt" => AuthToken::Jwt(parse_jwt_options(v)?),
             _ => {
                 return Err(Error::invalid(
                     "auth-token",
                     v,
-                    "only \"simple\" tokens are supported",
+                    "must be \"simple\" or \"jwt,...\"",
                 ))
             }
         };
@@ -973,6 +976,47 @@ fn parse_auth_flags(cfg: &mut Config, m: &MemberArgs) -> Result<()> {
         cfg.bcrypt_cost = cost as u32;
     }
     Ok(())
+}
+
+/// `jwt,pub-key=PATH,priv-key=PATH,sign-method=ALG,ttl=DURATION` (etcd's option names).
+fn parse_jwt_options(v: &str) -> Result<JwtOptions> {
+    let mut o = JwtOptions {
+        pub_key: None,
+        priv_key: None,
+        sign_method: String::new(),
+        ttl: Duration::from_secs(300),
+    };
+    for opt in v.split(',').skip(1) {
+        let (k, val) = opt.split_once('=').ok_or_else(|| {
+            Error::invalid("auth-token", v, format!("option {opt:?} has no value"))
+        })?;
+        match k {
+            "pub-key" => o.pub_key = Some(val.into()),
+            "priv-key" => o.priv_key = Some(val.into()),
+            "sign-method" => o.sign_method = val.to_string(),
+            "ttl" => {
+                o.ttl = parse_go_duration(val).map_err(|r| Error::invalid("auth-token", v, r))?
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "auth-token",
+                    v,
+                    format!("unknown option {k:?}"),
+                ))
+            }
+        }
+    }
+    if o.sign_method.is_empty() {
+        return Err(Error::invalid("auth-token", v, "sign-method is required"));
+    }
+    if o.pub_key.is_none() && o.priv_key.is_none() {
+        return Err(Error::invalid(
+            "auth-token",
+            v,
+            "a pub-key or priv-key is required",
+        ));
+    }
+    Ok(o)
 }
 
 fn parse_u64(flag: &str, v: &str) -> Result<u64> {
@@ -1389,7 +1433,8 @@ mod tests {
             (&["--election-timeout=50001"], "--election-timeout[50001ms] is too long, and should be set less than 50000ms"),
             (&["--election-timeout=1s"], "invalid value \"1s\" for flag --election-timeout"),
             (&["--quota-backend-bytes=2G"], "invalid value \"2G\" for flag --quota-backend-bytes"),
-            (&["--auth-token=jwt,pub-key=a,priv-key=b,sign-method=RS256"], "invalid value \"jwt,pub-key=a,priv-key=b,sign-method=RS256\" for flag --auth-token"),
+            (&["--auth-token=jwt,pub-key=a"], "invalid value \"jwt,pub-key=a\" for flag --auth-token"),
+            (&["--auth-token=oauth"], "invalid value \"oauth\" for flag --auth-token"),
             (&["--auth-token-ttl=5m"], "invalid value \"5m\" for flag --auth-token-ttl"),
             (&["--bcrypt-cost=3"], "invalid value \"3\" for flag --bcrypt-cost"),
             (&["--max-request-bytes=0"], "invalid value \"0\" for flag --max-request-bytes"),

@@ -69,6 +69,21 @@ pub enum AuthToken {
     /// Random tokens known to every member through raft, expiring after the TTL.
     #[default]
     Simple,
+    /// Signed, stateless tokens (`jwt,pub-key=..,priv-key=..,sign-method=..,ttl=..`).
+    Jwt(JwtOptions),
+}
+
+/// The options of `--auth-token=jwt,...`, as etcd names them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtOptions {
+    /// Verifies tokens (for HS* the shared secret is `priv_key`).
+    pub pub_key: Option<PathBuf>,
+    /// Signs tokens; a member without it only verifies.
+    pub priv_key: Option<PathBuf>,
+    /// RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512.
+    pub sign_method: String,
+    /// Lifetime of a token (etcd: 5 minutes).
+    pub ttl: Duration,
 }
 
 impl Config {

@@ -93,7 +93,11 @@ impl EtcdServer {
             return Ok(String::new());
         };
         let token = value.to_str().map_err(|_| Error::InvalidAuthToken)?;
-        self.auth.token_user(token).ok_or(Error::InvalidAuthToken)
+        let user = match &self.jwt {
+            Some(jwt) => jwt.verify(token),
+            None => self.auth.token_user(token),
+        };
+        user.ok_or(Error::InvalidAuthToken)
     }
 
     /// Runs `check` as the caller; with auth disabled this is one atomic load and nothing else.
@@ -201,6 +205,13 @@ impl EtcdServer {
             .unwrap_or(false);
         if !ok {
             return Err(Error::AuthFailed);
+        }
+        if let Some(jwt) = &self.jwt {
+            // Stateless: any member with the public key verifies it, nothing to replicate.
+            return Ok(pb::AuthenticateResponse {
+                header: Some(self.header_now()),
+                token: jwt.sign(&req.name, data.revision)?,
+            });
         }
         let token = format!(
             "{}.{}",

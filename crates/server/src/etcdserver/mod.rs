@@ -10,6 +10,7 @@ mod auth;
 mod cluster;
 pub mod compactor;
 mod headers;
+mod jwt;
 mod kv;
 mod lease;
 pub mod lease_expiry;

@@ -50,6 +50,8 @@ pub struct EtcdServer {
     pub(super) db_size: DbSize,
     /// Users, roles and tokens; shared with the apply loop, which changes it.
     pub(super) auth: Arc<AuthStore>,
+    /// `--auth-token=jwt`: signs and verifies tokens instead of the simple-token table.
+    pub(super) jwt: Option<super::jwt::Jwt>,
     /// How long a client request may wait for raft (etcd: 5 s + 2 × election timeout).
     pub(super) request_timeout: Duration,
     /// TLS for member-to-member connections (https peer URLs).
@@ -65,8 +67,13 @@ impl EtcdServer {
             AuthData::load(&p.store)?,
             p.cfg.auth_token_ttl,
         ));
+        let jwt = match &p.cfg.auth_token {
+            crate::config::AuthToken::Jwt(o) => Some(super::jwt::Jwt::new(o)?),
+            crate::config::AuthToken::Simple => None,
+        };
         Ok(EtcdServer {
             auth,
+            jwt,
             request_timeout: Duration::from_secs(5) + 2 * p.cfg.election_timeout,
             peer_client_tls: peer_client_tls(&p.cfg.peer_tls)?,
             leader_conn: parking_lot::Mutex::new(None),
