@@ -546,3 +546,68 @@ async fn client_certificate_cn_is_the_user() {
     let got = cert_workflow(&ours);
     assert_eq!(got, want);
 }
+
+/// `--auth-token=jwt`: with the same ES256 keys, a token etcd 3.6 signs works on ferrokv and
+/// one ferrokv signs works on etcd, so the format (claims, signature) is etcd's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_tokens_interchange_with_etcd36() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let (priv_path, pub_path) = (dir.path().join("jwt.key"), dir.path().join("jwt.pub"));
+    std::fs::write(&priv_path, key.serialize_pem()).unwrap();
+    std::fs::write(&pub_path, key.public_key_pem()).unwrap();
+    let flag = format!(
+        "--auth-token=jwt,pub-key={},priv-key={},sign-method=ES256,ttl=10m",
+        pub_path.display(),
+        priv_path.display()
+    );
+    let etcd = start(Backend::Etcd36, &[&flag]).await;
+    let ours = start(Backend::Ferrokv, &[&flag]).await;
+    let mut tokens = Vec::new();
+    for m in [&etcd, &ours] {
+        let mut c = m.client().await.unwrap();
+        setup_auth(&mut c).await;
+        let ch = tonic::transport::Endpoint::from_shared(m.client_url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let token = AuthClient::new(ch.clone())
+            .authenticate(AuthenticateRequest {
+                name: "alice".into(),
+                password: "alicepw".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        tokens.push((ch, token));
+    }
+    let range = |ch: &tonic::transport::Channel, token: &str, key: &str| {
+        let mut req = tonic::Request::new(RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        });
+        req.metadata_mut()
+            .insert("token", token.parse().expect("ascii token"));
+        let mut kv = KvClient::new(ch.clone());
+        async move { kv.range(req).await }
+    };
+    let (etcd_ch, etcd_token) = &tokens[0];
+    let (our_ch, our_token) = &tokens[1];
+    range(our_ch, etcd_token, "a/x")
+        .await
+        .expect("etcd's token on ferrokv");
+    range(etcd_ch, our_token, "a/x")
+        .await
+        .expect("ferrokv's token on etcd");
+    range(our_ch, our_token, "a/x")
+        .await
+        .expect("ferrokv's own token");
+    let denied = range(our_ch, etcd_token, "b").await.unwrap_err();
+    assert_eq!(denied.message(), "etcdserver: permission denied");
+    let forged = range(our_ch, &format!("{our_token}x"), "a/x")
+        .await
+        .unwrap_err();
+    assert_eq!(forged.message(), "etcdserver: invalid auth token");
+}
