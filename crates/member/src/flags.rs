@@ -1288,6 +1288,18 @@ mod tests {
                 s.config.auth_token_ttl == Duration::from_secs(2)
             }),
             (&["--bcrypt-cost=4"], |s| s.config.bcrypt_cost == 4),
+            (
+                &["--auth-token=jwt,pub-key=/k.pub,sign-method=RS256,ttl=1m"],
+                |s| {
+                    s.config.auth_token
+                        == AuthToken::Jwt(JwtOptions {
+                            pub_key: Some("/k.pub".into()),
+                            priv_key: None,
+                            sign_method: "RS256".into(),
+                            ttl: Duration::from_secs(60),
+                        })
+                },
+            ),
             (&[], |s| {
                 s.config.auth_token_ttl == Duration::from_secs(300) && s.config.bcrypt_cost == 10
             }),
