@@ -161,6 +161,31 @@ pub fn describe_request(r: &Request) -> String {
             m.name,
             m.client_urls.join(",")
         ),
+        // Auth entries: names only; the log holds password hashes, never shown.
+        Request::AuthEnable(_) => "auth_enable".to_string(),
+        Request::AuthDisable(_) => "auth_disable".to_string(),
+        Request::Authenticate(a) => format!("authenticate name={:?}", a.name),
+        Request::AuthUserAdd(u) => format!("auth_user_add name={:?}", u.name),
+        Request::AuthUserDelete(u) => format!("auth_user_delete name={:?}", u.name),
+        Request::AuthUserChangePassword(u) => {
+            format!("auth_user_change_password name={:?}", u.name)
+        }
+        Request::AuthUserGrantRole(u) => {
+            format!("auth_user_grant_role user={:?} role={:?}", u.user, u.role)
+        }
+        Request::AuthUserRevokeRole(u) => {
+            format!("auth_user_revoke_role name={:?} role={:?}", u.name, u.role)
+        }
+        Request::AuthRoleAdd(r) => format!("auth_role_add name={:?}", r.name),
+        Request::AuthRoleDelete(r) => format!("auth_role_delete role={:?}", r.role),
+        Request::AuthRoleGrantPermission(r) => {
+            format!("auth_role_grant_permission name={:?}", r.name)
+        }
+        Request::AuthRoleRevokePermission(r) => format!(
+            "auth_role_revoke_permission role={:?} key={}",
+            r.role,
+            quote(&r.key)
+        ),
     }
 }
 

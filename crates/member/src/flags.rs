@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use ferrokv_server::config::{AutoCompaction, ClusterState, Config, TlsFiles};
+use ferrokv_server::config::{
+    AuthToken, AutoCompaction, ClusterState, Config, JwtOptions, TlsFiles,
+};
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -295,6 +297,15 @@ struct MemberArgs {
     /// Accepted for compatibility (kubeadm sets it); ferrokv checks its files at start anyway.
     #[arg(long = "experimental-initial-corrupt-check", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     initial_corrupt_check: Option<String>,
+    /// Specify auth token type and options: "simple" (JWT is not supported yet).
+    #[arg(long = "auth-token")]
+    auth_token: Option<String>,
+    /// The lifetime in seconds of a simple auth token after its last use.
+    #[arg(long = "auth-token-ttl")]
+    auth_token_ttl: Option<String>,
+    /// Cost of the bcrypt password hashes (4..=31).
+    #[arg(long = "bcrypt-cost")]
+    bcrypt_cost: Option<String>,
 }
 
 /// Parses a full command line (`args[0]` is the program name) with `env` as the source of
@@ -652,6 +663,7 @@ fn build_serve(m: MemberArgs) -> Result<Serve> {
         )?,
     };
     check_tls(&cfg)?;
+    parse_auth_flags(&mut cfg, &m)?;
     parse_bool_flag(
         "experimental-initial-corrupt-check",
         m.initial_corrupt_check.as_deref(),
@@ -941,6 +953,77 @@ fn check_tls(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`, with etcd's bounds. A JWT token
+/// provider is refused at start rather than silently replaced by simple tokens.
+fn parse_auth_flags(cfg: &mut Config, m: &MemberArgs) -> Result<()> {
+    if let Some(v) = &m.auth_token {
+        let kind = v.split(',').next().unwrap_or_default();
+        cfg.auth_token = match kind {
+            "simple" => AuthToken::Simple,
+            "jwt" => AuthToken::Jwt(parse_jwt_options(v)?),
+            _ => {
+                return Err(Error::invalid(
+                    "auth-token",
+                    v,
+                    "must be \"simple\" or \"jwt,...\"",
+                ))
+            }
+        };
+    }
+    if let Some(v) = &m.auth_token_ttl {
+        cfg.auth_token_ttl = Duration::from_secs(parse_u64("auth-token-ttl", v)?);
+    }
+    if let Some(v) = &m.bcrypt_cost {
+        let cost = parse_u64("bcrypt-cost", v)?;
+        if !(4..=31).contains(&cost) {
+            return Err(Error::invalid("bcrypt-cost", v, "must be between 4 and 31"));
+        }
+        cfg.bcrypt_cost = cost as u32;
+    }
+    Ok(())
+}
+
+/// `jwt,pub-key=PATH,priv-key=PATH,sign-method=ALG,ttl=DURATION` (etcd's option names).
+fn parse_jwt_options(v: &str) -> Result<JwtOptions> {
+    let mut o = JwtOptions {
+        pub_key: None,
+        priv_key: None,
+        sign_method: String::new(),
+        ttl: Duration::from_secs(300),
+    };
+    for opt in v.split(',').skip(1) {
+        let (k, val) = opt.split_once('=').ok_or_else(|| {
+            Error::invalid("auth-token", v, format!("option {opt:?} has no value"))
+        })?;
+        match k {
+            "pub-key" => o.pub_key = Some(val.into()),
+            "priv-key" => o.priv_key = Some(val.into()),
+            "sign-method" => o.sign_method = val.to_string(),
+            "ttl" => {
+                o.ttl = parse_go_duration(val).map_err(|r| Error::invalid("auth-token", v, r))?
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "auth-token",
+                    v,
+                    format!("unknown option {k:?}"),
+                ))
+            }
+        }
+    }
+    if o.sign_method.is_empty() {
+        return Err(Error::invalid("auth-token", v, "sign-method is required"));
+    }
+    if o.pub_key.is_none() && o.priv_key.is_none() {
+        return Err(Error::invalid(
+            "auth-token",
+            v,
+            "a pub-key or priv-key is required",
+        ));
+    }
+    Ok(o)
+}
+
 fn parse_u64(flag: &str, v: &str) -> Result<u64> {
     v.parse::<u64>()
         .map_err(|_| Error::invalid(flag, v, "must be a non-negative integer"))
@@ -1203,6 +1286,28 @@ mod tests {
             (&["--quota-backend-bytes=8589934592"], |s| {
                 s.config.quota_backend_bytes == 8 << 30
             }),
+            (&["--auth-token=simple"], |s| {
+                s.config.auth_token == AuthToken::Simple
+            }),
+            (&["--auth-token-ttl=2"], |s| {
+                s.config.auth_token_ttl == Duration::from_secs(2)
+            }),
+            (&["--bcrypt-cost=4"], |s| s.config.bcrypt_cost == 4),
+            (
+                &["--auth-token=jwt,pub-key=/k.pub,sign-method=RS256,ttl=1m"],
+                |s| {
+                    s.config.auth_token
+                        == AuthToken::Jwt(JwtOptions {
+                            pub_key: Some("/k.pub".into()),
+                            priv_key: None,
+                            sign_method: "RS256".into(),
+                            ttl: Duration::from_secs(60),
+                        })
+                },
+            ),
+            (&[], |s| {
+                s.config.auth_token_ttl == Duration::from_secs(300) && s.config.bcrypt_cost == 10
+            }),
             (&["--max-request-bytes=10485760"], |s| {
                 s.config.max_request_bytes == 10 << 20
             }),
@@ -1347,6 +1452,10 @@ mod tests {
             (&["--election-timeout=50001"], "--election-timeout[50001ms] is too long, and should be set less than 50000ms"),
             (&["--election-timeout=1s"], "invalid value \"1s\" for flag --election-timeout"),
             (&["--quota-backend-bytes=2G"], "invalid value \"2G\" for flag --quota-backend-bytes"),
+            (&["--auth-token=jwt,pub-key=a"], "invalid value \"jwt,pub-key=a\" for flag --auth-token"),
+            (&["--auth-token=oauth"], "invalid value \"oauth\" for flag --auth-token"),
+            (&["--auth-token-ttl=5m"], "invalid value \"5m\" for flag --auth-token-ttl"),
+            (&["--bcrypt-cost=3"], "invalid value \"3\" for flag --bcrypt-cost"),
             (&["--max-request-bytes=0"], "invalid value \"0\" for flag --max-request-bytes"),
             (&["--auto-compaction-mode=hourly"], "invalid value \"hourly\" for flag --auto-compaction-mode"),
             (&["--auto-compaction-retention=1x"], "invalid value \"1x\" for flag --auto-compaction-retention"),

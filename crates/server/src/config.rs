@@ -58,6 +58,35 @@ pub struct Config {
     /// `--metrics extensive`: also export `grpc_server_handling_seconds` (etcd's default is
     /// `basic`, without it).
     pub metrics_extensive: bool,
+    /// How auth tokens are made (etcd `--auth-token`: `simple` or `jwt,...`).
+    pub auth_token: AuthToken,
+    /// How long a simple token lives after its last use (etcd `--auth-token-ttl`, 300 s).
+    pub auth_token_ttl: Duration,
+    /// bcrypt cost of stored password hashes (etcd `--bcrypt-cost`, 10).
+    pub bcrypt_cost: u32,
+}
+
+/// etcd's `--auth-token` kinds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AuthToken {
+    /// Random tokens known to every member through raft, expiring after the TTL.
+    #[default]
+    Simple,
+    /// Signed, stateless tokens (`jwt,pub-key=..,priv-key=..,sign-method=..,ttl=..`).
+    Jwt(JwtOptions),
+}
+
+/// The options of `--auth-token=jwt,...`, as etcd names them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtOptions {
+    /// Verifies tokens (for HS* the shared secret is `priv_key`).
+    pub pub_key: Option<PathBuf>,
+    /// Signs tokens; a member without it only verifies.
+    pub priv_key: Option<PathBuf>,
+    /// RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512.
+    pub sign_method: String,
+    /// Lifetime of a token (etcd: 5 minutes).
+    pub ttl: Duration,
 }
 
 impl Config {
@@ -85,6 +114,9 @@ impl Config {
             listen_metrics_urls: Vec::new(),
             watch_progress_notify_interval: Duration::from_secs(600),
             metrics_extensive: false,
+            auth_token: AuthToken::Simple,
+            auth_token_ttl: Duration::from_secs(300),
+            bcrypt_cost: 10,
         }
     }
 

@@ -58,6 +58,40 @@ pub enum Error {
     BadLeaderTransferee,
     #[error("{}", self.etcd_text())]
     AuthNotEnabled,
+    // The auth store's errors (etcd's rpctypes ErrGRPC* of auth).
+    #[error("{}", self.etcd_text())]
+    UserEmpty,
+    #[error("{}", self.etcd_text())]
+    RoleEmpty,
+    #[error("{}", self.etcd_text())]
+    UserExists,
+    #[error("{}", self.etcd_text())]
+    UserNotFound,
+    #[error("{}", self.etcd_text())]
+    RoleExists,
+    #[error("{}", self.etcd_text())]
+    RoleNotFound,
+    #[error("{}", self.etcd_text())]
+    AuthFailed,
+    #[error("{}", self.etcd_text())]
+    PermissionDenied,
+    #[error("{}", self.etcd_text())]
+    RoleNotGranted,
+    #[error("{}", self.etcd_text())]
+    PermissionNotGranted,
+    #[error("{}", self.etcd_text())]
+    PermissionNotGiven,
+    #[error("{}", self.etcd_text())]
+    InvalidAuthToken,
+    #[error("{}", self.etcd_text())]
+    InvalidAuthMgmt,
+    #[error("{}", self.etcd_text())]
+    RootUserNotExist,
+    #[error("{}", self.etcd_text())]
+    RootRoleNotExist,
+    /// Not in etcd's rpctypes table, so etcd sends the auth store's own text with code Unknown.
+    #[error("{}", self.etcd_text())]
+    NoPasswordUser,
     #[error("snapshot file: {0}")]
     SnapshotFile(&'static str),
     #[error("{0} is not implemented")]
@@ -195,6 +229,50 @@ impl Error {
             Error::AuthNotEnabled => (
                 Code::FailedPrecondition,
                 "etcdserver: authentication is not enabled",
+            ),
+            Error::UserEmpty => (Code::InvalidArgument, "etcdserver: user name is empty"),
+            Error::RoleEmpty => (Code::InvalidArgument, "etcdserver: role name is empty"),
+            Error::UserExists => (
+                Code::FailedPrecondition,
+                "etcdserver: user name already exists",
+            ),
+            Error::UserNotFound => (Code::FailedPrecondition, "etcdserver: user name not found"),
+            Error::RoleExists => (
+                Code::FailedPrecondition,
+                "etcdserver: role name already exists",
+            ),
+            Error::RoleNotFound => (Code::FailedPrecondition, "etcdserver: role name not found"),
+            Error::AuthFailed => (
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            Error::PermissionDenied => (Code::PermissionDenied, "etcdserver: permission denied"),
+            Error::RoleNotGranted => (
+                Code::FailedPrecondition,
+                "etcdserver: role is not granted to the user",
+            ),
+            Error::PermissionNotGranted => (
+                Code::FailedPrecondition,
+                "etcdserver: permission is not granted to the role",
+            ),
+            Error::PermissionNotGiven => {
+                (Code::InvalidArgument, "etcdserver: permission not given")
+            }
+            Error::InvalidAuthToken => (Code::Unauthenticated, "etcdserver: invalid auth token"),
+            Error::InvalidAuthMgmt => {
+                (Code::InvalidArgument, "etcdserver: invalid auth management")
+            }
+            Error::RootUserNotExist => (
+                Code::FailedPrecondition,
+                "etcdserver: root user does not exist",
+            ),
+            Error::RootRoleNotExist => (
+                Code::FailedPrecondition,
+                "etcdserver: root user does not have root role",
+            ),
+            Error::NoPasswordUser => (
+                Code::Unknown,
+                "auth: authentication failed, password was given for no password user",
             ),
             Error::Forwarded(_)
             | Error::SnapshotFile(_)
@@ -402,6 +480,86 @@ mod tests {
                 Error::AuthNotEnabled,
                 Code::FailedPrecondition,
                 "etcdserver: authentication is not enabled",
+            ),
+            (
+                Error::UserEmpty,
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            (
+                Error::RoleEmpty,
+                Code::InvalidArgument,
+                "etcdserver: role name is empty",
+            ),
+            (
+                Error::UserExists,
+                Code::FailedPrecondition,
+                "etcdserver: user name already exists",
+            ),
+            (
+                Error::UserNotFound,
+                Code::FailedPrecondition,
+                "etcdserver: user name not found",
+            ),
+            (
+                Error::RoleExists,
+                Code::FailedPrecondition,
+                "etcdserver: role name already exists",
+            ),
+            (
+                Error::RoleNotFound,
+                Code::FailedPrecondition,
+                "etcdserver: role name not found",
+            ),
+            (
+                Error::AuthFailed,
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            (
+                Error::PermissionDenied,
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            (
+                Error::RoleNotGranted,
+                Code::FailedPrecondition,
+                "etcdserver: role is not granted to the user",
+            ),
+            (
+                Error::PermissionNotGranted,
+                Code::FailedPrecondition,
+                "etcdserver: permission is not granted to the role",
+            ),
+            (
+                Error::PermissionNotGiven,
+                Code::InvalidArgument,
+                "etcdserver: permission not given",
+            ),
+            (
+                Error::InvalidAuthToken,
+                Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+            (
+                Error::InvalidAuthMgmt,
+                Code::InvalidArgument,
+                "etcdserver: invalid auth management",
+            ),
+            (
+                Error::RootUserNotExist,
+                Code::FailedPrecondition,
+                "etcdserver: root user does not exist",
+            ),
+            (
+                Error::RootRoleNotExist,
+                Code::FailedPrecondition,
+                "etcdserver: root user does not have root role",
+            ),
+            (
+                Error::NoPasswordUser,
+                Code::Unknown,
+                "auth: authentication failed, password was given for no password user",
             ),
         ];
         for (err, code, msg) in rows {

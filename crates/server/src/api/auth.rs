@@ -1,13 +1,13 @@
-//! The Auth service: authentication is not supported yet, so every RPC but AuthStatus is
-//! Unimplemented and AuthStatus says auth is disabled (what clients check first).
+//! The Auth service: users, roles, permissions, enabling auth and authenticating, as etcd
+//! 3.6 serves them. Each RPC calls one `EtcdServer` method with the request's metadata (the
+//! caller's token) and returns its answer.
 
 use std::sync::Arc;
 
 use ferrokv_proto::etcdserverpb::{auth_server::Auth, *};
 use tonic::{Request, Response, Status};
 
-use crate::error::Error;
-use crate::etcdserver::EtcdServer;
+use crate::etcdserver::{Caller, EtcdServer};
 
 #[derive(Clone)]
 pub struct AuthService {
@@ -24,124 +24,175 @@ impl AuthService {
 impl Auth for AuthService {
     async fn auth_status(
         &self,
-        _r: Request<AuthStatusRequest>,
+        r: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
-        Ok(Response::new(AuthStatusResponse {
-            header: Some(self.server.header_now()),
-            enabled: false,
-            auth_revision: 0,
-        }))
+        Ok(Response::new(
+            self.server.auth_status(&Caller::of(&r)).await?,
+        ))
     }
 
     async fn auth_enable(
         &self,
-        _r: Request<AuthEnableRequest>,
+        r: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        Err(Error::Unimplemented("AuthEnable").into())
+        Ok(Response::new(
+            self.server.auth_enable(&Caller::of(&r)).await?,
+        ))
     }
 
     async fn auth_disable(
         &self,
-        _r: Request<AuthDisableRequest>,
+        r: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        Err(Error::Unimplemented("AuthDisable").into())
+        Ok(Response::new(
+            self.server.auth_disable(&Caller::of(&r)).await?,
+        ))
     }
 
     async fn authenticate(
         &self,
-        _r: Request<AuthenticateRequest>,
+        r: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
-        Err(Error::Unimplemented("Authenticate").into())
-    }
-
-    async fn user_add(
-        &self,
-        _r: Request<AuthUserAddRequest>,
-    ) -> Result<Response<AuthUserAddResponse>, Status> {
-        Err(Error::Unimplemented("UserAdd").into())
-    }
-
-    async fn user_get(
-        &self,
-        _r: Request<AuthUserGetRequest>,
-    ) -> Result<Response<AuthUserGetResponse>, Status> {
-        Err(Error::Unimplemented("UserGet").into())
+        Ok(Response::new(
+            self.server.authenticate(r.into_inner()).await?,
+        ))
     }
 
     async fn user_list(
         &self,
-        _r: Request<AuthUserListRequest>,
+        r: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        Err(Error::Unimplemented("UserList").into())
-    }
-
-    async fn user_delete(
-        &self,
-        _r: Request<AuthUserDeleteRequest>,
-    ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        Err(Error::Unimplemented("UserDelete").into())
-    }
-
-    async fn user_change_password(
-        &self,
-        _r: Request<AuthUserChangePasswordRequest>,
-    ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        Err(Error::Unimplemented("UserChangePassword").into())
-    }
-
-    async fn user_grant_role(
-        &self,
-        _r: Request<AuthUserGrantRoleRequest>,
-    ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        Err(Error::Unimplemented("UserGrantRole").into())
-    }
-
-    async fn user_revoke_role(
-        &self,
-        _r: Request<AuthUserRevokeRoleRequest>,
-    ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        Err(Error::Unimplemented("UserRevokeRole").into())
-    }
-
-    async fn role_add(
-        &self,
-        _r: Request<AuthRoleAddRequest>,
-    ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        Err(Error::Unimplemented("RoleAdd").into())
-    }
-
-    async fn role_get(
-        &self,
-        _r: Request<AuthRoleGetRequest>,
-    ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        Err(Error::Unimplemented("RoleGet").into())
+        Ok(Response::new(self.server.user_list(&Caller::of(&r)).await?))
     }
 
     async fn role_list(
         &self,
-        _r: Request<AuthRoleListRequest>,
+        r: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        Err(Error::Unimplemented("RoleList").into())
+        Ok(Response::new(self.server.role_list(&Caller::of(&r)).await?))
+    }
+
+    async fn user_add(
+        &self,
+        r: Request<AuthUserAddRequest>,
+    ) -> Result<Response<AuthUserAddResponse>, Status> {
+        let (md, ext, req) = r.into_parts();
+        Ok(Response::new(
+            self.server.user_add(&Caller::new(&md, &ext), req).await?,
+        ))
+    }
+
+    async fn user_get(
+        &self,
+        r: Request<AuthUserGetRequest>,
+    ) -> Result<Response<AuthUserGetResponse>, Status> {
+        let (md, ext, req) = r.into_parts();
+        Ok(Response::new(
+            self.server.user_get(&Caller::new(&md, &ext), req).await?,
+        ))
+    }
+
+    async fn user_delete(
+        &self,
+        r: Request<AuthUserDeleteRequest>,
+    ) -> Result<Response<AuthUserDeleteResponse>, Status> {
+        let (md, ext, req) = r.into_parts();
+        Ok(Response::new(
+            self.server
+                .user_delete(&Caller::new(&md, &ext), req)
+                .await?,
+        ))
+    }
+
+    async fn user_change_password(
+        &self,
+        r: Request<AuthUserChangePasswordRequest>,
+    ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
+        let (md, ext, req) = r.into_parts();
+        Ok(Response::new(
+            self.server
+                .user_change_password(&Caller::new(&md, &ext), req)
+                .await?,
+        ))
+    }
+
+    async fn user_grant_role(
+        &self,
+        r: Request<AuthUserGrantRoleRequest>,
+    ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
+        let (md, ext, req) = r.into_parts();
+        Ok(Response::new(
+            self.server
+                .user_grant_role(&Caller::new(&md, &ext), req)
+                .await?,
+        ))
+    }
+
+    async fn user_revoke_role(
+        &self,
+        r: Request<AuthUserRevokeRoleRequest>,
+    ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
+        let (md, ext, req) = r.into_parts();
+        Ok(Response::new(
+            self.server
+                .user_revoke_role(&Caller::new(&md, &ext), req)
+                .await?,
+        ))
+    }
+
+    async fn role_add(
+        &self,
+        r: Request<AuthRoleAddRequest>,
+    ) -> Result<Response<AuthRoleAddResponse>, Status> {
+        let (md, ext, req) = r.into_parts();
+        Ok(Response::new(
+            self.server.role_add(&Caller::new(&md, &ext), req).await?,
+        ))
+    }
+
+    async fn role_get(
+        &self,
+        r: Request<AuthRoleGetRequest>,
+    ) -> Result<Response<AuthRoleGetResponse>, Status> {
+        let (md, ext, req) = r.into_parts();
+        Ok(Response::new(
+            self.server.role_get(&Caller::new(&md, &ext), req).await?,
+        ))
     }
 
     async fn role_delete(
         &self,
-        _r: Request<AuthRoleDeleteRequest>,
+        r: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        Err(Error::Unimplemented("RoleDelete").into())
+        let (md, ext, req) = r.into_parts();
+        Ok(Response::new(
+            self.server
+                .role_delete(&Caller::new(&md, &ext), req)
+                .await?,
+        ))
     }
 
     async fn role_grant_permission(
         &self,
-        _r: Request<AuthRoleGrantPermissionRequest>,
+        r: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        Err(Error::Unimplemented("RoleGrantPermission").into())
+        let (md, ext, req) = r.into_parts();
+        Ok(Response::new(
+            self.server
+                .role_grant_permission(&Caller::new(&md, &ext), req)
+                .await?,
+        ))
     }
 
     async fn role_revoke_permission(
         &self,
-        _r: Request<AuthRoleRevokePermissionRequest>,
+        r: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        Err(Error::Unimplemented("RoleRevokePermission").into())
+        let (md, ext, req) = r.into_parts();
+        Ok(Response::new(
+            self.server
+                .role_revoke_permission(&Caller::new(&md, &ext), req)
+                .await?,
+        ))
     }
 }

@@ -9,7 +9,7 @@ use ferrokv_proto::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::etcdserver::EtcdServer;
+use crate::etcdserver::{Caller, EtcdServer};
 
 #[derive(Clone)]
 pub struct ClusterService {
@@ -28,6 +28,8 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        // etcd's checkMembershipOperationPermission: changes need the root role.
+        self.server.authorize_admin(&Caller::of(&req))?;
         Ok(Response::new(
             self.server.member_add(req.into_inner()).await?,
         ))
@@ -37,6 +39,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.server.authorize_admin(&Caller::of(&req))?;
         Ok(Response::new(
             self.server.member_remove(req.into_inner().id).await?,
         ))
@@ -46,6 +49,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.server.authorize_admin(&Caller::of(&req))?;
         Ok(Response::new(
             self.server.member_update(req.into_inner()).await?,
         ))
@@ -66,6 +70,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.server.authorize_admin(&Caller::of(&req))?;
         Ok(Response::new(
             self.server.member_promote(req.into_inner().id).await?,
         ))

@@ -10,7 +10,7 @@ use ferrokv_storage::validate;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::etcdserver::EtcdServer;
+use crate::etcdserver::{Caller, EtcdServer};
 
 /// etcd's limit of operations per txn branch (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
@@ -29,6 +29,8 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        self.server
+            .authorize(&Caller::of(&req), |v| v.range_request(req.get_ref()))?;
         let req = req.into_inner();
         validate::range(&req).map_err(Error::from)?;
         Ok(Response::new(self.server.range(req).await?))
@@ -36,6 +38,8 @@ impl Kv for KvService {
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         self.server.reject_learner()?;
+        self.server
+            .authorize(&Caller::of(&req), |v| v.put(req.get_ref()))?;
         let req = req.into_inner();
         validate::put(&req).map_err(Error::from)?;
         Ok(Response::new(self.server.put(req).await?))
@@ -46,12 +50,16 @@ impl Kv for KvService {
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         self.server.reject_learner()?;
+        self.server
+            .authorize(&Caller::of(&req), |v| v.delete(req.get_ref()))?;
         let req = req.into_inner();
         validate::delete_range(&req).map_err(Error::from)?;
         Ok(Response::new(self.server.delete_range(req).await?))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.server
+            .authorize(&Caller::of(&req), |v| v.txn(req.get_ref()))?;
         let req = req.into_inner();
         validate::txn(&req, MAX_TXN_OPS).map_err(Error::from)?;
         Ok(Response::new(self.server.txn(req).await?))
@@ -62,6 +70,8 @@ impl Kv for KvService {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         self.server.reject_learner()?;
+        // etcd 3.6 lets only the root role compact.
+        self.server.authorize_admin(&Caller::of(&req))?;
         Ok(Response::new(self.server.compact(req.into_inner()).await?))
     }
 }

@@ -13,7 +13,7 @@ use futures::Stream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::etcdserver::EtcdServer;
+use crate::etcdserver::{Caller, EtcdServer};
 
 #[derive(Clone)]
 pub struct LeaseService {
@@ -45,6 +45,9 @@ impl Lease for LeaseService {
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         self.server.reject_learner()?;
+        // etcd: revoking deletes the lease's keys, so the caller must be allowed to write them.
+        self.server
+            .authorize_lease_keys(&Caller::of(&req), req.get_ref().id, true)?;
         Ok(Response::new(
             self.server.lease_revoke(req.into_inner()).await?,
         ))
@@ -68,6 +71,11 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         self.server.reject_learner()?;
+        if req.get_ref().keys {
+            // The key list is a read of those keys.
+            self.server
+                .authorize_lease_keys(&Caller::of(&req), req.get_ref().id, false)?;
+        }
         Ok(Response::new(
             self.server.lease_time_to_live(req.into_inner()).await?,
         ))
@@ -75,9 +83,11 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _req: Request<LeaseLeasesRequest>,
+        req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         self.server.reject_learner()?;
+        // etcd 3.6 lists every lease only to the root role.
+        self.server.authorize_admin(&Caller::of(&req))?;
         Ok(Response::new(self.server.lease_leases().await?))
     }
 }

@@ -13,7 +13,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::etcdserver::EtcdServer;
+use crate::etcdserver::{Caller, EtcdServer};
 
 #[derive(Clone)]
 pub struct MaintenanceService {
@@ -43,14 +43,16 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _req: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.server.authorize_admin(&Caller::of(&req))?;
         // redb reuses freed pages itself; there is nothing to rewrite.
         // etcd answers a defragment with an empty message, no header.
         Ok(Response::new(DefragmentResponse { header: None }))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.server.authorize_admin(&Caller::of(&req))?;
         Ok(Response::new(self.server.hash().await?))
     }
 
@@ -58,6 +60,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.server.authorize_admin(&Caller::of(&req))?;
         Ok(Response::new(
             self.server.hash_kv(req.into_inner().revision).await?,
         ))
@@ -67,8 +70,10 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        // etcd: Defragment, Snapshot, Hash and HashKV need the root role.
+        self.server.authorize_admin(&Caller::of(&req))?;
         let chunks = self.server.snapshot().await?;
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(chunks),

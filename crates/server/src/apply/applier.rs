@@ -24,8 +24,9 @@ use ferrokv_storage::{Store, WriteBatch};
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::auth::{AuthData, AuthStore, AUTH_META_KEY};
 use super::seams::{DurableIndexSink, EventSink, PeerDirectory};
-use super::{membership, Alarms, ApplyResult, DbSize, Lessor, Waiters};
+use super::{membership, Alarms, ApplyResult, AuthResult, DbSize, Lessor, Waiters};
 use crate::error::{Error, Result};
 use crate::metrics::MvccOps;
 
@@ -53,6 +54,17 @@ pub struct Applier {
     pub member_id: u64,
     /// Asks the member to stop (used when this member is removed from the cluster).
     pub request_stop: Arc<watch::Sender<bool>>,
+    /// The auth store: Auth* entries change it, installed only after the batch commits.
+    pub auth: Arc<AuthStore>,
+}
+
+/// The auth side of one batch: a working copy of the auth state (taken at the first auth
+/// entry, written into the batch's transaction) and the tokens to register after commit.
+#[derive(Default)]
+struct AuthBatch {
+    data: Option<AuthData>,
+    changed: bool,
+    tokens: Vec<(String, String)>,
 }
 
 /// A keyspace snapshot received from the leader, to be installed by the apply loop (the
@@ -185,6 +197,7 @@ impl Applier {
         let (index, _) = self.store.restore_from(path)?;
         let revision = self.store.current_revision();
         let leases: Vec<(i64, i64)> = self.store.leases()?.iter().map(|l| (l.id, l.ttl)).collect();
+        self.auth.replace(AuthData::load(&self.store)?);
         self.lessor.replace_all(&leases);
         for m in membership::load(&self.store)? {
             if m.id != self.member_id {
@@ -225,6 +238,7 @@ impl Applier {
         let mut replies: Vec<Reply> = Vec::new();
         let mut after: Vec<AfterCommit> = Vec::new();
         let mut members: Option<Vec<pb::Member>> = None;
+        let mut auth = AuthBatch::default();
 
         for entry in &committed.entries {
             match entry.get_entry_type() {
@@ -243,6 +257,7 @@ impl Applier {
                         &mut events,
                         &mut after,
                         &mut members,
+                        &mut auth,
                     )?);
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -267,11 +282,22 @@ impl Applier {
                 .set_meta(membership::MEMBERS_KEY, &membership::encode_members(m))
                 .map_err(fatal)?;
         }
+        if let (Some(data), true) = (&auth.data, auth.changed) {
+            batch
+                .set_meta(AUTH_META_KEY, &data.encode())
+                .map_err(fatal)?;
+        }
         let committing = Instant::now();
         batch.commit(false).map_err(fatal)?;
         self.metrics
             .backend_committed(committing.elapsed(), started.elapsed());
         self.metrics.keys_changed(live_keys_delta(&events));
+        if let (Some(data), true) = (auth.data, auth.changed) {
+            self.auth.replace(data);
+        }
+        for (token, user) in auth.tokens {
+            self.auth.assign_token(token, user);
+        }
 
         let revision = self.store.current_revision();
         for a in after {
@@ -313,6 +339,7 @@ impl Applier {
         events: &mut Vec<mvccpb::Event>,
         after: &mut Vec<AfterCommit>,
         members: &mut Option<Vec<pb::Member>>,
+        auth: &mut AuthBatch,
     ) -> Result<Reply> {
         let id = req.id;
         let Some(request) = req.request else {
@@ -382,7 +409,85 @@ impl Applier {
                 *members = Some(membership::with_attributes(list, &attr));
                 reply(id, Ok(()))
             }
+            Request::AuthEnable(_) => self.auth_op(id, auth, |d| {
+                d.enable().map(|()| pb::AuthEnableResponse::default())
+            }),
+            Request::AuthDisable(_) => self.auth_op(id, auth, |d| {
+                d.disable();
+                Ok(pb::AuthDisableResponse::default())
+            }),
+            Request::Authenticate(r) => {
+                let data = self.auth_data(auth);
+                let out: AuthResult<pb::AuthenticateResponse> = if !data.enabled {
+                    Err(Error::AuthNotEnabled)
+                } else if !data.users.contains_key(&r.name) {
+                    // Deleted between the password check and this entry.
+                    Err(Error::AuthFailed)
+                } else {
+                    auth.tokens.push((r.simple_token.clone(), r.name));
+                    Ok(pb::AuthenticateResponse {
+                        header: None,
+                        token: r.simple_token,
+                    })
+                };
+                reply(id, Ok(out))
+            }
+            Request::AuthUserAdd(r) => self.auth_op(id, auth, |d| {
+                d.user_add(&r).map(|()| pb::AuthUserAddResponse::default())
+            }),
+            Request::AuthUserDelete(r) => self.auth_op(id, auth, |d| {
+                d.user_delete(&r.name)
+                    .map(|()| pb::AuthUserDeleteResponse::default())
+            }),
+            Request::AuthUserChangePassword(r) => self.auth_op(id, auth, |d| {
+                d.user_change_password(&r.name, &r.hashed_password)
+                    .map(|()| pb::AuthUserChangePasswordResponse::default())
+            }),
+            Request::AuthUserGrantRole(r) => self.auth_op(id, auth, |d| {
+                d.user_grant_role(&r.user, &r.role)
+                    .map(|()| pb::AuthUserGrantRoleResponse::default())
+            }),
+            Request::AuthUserRevokeRole(r) => self.auth_op(id, auth, |d| {
+                d.user_revoke_role(&r.name, &r.role)
+                    .map(|()| pb::AuthUserRevokeRoleResponse::default())
+            }),
+            Request::AuthRoleAdd(r) => self.auth_op(id, auth, |d| {
+                d.role_add(&r.name)
+                    .map(|()| pb::AuthRoleAddResponse::default())
+            }),
+            Request::AuthRoleDelete(r) => self.auth_op(id, auth, |d| {
+                d.role_delete(&r.role)
+                    .map(|()| pb::AuthRoleDeleteResponse::default())
+            }),
+            Request::AuthRoleGrantPermission(r) => self.auth_op(id, auth, |d| {
+                d.role_grant_permission(&r.name, r.perm.as_ref())
+                    .map(|()| pb::AuthRoleGrantPermissionResponse::default())
+            }),
+            Request::AuthRoleRevokePermission(r) => self.auth_op(id, auth, |d| {
+                d.role_revoke_permission(&r.role, &r.key, &r.range_end)
+                    .map(|()| pb::AuthRoleRevokePermissionResponse::default())
+            }),
         }
+    }
+
+    /// The batch's working copy of the auth state (the installed one until an auth entry).
+    fn auth_data<'b>(&self, auth: &'b mut AuthBatch) -> &'b mut AuthData {
+        auth.data.get_or_insert_with(|| (*self.auth.data()).clone())
+    }
+
+    /// Applies one auth store change to the batch's working copy. Every change validates
+    /// before it modifies, so a refused request leaves the copy as it was.
+    fn auth_op<R: Send + 'static>(
+        &self,
+        id: u64,
+        auth: &mut AuthBatch,
+        f: impl FnOnce(&mut AuthData) -> AuthResult<R>,
+    ) -> Result<Reply> {
+        let out = f(self.auth_data(auth));
+        if out.is_ok() {
+            auth.changed = true;
+        }
+        reply(id, Ok(out))
     }
 
     /// Raft has already changed its configuration; here the member list follows it.

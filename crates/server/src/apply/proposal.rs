@@ -12,12 +12,13 @@
 use std::any::Any;
 use std::collections::HashMap;
 
+use ferrokv_proto::etcdserverpb as pb;
 use ferrokv_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
     DeleteRangeResponse, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
     LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
-use ferrokv_proto::ferrokvpb::{internal_request::Request, MemberAttributes};
+use ferrokv_proto::ferrokvpb::{internal_request::Request, InternalAuthenticate, MemberAttributes};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -52,7 +53,28 @@ proposals! {
     // Requests whose only answer is "done".
     LeaseCheckpointRequest => (), LeaseCheckpoint;
     MemberAttributes => (), MemberAttributes;
+    // Auth requests: an auth store refusal (user exists, role not found, ...) is the
+    // request's answer, not a storage failure, so it travels inside the response.
+    pb::AuthEnableRequest => AuthResult<pb::AuthEnableResponse>, AuthEnable;
+    pb::AuthDisableRequest => AuthResult<pb::AuthDisableResponse>, AuthDisable;
+    InternalAuthenticate => AuthResult<pb::AuthenticateResponse>, Authenticate;
+    pb::AuthUserAddRequest => AuthResult<pb::AuthUserAddResponse>, AuthUserAdd;
+    pb::AuthUserDeleteRequest => AuthResult<pb::AuthUserDeleteResponse>, AuthUserDelete;
+    pb::AuthUserChangePasswordRequest =>
+        AuthResult<pb::AuthUserChangePasswordResponse>, AuthUserChangePassword;
+    pb::AuthUserGrantRoleRequest => AuthResult<pb::AuthUserGrantRoleResponse>, AuthUserGrantRole;
+    pb::AuthUserRevokeRoleRequest =>
+        AuthResult<pb::AuthUserRevokeRoleResponse>, AuthUserRevokeRole;
+    pb::AuthRoleAddRequest => AuthResult<pb::AuthRoleAddResponse>, AuthRoleAdd;
+    pb::AuthRoleDeleteRequest => AuthResult<pb::AuthRoleDeleteResponse>, AuthRoleDelete;
+    pb::AuthRoleGrantPermissionRequest =>
+        AuthResult<pb::AuthRoleGrantPermissionResponse>, AuthRoleGrantPermission;
+    pb::AuthRoleRevokePermissionRequest =>
+        AuthResult<pb::AuthRoleRevokePermissionResponse>, AuthRoleRevokePermission;
 }
+
+/// What applying an auth request yields: its response or the auth store's etcd error.
+pub type AuthResult<R> = std::result::Result<R, crate::error::Error>;
 
 /// Request id -> the proposer waiting for the entry to be applied. Each waiter is a
 /// `oneshot::Sender<ApplyResult<R>>` for the `R` its proposal yields, stored type-erased

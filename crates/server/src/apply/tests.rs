@@ -82,6 +82,10 @@ fn fixture() -> Fixture {
         peers: rec.clone(),
         member_id: ME,
         request_stop: stop_requested.clone(),
+        auth: Arc::new(crate::apply::AuthStore::new(
+            crate::apply::AuthData::default(),
+            std::time::Duration::from_secs(300),
+        )),
     };
     Fixture {
         _dir: dir,

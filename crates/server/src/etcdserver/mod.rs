@@ -1,14 +1,16 @@
 //! The server core the gRPC services call ([`EtcdServer`]): typed propose-and-wait, the
 //! linearizable read barrier, the backend quota, the reconfiguration policy, leader
 //! forwarding, the compactor, lease expiry and response headers. One file per request family
-//! (kv, lease, cluster, maintenance), all methods of the one server type.
+//! (kv, lease, cluster, maintenance, auth), all methods of the one server type.
 //!
 //! May depend on `apply`, `watch` and `peer` (and the crate's base modules); must not depend
 //! on `api`, `net` or `node`.
 
+mod auth;
 mod cluster;
 pub mod compactor;
 mod headers;
+mod jwt;
 mod kv;
 mod lease;
 pub mod lease_expiry;
@@ -18,6 +20,7 @@ mod raft_snapshot;
 pub mod reconfig;
 mod server;
 
+pub use auth::Caller;
 pub use kv::txn_is_read_only;
 pub use lease::{min_ttl, MAX_LEASE_TTL};
 pub use maintenance::SnapshotChunks;

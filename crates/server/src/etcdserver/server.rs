@@ -12,7 +12,7 @@ use ferrokv_storage::Store;
 use prost::Message as _;
 use tokio::sync::watch;
 
-use crate::apply::{Alarms, DbSize, Lessor, Proposal, Waiters};
+use crate::apply::{Alarms, AuthData, AuthStore, DbSize, Lessor, Proposal, Waiters};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::header::HeaderSource;
@@ -48,6 +48,10 @@ pub struct EtcdServer {
     pub(super) alarms: Arc<Alarms>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) db_size: DbSize,
+    /// Users, roles and tokens; shared with the apply loop, which changes it.
+    pub(super) auth: Arc<AuthStore>,
+    /// `--auth-token=jwt`: signs and verifies tokens instead of the simple-token table.
+    pub(super) jwt: Option<super::jwt::Jwt>,
     /// How long a client request may wait for raft (etcd: 5 s + 2 × election timeout).
     pub(super) request_timeout: Duration,
     /// TLS for member-to-member connections (https peer URLs).
@@ -59,7 +63,17 @@ pub struct EtcdServer {
 impl EtcdServer {
     pub fn new(p: ServerParts) -> Result<EtcdServer> {
         let member_id = p.header.member_id();
+        let auth = Arc::new(AuthStore::new(
+            AuthData::load(&p.store)?,
+            p.cfg.auth_token_ttl,
+        ));
+        let jwt = match &p.cfg.auth_token {
+            crate::config::AuthToken::Jwt(o) => Some(super::jwt::Jwt::new(o)?),
+            crate::config::AuthToken::Simple => None,
+        };
         Ok(EtcdServer {
+            auth,
+            jwt,
             request_timeout: Duration::from_secs(5) + 2 * p.cfg.election_timeout,
             peer_client_tls: peer_client_tls(&p.cfg.peer_tls)?,
             leader_conn: parking_lot::Mutex::new(None),
@@ -85,6 +99,11 @@ impl EtcdServer {
             self.lessor.clone(),
             self.alarms.clone(),
         )
+    }
+
+    /// The auth store the apply loop keeps current.
+    pub fn auth_store(&self) -> Arc<AuthStore> {
+        self.auth.clone()
     }
 
     pub fn raft_status(&self) -> RaftStatus {

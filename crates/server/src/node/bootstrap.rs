@@ -236,6 +236,7 @@ pub(super) fn start_apply(
         peers: raft.transport.clone(),
         member_id: id.member_id,
         request_stop: signals.request_tx.clone(),
+        auth: core.auth_store(),
     };
     let apply_fatal = signals.fatal_tx.clone();
     let committed = raft.committed;

@@ -22,7 +22,7 @@ use crate::api::{
 };
 use crate::config::Config;
 use crate::error::Result;
-use crate::etcdserver::EtcdServer;
+use crate::etcdserver::{Caller, EtcdServer};
 use crate::net::authority::AuthorityFix;
 use crate::net::gateway::Gateway;
 use crate::net::listen::{client_incoming, nodelay_incoming};
@@ -73,11 +73,16 @@ pub(super) async fn serve_client(
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         let core = &s.core;
-        let gateway = Gateway::new(
-            KvService::new(core.clone()),
+        // gRPC and the JSON gateway get the same Watch service: leader rule and permissions.
+        let watch_service = || {
             s.hub
                 .service(s.header.clone(), s.has_leader.clone())
-                .cancel_streams_with(s.streams_keep_leader.clone()),
+                .cancel_streams_with(s.streams_keep_leader.clone())
+                .with_authorizer(watch_authorizer(core.clone()))
+        };
+        let gateway = Gateway::new(
+            KvService::new(core.clone()),
+            watch_service(),
             LeaseService::new(core.clone()),
             ClusterService::new(core.clone()),
             MaintenanceService::new(core.clone()),
@@ -95,14 +100,7 @@ pub(super) async fn serve_client(
             .add_service(
                 KvServer::new(KvService::new(core.clone())).max_decoding_message_size(max_msg),
             )
-            .add_service(
-                WatchServer::new(
-                    s.hub
-                        .service(s.header.clone(), s.has_leader.clone())
-                        .cancel_streams_with(s.streams_keep_leader.clone()),
-                )
-                .max_decoding_message_size(max_msg),
-            )
+            .add_service(WatchServer::new(watch_service()).max_decoding_message_size(max_msg))
             .add_service(
                 LeaseServer::new(LeaseService::new(core.clone()))
                     .max_decoding_message_size(max_msg),
@@ -199,4 +197,30 @@ pub(super) fn serve_metrics(
         )));
     }
     Ok(urls)
+}
+
+/// etcd's `isWatchPermitted`: the range permission of the stream's caller, checked when each
+/// watch is created. Any refusal (no token, bad token, no permission) reads as etcd's
+/// "permission denied" status as Go's gRPC prints it (etcd puts `err.Error()` there). The
+/// certificate CN is read when the stream opens, and only while auth is enabled.
+fn watch_authorizer(core: Arc<EtcdServer>) -> crate::watch::WatchAuthorizer {
+    Arc::new(move |md, ext| {
+        let md = md.clone();
+        let cn = if core.auth_enabled() {
+            Caller::new(&md, ext).cert_cn()
+        } else {
+            None
+        };
+        let core = core.clone();
+        Box::new(move |key: &[u8], end: &[u8]| {
+            let caller = Caller::with_cn(&md, cn.as_deref());
+            core.authorize(&caller, |v| v.range(key, end)).map_err(|_| {
+                let denied = tonic::Status::from(crate::error::Error::PermissionDenied);
+                format!(
+                    "rpc error: code = PermissionDenied desc = {}",
+                    denied.message()
+                )
+            })
+        })
+    })
 }

@@ -486,6 +486,24 @@ impl WatchHub {
         }
     }
 
+    /// Answers a create the caller may not make (auth) the way etcd refuses one: created and
+    /// canceled at once, watch id -1, in the stream's order of create replies.
+    pub fn refuse_create(&self, stream_id: u64, reason: &str) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let published = st.published;
+        if let Some(stream) = st.streams.get_mut(&stream_id) {
+            stream.push(WatchResponse {
+                header: header(published),
+                watch_id: -1,
+                created: true,
+                canceled: true,
+                cancel_reason: reason.to_string(),
+                ..Default::default()
+            });
+        }
+    }
+
     fn create(&self, stream_id: u64, req: WatchCreateRequest) {
         let mut guard = self.lock();
         let st = &mut *guard;

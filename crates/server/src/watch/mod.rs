@@ -27,5 +27,5 @@ mod memory;
 mod tests;
 
 pub use hub::{WatchHub, WatchLimits, MAX_REQUEST_BYTES};
-pub use service::WatchService;
+pub use service::{WatchAuthorizer, WatchCheck, WatchService};
 pub use source::{EventSource, WatchSourceError};

@@ -6,6 +6,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use ferrokv_proto::etcdserverpb::watch_request::RequestUnion;
 use ferrokv_proto::etcdserverpb::watch_server::Watch;
 use ferrokv_proto::etcdserverpb::{WatchRequest, WatchResponse};
 use futures::Stream;
@@ -23,6 +24,14 @@ fn no_leader() -> Status {
     Status::from(crate::error::Error::NoLeader)
 }
 
+/// Decides whether a stream's caller may watch `[key, range_end)`; `Err` carries the cancel
+/// reason.
+pub type WatchCheck = Box<dyn Fn(&[u8], &[u8]) -> Result<(), String> + Send>;
+/// Makes the [`WatchCheck`] of a stream from its request (metadata, TLS connection info) when
+/// the stream opens. Set by the node.
+pub type WatchAuthorizer =
+    Arc<dyn Fn(&tonic::metadata::MetadataMap, &tonic::Extensions) -> WatchCheck + Send + Sync>;
+
 /// The gRPC Watch service; register it with `WatchServer::new(service)`.
 pub struct WatchService {
     hub: Arc<WatchHub>,
@@ -31,6 +40,7 @@ pub struct WatchService {
     /// False once open `hasleader=true` streams are to be canceled; by default the same
     /// signal as `has_leader`, see [`WatchService::cancel_streams_with`].
     keep_streams: watch::Receiver<bool>,
+    authorize: Option<WatchAuthorizer>,
 }
 
 impl WatchService {
@@ -40,6 +50,13 @@ impl WatchService {
     /// re-watching and relisting costs a client far more than a refused request.
     pub fn cancel_streams_with(mut self, keep: watch::Receiver<bool>) -> Self {
         self.keep_streams = keep;
+        self
+    }
+
+    /// Checks every create request of a stream with `authorize` (etcd checks the range
+    /// permission once, when the watch is created).
+    pub fn with_authorizer(mut self, authorize: WatchAuthorizer) -> WatchService {
+        self.authorize = Some(authorize);
         self
     }
 }
@@ -57,6 +74,7 @@ impl WatchHub {
             header,
             keep_streams: has_leader.clone(),
             has_leader,
+            authorize: None,
         }
     }
 }
@@ -80,6 +98,11 @@ impl Watch for WatchService {
         if require_leader && !*self.has_leader.borrow() {
             return Err(no_leader());
         }
+        // The token is the stream's: creates later on it are checked against it.
+        let authorize = self
+            .authorize
+            .as_ref()
+            .map(|a| a(request.metadata(), request.extensions()));
         let mut inbound = request.into_inner();
         let (stream, notify) = self.hub.open_stream();
         debug!(stream, require_leader, "watch stream opened");
@@ -88,7 +111,17 @@ impl Watch for WatchService {
         let receiver = tokio::spawn(async move {
             loop {
                 match inbound.message().await {
-                    Ok(Some(req)) => hub.handle_request(stream, req),
+                    Ok(Some(req)) => {
+                        if let (Some(check), Some(RequestUnion::CreateRequest(c))) =
+                            (&authorize, &req.request_union)
+                        {
+                            if let Err(reason) = check(&c.key, &c.range_end) {
+                                hub.refuse_create(stream, &reason);
+                                continue;
+                            }
+                        }
+                        hub.handle_request(stream, req)
+                    }
                     // A half-closed stream keeps delivering events, as in etcd.
                     Ok(None) => break,
                     Err(status) => {
