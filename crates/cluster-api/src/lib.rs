@@ -62,7 +62,7 @@ pub mod condition {
         name = "Ready",
         type_ = "integer",
         json_path = ".status.readyMembers",
-        description = "healthy members"
+        description = "members whose pod is Ready"
     ),
     printcolumn(
         name = "Members",
@@ -83,11 +83,13 @@ pub mod condition {
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = quantity_patterns)]
 pub struct EtcdClusterSpec {
     /// Number of voting members. 1 to 9; odd sizes are recommended because an even size
-    /// tolerates no more failures than the odd size below it. 0 and sizes above 9 are refused
-    /// with a `Degraded` condition; the operator then waits for a spec change.
-    #[schemars(range(min = 0))]
+    /// tolerates no more failures than the odd size below it. The API server refuses other
+    /// sizes; one stored before this rule (or written around it) is reported with a
+    /// `Degraded` condition and the operator waits for a spec change.
+    #[schemars(range(min = 1, max = 9))]
     pub replicas: i32,
 
     /// Member version, used as the image tag when `image` is not set (e.g. `0.1.0`).
@@ -110,6 +112,10 @@ pub struct EtcdClusterSpec {
     /// Tuning flags passed to every member.
     #[serde(default)]
     pub options: MemberOptions,
+
+    /// When the operator gives up on a member and replaces it.
+    #[serde(default)]
+    pub repair: RepairSpec,
 
     /// CPU and memory requests/limits of the member container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,6 +146,49 @@ pub struct EtcdClusterSpec {
     /// operator currently ignores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreSpec>,
+}
+
+/// The grammar of a Kubernetes quantity (`resource.Quantity`), the pattern controller-gen
+/// puts on quantity fields. Without it the API server stores `size: lots` and refuses only
+/// the claim built from it, with a 500 that looks transient.
+pub const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+
+/// Adds `QUANTITY_PATTERN` to every quantity in the spec's schema (storage size, resource
+/// requests and limits). Quantities are the only int-or-string fields of the spec, and the
+/// pattern constrains only their string form.
+fn quantity_patterns(schema: &mut schemars::Schema) {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if map.get("x-kubernetes-int-or-string") == Some(&serde_json::Value::Bool(true)) {
+                    map.insert("pattern".into(), QUANTITY_PATTERN.into());
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    if let Some(map) = schema.as_object_mut() {
+        map.values_mut().for_each(walk);
+    }
+}
+
+/// Grace periods of member replacement. A replacement costs a full data copy to the new
+/// member, so a member that may come back (a slow restart, a paused VM) is given time first.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepairSpec {
+    /// Seconds a voter may be unhealthy (its pod not Ready) before it is removed and replaced
+    /// by a new member, when quorum allows (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub unhealthy_grace_seconds: Option<u32>,
+    /// Seconds a new learner has to catch up with the leader before it is removed and a fresh
+    /// one added (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub catch_up_grace_seconds: Option<u32>,
 }
 
 /// Data-directory storage of each member.
@@ -310,7 +359,7 @@ pub struct EtcdClusterStatus {
     /// Name of the current raft leader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
-    /// Members that answer their status call.
+    /// Members whose pod is Ready (the client Service and the PDB count only those).
     #[serde(default)]
     pub ready_members: i32,
     /// Current number of members (for the `/scale` subresource).
@@ -382,6 +431,26 @@ mod tests {
         assert_eq!(spec.tls.mode, TlsMode::Auto);
         assert!(!spec.storage.empty_dir);
         assert!(spec.backup.is_none());
+    }
+
+    #[test]
+    fn replicas_and_quantities_are_bounded_in_the_schema() {
+        let crd = serde_json::to_value(EtcdCluster::crd()).expect("json");
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"];
+        assert_eq!(spec["replicas"]["minimum"].as_f64(), Some(1.0));
+        assert_eq!(spec["replicas"]["maximum"].as_f64(), Some(9.0));
+        assert_eq!(
+            spec["storage"]["properties"]["size"]["pattern"],
+            QUANTITY_PATTERN
+        );
+        for field in ["limits", "requests"] {
+            assert_eq!(
+                spec["resources"]["properties"][field]["additionalProperties"]["pattern"],
+                QUANTITY_PATTERN,
+                "{field}"
+            );
+        }
     }
 
     #[test]

@@ -120,6 +120,20 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
+    /// Publishes a Warning Event on the cluster (a refused write).
+    pub async fn warn(&self, ec: &EtcdCluster, reason: &str, note: &str) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(note.into()),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &ec.object_ref(&())).await {
+            warn!(error = %e, reason, "could not publish event");
+        }
+    }
+
     /// Publishes a step's Event on the cluster.
     pub async fn publish(&self, ec: &EtcdCluster, ev: &StepEvent) {
         let event = Event {

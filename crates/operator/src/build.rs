@@ -109,7 +109,7 @@ pub fn desired(ec: &EtcdCluster, tls: &Tls, step: &Step, obs: &Observed) -> Resu
         .issued
         .iter()
         .map(|i| match i {
-            Issued::Ca(ca) => resources::ca_secret(ec, ca),
+            Issued::Ca { secret, pem } => resources::ca_secret(ec, secret, pem),
             Issued::Leaf { secret, pem } => resources::tls_secret(ec, secret, pem),
         })
         .collect::<Result<_>>()?;

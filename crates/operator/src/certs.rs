@@ -53,6 +53,8 @@ pub fn member_sans(cluster: &str, namespace: &str) -> Vec<String> {
     vec![
         format!("*.{peer}.{namespace}.svc"),
         format!("*.{peer}.{namespace}.svc.cluster.local"),
+        // The headless Service itself, which a wildcard does not cover.
+        format!("{peer}.{namespace}.svc"),
         client.clone(),
         format!("{client}.{namespace}"),
         format!("{client}.{namespace}.svc"),
@@ -219,6 +221,7 @@ mod tests {
             vec![
                 "*.kv-peer.prod.svc",
                 "*.kv-peer.prod.svc.cluster.local",
+                "kv-peer.prod.svc",
                 "kv-client",
                 "kv-client.prod",
                 "kv-client.prod.svc",

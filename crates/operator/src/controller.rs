@@ -61,11 +61,11 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
     let names = Names::of(&ec)?;
     let applier = Applier::new(&ctx.client, &ctx.recorder, &names);
 
-    // An invalid size is refused before anything is read or written.
-    if let Err(message) = plan::validate_replicas(ec.spec.replicas) {
+    // An invalid spec is refused before anything is read or written.
+    if let Err(message) = plan::validate_spec(&ec.spec) {
         let next_ordinal = ec.status.as_ref().map_or(0, |s| s.next_ordinal);
         let p = plan::Plan::invalid(message.clone(), next_ordinal);
-        status::write(&applier, &ec, &status::build(&ec, None, &p)).await?;
+        status::write(&applier, &ec, &status::build(&ec, None, &[], &p)).await?;
         return Err(Error::InvalidSpec(message));
     }
 
@@ -75,21 +75,56 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
     let tls = tls::resolve(&ec, &names, &objects.secrets, OffsetDateTime::now_utc())?;
     let seen = observe::members(&ec, &names, &objects, &tls.state, &ctx.endpoint_overrides).await;
 
-    let p = plan::plan(&names.cluster, &seen.observed, &ctx.plan_config);
-    for w in &p.warnings {
-        warn!(warning = %w, "spec warning");
+    let plan_config = ctx.plan_config.with_repair(&ec.spec.repair);
+    let p = plan::plan(&names.cluster, &seen.observed, &plan_config);
+    // Said once, when it appears or changes (status keeps it in the Degraded message after).
+    let new_warnings = status::warnings_are_new(&ec, &p.warnings);
+    if new_warnings {
+        for w in &p.warnings {
+            warn!(warning = %w, "spec warning");
+        }
     }
     info!(step = ?p.step, "planned");
     ctx.metrics.step(p.step.label());
 
     let desired = build::desired(&ec, &tls, &p.step, &seen.observed)?;
 
-    applier.cluster_objects(&desired).await?;
-    // Status goes before the step: it records the ordinal above every name seen so far, before
-    // this step can make one of them disappear (a removal), so names are never handed out twice.
-    status::write(&applier, &ec, &status::build(&ec, seen.view.as_ref(), &p)).await?;
-    let mut exec = KubeExecutor::new(&applier, &seen.members, &ec, &desired);
-    let outcome = executor::execute(&mut exec, &p.step, &seen.observed).await?;
+    let plain = status::build(&ec, seen.view.as_ref(), &seen.observed.pods, &p);
+    let before_step = status::keep_refusal(&ec, &plain);
+    let written = async {
+        applier.cluster_objects(&desired).await?;
+        // Status goes before the step: it records the ordinal above every name seen so far,
+        // before this step can make one of them disappear (a removal), so names are never
+        // handed out twice.
+        status::write(&applier, &ec, &before_step).await?;
+        let mut exec = KubeExecutor::new(&applier, &seen.members, &ec, &desired);
+        executor::execute(&mut exec, &p.step, &seen.observed).await
+    }
+    .await;
+    let outcome = match written {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            // A refused write is reported where users look (status and a Warning Event);
+            // `error_policy` then retries it slowly instead of as a transient failure.
+            if let Some(message) = err.refusal() {
+                warn!(%message, "the API server refused a write");
+                status::write(&applier, &ec, &status::refused(&ec, plain, &message)).await?;
+                applier.warn(&ec, "WriteRefused", &message).await;
+            }
+            return Err(err);
+        }
+    };
+    if before_step != plain {
+        // The refused write went through this time: the refusal is over.
+        let mut ec = (*ec).clone();
+        ec.status = Some(before_step);
+        status::write(&applier, &ec, &plain).await?;
+    }
+    if new_warnings {
+        applier
+            .warn(&ec, "SpecWarning", &p.warnings.join("; "))
+            .await;
+    }
     if let Some(ev) = events::for_step(&p.step, &outcome) {
         applier.publish(&ec, &ev).await;
     }
@@ -107,13 +142,20 @@ fn requeue_after(step: &Step) -> Action {
     }
 }
 
-/// Invalid specs wait for a change; everything else is retried with a short back-off.
+/// Invalid specs wait for a change; refused writes are retried slowly; everything else is
+/// retried with a short back-off.
 pub fn error_policy(ec: Arc<EtcdCluster>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(err.metric_label());
     match err {
         Error::InvalidSpec(_) => {
             warn!(cluster = %ec.name_any(), error = %err, "invalid spec, waiting for a change");
             Action::await_change()
+        }
+        // Refused for good until a human changes RBAC, the namespace or the spec (a spec
+        // change wakes the controller at once); a slow retry notices the other fixes.
+        _ if err.refusal().is_some() => {
+            warn!(cluster = %ec.name_any(), error = %err, "write refused, retrying in 60 s");
+            Action::requeue(Duration::from_secs(60))
         }
         _ => {
             warn!(cluster = %ec.name_any(), error = %err, "reconcile failed, retrying");
@@ -331,6 +373,7 @@ mod tests {
             // Observe: the CA and the leaves, in order, then pods and claims; nothing exists.
             let secrets = [
                 "kv-ca",
+                "kv-peer-ca",
                 "kv-server-tls",
                 "kv-peer-tls",
                 "kv-operator-client-tls",
@@ -341,22 +384,26 @@ mod tests {
                 send.send_response(not_found());
             }
             expect_members_listed(&mut handle, vec![], vec![]).await;
-            // Apply: the CA, then the leaves with their SANs.
+            // Apply: the two CAs, then the leaves with their SANs.
             let ca = expect_apply(&mut handle, &format!("{NS}/secrets/kv-ca")).await;
             let ca_pem = b64_field(&ca, "ca.crt");
             assert!(b64_field(&ca, "ca.key").contains("PRIVATE KEY"));
             assert_eq!(ca["metadata"]["ownerReferences"][0]["kind"], "EtcdCluster");
+            let peer_ca = expect_apply(&mut handle, &format!("{NS}/secrets/kv-peer-ca")).await;
+            let peer_ca_pem = b64_field(&peer_ca, "ca.crt");
+            assert_ne!(peer_ca_pem, ca_pem, "peers have their own CA");
             let member_sans = certs::member_sans("kv", "prod");
+            assert!(member_sans.contains(&"kv-peer.prod.svc".to_string()));
             let mut leaf_certs = Vec::new();
-            for (name, sans) in [
-                ("kv-server-tls", member_sans.clone()),
-                ("kv-peer-tls", member_sans.clone()),
-                ("kv-operator-client-tls", vec![]),
-                ("kv-client-tls", vec![]),
+            for (name, sans, signer) in [
+                ("kv-server-tls", member_sans.clone(), &ca_pem),
+                ("kv-peer-tls", member_sans.clone(), &peer_ca_pem),
+                ("kv-operator-client-tls", vec![], &ca_pem),
+                ("kv-client-tls", vec![], &ca_pem),
             ] {
                 let s = expect_apply(&mut handle, &format!("{NS}/secrets/{name}")).await;
                 assert_eq!(s["type"], "kubernetes.io/tls", "{name}");
-                assert_eq!(b64_field(&s, "ca.crt"), ca_pem, "{name}");
+                assert_eq!(&b64_field(&s, "ca.crt"), signer, "{name}");
                 let cert = b64_field(&s, "tls.crt");
                 assert_eq!(certs::sans_of(&cert).expect("sans"), sans, "{name}");
                 leaf_certs.push(cert);
@@ -439,6 +486,51 @@ mod tests {
         assert_metric(&ctx, "reconcile_errors_total{error=\"invalid_spec\"} 1");
     }
 
+    /// The seed's pod is refused (PodSecurity): status says Degraded with the API server's
+    /// message, a Warning Event says it too, and the retry is slow, not transient.
+    #[tokio::test]
+    async fn refused_pod_is_degraded_with_the_message_and_retried_slowly() {
+        let (ctx, mut handle) = ctx();
+        let mut ec = cluster("kv", 3);
+        ec.spec.tls.mode = TlsMode::Disabled;
+        let ec = Arc::new(ec);
+        let message = "pods \"kv-0\" is forbidden: violates PodSecurity \"restricted:latest\"";
+        let verifier = tokio::spawn(async move {
+            expect_members_listed(&mut handle, vec![], vec![]).await;
+            expect_services_and_pdb(&mut handle).await;
+            let before = expect_status(&mut handle, 3).await;
+            assert_eq!(before["status"]["conditions"][2]["status"], "False");
+            expect_apply(&mut handle, &format!("{NS}/persistentvolumeclaims/kv-0")).await;
+            let (_, send) = expect(&mut handle, "PATCH", &format!("{NS}/pods/kv-0")).await;
+            send.send_response(respond(
+                403,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": message}),
+            ));
+            let after = expect_status(&mut handle, 3).await;
+            let degraded = after["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Degraded").cloned())
+                .expect("Degraded");
+            assert_eq!(degraded["status"], "True");
+            assert_eq!(degraded["reason"], "Refused");
+            assert_eq!(degraded["message"], format!("apply Pod kv-0: {message}"));
+            let ev = expect_event(&mut handle).await;
+            assert_eq!(ev["type"], "Warning");
+            assert_eq!(ev["reason"], "WriteRefused");
+            assert_eq!(ev["note"], format!("apply Pod kv-0: {message}"));
+        });
+        let err = reconcile(ec.clone(), ctx.clone())
+            .await
+            .expect_err("refused");
+        assert!(err.refusal().is_some(), "{err}");
+        assert_eq!(
+            error_policy(ec, &err, ctx.clone()),
+            Action::requeue(Duration::from_secs(60))
+        );
+        finish(verifier, 5).await;
+        assert_metric(&ctx, "reconcile_errors_total{error=\"refused\"} 1");
+    }
+
     #[tokio::test]
     async fn near_expiry_server_certificate_is_renewed_and_others_kept() {
         let (ctx, mut handle) = ctx();
@@ -456,20 +548,27 @@ mod tests {
             90 * day,
         )
         .expect("old");
+        let peer_ca = certs::generate_ca("kv-peer", now - time::Duration::days(80)).expect("ca");
         let fresh = |kind, cn: &str, s: &[String]| {
             certs::issue_leaf(&ca, kind, cn, s, now, 90 * day).expect("fresh")
         };
+        let peer_leaf =
+            certs::issue_leaf(&peer_ca, LeafKind::Peer, "kv-peer", &sans, now, 90 * day)
+                .expect("peer");
         let stored = [
             ("kv-server-tls", old.clone()),
-            ("kv-peer-tls", fresh(LeafKind::Peer, "kv-peer", &sans)),
+            ("kv-peer-tls", peer_leaf),
             (
                 "kv-operator-client-tls",
                 fresh(LeafKind::Client, MANAGER, &[]),
             ),
             ("kv-client-tls", fresh(LeafKind::Client, "kv-client", &[])),
         ];
-        let ca_obj =
-            serde_json::to_value(resources::ca_secret(&ec, &ca).expect("ca")).expect("json");
+        let ca_obj = serde_json::to_value(resources::ca_secret(&ec, "kv-ca", &ca).expect("ca"))
+            .expect("json");
+        let peer_ca_obj =
+            serde_json::to_value(resources::ca_secret(&ec, "kv-peer-ca", &peer_ca).expect("ca"))
+                .expect("json");
         let stored_json: Vec<(String, Value)> = stored
             .iter()
             .map(|(n, l)| {
@@ -484,6 +583,8 @@ mod tests {
         let verifier = tokio::spawn(async move {
             let (_, send) = expect(&mut handle, "GET", &format!("{NS}/secrets/kv-ca")).await;
             send.send_response(respond(200, &ca_obj));
+            let (_, send) = expect(&mut handle, "GET", &format!("{NS}/secrets/kv-peer-ca")).await;
+            send.send_response(respond(200, &peer_ca_obj));
             for (name, obj) in &stored_json {
                 let (_, send) = expect(&mut handle, "GET", &format!("{NS}/secrets/{name}")).await;
                 send.send_response(respond(200, obj));

@@ -56,10 +56,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// The API server's message when it refused a write for good: a 4xx other than
+    /// not-found, conflict and too-many-requests (forbidden by RBAC or admission, invalid).
+    /// Retrying such a write every few seconds changes nothing until a human acts.
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            Error::Kube {
+                op,
+                source: kube::Error::Api(s),
+            } if (400..500).contains(&s.code) && ![404, 409, 429].contains(&s.code) => {
+                Some(format!("{op}: {}", s.message))
+            }
+            _ => None,
+        }
+    }
+
     /// Short label for the `errors` metric.
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::InvalidSpec(_) => "invalid_spec",
+            Error::Kube { .. } if self.refusal().is_some() => "refused",
             Error::Kube { .. } => "kube",
             Error::Member { .. } => "member",
             Error::MemberNotFound(_) => "member_not_found",

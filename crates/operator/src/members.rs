@@ -8,8 +8,13 @@ use crate::plan::ObservedMember;
 use crate::resources::member_from_peer_url;
 use crate::{Error, Result};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, MemberAddOptions, TlsOptions};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tracing::{debug, info};
+
+/// How long a member has to answer `Status` during an observation. A healthy member
+/// answers in milliseconds; this leaves room for a TLS handshake on a loaded node.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The operator's client identity and the CA it trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +174,12 @@ impl MemberClient {
 
     /// The member list and cluster id.
     pub async fn list(&self) -> Result<(u64, Vec<MemberInfo>)> {
-        self.first_ok("MemberList", &self.endpoints, |mut c| async move {
+        self.list_via(&self.endpoints).await
+    }
+
+    /// The member list from the first of `endpoints` that answers.
+    async fn list_via(&self, endpoints: &[String]) -> Result<(u64, Vec<MemberInfo>)> {
+        self.first_ok("MemberList", endpoints, |mut c| async move {
             let r = c.member_list().await?;
             let cluster_id = r.header().map_or(0, |h| h.cluster_id());
             let members = r
@@ -204,26 +214,60 @@ impl MemberClient {
         .await
     }
 
+    /// `Status` of the member behind `endpoint`, connection included, within `limit`: a
+    /// frozen member accepts the TCP connection and then never answers.
+    async fn health_within(&self, endpoint: &str, limit: Duration) -> Result<MemberHealth> {
+        match tokio::time::timeout(limit, self.health(endpoint)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::MemberNotFound(format!(
+                "Status via {endpoint} timed out after {limit:?}"
+            ))),
+        }
+    }
+
     /// Member list plus each member's own status; `None` when no member answers.
+    ///
+    /// Every endpoint is asked for its `Status` at once, each within `STATUS_TIMEOUT`, so a
+    /// frozen member costs one short timeout per observation, not one per call; the member
+    /// list is then asked of the members that just answered, the silent ones last.
     pub async fn observe(&self) -> Option<ClusterView> {
-        let (cluster_id, list) = match self.list().await {
+        let answers = futures::future::join_all(
+            self.endpoints
+                .iter()
+                .map(|ep| self.health_within(ep, STATUS_TIMEOUT)),
+        )
+        .await;
+        let mut health_by_id = BTreeMap::new();
+        let (mut answered, mut silent) = (Vec::new(), Vec::new());
+        for (ep, answer) in self.endpoints.iter().zip(answers) {
+            match answer {
+                Ok(h) => {
+                    answered.push(ep.clone());
+                    health_by_id.insert(h.member_id, h);
+                }
+                Err(e) => {
+                    debug!(endpoint = %ep, error = %e, "member did not answer Status");
+                    silent.push(ep.clone());
+                }
+            }
+        }
+        answered.extend(silent);
+        let (cluster_id, list) = match self.list_via(&answered).await {
             Ok(v) => v,
             Err(e) => {
                 debug!(error = %e, "no member answered the member list");
                 return None;
             }
         };
-        let mut members = Vec::with_capacity(list.len());
-        for m in list {
-            let mut health = None;
-            for ep in &m.client_urls {
-                if let Ok(h) = self.health(ep).await {
-                    health = Some(h);
-                    break;
-                }
-            }
-            members.push((m, health));
-        }
+        // A member's answer is matched by the id it reports, so it counts whichever of its
+        // URLs (DNS name, override) it was reached by.
+        let members = list
+            .into_iter()
+            .map(|m| {
+                let h = health_by_id.remove(&m.id);
+                (m, h)
+            })
+            .collect();
         Some(ClusterView {
             cluster_id,
             members,

@@ -44,16 +44,23 @@ pub async fn cluster_objects(
     )
     .await?;
     let pods = list::<Pod>(client, names, "Pods").await?;
-    let claims = list::<PersistentVolumeClaim>(client, names, "PVCs")
-        .await?
-        .iter()
-        .map(|c| c.name_any())
-        .collect();
+    let claims = live_claims(&list::<PersistentVolumeClaim>(client, names, "PVCs").await?);
     Ok(ClusterObjects {
         secrets,
         pods,
         claims,
     })
+}
+
+/// Names of the claims that are not being deleted. A deleted claim a pod still uses stays
+/// listed (the pvc-protection finalizer holds it until the pod is gone) but its data goes with
+/// it: its member has lost its data and is replaced, and there is nothing left to delete.
+pub fn live_claims(claims: &[PersistentVolumeClaim]) -> BTreeSet<String> {
+    claims
+        .iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .map(|c| c.name_any())
+        .collect()
 }
 
 /// The objects of `K` carrying the cluster's labels.
@@ -202,6 +209,7 @@ fn observe_pod(p: &Pod, now: Timestamp) -> ObservedPod {
         name: p.name_any(),
         age: seconds_since(created, now),
         unready_for,
+        ready: ready.is_some_and(|c| c.status == "True"),
         config_hash: p
             .annotations()
             .get(CONFIG_HASH_ANNOTATION)
@@ -215,6 +223,29 @@ fn observe_pod(p: &Pod, now: Timestamp) -> ObservedPod {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_claim_held_by_its_finalizer_is_not_live() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+        let claim = |name: &str, deleted: bool| PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                deletion_timestamp: deleted.then(|| Time(k8s_openapi::jiff::Timestamp::now())),
+                finalizers: Some(vec!["kubernetes.io/pvc-protection".into()]),
+                ..ObjectMeta::default()
+            },
+            ..PersistentVolumeClaim::default()
+        };
+        let got = live_claims(&[
+            claim("kv-0", false),
+            claim("kv-1", true),
+            claim("kv-2", false),
+        ]);
+        assert_eq!(
+            got,
+            BTreeSet::from(["kv-0".to_string(), "kv-2".to_string()])
+        );
+    }
 
     #[test]
     fn pods_are_observed_with_age_readiness_hash_and_deletion() {
@@ -236,13 +267,16 @@ mod tests {
             {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:01:00Z"}]}}));
         assert_eq!(ready.age, Duration::from_secs(600));
         assert_eq!(ready.unready_for, Duration::ZERO);
+        assert!(ready.ready);
         assert_eq!(ready.config_hash, "h1");
         assert!(!ready.terminating);
         let unready = pod(json!({"status": {"conditions": [
             {"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:04:00Z"}]}}));
         assert_eq!(unready.unready_for, Duration::from_secs(360));
+        assert!(!unready.ready);
         let never = pod(json!({}));
         assert_eq!(never.unready_for, Duration::from_secs(600));
+        assert!(!never.ready);
         let mut leaving: Pod = serde_json::from_value(json!({"metadata": {"name": "kv-1",
             "deletionTimestamp": "2026-01-01T00:09:00Z"}}))
         .expect("pod");

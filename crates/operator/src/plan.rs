@@ -30,6 +30,19 @@ impl Default for PlanConfig {
     }
 }
 
+impl PlanConfig {
+    /// These defaults with the grace periods `spec.repair` sets.
+    pub fn with_repair(self, repair: &ferrokv_cluster_api::RepairSpec) -> Self {
+        let secs = |v: Option<u32>, default: Duration| {
+            v.map_or(default, |s| Duration::from_secs(u64::from(s)))
+        };
+        Self {
+            unhealthy_grace: secs(repair.unhealthy_grace_seconds, self.unhealthy_grace),
+            catch_up_grace: secs(repair.catch_up_grace_seconds, self.catch_up_grace),
+        }
+    }
+}
+
 /// One raft member as seen through `MemberList` and its own `Status` call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedMember {
@@ -55,6 +68,8 @@ pub struct ObservedPod {
     pub age: Duration,
     /// How long the pod has been not Ready (zero when Ready).
     pub unready_for: Duration,
+    /// Its `Ready` condition is True (what the client Service and the PDB go by).
+    pub ready: bool,
     /// Hash of the configuration (certificates, flags) the pod was created with.
     pub config_hash: String,
     /// Has a deletion timestamp: on its way out, but still listed.
@@ -201,6 +216,75 @@ pub fn validate_replicas(replicas: i32) -> Result<Vec<String>, String> {
     Ok(Vec::new())
 }
 
+/// Checks the whole spec before anything is read or written; `Err` is the condition message.
+/// The schema already refuses what this refuses; this catches objects stored before the
+/// schema said so (or written with validation off), which would otherwise fail only when the
+/// API server refuses a claim or pod built from them.
+pub fn validate_spec(spec: &ferrokv_cluster_api::EtcdClusterSpec) -> Result<Vec<String>, String> {
+    let warnings = validate_replicas(spec.replicas)?;
+    let mut quantities: Vec<(String, &str)> = Vec::new();
+    if let Some(size) = &spec.storage.size {
+        quantities.push(("spec.storage.size".into(), size.0.as_str()));
+    }
+    if let Some(r) = &spec.resources {
+        for (field, map) in [("limits", &r.limits), ("requests", &r.requests)] {
+            for (name, q) in map.iter().flatten() {
+                quantities.push((format!("spec.resources.{field}.{name}"), q.0.as_str()));
+            }
+        }
+    }
+    for (field, q) in quantities {
+        if !is_quantity(q) {
+            return Err(format!(
+                "{field} must be a quantity such as 1Gi, 500m or 2, got {q:?}"
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+/// Whether `s` is a Kubernetes quantity: `ferrokv_cluster_api::QUANTITY_PATTERN`, by hand
+/// (sign, decimal number, then a binary suffix, a decimal suffix or an exponent).
+pub fn is_quantity(s: &str) -> bool {
+    /// Length of the decimal number at the start of `s` (`12`, `1.5`, `1.`, `.5`), 0 if none.
+    fn number(s: &[u8]) -> usize {
+        let digits = |from: usize| s[from..].iter().take_while(|b| b.is_ascii_digit()).count();
+        let int = digits(0);
+        if s.get(int) != Some(&b'.') {
+            return int;
+        }
+        let frac = digits(int + 1);
+        if int == 0 && frac == 0 {
+            0
+        } else {
+            int + 1 + frac
+        }
+    }
+    let b = s.as_bytes();
+    let b = match b.first() {
+        Some(b'+' | b'-') => &b[1..],
+        _ => b,
+    };
+    let n = number(b);
+    if n == 0 {
+        return false;
+    }
+    match &b[n..] {
+        [] => true,
+        [b'K' | b'M' | b'G' | b'T' | b'P' | b'E', b'i'] => true,
+        [b'n' | b'u' | b'm' | b'k' | b'M' | b'G' | b'T' | b'P' | b'E'] => true,
+        [b'e' | b'E', rest @ ..] => {
+            let rest = match rest.first() {
+                Some(b'+' | b'-') => &rest[1..],
+                _ => rest,
+            };
+            let n = number(rest);
+            n > 0 && n == rest.len()
+        }
+        _ => false,
+    }
+}
+
 /// Decides the next step.
 pub fn plan(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
     let mut p = next_step(cluster, obs, cfg);
@@ -240,7 +324,16 @@ fn next_step(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
 
     let Some(members) = obs.members.as_ref() else {
         if obs.pods.is_empty() && !obs.bootstrapped {
-            let name = member_name(cluster, next_ordinal);
+            // A claim left by a seed whose pod was never created (its apply failed after the
+            // claim's) is that seed's: reuse name and claim, so retries burn no names and leak
+            // no claims. No pod ever ran a member on it, so no member id carries that name.
+            let name = obs
+                .claims
+                .iter()
+                .filter(|c| ordinal_of(cluster, c).is_some())
+                .min_by_key(|c| ordinal_of(cluster, c))
+                .cloned()
+                .unwrap_or_else(|| member_name(cluster, next_ordinal));
             return out(Step::BootstrapSeed { name }, warnings, next_ordinal);
         }
         let reason = if obs.bootstrapped && obs.pods.is_empty() {
@@ -437,6 +530,20 @@ fn next_step(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
             .filter(|p| p.config_hash != obs.desired_config_hash)
             .min_by_key(|p| ordinal_of(cluster, &p.name));
         if let Some(p) = stale {
+            // Restarting the leader costs an election (writes stall for an election timeout);
+            // hand leadership to a healthy voter first, as for a removal.
+            let leader = voters.iter().find(|m| m.leader && m.name == p.name);
+            let target = voters
+                .iter()
+                .filter(|m| m.name != p.name && m.healthy)
+                .min_by_key(|m| ordinal_of(cluster, &m.name));
+            if let (Some(l), Some(t)) = (leader, target) {
+                let step = Step::MoveLeader {
+                    from: l.id,
+                    to: t.id,
+                };
+                return out(step, warnings, next_ordinal);
+            }
             return out(
                 Step::RollMember {
                     name: p.name.clone(),
@@ -493,6 +600,7 @@ mod tests {
             name: member_name(C, ord),
             age: Duration::from_secs(60),
             unready_for: Duration::ZERO,
+            ready: true,
             config_hash: H.into(),
             terminating: false,
         }
@@ -519,6 +627,7 @@ mod tests {
     }
     fn unready(mut p: ObservedPod, secs: u64) -> ObservedPod {
         p.unready_for = Duration::from_secs(secs);
+        p.ready = false;
         p
     }
     fn remove(ord: u64, reason: RemoveReason) -> Step {
@@ -871,6 +980,21 @@ mod tests {
                 Step::RollMember { name: n(1) },
             ),
             (
+                "leadership moves off the member to roll first",
+                obs(
+                    3,
+                    Some(vec![voter(0, false), voter(1, true), voter(2, false)]),
+                    vec![pod(0), stale.clone(), pod(2)],
+                    3,
+                ),
+                Step::MoveLeader { from: 101, to: 100 },
+            ),
+            (
+                "a single member rolls as the leader",
+                obs(1, Some(vec![voter(1, true)]), vec![stale.clone()], 2),
+                Step::RollMember { name: n(1) },
+            ),
+            (
                 "no roll while a member is down",
                 obs(
                     3,
@@ -987,6 +1111,88 @@ mod tests {
                 (got, want) => panic!("replicas {r}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn grace_periods_come_from_the_spec_with_documented_defaults() {
+        let d = PlanConfig::default();
+        assert_eq!(
+            (d.unhealthy_grace, d.catch_up_grace),
+            (Duration::from_secs(300), Duration::from_secs(600))
+        );
+        assert_eq!(d.with_repair(&Default::default()), d);
+        let c = d.with_repair(&ferrokv_cluster_api::RepairSpec {
+            unhealthy_grace_seconds: Some(20),
+            catch_up_grace_seconds: None,
+        });
+        assert_eq!(
+            (c.unhealthy_grace, c.catch_up_grace),
+            (Duration::from_secs(20), Duration::from_secs(600))
+        );
+    }
+
+    #[test]
+    fn quantities_follow_the_kubernetes_grammar() {
+        for ok in [
+            "1Gi", "500m", "2", "1.5", ".5", "1.", "+3", "1e3", "1E-2", "8E", "100k",
+        ] {
+            assert!(is_quantity(ok), "{ok}");
+        }
+        for bad in [
+            "", "lots", "1GB", "Gi", ".", "1e", "1.2.3", "1 Gi", "1Ki2", "e3", "1mi",
+        ] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+        let mut spec: ferrokv_cluster_api::EtcdClusterSpec =
+            serde_json::from_str(r#"{"replicas":3,"storage":{"size":"lots"}}"#).expect("spec");
+        assert_eq!(
+            validate_spec(&spec),
+            Err(
+                r#"spec.storage.size must be a quantity such as 1Gi, 500m or 2, got "lots""#.into()
+            )
+        );
+        spec.storage.size = None;
+        spec.resources =
+            serde_json::from_str(r#"{"limits":{"memory":"1Gi","cpu":"two"}}"#).expect("resources");
+        let err = validate_spec(&spec).expect_err("cpu");
+        assert!(err.starts_with("spec.resources.limits.cpu"), "{err}");
+    }
+
+    /// The seed's pod apply keeps failing after its claim was applied (a namespace that
+    /// refuses the pod): every retry plans the same seed on the same claim, never a new name.
+    #[test]
+    fn seed_whose_pod_was_refused_reuses_its_claim_and_name() {
+        let mut o = obs(3, None, vec![], 0);
+        let first = plan(C, &o, &PlanConfig::default());
+        assert_eq!(
+            first.step,
+            Step::BootstrapSeed {
+                name: member_name(C, 0)
+            }
+        );
+        for retry in 0..5 {
+            // The claim exists, the pod does not; status recorded the ordinal above the claim.
+            o.claims = BTreeSet::from([member_name(C, 0)]);
+            let p = plan(C, &o, &PlanConfig::default());
+            assert_eq!(
+                p.step,
+                Step::BootstrapSeed {
+                    name: member_name(C, 0)
+                },
+                "retry {retry}"
+            );
+            o.next_ordinal = p.next_ordinal;
+            assert_eq!(o.next_ordinal, 1, "retry {retry}");
+        }
+        // Claims of other clusters with a common prefix are not taken.
+        let mut other = obs(3, None, vec![], 0);
+        other.claims = BTreeSet::from(["kv-extra".to_string(), "kvx-0".to_string()]);
+        assert_eq!(
+            plan(C, &other, &PlanConfig::default()).step,
+            Step::BootstrapSeed {
+                name: member_name(C, 0)
+            }
+        );
     }
 
     #[test]

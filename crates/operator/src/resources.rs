@@ -7,9 +7,10 @@ use crate::plan::quorum;
 use crate::{Error, Result};
 use ferrokv_cluster_api::{AutoCompactionMode, EtcdCluster, TlsMode};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Probe, Secret,
-    SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
+    PodSecurityContext, PodSpec, Probe, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -87,6 +88,10 @@ impl Names {
     }
     pub fn ca_secret(&self) -> String {
         format!("{}-ca", self.cluster)
+    }
+    /// CA of the peer certificates only (members trust nothing else on the peer port).
+    pub fn peer_ca_secret(&self) -> String {
+        format!("{}-peer-ca", self.cluster)
     }
     pub fn server_secret(&self) -> String {
         format!("{}-server-tls", self.cluster)
@@ -374,6 +379,42 @@ pub fn member_tls_secrets(ec: &EtcdCluster, names: &Names) -> Option<(String, St
     }
 }
 
+/// What the member image serves on its metrics port, which the probes must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberImage {
+    /// ferrokv: `/readyz` and `/livez`.
+    Ferrokv,
+    /// An etcd image: etcd 3.4 serves only `/health` and `/metrics` there (`/readyz` and
+    /// `/livez` came with 3.5 and would be 404s), so the pods would never become Ready.
+    Etcd,
+}
+
+impl MemberImage {
+    /// An image whose repository's last path segment is `etcd` (`quay.io/coreos/etcd:v3.4.23`,
+    /// `registry.k8s.io/etcd:3.5.9-0`) is etcd; anything else takes ferrokv's probes.
+    pub fn of(image: &str) -> Self {
+        // Drop a digest and a tag (a colon after the last slash; one before it is a port).
+        let repo = image.split('@').next().unwrap_or(image);
+        let last = repo.rsplit('/').next().unwrap_or(repo);
+        let name = last.split(':').next().unwrap_or(last);
+        if name == "etcd" {
+            MemberImage::Etcd
+        } else {
+            MemberImage::Ferrokv
+        }
+    }
+
+    /// (readiness, liveness) paths on the metrics port. etcd's `/health` fails without a
+    /// leader, which is right for readiness but would restart every member of a cluster that
+    /// lost quorum, so its liveness asks `/metrics`, which a running process always serves.
+    pub fn probe_paths(self) -> (&'static str, &'static str) {
+        match self {
+            MemberImage::Ferrokv => ("/readyz", "/livez"),
+            MemberImage::Etcd => ("/health", "/metrics"),
+        }
+    }
+}
+
 fn probe(path: &str, initial_delay: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -387,6 +428,47 @@ fn probe(path: &str, initial_delay: i32, failures: i32) -> Probe {
         timeout_seconds: Some(3),
         failure_threshold: Some(failures),
         ..Probe::default()
+    }
+}
+
+/// Uid and gid member containers run as: non-root (PodSecurity `restricted` admits only
+/// non-root pods) and fixed, so a member restarted on its claim owns the files it wrote.
+/// 65532 is the `nonroot` user of distroless images.
+pub const MEMBER_UID: i64 = 65532;
+
+/// Pod-level security: non-root, the runtime's default seccomp profile, and `fsGroup` so the
+/// kubelet makes the data volume writable for `MEMBER_UID`.
+fn member_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(MEMBER_UID),
+        run_as_group: Some(MEMBER_UID),
+        fs_group: Some(MEMBER_UID),
+        // A large claim is not re-chowned on every start, only when its root is not ours.
+        fs_group_change_policy: Some("OnRootMismatch".into()),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// Container-level security of `restricted`: a member needs no capability and no privilege
+/// escalation (it binds ports above 1024 and writes only its data directory).
+fn member_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
     }
 }
 
@@ -448,6 +530,7 @@ pub fn member_pod(ec: &EtcdCluster, p: &MemberPod<'_>) -> Result<Pod> {
             });
         }
     }
+    let (readiness_path, liveness_path) = MemberImage::of(&image(ec)).probe_paths();
     let container = Container {
         name: "member".into(),
         image: Some(image(ec)),
@@ -469,11 +552,12 @@ pub fn member_pod(ec: &EtcdCluster, p: &MemberPod<'_>) -> Result<Pod> {
                 ..ContainerPort::default()
             },
         ]),
-        readiness_probe: Some(probe("/readyz", 5, 3)),
+        readiness_probe: Some(probe(readiness_path, 5, 3)),
         // Generous: a member replaying a long WAL must not be killed into a restart loop.
-        liveness_probe: Some(probe("/livez", 15, 8)),
+        liveness_probe: Some(probe(liveness_path, 15, 8)),
         resources: ec.spec.resources.clone(),
         volume_mounts: Some(mounts),
+        security_context: Some(member_container_security()),
         ..Container::default()
     };
     Ok(Pod {
@@ -488,6 +572,7 @@ pub fn member_pod(ec: &EtcdCluster, p: &MemberPod<'_>) -> Result<Pod> {
             affinity: ec.spec.affinity.clone(),
             tolerations: ec.spec.tolerations.clone(),
             topology_spread_constraints: ec.spec.topology_spread_constraints.clone(),
+            security_context: Some(member_pod_security()),
             ..PodSpec::default()
         }),
         status: None,
@@ -498,16 +583,11 @@ fn bytes(s: &str) -> ByteString {
     ByteString(s.as_bytes().to_vec())
 }
 
-/// The cluster CA (`ca.crt`, `ca.key`).
-pub fn ca_secret(ec: &EtcdCluster, ca: &CaPem) -> Result<Secret> {
+/// A CA (`ca.crt`, `ca.key`) in Secret `name`: the cluster CA or the peer CA.
+pub fn ca_secret(ec: &EtcdCluster, name: &str, ca: &CaPem) -> Result<Secret> {
     let names = Names::of(ec)?;
     Ok(Secret {
-        metadata: meta(
-            ec,
-            &names,
-            names.ca_secret(),
-            cluster_labels(&names.cluster),
-        )?,
+        metadata: meta(ec, &names, name.to_string(), cluster_labels(&names.cluster))?,
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([
             ("ca.crt".to_string(), bytes(&ca.cert)),
@@ -599,6 +679,11 @@ mod tests {
                 "hostname": "kv-3",
                 "subdomain": "kv-peer",
                 "restartPolicy": "Always",
+                "securityContext": {
+                    "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                    "fsGroup": 65532, "fsGroupChangePolicy": "OnRootMismatch",
+                    "seccompProfile": {"type": "RuntimeDefault"}
+                },
                 "containers": [{
                     "name": "member",
                     "image": "ghcr.io/ferrokv/ferrokv:0.1.0",
@@ -630,6 +715,12 @@ mod tests {
                     ],
                     "readinessProbe": probe("/readyz", 5, 3),
                     "livenessProbe": probe("/livez", 15, 8),
+                    "securityContext": {
+                        "allowPrivilegeEscalation": false,
+                        "capabilities": {"drop": ["ALL"]},
+                        "runAsNonRoot": true,
+                        "seccompProfile": {"type": "RuntimeDefault"}
+                    },
                     "volumeMounts": [
                         {"name": "data", "mountPath": "/var/lib/ferrokv"},
                         {"name": "server-tls", "mountPath": "/etc/ferrokv/server-tls", "readOnly": true},
@@ -644,6 +735,37 @@ mod tests {
             }
         });
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn probes_match_what_the_image_serves() {
+        for (img, want) in [
+            ("ghcr.io/ferrokv/ferrokv:0.1.0", MemberImage::Ferrokv),
+            ("quay.io/coreos/etcd:v3.4.23", MemberImage::Etcd),
+            ("registry.k8s.io/etcd:3.5.9-0", MemberImage::Etcd),
+            ("localhost:5000/etcd", MemberImage::Etcd),
+            ("gcr.io/etcd-development/etcd@sha256:abc", MemberImage::Etcd),
+            ("example.com/etcd-proxy:1", MemberImage::Ferrokv),
+            ("localhost:5000/ferrokv:dev", MemberImage::Ferrokv),
+        ] {
+            assert_eq!(MemberImage::of(img), want, "{img}");
+        }
+        let mut ec = cluster("kv", 3);
+        ec.spec.image = Some("quay.io/coreos/etcd:v3.4.23".into());
+        let pod = member_pod(
+            &ec,
+            &MemberPod {
+                member: "kv-0",
+                initial_members: vec!["kv-0".into()],
+                state: InitialState::New,
+                config_hash: "",
+            },
+        )
+        .expect("pod");
+        let c = serde_json::to_value(&pod.spec.expect("spec").containers[0]).expect("json");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/health");
+        assert_eq!(c["readinessProbe"]["httpGet"]["port"], 2381);
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/metrics");
     }
 
     #[test]

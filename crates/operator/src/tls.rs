@@ -29,8 +29,8 @@ pub struct TlsState {
 /// A certificate issued by this reconcile, to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Issued {
-    /// A new cluster CA (`<cluster>-ca`).
-    Ca(CaPem),
+    /// A new CA, stored in the named Secret (`<cluster>-ca` or `<cluster>-peer-ca`).
+    Ca { secret: String, pem: CaPem },
     /// A new or renewed leaf, stored in the named Secret.
     Leaf { secret: String, pem: LeafPem },
 }
@@ -64,7 +64,8 @@ pub fn secrets_to_read(ec: &EtcdCluster, names: &Names) -> Result<Vec<SecretRead
                 .map(read(true))
                 .collect()
         }
-        TlsMode::Auto => std::iter::once(names.ca_secret())
+        TlsMode::Auto => [names.ca_secret(), names.peer_ca_secret()]
+            .into_iter()
             .chain(leaves(names).into_iter().map(|l| l.secret))
             .map(read(false))
             .collect(),
@@ -79,9 +80,18 @@ fn user_secrets(ec: &EtcdCluster) -> Result<&ferrokv_cluster_api::TlsSecrets> {
         .ok_or_else(|| Error::InvalidSpec("tls.mode is Secrets but tls.secrets is not set".into()))
 }
 
+/// Which CA signs a leaf. Peers have their own, and members trust only it on the peer port,
+/// so a client certificate (signed by the cluster CA) cannot complete mutual TLS there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signer {
+    Cluster,
+    Peer,
+}
+
 /// One operator-issued leaf certificate.
 struct Leaf {
     secret: String,
+    signer: Signer,
     kind: LeafKind,
     common_name: String,
     sans: Vec<String>,
@@ -91,8 +101,9 @@ struct Leaf {
 /// operator's client, the users' client.
 fn leaves(names: &Names) -> [Leaf; 4] {
     let sans = certs::member_sans(&names.cluster, &names.namespace);
-    let leaf = |secret, kind, common_name, sans| Leaf {
+    let leaf = |secret, signer, kind, common_name, sans| Leaf {
         secret,
+        signer,
         kind,
         common_name,
         sans,
@@ -100,24 +111,28 @@ fn leaves(names: &Names) -> [Leaf; 4] {
     [
         leaf(
             names.server_secret(),
+            Signer::Cluster,
             LeafKind::Server,
             format!("{}-server", names.cluster),
             sans.clone(),
         ),
         leaf(
             names.peer_secret(),
+            Signer::Peer,
             LeafKind::Peer,
             format!("{}-peer", names.cluster),
             sans,
         ),
         leaf(
             names.operator_client_secret(),
+            Signer::Cluster,
             LeafKind::Client,
             MANAGER.to_string(),
             Vec::new(),
         ),
         leaf(
             names.client_secret(),
+            Signer::Cluster,
             LeafKind::Client,
             format!("{}-client", names.cluster),
             Vec::new(),
@@ -195,23 +210,36 @@ pub fn resolve(
     }
 
     let mut issued = Vec::new();
-    let stored_ca = secrets.get(&names.ca_secret()).and_then(|s| {
-        Some(CaPem {
-            cert: secret_str(s, "ca.crt")?,
-            key: secret_str(s, "ca.key")?,
-        })
-    });
-    let ca = match stored_ca {
-        Some(ca) => ca,
-        None => {
-            let ca = certs::generate_ca(&names.cluster, now)?;
-            issued.push(Issued::Ca(ca.clone()));
-            ca
+    let mut ca_of = |secret: String, subject: &str| -> Result<CaPem> {
+        let stored = secrets.get(&secret).and_then(|s| {
+            Some(CaPem {
+                cert: secret_str(s, "ca.crt")?,
+                key: secret_str(s, "ca.key")?,
+            })
+        });
+        match stored {
+            Some(ca) => Ok(ca),
+            None => {
+                let pem = certs::generate_ca(subject, now)?;
+                issued.push(Issued::Ca {
+                    secret,
+                    pem: pem.clone(),
+                });
+                Ok(pem)
+            }
         }
     };
+    let cluster_ca = ca_of(names.ca_secret(), &names.cluster)?;
+    // A cluster from before the peer CA gets one here; its peer leaf, signed by the cluster
+    // CA, is then renewed below and the members roll onto it.
+    let peer_ca = ca_of(names.peer_ca_secret(), &format!("{}-peer", names.cluster))?;
 
     let mut pems = Vec::with_capacity(4);
     for leaf in leaves(names) {
+        let ca = match leaf.signer {
+            Signer::Cluster => &cluster_ca,
+            Signer::Peer => &peer_ca,
+        };
         let fresh = secrets.get(&leaf.secret).and_then(|s| {
             let cert = secret_str(s, "tls.crt")?;
             let key = secret_str(s, "tls.key")?;
@@ -227,7 +255,7 @@ pub fn resolve(
             Some(pem) => pem,
             None => {
                 let pem = certs::issue_leaf(
-                    &ca,
+                    ca,
                     leaf.kind,
                     &leaf.common_name,
                     &leaf.sans,
@@ -278,7 +306,7 @@ mod tests {
             .issued
             .iter()
             .map(|i| match i {
-                Issued::Ca(_) => "kv-ca",
+                Issued::Ca { secret, .. } => secret.as_str(),
                 Issued::Leaf { secret, .. } => secret.as_str(),
             })
             .collect();
@@ -286,12 +314,32 @@ mod tests {
             issued,
             [
                 "kv-ca",
+                "kv-peer-ca",
                 "kv-server-tls",
                 "kv-peer-tls",
                 "kv-operator-client-tls",
                 "kv-client-tls"
             ]
         );
+        // The peer leaf is signed by the peer CA alone, every other leaf by the cluster CA.
+        let ca_of = |name: &str| {
+            tls.issued.iter().find_map(|i| match i {
+                Issued::Ca { secret, pem } if secret == name => Some(pem.cert.clone()),
+                _ => None,
+            })
+        };
+        let (cluster_ca, peer_ca) = (ca_of("kv-ca"), ca_of("kv-peer-ca"));
+        assert_ne!(cluster_ca, peer_ca);
+        for i in &tls.issued {
+            if let Issued::Leaf { secret, pem } = i {
+                let want = if secret == "kv-peer-tls" {
+                    &peer_ca
+                } else {
+                    &cluster_ca
+                };
+                assert_eq!(Some(&pem.ca), want.as_ref(), "{secret}");
+            }
+        }
         let want: Vec<String> = secrets_to_read(&ec, &names)
             .expect("reads")
             .into_iter()
@@ -338,6 +386,37 @@ mod tests {
         ));
     }
 
+    /// A cluster from before the peer CA: its peer leaf was signed by the cluster CA. It gets
+    /// a peer CA and a peer leaf from it (so members roll onto it); the rest is kept.
+    #[test]
+    fn a_cluster_without_a_peer_ca_gets_one_and_a_new_peer_leaf() {
+        let ec = cluster("kv", 3);
+        let names = Names::of(&ec).expect("names");
+        let now = OffsetDateTime::now_utc();
+        let ca = certs::generate_ca("kv", now).expect("ca");
+        let day = Duration::from_secs(86400);
+        let leaf = |kind, cn| certs::issue_leaf(&ca, kind, cn, &[], now, 90 * day).expect("leaf");
+        let mut secrets = stored(
+            &ec,
+            &[
+                ("kv-server-tls", &leaf(LeafKind::Server, "kv-server")),
+                ("kv-peer-tls", &leaf(LeafKind::Peer, "kv-peer")),
+                ("kv-operator-client-tls", &leaf(LeafKind::Client, MANAGER)),
+                ("kv-client-tls", &leaf(LeafKind::Client, "kv-client")),
+            ],
+        );
+        secrets.insert("kv-ca".into(), ca_secret(&ec, "kv-ca", &ca).expect("ca"));
+        let tls = resolve(&ec, &names, &secrets, now).expect("tls");
+        let issued: Vec<&str> = tls
+            .issued
+            .iter()
+            .map(|i| match i {
+                Issued::Ca { secret, .. } | Issued::Leaf { secret, .. } => secret.as_str(),
+            })
+            .collect();
+        assert_eq!(issued, ["kv-peer-ca", "kv-peer-tls"]);
+    }
+
     #[test]
     fn leaves_of_another_ca_are_reissued_and_the_stored_ca_is_kept() {
         let ec = cluster("kv", 3);
@@ -346,25 +425,30 @@ mod tests {
         let ca = certs::generate_ca("kv", now).expect("ca");
         let other = certs::generate_ca("other", now).expect("ca");
         let day = Duration::from_secs(86400);
-        let good =
-            certs::issue_leaf(&ca, LeafKind::Peer, "kv-peer", &[], now, 90 * day).expect("leaf");
+        let peer_ca = certs::generate_ca("kv-peer", now).expect("peer ca");
+        let good = certs::issue_leaf(&peer_ca, LeafKind::Peer, "kv-peer", &[], now, 90 * day)
+            .expect("leaf");
         let foreign = certs::issue_leaf(&other, LeafKind::Server, "kv-server", &[], now, 90 * day)
             .expect("leaf");
         let mut secrets = stored(&ec, &[("kv-server-tls", &foreign), ("kv-peer-tls", &good)]);
-        secrets.insert("kv-ca".into(), ca_secret(&ec, &ca).expect("ca"));
+        secrets.insert("kv-ca".into(), ca_secret(&ec, "kv-ca", &ca).expect("ca"));
+        secrets.insert(
+            "kv-peer-ca".into(),
+            ca_secret(&ec, "kv-peer-ca", &peer_ca).expect("peer ca"),
+        );
         let tls = resolve(&ec, &names, &secrets, now).expect("tls");
         let issued: Vec<&str> = tls
             .issued
             .iter()
             .filter_map(|i| match i {
-                Issued::Ca(_) => None,
+                Issued::Ca { .. } => None,
                 Issued::Leaf { secret, pem } => {
                     assert_eq!(pem.ca, ca.cert);
                     Some(secret.as_str())
                 }
             })
             .collect();
-        assert_eq!(issued.len(), tls.issued.len(), "the CA is kept");
+        assert_eq!(issued.len(), tls.issued.len(), "both CAs are kept");
         assert_eq!(
             issued,
             ["kv-server-tls", "kv-operator-client-tls", "kv-client-tls"]

@@ -166,6 +166,7 @@ async fn observe(
             name: n.clone(),
             age: started.elapsed(),
             unready_for: Duration::ZERO,
+            ready: true,
             config_hash: String::new(),
             terminating: false,
         })

@@ -126,6 +126,8 @@ struct Shared {
     views: Vec<PodView>,
     /// The agent's own notes (failed API calls, probe failures, restarts), newest last.
     journal: Vec<String>,
+    /// Pods (`namespace/name`) whose liveness probe the agent no longer runs.
+    liveness_off: BTreeSet<String>,
 }
 
 impl Shared {
@@ -256,6 +258,17 @@ impl NodeAgent {
         } else {
             Err(Error::Agent(format!("kill -{signal} {pid}: {status}")))
         }
+    }
+
+    /// Stops running the liveness probe of pod `namespace/name`, as if it had none: a frozen
+    /// member then stays frozen (kubelet would restart it), which is what the operator's own
+    /// replacement of an unhealthy member needs to be seen.
+    pub fn disable_liveness(&self, namespace: &str, name: &str) {
+        let mut shared = lock(&self.shared);
+        shared.liveness_off.insert(format!("{namespace}/{name}"));
+        shared.note(format!(
+            "{namespace}/{name}: liveness probe disabled by the test"
+        ));
     }
 
     /// Everything the agent knows, with each pod's log tail, for failure messages.
@@ -1064,6 +1077,10 @@ impl Agent {
                     }
                 }
             }
+        }
+        let key = format!("{}/{}", run.namespace, run.name);
+        if lock(&self.shared).liveness_off.contains(&key) {
+            return;
         }
         if let Some(p) = &c.liveness_probe {
             if let Some(false) = step_probe(&mut run.liveness, p, c, run.ip, started) {
