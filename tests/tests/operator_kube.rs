@@ -1692,3 +1692,84 @@ async fn frozen_member_is_replaced_within_its_configured_grace() {
         t.elapsed()
     );
 }
+
+/// `helm install` of the shipped chart on a clean API server, as the README says: the release
+/// is deployed with the CRD (from the chart's `crds/`), the ServiceAccount, RBAC, Deployment and
+/// metrics Service. The chart and `manifests/install.yaml` are alternatives that name their
+/// objects alike: after `helm uninstall` (which keeps the CRD, as Helm does for `crds/`) the
+/// plain install applies on the same API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn helm_install_of_the_chart_on_a_clean_api_server() {
+    use ferrokv_tests::kube::helm::helm;
+    let cp = ControlPlane::start().await.expect("control plane");
+    let kubectl = cp.kubectl();
+    let root = ferrokv_tests::member::workspace_root();
+    let chart = root.join("charts/ferrokv-operator").display().to_string();
+    let t = Instant::now();
+    let out = helm(
+        &kubectl,
+        &[
+            "install",
+            "ferrokv-operator",
+            &chart,
+            "-n",
+            "ferrokv-system",
+            "--create-namespace",
+        ],
+    )
+    .or_panic();
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    kubectl
+        .run(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/etcdclusters.ferrokv.io",
+            "--timeout=60s",
+        ])
+        .expect("CRD established");
+    for object in [
+        "serviceaccount/ferrokv-operator",
+        "deployment/ferrokv-operator",
+        "service/ferrokv-operator-metrics",
+    ] {
+        kubectl
+            .run(&["get", "-n", "ferrokv-system", object])
+            .unwrap_or_else(|e| panic!("{object} not installed: {e}"));
+    }
+    for object in [
+        "clusterrole/ferrokv-operator",
+        "clusterrolebinding/ferrokv-operator",
+    ] {
+        kubectl
+            .run(&["get", object])
+            .unwrap_or_else(|e| panic!("{object} not installed: {e}"));
+    }
+    let list = helm(&kubectl, &["list", "-n", "ferrokv-system"]).or_panic();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("ferrokv-operator") && l.contains("deployed")),
+        "{list}"
+    );
+    helm(
+        &kubectl,
+        &[
+            "uninstall",
+            "ferrokv-operator",
+            "-n",
+            "ferrokv-system",
+            "--wait",
+        ],
+    )
+    .or_panic();
+    kubectl
+        .run(&["get", "crd", "etcdclusters.ferrokv.io"])
+        .expect("the CRD outlives the release");
+    let install = root.join("manifests/install.yaml").display().to_string();
+    kubectl
+        .run(&["apply", "-f", &install])
+        .expect("install.yaml after helm uninstall");
+    eprintln!(
+        "helm install, uninstall and install.yaml after {:?}",
+        t.elapsed()
+    );
+}

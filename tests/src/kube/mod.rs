@@ -19,6 +19,7 @@
 //! binaries, flags, files and the Kubernetes and etcd APIs.
 
 pub mod control_plane;
+pub mod helm;
 pub mod node_agent;
 pub mod operator;
 pub mod testbed;
