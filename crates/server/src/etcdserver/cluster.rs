@@ -66,17 +66,26 @@ impl EtcdServer {
             .map_err(|_| Error::Timeout)?
     }
 
+    /// The member list as of now, for the checks of a membership change: a change acknowledged
+    /// to a client (an add answered by another member) may be committed but not yet applied
+    /// here, and a check against a stale list would refuse what etcd, checking in log order,
+    /// accepts ("member not found" for a member just added).
+    async fn current_members(&self) -> Result<Vec<Member>> {
+        self.read_barrier().await?;
+        self.members().await
+    }
+
     pub async fn member_add(&self, req: MemberAddRequest) -> Result<MemberAddResponse> {
         let urls = normalized(&req.peer_ur_ls)?;
-        let existing = self.members().await?;
+        if let Some(mut leader) = self.leader_client().await? {
+            return self.forwarded_cluster(leader.member_add(req)).await;
+        }
+        let existing = self.current_members().await?;
         if existing
             .iter()
             .any(|m| m.peer_ur_ls.iter().any(|u| urls.contains(u)))
         {
             return Err(Error::PeerUrlsExist);
-        }
-        if let Some(mut leader) = self.leader_client().await? {
-            return self.forwarded_cluster(leader.member_add(req)).await;
         }
         let (change, kind) = if req.is_learner {
             (Reconfig::AddLearner, ConfChangeType::AddLearnerNode)
@@ -113,15 +122,12 @@ impl EtcdServer {
     }
 
     pub async fn member_remove(&self, id: u64) -> Result<MemberRemoveResponse> {
-        let existing = self.members().await?;
-        if !existing.iter().any(|m| m.id == id) {
-            return Err(Error::MemberNotFound);
-        }
         if let Some(mut leader) = self.leader_client().await? {
             return self
                 .forwarded_cluster(leader.member_remove(MemberRemoveRequest { id }))
                 .await;
         }
+        let existing = self.current_members().await?;
         self.check_reconfig(Reconfig::Remove(id), &existing).await?;
         let Some(member) = existing.into_iter().find(|m| m.id == id) else {
             return Err(Error::MemberNotFound);
@@ -141,7 +147,7 @@ impl EtcdServer {
     pub async fn member_update(&self, req: MemberUpdateRequest) -> Result<MemberUpdateResponse> {
         let mut urls = normalized(&req.peer_ur_ls)?;
         urls.sort();
-        let existing = self.members().await?;
+        let existing = self.current_members().await?;
         if existing
             .iter()
             .any(|m| m.id != req.id && m.peer_ur_ls.iter().any(|u| urls.contains(u)))
@@ -189,18 +195,18 @@ impl EtcdServer {
     }
 
     pub async fn member_promote(&self, id: u64) -> Result<MemberPromoteResponse> {
-        let existing = self.members().await?;
-        let Some(member) = existing.iter().find(|m| m.id == id).cloned() else {
-            return Err(Error::MemberNotFound);
-        };
-        if !member.is_learner {
-            return Err(Error::NotLearner);
-        }
         // Only the leader knows how far the learner's log is, so it decides.
         if let Some(mut leader) = self.leader_client().await? {
             return self
                 .forwarded_cluster(leader.member_promote(MemberPromoteRequest { id }))
                 .await;
+        }
+        let existing = self.current_members().await?;
+        let Some(member) = existing.iter().find(|m| m.id == id).cloned() else {
+            return Err(Error::MemberNotFound);
+        };
+        if !member.is_learner {
+            return Err(Error::NotLearner);
         }
         self.check_reconfig(Reconfig::Promote(id), &existing)
             .await?;
