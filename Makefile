@@ -23,11 +23,12 @@ stop:
 
 ## make deps: what the tests need besides cargo: Debian's etcd 3.4 and etcdctl, and, built from
 ## the Go module proxy into ~/.cache/ferrokv (seconds when cached), etcd 3.6.16 with etcdctl and
-## etcdutl and the Kubernetes control plane v1.34.10.
+## etcdutl, the Kubernetes control plane v1.34.10 and helm.
 deps:
 	scripts/install-test-deps.sh
 	scripts/build-etcd36.sh >/dev/null
 	scripts/build-kube.sh >/dev/null
+	scripts/build-helm.sh >/dev/null
 
 ## make test: install test dependencies, check formatting and lints, build every binary, run
 ## every test.

@@ -74,32 +74,52 @@ impl Backend {
     }
 }
 
+/// Runs `scripts/<script>` (one of the `build-*.sh` scripts that build Go tools into the cache
+/// outside the checkout: a no-op on a cache hit) and returns the directory it printed last,
+/// checked to hold every file in `expect`. The error carries the tail of the script's stderr.
+pub fn cached_go_tools(script: &str, expect: &[&str]) -> std::result::Result<PathBuf, String> {
+    let path = workspace_root().join("scripts").join(script);
+    let out = Command::new("bash")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {}: {e}", path.display()))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        return Err(format!(
+            "{} failed ({}):\n{tail}",
+            path.display(),
+            out.status
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dir = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    match expect.iter().find(|f| !dir.join(f).is_file()) {
+        Some(missing) => Err(format!(
+            "{} printed no directory holding {missing} (got {})",
+            path.display(),
+            dir.display()
+        )),
+        None => Ok(dir),
+    }
+}
+
 /// The directory holding etcd 3.6's `etcd`, `etcdctl` and `etcdutl`: `ETCD36_DIR`, else what
-/// `scripts/build-etcd36.sh` prints (it builds them once into a cache outside the checkout; a
-/// cache hit costs nothing). Built at most once per test process.
+/// `scripts/build-etcd36.sh` prints. Built at most once per test process.
 pub fn etcd36_dir() -> Result<PathBuf> {
     static DIR: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
         std::sync::OnceLock::new();
-    let got = DIR.get_or_init(|| {
-        if let Some(d) = std::env::var_os("ETCD36_DIR") {
-            return Ok(PathBuf::from(d));
-        }
-        let script = workspace_root().join("scripts").join("build-etcd36.sh");
-        let out = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("running {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!("{} failed ({})", script.display(), out.status));
-        }
-        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        Ok(PathBuf::from(dir))
+    let got = DIR.get_or_init(|| match std::env::var_os("ETCD36_DIR") {
+        Some(d) => Ok(PathBuf::from(d)),
+        None => cached_go_tools("build-etcd36.sh", &["etcd", "etcdctl", "etcdutl"]),
     });
     match got {
         Ok(d) if d.join("etcd").is_file() => Ok(d.clone()),
         Ok(d) => Err(Error::BinaryMissing {
             path: d.join("etcd"),
-            hint: "scripts/build-etcd36.sh printed a directory without etcd".into(),
+            hint: "ETCD36_DIR holds no etcd".into(),
         }),
         Err(e) => Err(Error::BinaryMissing {
             path: PathBuf::from("etcd (3.6)"),

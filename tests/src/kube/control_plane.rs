@@ -15,7 +15,7 @@ use rcgen::{
 use tempfile::TempDir;
 
 use super::{print_tail_on_panic, Error, Result};
-use crate::member::{free_port, workspace_root, Backend, Member, MemberOpts};
+use crate::member::{free_port, Backend, Member, MemberOpts};
 
 /// The controllers kube-controller-manager runs: what the operator's objects need (owner
 /// garbage collection, namespace deletion, PDB status, default ServiceAccounts and their token
@@ -51,36 +51,16 @@ impl KubeBinaries {
 }
 
 fn build() -> std::result::Result<KubeBinaries, String> {
-    let script = workspace_root().join("scripts/build-kube.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{}: {e}", script.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        let lines: Vec<&str> = stderr.lines().collect();
-        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
-        return Err(format!("{} ({}):\n{tail}", script.display(), out.status));
-    }
-    let dir = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-    let bins = KubeBinaries {
+    let dir = crate::member::cached_go_tools(
+        "build-kube.sh",
+        &["kube-apiserver", "kube-controller-manager", "kubectl"],
+    )?;
+    Ok(KubeBinaries {
         apiserver: dir.join("kube-apiserver"),
         controller_manager: dir.join("kube-controller-manager"),
         kubectl: dir.join("kubectl"),
         dir,
-    };
-    for b in [&bins.apiserver, &bins.controller_manager, &bins.kubectl] {
-        if !b.is_file() {
-            return Err(format!(
-                "{} printed no directory holding {}",
-                script.display(),
-                b.display()
-            ));
-        }
-    }
-    Ok(bins)
+    })
 }
 
 /// kubectl bound to one kubeconfig.

@@ -1,5 +1,5 @@
-//! Helm, built from the Go module proxy (`tests/helm/go.mod` pins `helm.sh/helm/v3`) through
-//! `scripts/go-tools.sh` into the same cache as the control plane, so a scenario can run
+//! Helm, built from the Go module proxy (`tests/helm/go.mod` pins `helm.sh/helm/v3`) by
+//! `scripts/build-helm.sh` into the same cache as the control plane, so a scenario can run
 //! `helm install` of the shipped chart the way a user does.
 
 use std::path::PathBuf;
@@ -7,10 +7,6 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use super::{Error, Kubectl, Result};
-use crate::member::workspace_root;
-
-/// Pinned in `tests/helm/go.mod`; names the cache directory.
-pub const HELM_VERSION: &str = "v3.19.0";
 
 /// The helm binary: built once per process (a no-op on a cache hit, a few minutes cold). A
 /// failed build is an error: a helm scenario without helm must fail.
@@ -20,33 +16,7 @@ pub fn helm_binary() -> Result<PathBuf> {
 }
 
 fn build() -> std::result::Result<PathBuf, String> {
-    let root = workspace_root();
-    let script = root.join("scripts/go-tools.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(root.join("tests/helm"))
-        .arg(format!("helm-{HELM_VERSION}"))
-        .arg("helm=helm.sh/helm/v3/cmd/helm")
-        .env(
-            "GO_TOOLS_LDFLAGS",
-            format!("-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"),
-        )
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{}: {e}", script.display()))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<&str> = stderr.lines().collect();
-        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
-        return Err(format!("{} ({}):\n{tail}", script.display(), out.status));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let bin = PathBuf::from(stdout.lines().last().unwrap_or_default().trim()).join("helm");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!("{} built no {}", script.display(), bin.display()))
-    }
+    crate::member::cached_go_tools("build-helm.sh", &["helm"]).map(|d| d.join("helm"))
 }
 
 /// `helm <args>` against the cluster of `kubectl`'s kubeconfig; its stdout when it succeeded.
