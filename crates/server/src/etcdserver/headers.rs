@@ -76,6 +76,10 @@ impl EtcdServer {
         call: impl std::future::Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
     ) -> Result<R> {
         let mut resp = self.forwarded(call).await?;
+        // The leader answered once the change applied there; wait until it applied here too,
+        // so this member's next MemberList shows it, as when etcd's follower waits for its own
+        // apply of the change before answering.
+        self.read_barrier().await?;
         *resp.header_mut() = Some(self.cluster_header());
         Ok(resp)
     }
