@@ -46,7 +46,17 @@ fn main() -> ExitCode {
                 r.cluster_id
             ))
         }),
-        Command::Serve(serve) => return run_member(*serve),
+        Command::Serve(serve) => {
+            // Before anything starts: an unknown bootstrap variable stops the member here,
+            // with the same one-line error as a bad flag.
+            let names: Vec<String> = std::env::vars_os()
+                .filter_map(|(k, _)| k.into_string().ok())
+                .collect();
+            if let Err(e) = flags::check_bootstrap_env(names.iter().map(String::as_str)) {
+                return fail(&e);
+            }
+            return run_member(*serve);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

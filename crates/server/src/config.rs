@@ -64,6 +64,66 @@ pub struct Config {
     pub auth_token_ttl: Duration,
     /// bcrypt cost of stored password hashes (etcd `--bcrypt-cost`, 10).
     pub bcrypt_cost: u32,
+    /// Bootstrap through a discovery service instead of `--initial-cluster` (first boot only).
+    pub discovery: Option<Discovery>,
+}
+
+/// How a new member finds the other members of the cluster it bootstraps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Discovery {
+    /// etcd 3.6's v3 discovery (`--discovery-endpoints`, `--discovery-token`, ...): an etcd
+    /// cluster holding `/_etcd/registry/<token>/...`.
+    V3(V3Discovery),
+    /// The v2 protocol (`--discovery URL`): a v2 keys-API style HTTP service, e.g.
+    /// `https://discovery.etcd.io/<token>`.
+    V2 {
+        url: String,
+        /// `--discovery-proxy`: an HTTP proxy for the requests to `url`.
+        proxy: Option<String>,
+    },
+}
+
+/// etcd's `v3discovery.DiscoveryConfig` (the `--discovery-*` flags).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct V3Discovery {
+    /// gRPC endpoints of the discovery cluster: `host:port` or `http(s)://host:port`.
+    pub endpoints: Vec<String>,
+    pub token: String,
+    pub dial_timeout: Duration,
+    /// Per request, dialing excluded.
+    pub request_timeout: Duration,
+    pub keepalive_time: Duration,
+    pub keepalive_timeout: Duration,
+    /// etcd's default `true`: plain gRPC unless certificates are given.
+    pub insecure_transport: bool,
+    pub insecure_skip_tls_verify: bool,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    /// `--discovery-user` (etcd passes it unchanged as the user name).
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl V3Discovery {
+    /// etcd's defaults (`embed.NewConfig`) for `endpoints` and `token`.
+    pub fn with_defaults(endpoints: Vec<String>, token: String) -> V3Discovery {
+        V3Discovery {
+            endpoints,
+            token,
+            dial_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+            keepalive_time: Duration::from_secs(2),
+            keepalive_timeout: Duration::from_secs(6),
+            insecure_transport: true,
+            insecure_skip_tls_verify: false,
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            user: None,
+            password: None,
+        }
+    }
 }
 
 /// etcd's `--auth-token` kinds.
@@ -117,6 +177,7 @@ impl Config {
             auth_token: AuthToken::Simple,
             auth_token_ttl: Duration::from_secs(300),
             bcrypt_cost: 10,
+            discovery: None,
         }
     }
 

@@ -2,7 +2,9 @@
 //! order, each a function of its own module:
 //!
 //! 1. [`bootstrap::open_storage`]: the data dir and the keyspace;
-//! 2. [`identity::recover_identity`]: member id, cluster id, first member list;
+//! 2. [`discovery::discover`] (first boot with discovery flags only): the initial cluster
+//!    from a v3 or v2 discovery service; then [`identity::recover_identity`]: member id,
+//!    cluster id, first member list;
 //! 3. [`bootstrap::bind_listeners`]: every socket and TLS config, before raft starts, so a
 //!    bad flag or a busy port fails start-up with no thread left behind;
 //! 4. [`bootstrap::start_raft`]: the peer transport and the raft node;
@@ -13,6 +15,7 @@
 //! The node wires every layer together; nothing in the crate depends on it.
 
 mod bootstrap;
+mod discovery;
 mod identity;
 mod seams;
 mod serve;
@@ -70,8 +73,10 @@ pub(super) struct Signals {
 impl Member {
     /// Opens/creates the data dir, starts raft, the apply loop, the gRPC servers on every
     /// listen URL and the HTTP endpoints.
-    pub async fn start(cfg: Config) -> Result<Member> {
+    pub async fn start(mut cfg: Config) -> Result<Member> {
         let store = bootstrap::open_storage(&cfg)?;
+        let has_wal = ferrokv_raftnode::read_wal_metadata(&cfg.member_dir())?.is_some();
+        discovery::discover(&mut cfg, has_wal).await?;
         let id = identity::recover_identity(&cfg, &store).await?;
         let listeners = bootstrap::bind_listeners(&cfg).await?;
 
