@@ -1,0 +1,890 @@
+//! Discovery, with etcd 3.6.16 as the control: members that bootstrap through etcd 3.6's v3
+//! discovery (`--discovery-endpoints`, `--discovery-token`) against a ferrokv and an etcd 3.6
+//! discovery member, and through the v2 `--discovery URL` protocol against a small v2
+//! keys-API server run by the test. What ferrokv writes to the registry, the member ids it
+//! derives and its errors are compared with what etcd 3.6 writes, derives and says for the
+//! same flags.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::GetOptions;
+use ferrokv_tests::etcdctl::{run_with, Ctl};
+use ferrokv_tests::{free_port, Backend, Member, MemberOpts};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A member process started with discovery flags instead of `--initial-cluster` (the
+/// harness's `Member` always passes one).
+struct Proc {
+    backend: Backend,
+    name: String,
+    client_url: String,
+    peer_url: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(backend: Backend, name: &str, extra: &[String], env: &[(&str, &str)]) -> Proc {
+        let peer_port = free_port();
+        Proc::spawn_on(backend, name, peer_port, extra, env)
+    }
+
+    /// With a given peer port: member ids derive from the peer URLs, so two runs that must
+    /// derive the same id need the same port.
+    fn spawn_on(
+        backend: Backend,
+        name: &str,
+        peer_port: u16,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let bin = backend.binary().expect("member binary");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("disc-{}-{name}-", backend.name()))
+            .tempdir()
+            .expect("tempdir");
+        let client_url = format!("http://127.0.0.1:{}", free_port());
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let log = std::fs::File::create(dir.path().join("member.log")).expect("log");
+        let log2 = log.try_clone().expect("log");
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            format!("--name={name}"),
+            format!("--data-dir={}", dir.path().join("data").display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            "--log-level=info".to_string(),
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+        // Only what the test sets: an ETCD_* of the developer's shell must not leak in.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ETCD_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env.iter().copied());
+        let child = cmd.spawn().expect("spawn member");
+        Proc {
+            backend,
+            name: name.to_string(),
+            client_url,
+            peer_url,
+            dir,
+            child: Some(child),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("member.log")).unwrap_or_default()
+    }
+
+    fn wal_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data/member/wal")
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Until the member has a leader; panics with the log if it exits or times out.
+    async fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.exited() {
+                panic!(
+                    "{} {} exited ({s}) before it was ready:\n{}",
+                    self.backend.name(),
+                    self.name,
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} {} not ready after {timeout:?}:\n{}",
+                self.backend.name(),
+                self.name,
+                self.log()
+            );
+            let probe = async {
+                let mut c = etcd_client::Client::connect([self.client_url.as_str()], None).await?;
+                c.status().await
+            };
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
+                if s.leader() != 0 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Until the process exits by itself; panics with the log if it keeps running.
+    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.exited() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} {} still running after {timeout:?}:\n{}",
+                self.backend.name(),
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn ctl36(&self, args: &[&str]) -> ferrokv_tests::CtlOutput {
+        let mut all = vec![format!("--endpoints={}", self.client_url)];
+        all.extend(args.iter().map(|s| s.to_string()));
+        run_with(Ctl::V36, &all, None)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "----- {} {} log (last lines) -----\n{}",
+                self.backend.name(),
+                self.name,
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+    }
+}
+
+fn v3_flags(service: &Member, token: &str) -> Vec<String> {
+    vec![
+        // host:port, as etcd's own docs give it.
+        format!(
+            "--discovery-endpoints={}",
+            service.client_url.trim_start_matches("http://")
+        ),
+        format!("--discovery-token={token}"),
+        "--discovery-dial-timeout=2s".into(),
+        "--discovery-request-timeout=5s".into(),
+    ]
+}
+
+async fn start_service(backend: Backend) -> Member {
+    Member::start(backend, MemberOpts::default())
+        .await
+        .unwrap_or_else(|e| panic!("{} discovery service: {e}", backend.name()))
+}
+
+async fn put(service: &Member, key: &str, value: &str) {
+    let mut c = service.client().await.expect("service client");
+    c.put(key, value, None).await.expect("put");
+}
+
+/// Everything under `/_etcd/registry/<token>/`, in creation order: (key, value).
+async fn registry(service: &Member, token: &str) -> Vec<(String, String)> {
+    let mut c = service.client().await.expect("service client");
+    let resp = c
+        .get(
+            format!("/_etcd/registry/{token}/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("get registry");
+    let mut kvs: Vec<_> = resp
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.create_revision(),
+                kv.key_str().unwrap_or_default().to_string(),
+                kv.value_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    kvs.sort();
+    kvs.into_iter().map(|(_, k, v)| (k, v)).collect()
+}
+
+/// `etcdctl member list -w json` of a member: (cluster id, (name, id, peer URLs) sorted).
+fn member_list(p: &Proc) -> (u64, Vec<(String, u64, Vec<String>)>) {
+    let out = p.ctl36(&["member", "list", "-w", "json"]);
+    let v: Value = serde_json::from_str(out.ok()).expect("member list json");
+    let cid = v["header"]["cluster_id"].as_u64().expect("cluster_id");
+    let mut members: Vec<(String, u64, Vec<String>)> = v["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or_default().to_string(),
+                m["ID"].as_u64().unwrap_or_default(),
+                m["peerURLs"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|u| u.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    members.sort();
+    (cid, members)
+}
+
+/// Three members bootstrapped through discovery: one cluster, same id everywhere, every
+/// member named in it, and a write through one readable on the others.
+async fn check_one_cluster(members: &mut [Proc]) {
+    for m in members.iter_mut() {
+        m.wait_ready(Duration::from_secs(60)).await;
+    }
+    let (cid, list) = member_list(&members[0]);
+    assert_eq!(list.len(), members.len(), "{list:?}");
+    for m in members.iter() {
+        let (c, l) = member_list(m);
+        assert_eq!(c, cid, "{} sees another cluster id", m.name);
+        assert_eq!(l, list, "{} sees another member list", m.name);
+        assert!(
+            list.iter()
+                .any(|(n, _, urls)| *n == m.name && urls == &vec![m.peer_url.clone()]),
+            "{} missing from {list:?}",
+            m.name
+        );
+    }
+    members[0].ctl36(&["put", "disc-key", "replicated"]).ok();
+    for m in members.iter() {
+        let out = m.ctl36(&["get", "disc-key", "--print-value-only"]);
+        assert_eq!(out.ok().trim(), "replicated", "read on {}", m.name);
+    }
+}
+
+/// The registry after a bootstrap: the size key, then one `members/<id hex>` per member with
+/// `name=peer-url`, the ids being the members' ids in the cluster they formed.
+fn check_registry_shape(
+    reg: &[(String, String)],
+    token: &str,
+    members: &[Proc],
+    ids: &[(String, u64, Vec<String>)],
+) {
+    let prefix = format!("/_etcd/registry/{token}/");
+    assert_eq!(
+        reg.first(),
+        Some(&(format!("{prefix}_config/size"), "3".to_string())),
+        "{reg:?}"
+    );
+    let regs: BTreeMap<&str, &str> = reg[1..]
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(regs.len(), members.len(), "{reg:?}");
+    for m in members {
+        let (_, id, _) = ids
+            .iter()
+            .find(|(n, _, _)| *n == m.name)
+            .expect("member in list");
+        let key = format!("{prefix}members/{id:x}");
+        assert_eq!(
+            regs.get(key.as_str()).copied(),
+            Some(format!("{}={}", m.name, m.peer_url).as_str()),
+            "{key} in {reg:?}"
+        );
+    }
+}
+
+/// 3 members of `backend` via v3 discovery against a `service` discovery member, then a
+/// fourth with the same token, which must be refused with etcd's error.
+async fn v3_bootstrap(service_backend: Backend, backend: Backend) {
+    let service = start_service(service_backend).await;
+    let token = format!("tok-{}-{}", service_backend.name(), backend.name());
+    put(
+        &service,
+        &format!("/_etcd/registry/{token}/_config/size"),
+        "3",
+    )
+    .await;
+    let flags = v3_flags(&service, &token);
+    let mut members: Vec<Proc> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| Proc::spawn(backend, n, &flags, &[]))
+        .collect();
+    check_one_cluster(&mut members).await;
+    let (_, ids) = member_list(&members[0]);
+    let reg = registry(&service, &token).await;
+    check_registry_shape(&reg, &token, &members, &ids);
+
+    let mut extra = Proc::spawn(backend, "n4", &flags, &[]);
+    let status = extra.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success(), "{}", extra.log());
+    assert!(
+        extra
+            .log()
+            .contains("failed to join discovery cluster (discovery: cluster is full)"),
+        "{}",
+        extra.log()
+    );
+    assert!(
+        !extra.wal_dir().exists(),
+        "a refused member must not have bootstrapped anything"
+    );
+    // Refused before registering: the registry is unchanged.
+    assert_eq!(registry(&service, &token).await, reg);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_ferrokv_members_via_a_ferrokv_discovery_member() {
+    v3_bootstrap(Backend::Ferrokv, Backend::Ferrokv).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_ferrokv_members_via_an_etcd36_discovery_member() {
+    v3_bootstrap(Backend::Etcd36, Backend::Ferrokv).await;
+}
+
+/// The control: etcd 3.6's own members, with the same flags, behave as the ferrokv ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_etcd36_members_via_an_etcd36_discovery_member() {
+    v3_bootstrap(Backend::Etcd36, Backend::Etcd36).await;
+}
+
+/// And etcd 3.6 members bootstrap through a ferrokv discovery member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_etcd36_members_via_a_ferrokv_discovery_member() {
+    v3_bootstrap(Backend::Ferrokv, Backend::Etcd36).await;
+}
+
+/// Same name, same peer URL, same token, each against a fresh discovery member: etcd 3.6 and
+/// ferrokv write byte-identical registrations and derive the same member and cluster ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_registrations_and_ids_equal_etcds() {
+    let token = "shared-token";
+    let peer_port = free_port();
+    let mut seen = Vec::new();
+    for backend in [Backend::Etcd36, Backend::Ferrokv] {
+        let service = start_service(Backend::Etcd36).await;
+        put(
+            &service,
+            &format!("/_etcd/registry/{token}/_config/size"),
+            "1",
+        )
+        .await;
+        let mut m = Proc::spawn_on(backend, "solo", peer_port, &v3_flags(&service, token), &[]);
+        m.wait_ready(Duration::from_secs(60)).await;
+        let list = member_list(&m);
+        let reg = registry(&service, token).await;
+        drop(m);
+        seen.push((backend, list, reg));
+    }
+    let (_, etcd_list, etcd_reg) = &seen[0];
+    let (_, fkv_list, fkv_reg) = &seen[1];
+    assert_eq!(fkv_reg, etcd_reg, "registry: ferrokv vs etcd 3.6");
+    assert_eq!(
+        fkv_list, etcd_list,
+        "(cluster id, members): ferrokv vs etcd 3.6"
+    );
+    assert_eq!(etcd_reg.len(), 2, "{etcd_reg:?}");
+}
+
+/// No size key: etcd 3.6 and ferrokv both stop with `discovery: size key not found`, and
+/// neither registers itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_missing_size_key_stops_the_member() {
+    let service = start_service(Backend::Ferrokv).await;
+    for (backend, token) in [
+        (Backend::Etcd36, "nosize-etcd"),
+        (Backend::Ferrokv, "nosize-fkv"),
+    ] {
+        let mut m = Proc::spawn(backend, "n1", &v3_flags(&service, token), &[]);
+        let status = m.wait_exit(Duration::from_secs(30)).await;
+        assert!(!status.success(), "{}", m.log());
+        assert!(
+            m.log()
+                .contains("failed to join discovery cluster (discovery: size key not found)"),
+            "{}: {}",
+            backend.name(),
+            m.log()
+        );
+        assert!(registry(&service, token).await.is_empty());
+        assert!(!m.wal_dir().exists());
+    }
+    // A size that is not a positive number: etcd's "size key is bad".
+    put(&service, "/_etcd/registry/bad/_config/size", "0").await;
+    for backend in [Backend::Etcd36, Backend::Ferrokv] {
+        let mut m = Proc::spawn(backend, "n1", &v3_flags(&service, "bad"), &[]);
+        m.wait_exit(Duration::from_secs(30)).await;
+        assert!(
+            m.log()
+                .contains("failed to join discovery cluster (discovery: size key is bad)"),
+            "{}: {}",
+            backend.name(),
+            m.log()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// v2: a small v2 keys-API discovery service (what discovery.etcd.io speaks), run in-process.
+
+#[derive(Default)]
+struct V2State {
+    index: u64,
+    /// key -> (value, created index, modified index)
+    keys: BTreeMap<String, (String, u64, u64)>,
+    /// (index, key) of every change, for `wait=true`.
+    events: Vec<(u64, String)>,
+    /// Every request as "METHOD path?query body".
+    requests: Vec<String>,
+}
+
+struct V2Server {
+    url: String,
+    state: Arc<Mutex<V2State>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl V2Server {
+    async fn start() -> V2Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let state = Arc::new(Mutex::new(V2State::default()));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let (s, n) = (state.clone(), changed.clone());
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(serve_v2(sock, s.clone(), n.clone()));
+            }
+        });
+        V2Server {
+            url,
+            state,
+            changed,
+        }
+    }
+
+    fn reset(&self) {
+        *self.state.lock().unwrap() = V2State::default();
+    }
+
+    /// What the blog's `curl -X PUT .../_config/size -d value=3` does.
+    fn set(&self, key: &str, value: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.index += 1;
+        let i = s.index;
+        s.keys.insert(key.to_string(), (value.to_string(), i, i));
+        s.events.push((i, key.to_string()));
+        self.changed.notify_waiters();
+    }
+
+    fn keys_under(&self, dir: &str) -> Vec<(String, String)> {
+        let s = self.state.lock().unwrap();
+        let mut v: Vec<_> = s
+            .keys
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{dir}/")))
+            .map(|(k, (v, c, _))| (*c, k.clone(), v.clone()))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, k, v)| (k, v)).collect()
+    }
+
+    fn requests_under(&self, dir: &str) -> Vec<String> {
+        let s = self.state.lock().unwrap();
+        s.requests
+            .iter()
+            .filter(|r| r.split(' ').nth(1).is_some_and(|p| p.starts_with(dir)))
+            .cloned()
+            .collect()
+    }
+}
+
+/// `a=1&b=x%3Dy` into pairs, decoded (`+` is a space, `%XX` a byte).
+fn form_pairs(s: &str) -> Vec<(String, String)> {
+    let decode = |t: &str| {
+        let b = t.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => {
+                    let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                    match u8::from_str_radix(hex, 16) {
+                        Ok(v) => {
+                            out.push(v);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn node_json(key: &str, value: &str, created: u64, modified: u64) -> Value {
+    serde_json::json!({"key": key, "value": value, "modifiedIndex": modified, "createdIndex": created})
+}
+
+async fn serve_v2(
+    mut sock: tokio::net::TcpStream,
+    state: Arc<Mutex<V2State>>,
+    changed: Arc<tokio::sync::Notify>,
+) {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        match sock.read(&mut tmp).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + 4 + len {
+        match sock.read(&mut tmp).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+    let body = String::from_utf8_lossy(&buf[head_end + 4..head_end + 4 + len]).into_owned();
+    let mut first = head.lines().next().unwrap_or_default().split(' ');
+    let method = first.next().unwrap_or_default().to_string();
+    let target = first.next().unwrap_or_default().to_string();
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let path = path.trim_end_matches('/').to_string();
+    let q: BTreeMap<String, String> = form_pairs(query).into_iter().collect();
+    state
+        .lock()
+        .unwrap()
+        .requests
+        .push(format!("{method} {target} {body}"));
+
+    let (status, json, index) = loop {
+        let notified = changed.notified();
+        let answer = {
+            let mut s = state.lock().unwrap();
+            answer_v2(&mut s, &method, &path, &q, &body)
+        };
+        if let Some(a) = answer {
+            if method == "PUT" {
+                changed.notify_waiters();
+            }
+            break a;
+        }
+        // A wait with nothing to report yet: until the next change.
+        notified.await;
+    };
+    let body = json.to_string();
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Etcd-Index: {index}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.write_all(resp.as_bytes()).await;
+    let _ = sock.shutdown().await;
+}
+
+/// The keys API subset discovery uses; `None` for a wait that must block.
+fn answer_v2(
+    s: &mut V2State,
+    method: &str,
+    path: &str,
+    q: &BTreeMap<String, String>,
+    body: &str,
+) -> Option<(&'static str, Value, u64)> {
+    let not_found = |s: &V2State| {
+        (
+            "404 Not Found",
+            serde_json::json!({"errorCode": 100, "message": "Key not found", "cause": path, "index": s.index}),
+            s.index,
+        )
+    };
+    match method {
+        "PUT" => {
+            let value = form_pairs(body)
+                .into_iter()
+                .find(|(k, _)| k == "value")
+                .map(|(_, v)| v)
+                .unwrap_or_default();
+            if q.get("prevExist").map(String::as_str) == Some("false") && s.keys.contains_key(path)
+            {
+                return Some((
+                    "412 Precondition Failed",
+                    serde_json::json!({"errorCode": 105, "message": "Key already exists", "cause": path, "index": s.index}),
+                    s.index,
+                ));
+            }
+            s.index += 1;
+            let i = s.index;
+            s.keys.insert(path.to_string(), (value.clone(), i, i));
+            s.events.push((i, path.to_string()));
+            Some((
+                "201 Created",
+                serde_json::json!({"action": "create", "node": node_json(path, &value, i, i)}),
+                i,
+            ))
+        }
+        "GET" if q.get("wait").map(String::as_str) == Some("true") => {
+            let from: u64 = q.get("waitIndex").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let recursive = q.get("recursive").map(String::as_str) == Some("true");
+            let (_, key) = s.events.iter().find(|(i, k)| {
+                *i >= from && (k == path || (recursive && k.starts_with(&format!("{path}/"))))
+            })?;
+            let (v, c, m) = s.keys.get(key)?.clone();
+            Some((
+                "200 OK",
+                serde_json::json!({"action": "create", "node": node_json(key, &v, c, m)}),
+                s.index,
+            ))
+        }
+        "GET" => {
+            if let Some((v, c, m)) = s.keys.get(path) {
+                return Some((
+                    "200 OK",
+                    serde_json::json!({"action": "get", "node": node_json(path, v, *c, *m)}),
+                    s.index,
+                ));
+            }
+            // A directory: its direct children (sub-directories as dir nodes).
+            let prefix = format!("{path}/");
+            let mut children: BTreeMap<String, Value> = BTreeMap::new();
+            for (k, (v, c, m)) in &s.keys {
+                let Some(rest) = k.strip_prefix(&prefix) else {
+                    continue;
+                };
+                match rest.split_once('/') {
+                    None => {
+                        children.insert(k.clone(), node_json(k, v, *c, *m));
+                    }
+                    Some((d, _)) => {
+                        let dk = format!("{prefix}{d}");
+                        children.entry(dk.clone()).or_insert_with(|| {
+                            serde_json::json!({"key": dk, "dir": true, "modifiedIndex": c, "createdIndex": c})
+                        });
+                    }
+                }
+            }
+            if children.is_empty() {
+                return Some(not_found(s));
+            }
+            Some((
+                "200 OK",
+                serde_json::json!({"action": "get", "node": {"key": path, "dir": true,
+                    "nodes": children.into_values().collect::<Vec<_>>()}}),
+                s.index,
+            ))
+        }
+        _ => Some((
+            "405 Method Not Allowed",
+            serde_json::json!({"errorCode": 210, "message": "Invalid POST form", "cause": method, "index": s.index}),
+            s.index,
+        )),
+    }
+}
+
+/// 3 members via `--discovery <url>` (one of them through `ETCD_DISCOVERY`, as container
+/// images set it), then a fourth refused with etcd's error.
+async fn v2_bootstrap(backend: Backend) {
+    let server = V2Server::start().await;
+    let dir = format!("/v2/keys/_etcd/registry/v2-{}", backend.name());
+    let durl = format!("{}{dir}", server.url);
+    server.set(&format!("{dir}/_config/size"), "3");
+    let flag = vec![format!("--discovery={durl}")];
+    let mut members = vec![
+        Proc::spawn(backend, "n1", &flag, &[]),
+        Proc::spawn(backend, "n2", &flag, &[]),
+        Proc::spawn(backend, "n3", &[], &[("ETCD_DISCOVERY", durl.as_str())]),
+    ];
+    check_one_cluster(&mut members).await;
+    let (_, ids) = member_list(&members[0]);
+    let reg = server.keys_under(&dir);
+    assert_eq!(reg.len(), 4, "{reg:?}");
+    for m in &members {
+        let (_, id, _) = ids.iter().find(|(n, _, _)| *n == m.name).expect("listed");
+        let key = format!("{dir}/{id:x}");
+        assert!(
+            reg.contains(&(key.clone(), format!("{}={}", m.name, m.peer_url))),
+            "{key} in {reg:?}"
+        );
+    }
+    let mut extra = Proc::spawn(backend, "n4", &flag, &[]);
+    let status = extra.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    assert!(
+        extra
+            .log()
+            .contains("failed to join discovery cluster (discovery: cluster is full)"),
+        "{}",
+        extra.log()
+    );
+    assert_eq!(server.keys_under(&dir), reg);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_discovery_url_bootstraps_ferrokv() {
+    v2_bootstrap(Backend::Ferrokv).await;
+}
+
+/// The control: etcd 3.6 still serves `--discovery` (deprecated, not removed) and forms its
+/// cluster through the same test server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_discovery_url_bootstraps_etcd36() {
+    v2_bootstrap(Backend::Etcd36).await;
+}
+
+/// Same flags and peer URL, one member: etcd 3.6 and ferrokv send the same v2 requests
+/// (paths, queries, form bodies: so the same member id) and form the same cluster id; with
+/// no size key both stop with the same error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_requests_ids_and_errors_equal_etcds() {
+    let peer_port = free_port();
+    let mut seen = Vec::new();
+    // One server for both runs: the discovery URL is the token member ids derive from.
+    let server = V2Server::start().await;
+    for backend in [Backend::Etcd36, Backend::Ferrokv] {
+        server.reset();
+        let dir = "/solo";
+        let durl = format!("{}{dir}", server.url);
+        server.set("/solo/_config/size", "1");
+        let mut m = Proc::spawn_on(
+            backend,
+            "solo",
+            peer_port,
+            &[format!("--discovery={durl}")],
+            &[],
+        );
+        m.wait_ready(Duration::from_secs(60)).await;
+        let list = member_list(&m);
+        drop(m);
+        seen.push((server.requests_under(dir), list, server.keys_under(dir)));
+    }
+    assert_eq!(seen[1].0, seen[0].0, "v2 requests: ferrokv vs etcd 3.6");
+    assert_eq!(
+        seen[1].1, seen[0].1,
+        "(cluster id, members): ferrokv vs etcd 3.6"
+    );
+    assert_eq!(seen[1].2, seen[0].2, "registry: ferrokv vs etcd 3.6");
+
+    let server = V2Server::start().await;
+    let mut errors = Vec::new();
+    for backend in [Backend::Etcd36, Backend::Ferrokv] {
+        let mut m = Proc::spawn(
+            backend,
+            "n1",
+            &[format!("--discovery={}/nosize", server.url)],
+            &[],
+        );
+        m.wait_exit(Duration::from_secs(30)).await;
+        let log = m.log();
+        let at = log
+            .find("failed to join discovery cluster (")
+            .unwrap_or_else(|| panic!("{}: {log}", backend.name()));
+        // Up to the end of the JSON string both write it in.
+        let rest = &log[at..];
+        errors.push(rest[..rest.find('"').unwrap_or(rest.len())].to_string());
+        assert!(server.keys_under("/nosize").is_empty());
+    }
+    eprintln!("v2, no size key: {errors:?}");
+    assert_eq!(
+        errors[1], errors[0],
+        "missing size key: ferrokv vs etcd 3.6"
+    );
+}
+
+/// An unknown bootstrap variable stops the member before it forms anything; an unknown
+/// harmless one is only warned about, as etcd does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_bootstrap_env_vars_stop_the_member() {
+    for (var, value, says) in [
+        // etcd's flag, which ferrokv refuses rather than ignores.
+        ("ETCD_DISCOVERY_SRV", "example.com", "--discovery-srv"),
+        // No such flag at all (etcd would only warn).
+        (
+            "ETCD_DISCOVERY_URL",
+            "http://127.0.0.1:1/x",
+            "ETCD_DISCOVERY_URL",
+        ),
+        (
+            "ETCD_INITIAL_CLUSTERS",
+            "a=http://127.0.0.1:1",
+            "ETCD_INITIAL_CLUSTERS",
+        ),
+    ] {
+        let mut m = Proc::spawn(Backend::Ferrokv, "n1", &[], &[(var, value)]);
+        let status = m.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(status.code(), Some(1), "{var}: {}", m.log());
+        assert!(m.log().contains(says), "{var}: {}", m.log());
+        assert!(
+            !m.wal_dir().exists(),
+            "{var}: the member bootstrapped anyway"
+        );
+    }
+    // A known one that conflicts with its flag: fatal, as on etcd 3.6.
+    for backend in [Backend::Etcd36, Backend::Ferrokv] {
+        let mut m = Proc::spawn(
+            backend,
+            "n1",
+            &["--discovery-token=t".into()],
+            &[("ETCD_DISCOVERY_TOKEN", "u")],
+        );
+        let status = m.wait_exit(Duration::from_secs(10)).await;
+        assert!(!status.success(), "{}", m.log());
+        assert!(
+            m.log().contains("conflicting environment variable")
+                && m.log().contains("ETCD_DISCOVERY_TOKEN"),
+            "{}: {}",
+            backend.name(),
+            m.log()
+        );
+    }
+    // Harmless and unknown: both start and warn.
+    for backend in [Backend::Etcd36, Backend::Ferrokv] {
+        let port = free_port();
+        let cluster = format!("--initial-cluster=n1=http://127.0.0.1:{port}");
+        let mut m = Proc::spawn_on(backend, "n1", port, &[cluster], &[("ETCD_FOO", "1")]);
+        m.wait_ready(Duration::from_secs(30)).await;
+        assert!(
+            m.log().contains("unrecognized environment variable") && m.log().contains("ETCD_FOO"),
+            "{}: {}",
+            backend.name(),
+            m.log()
+        );
+    }
+}
