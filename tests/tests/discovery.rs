@@ -1001,3 +1001,40 @@ async fn v2_discovery_through_a_proxy() {
     assert!(!seen[0].is_empty());
     assert_eq!(seen[1], seen[0], "proxied requests: ferrokv vs etcd 3.6");
 }
+
+/// A discovery member that does not answer yet (frozen) is waited for, with etcd's retries,
+/// not taken as an error: the members bootstrap once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_unanswering_discovery_member_is_retried() {
+    let service = start_service(Backend::Ferrokv).await;
+    for backend in [Backend::Etcd36, Backend::Ferrokv] {
+        let token = format!("late-{}", backend.name());
+        put(
+            &service,
+            &format!("/_etcd/registry/{token}/_config/size"),
+            "3",
+        )
+        .await;
+        let mut flags = v3_flags(&service, &token);
+        flags.push("--discovery-request-timeout=1s".into());
+        service.freeze(true).expect("SIGSTOP");
+        let mut members: Vec<Proc> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|n| Proc::spawn(backend, n, &flags, &[]))
+            .collect();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        for m in members.iter_mut() {
+            assert!(m.exited().is_none(), "{} gave up:\n{}", m.name, m.log());
+            assert!(!m.wal_dir().exists(), "{} bootstrapped alone", m.name);
+        }
+        service.freeze(false).expect("SIGCONT");
+        check_one_cluster(&mut members).await;
+        assert!(
+            members[0]
+                .log()
+                .contains("retry connecting to discovery service"),
+            "{}",
+            members[0].log()
+        );
+    }
+}

@@ -265,7 +265,10 @@ async fn backoff(retries: &mut u32, step: &str) {
 /// The discovery cluster's gRPC client, with the auth token when `--discovery-user` is set.
 struct V3Client {
     channel: Channel,
-    token: Option<String>,
+    /// The current auth token; renewed when the discovery cluster says it expired.
+    token: parking_lot::Mutex<Option<String>>,
+    credentials: Option<AuthenticateRequest>,
+    dial_timeout: Duration,
     request_timeout: Duration,
 }
 
@@ -299,31 +302,50 @@ impl V3Client {
         }
         // Lazy, as etcd's client: an unreachable discovery cluster is retried, not fatal.
         let channel = Channel::balance_list(endpoints.into_iter());
-        let mut client = V3Client {
+        let client = V3Client {
             channel,
-            token: None,
-            request_timeout: d.request_timeout,
-        };
-        if let Some(user) = &d.user {
-            // etcd's client authenticates once when it is created, within the dial timeout,
-            // and gives up (fatally) if that fails.
-            let req = AuthenticateRequest {
+            token: parking_lot::Mutex::new(None),
+            credentials: d.user.as_ref().map(|user| AuthenticateRequest {
                 name: user.clone(),
                 password: d.password.clone().unwrap_or_default(),
-            };
-            let mut auth = AuthClient::new(client.channel.clone());
-            let resp = tokio::time::timeout(d.dial_timeout, auth.authenticate(req))
-                .await
-                .map_err(|_| DiscoveryError::Other("context deadline exceeded".into()))?
-                .map_err(|s| DiscoveryError::Other(s.message().to_string()))?;
-            client.token = Some(resp.into_inner().token);
-        }
+            }),
+            dial_timeout: d.dial_timeout,
+            request_timeout: d.request_timeout,
+        };
+        // etcd's client authenticates once when it is created, within the dial timeout, and
+        // gives up (fatally) if that fails.
+        client.authenticate().await?;
         Ok(client)
+    }
+
+    async fn authenticate(&self) -> std::result::Result<(), DiscoveryError> {
+        let Some(req) = self.credentials.clone() else {
+            return Ok(());
+        };
+        let mut auth = AuthClient::new(self.channel.clone());
+        let resp = tokio::time::timeout(self.dial_timeout, auth.authenticate(req))
+            .await
+            .map_err(|_| DiscoveryError::Other("context deadline exceeded".into()))?
+            .map_err(|s| DiscoveryError::Other(s.message().to_string()))?;
+        *self.token.lock() = Some(resp.into_inner().token);
+        Ok(())
+    }
+
+    /// A failed call's text; an expired token is renewed (as etcd's client does) so that
+    /// the retry that follows succeeds.
+    async fn failed(&self, s: tonic::Status) -> String {
+        let msg = s.message().to_string();
+        if msg == "etcdserver: invalid auth token" {
+            if let Err(e) = self.authenticate().await {
+                return format!("{msg}; renewing it: {e}");
+            }
+        }
+        msg
     }
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
-        if let Some(t) = &self.token {
+        if let Some(t) = self.token.lock().as_ref() {
             if let Ok(v) = t.parse() {
                 r.metadata_mut().insert("token", v);
             }
@@ -348,7 +370,7 @@ impl V3Client {
         let mut kv = KvClient::new(self.channel.clone());
         match tokio::time::timeout(self.request_timeout, kv.range(self.request(req))).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(s.message().to_string()),
+            Ok(Err(s)) => Err(self.failed(s).await),
             Err(_) => Err("context deadline exceeded".into()),
         }
     }
@@ -362,7 +384,7 @@ impl V3Client {
         let mut kv = KvClient::new(self.channel.clone());
         match tokio::time::timeout(self.request_timeout, kv.put(self.request(req))).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(s)) => Err(s.message().to_string()),
+            Ok(Err(s)) => Err(self.failed(s).await),
             Err(_) => Err("context deadline exceeded".into()),
         }
     }
@@ -543,7 +565,8 @@ async fn wait_peers_v3(
         let mut events = match watch.watch(client.request(stream)).await {
             Ok(s) => s.into_inner(),
             Err(e) => {
-                tracing::warn!(error = %e.message(), "watching the discovery service; retrying");
+                let e = client.failed(e).await;
+                tracing::warn!(error = %e, "watching the discovery service; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -579,7 +602,28 @@ async fn wait_peers_v3(
         }
         drop(tx);
         if registry.len() < size {
+            // The watch broke or was canceled (a compacted start revision, say): catch up
+            // with one read of the prefix and watch on from there. Registrations already
+            // known are skipped by `add`.
             tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Ok(resp) = client.range(members_prefix, true).await {
+                for kv in &resp.kvs {
+                    let key = String::from_utf8_lossy(&kv.key);
+                    let value = String::from_utf8_lossy(&kv.value);
+                    if !registry
+                        .members
+                        .iter()
+                        .any(|(k, _, _)| k.as_str() == key.trim())
+                    {
+                        note_peer(
+                            registry.add(members_prefix, &key, &value, kv.create_revision),
+                            &key,
+                            &value,
+                        );
+                    }
+                }
+                rev = resp.header.map(|h| h.revision).unwrap_or(rev);
+            }
         }
     }
     tracing::info!(
