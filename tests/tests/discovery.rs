@@ -912,12 +912,18 @@ async fn v3_discovery_over_tls_and_with_auth() {
     )
     .await
     .expect("tls discovery member");
-    let endpoint = service
+    let bare = service
         .client_url
         .trim_start_matches("https://")
         .to_string();
-    for backend in [Backend::Etcd36, Backend::Ferrokv] {
-        let token = format!("tls-{}", backend.name());
+    // A bare host:port (TLS because certificates are given) and an https:// URL.
+    for (backend, endpoint, form) in [
+        (Backend::Etcd36, bare.clone(), "bare"),
+        (Backend::Ferrokv, bare.clone(), "bare"),
+        (Backend::Etcd36, service.client_url.clone(), "url"),
+        (Backend::Ferrokv, service.client_url.clone(), "url"),
+    ] {
+        let token = format!("tls-{}-{form}", backend.name());
         put(
             &service,
             &format!("/_etcd/registry/{token}/_config/size"),

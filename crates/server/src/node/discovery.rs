@@ -154,7 +154,13 @@ fn log_failure(name: &str, discovery: &Discovery, e: &DiscoveryError) {
             );
         }
         _ => {
-            tracing::warn!(discovery_token = token, error = %e, "failed to bootstrap; discovery token was already used");
+            // etcdmain logs the wrapped error here.
+            let error = format!("failed to join discovery cluster ({e})");
+            tracing::warn!(
+                discovery_token = token,
+                error,
+                "failed to bootstrap; discovery token was already used"
+            );
             tracing::warn!(
                 "do not reuse discovery token; generate a new one to bootstrap a cluster"
             );
@@ -291,12 +297,20 @@ impl V3Client {
                 .keep_alive_timeout(d.keepalive_timeout)
                 .keep_alive_while_idle(true)
                 .tcp_nodelay(true);
-            if let Some(t) = &tls {
-                if url.starts_with("https://") {
-                    e = e
-                        .tls_config(t.clone())
-                        .map_err(|e| DiscoveryError::Other(format!("endpoint {ep:?}: {e}")))?;
-                }
+            // etcd's client: `http://` is always plain, `https://` always TLS (with the
+            // system roots when no TLS flag is given), a bare host:port TLS when configured.
+            if url.starts_with("https://") {
+                let t = match &tls {
+                    Some(t) => t.clone(),
+                    None => system_roots()
+                        .into_iter()
+                        .fold(ClientTlsConfig::new(), |c, pem| {
+                            c.ca_certificate(Certificate::from_pem(pem))
+                        }),
+                };
+                e = e
+                    .tls_config(t)
+                    .map_err(|e| DiscoveryError::Other(format!("endpoint {ep:?}: {e}")))?;
             }
             endpoints.push(e);
         }
