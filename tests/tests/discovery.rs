@@ -922,6 +922,9 @@ async fn v3_discovery_over_tls_and_with_auth() {
         (Backend::Ferrokv, bare.clone(), "bare"),
         (Backend::Etcd36, service.client_url.clone(), "url"),
         (Backend::Ferrokv, service.client_url.clone(), "url"),
+        // No CA at all: --discovery-insecure-skip-tls-verify.
+        (Backend::Etcd36, bare.clone(), "skip"),
+        (Backend::Ferrokv, bare.clone(), "skip"),
     ] {
         let token = format!("tls-{}-{form}", backend.name());
         put(
@@ -930,13 +933,17 @@ async fn v3_discovery_over_tls_and_with_auth() {
             "1",
         )
         .await;
-        let flags = vec![
+        let mut flags = vec![
             format!("--discovery-endpoints={endpoint}"),
             format!("--discovery-token={token}"),
-            format!("--discovery-cacert={}", tls.ca_cert.display()),
             format!("--discovery-cert={}", tls.client_cert.display()),
             format!("--discovery-key={}", tls.client_key.display()),
         ];
+        if form == "skip" {
+            flags.push("--discovery-insecure-skip-tls-verify".into());
+        } else {
+            flags.push(format!("--discovery-cacert={}", tls.ca_cert.display()));
+        }
         let mut m = Proc::spawn(backend, "n1", &flags, &[]);
         m.wait_ready(Duration::from_secs(60)).await;
         let (_, ids) = member_list(&m);

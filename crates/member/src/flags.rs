@@ -339,7 +339,7 @@ struct MemberArgs {
     /// V3 discovery: disable transport security for client connections (default true).
     #[arg(long = "discovery-insecure-transport", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     discovery_insecure_transport: Option<String>,
-    /// V3 discovery: skip server certificate verification (refused by ferrokv).
+    /// V3 discovery: skip server certificate verification (for testing only).
     #[arg(long = "discovery-insecure-skip-tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     discovery_insecure_skip_tls_verify: Option<String>,
     /// V3 discovery: identify secure client using this TLS certificate file.
@@ -932,11 +932,6 @@ fn parse_discovery(m: &MemberArgs, cfg: &Config) -> Result<Option<Discovery>> {
         // Refused rather than ignored: ignoring it would bootstrap a one-member cluster.
         return Err(Error::Conflict(
             "DNS SRV discovery (--discovery-srv, --discovery-srv-name) is not supported by ferrokv; use --initial-cluster or --discovery-endpoints".into(),
-        ));
-    }
-    if v3.insecure_skip_tls_verify {
-        return Err(Error::Conflict(
-            "--discovery-insecure-skip-tls-verify is not supported by ferrokv; give the discovery service's CA with --discovery-cacert".into(),
         ));
     }
     if v3.cert_file.is_some() != v3.key_file.is_some() {
@@ -2035,7 +2030,6 @@ mod tests {
             (&["--discovery-dial-timeout=5"], "invalid value \"5\" for flag --discovery-dial-timeout"),
             (&["--discovery-insecure-transport=maybe"], "invalid value \"maybe\" for flag --discovery-insecure-transport"),
             (&["--discovery-srv=example.com"], "DNS SRV discovery (--discovery-srv, --discovery-srv-name) is not supported by ferrokv"),
-            (&["--discovery-endpoints=a:1", "--discovery-token=t", "--discovery-insecure-skip-tls-verify"], "--discovery-insecure-skip-tls-verify is not supported by ferrokv"),
             (&["--discovery-endpoints=a:1", "--discovery-token=t", "--discovery-cert=c"], "--discovery-cert and --discovery-key must be given together"),
             (&["--discovery=http://a:1/x", "--initial-cluster-state=existing"], "discovery URL should not be set when joining existing initial cluster"),
             (&["--discovery=discovery.etcd.io/x"], "invalid value \"discovery.etcd.io/x\" for flag --discovery"),

@@ -315,7 +315,11 @@ impl V3Client {
             endpoints.push(e);
         }
         // Lazy, as etcd's client: an unreachable discovery cluster is retried, not fatal.
-        let channel = Channel::balance_list(endpoints.into_iter());
+        let channel = if d.insecure_skip_tls_verify {
+            skip_verify::channel(d).map_err(DiscoveryError::Other)?
+        } else {
+            Channel::balance_list(endpoints.into_iter())
+        };
         let client = V3Client {
             channel,
             token: parking_lot::Mutex::new(None),
@@ -407,11 +411,6 @@ impl V3Client {
 /// etcd's client TLS for the discovery cluster (`newTLSConfig`): certificates when given,
 /// an empty TLS config when `--discovery-insecure-transport=false`, plain gRPC otherwise.
 fn v3_tls(d: &V3Discovery) -> std::result::Result<Option<ClientTlsConfig>, String> {
-    if d.insecure_skip_tls_verify {
-        return Err(
-            "--discovery-insecure-skip-tls-verify is not supported by ferrokv; give the CA with --discovery-cacert".into(),
-        );
-    }
     let read = |p: &std::path::Path| {
         std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
     };
@@ -434,6 +433,179 @@ fn v3_tls(d: &V3Discovery) -> std::result::Result<Option<ClientTlsConfig>, Strin
         _ => return Err("--discovery-cert and --discovery-key must be given together".into()),
     }
     Ok(Some(c))
+}
+
+/// `--discovery-insecure-skip-tls-verify`: TLS that accepts any server certificate (etcd:
+/// "for testing purposes"), which tonic's TLS settings cannot express, so the connection is
+/// made here: each endpoint in turn until one answers, `http://` ones in plain text.
+mod skip_verify {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use hyper_util::rt::TokioIo;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use tokio::io::{AsyncRead, AsyncWrite};
+    use tokio::net::TcpStream;
+    use tonic::transport::{Channel, Endpoint, Uri};
+
+    use crate::config::V3Discovery;
+
+    /// Accepts every certificate, but still checks that the handshake is signed by the key
+    /// of the certificate presented (rustls' own signature checks).
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+    impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+    /// (dial address, TLS or plain) of each endpoint.
+    type Targets = Arc<Vec<(String, bool)>>;
+
+    #[derive(Clone)]
+    struct Connector {
+        targets: Targets,
+        tls: tokio_rustls::TlsConnector,
+    }
+
+    type BoxIo = TokioIo<Box<dyn Io>>;
+
+    impl tower::Service<Uri> for Connector {
+        type Response = BoxIo;
+        type Error = std::io::Error;
+        type Future = Pin<Box<dyn Future<Output = Result<BoxIo, std::io::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Uri) -> Self::Future {
+            let (targets, tls) = (self.targets.clone(), self.tls.clone());
+            Box::pin(async move {
+                let mut last = std::io::Error::other("no discovery endpoint");
+                for (addr, secure) in targets.iter() {
+                    let tcp = match TcpStream::connect(addr.as_str()).await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            last = e;
+                            continue;
+                        }
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    if !*secure {
+                        return Ok(TokioIo::new(Box::new(tcp) as Box<dyn Io>));
+                    }
+                    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+                    let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                        .map_err(std::io::Error::other)?;
+                    match tls.connect(name, tcp).await {
+                        Ok(s) => return Ok(TokioIo::new(Box::new(s) as Box<dyn Io>)),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            })
+        }
+    }
+
+    fn read_pem(p: &std::path::Path) -> Result<Vec<u8>, String> {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    }
+
+    pub(super) fn channel(d: &V3Discovery) -> Result<Channel, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)));
+        let mut config = match (&d.cert_file, &d.key_file) {
+            (Some(cert), Some(key)) => {
+                let certs: Vec<CertificateDer<'static>> =
+                    rustls_pemfile::certs(&mut read_pem(cert)?.as_slice())
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| format!("{}: {e}", cert.display()))?;
+                let key: PrivateKeyDer<'static> =
+                    rustls_pemfile::private_key(&mut read_pem(key)?.as_slice())
+                        .map_err(|e| format!("{}: {e}", key.display()))?
+                        .ok_or_else(|| format!("{}: no private key", key.display()))?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| e.to_string())?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        // gRPC servers (etcd's Go one included) insist on HTTP/2 by ALPN.
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let targets: Vec<(String, bool)> = d
+            .endpoints
+            .iter()
+            .map(|ep| match ep.split_once("://") {
+                Some(("http", rest)) => (rest.to_string(), false),
+                Some((_, rest)) => (rest.to_string(), true),
+                None => (ep.clone(), true),
+            })
+            .collect();
+        let connector = Connector {
+            targets: Arc::new(targets),
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        };
+        // The URI only names the channel: the connector dials the endpoints itself.
+        let endpoint = Endpoint::from_static("http://discovery.endpoints")
+            .connect_timeout(d.dial_timeout)
+            .http2_keep_alive_interval(d.keepalive_time)
+            .keep_alive_timeout(d.keepalive_timeout)
+            .keep_alive_while_idle(true);
+        Ok(endpoint.connect_with_connector_lazy(connector))
+    }
 }
 
 /// The key after every key with `prefix` (etcd's `clientv3.GetPrefixRangeEnd`).
