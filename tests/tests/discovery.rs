@@ -26,6 +26,9 @@ struct Proc {
     peer_url: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// How it was started, for `restart`.
+    cmd: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Proc {
@@ -50,10 +53,8 @@ impl Proc {
             .expect("tempdir");
         let client_url = format!("http://127.0.0.1:{}", free_port());
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let log = std::fs::File::create(dir.path().join("member.log")).expect("log");
-        let log2 = log.try_clone().expect("log");
-        let mut cmd = Command::new(bin);
-        cmd.args([
+        let mut args = vec![
+            bin.display().to_string(),
             format!("--name={name}"),
             format!("--data-dir={}", dir.path().join("data").display()),
             format!("--listen-client-urls={client_url}"),
@@ -61,27 +62,54 @@ impl Proc {
             format!("--listen-peer-urls={peer_url}"),
             format!("--initial-advertise-peer-urls={peer_url}"),
             "--log-level=info".to_string(),
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
+        ];
+        args.extend(extra.iter().cloned());
+        let mut p = Proc {
+            backend,
+            name: name.to_string(),
+            client_url,
+            peer_url,
+            dir,
+            child: None,
+            cmd: args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("member.log"))
+            .expect("log");
+        let log2 = log.try_clone().expect("log");
+        let mut cmd = Command::new(&self.cmd[0]);
+        cmd.args(&self.cmd[1..])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
         // Only what the test sets: an ETCD_* of the developer's shell must not leak in.
         for (k, _) in std::env::vars() {
             if k.starts_with("ETCD_") {
                 cmd.env_remove(k);
             }
         }
-        cmd.envs(env.iter().copied());
-        let child = cmd.spawn().expect("spawn member");
-        Proc {
-            backend,
-            name: name.to_string(),
-            client_url,
-            peer_url,
-            dir,
-            child: Some(child),
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.child = Some(cmd.spawn().expect("spawn member"));
+    }
+
+    /// SIGKILL, then the same command line on the same data dir.
+    fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
+        self.start();
     }
 
     fn log(&self) -> String {
@@ -347,6 +375,21 @@ async fn v3_bootstrap(service_backend: Backend, backend: Backend) {
     );
     // Refused before registering: the registry is unchanged.
     assert_eq!(registry(&service, &token).await, reg);
+
+    // A restart reads the WAL: the discovery flags are ignored (the discovery member is
+    // gone by now) and the member rejoins its cluster.
+    drop(service);
+    let before = member_list(&members[0]);
+    members[1].restart();
+    members[1].wait_ready(Duration::from_secs(60)).await;
+    assert_eq!(member_list(&members[1]), before);
+    assert!(
+        members[1]
+            .log()
+            .contains("discovery token is ignored since cluster already initialized"),
+        "{}",
+        members[1].log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

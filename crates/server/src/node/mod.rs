@@ -75,7 +75,8 @@ impl Member {
     /// listen URL and the HTTP endpoints.
     pub async fn start(mut cfg: Config) -> Result<Member> {
         let store = bootstrap::open_storage(&cfg)?;
-        let has_wal = ferrokv_raftnode::read_wal_metadata(&cfg.member_dir())?.is_some();
+        // etcd's "have WAL": only a first boot runs discovery.
+        let has_wal = ferrokv_wal::Wal::exists(&cfg.layout().wal());
         discovery::discover(&mut cfg, has_wal).await?;
         let id = identity::recover_identity(&cfg, &store).await?;
         let listeners = bootstrap::bind_listeners(&cfg).await?;
