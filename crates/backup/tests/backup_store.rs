@@ -82,7 +82,7 @@ impl Loaded {
         e: Option<&Encryption>,
     ) -> Manifest {
         let src = snapshot_from_member(
-            &[self.member.client_url.clone()],
+            std::slice::from_ref(&self.member.client_url),
             None,
             Duration::from_secs(5),
         )
@@ -296,7 +296,7 @@ async fn round_trip(kind: Option<Kind>) {
     // Encrypted, by manifest URL.
     restore_and_check(
         &loc.url_of(&made[2].manifest),
-        &[key_flag.clone()],
+        std::slice::from_ref(&key_flag),
         &env,
         &made[2],
         &acked,
