@@ -153,7 +153,6 @@ mod tests {
             empty_dir: false,
             bootstrapped: members.is_some(),
             next_ordinal: 0,
-            desired_config_hash: String::new(),
         }
     }
 
@@ -218,8 +217,9 @@ mod tests {
             state: TlsState {
                 client: None,
                 config_hash: "h".into(),
+                renew_at: None,
             },
-            issued: vec![],
+            ..Tls::default()
         };
         let step = Step::BootstrapSeed {
             name: "kv-0".into(),

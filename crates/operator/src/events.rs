@@ -52,16 +52,28 @@ pub fn for_step(step: &Step, outcome: &StepOutcome) -> Option<StepEvent> {
             "MemberDeleted",
             format!("deleted pod and data of former member {name}"),
         ),
-        Step::RollMember { name } => (
-            "MemberRolled",
-            format!("restarting {name} with renewed certificates"),
-        ),
         Step::Invalid { .. } | Step::Wait { .. } | Step::Steady => return None,
     };
     Some(StepEvent {
         reason,
         note,
         member: member_of(step).map(str::to_string),
+    })
+}
+
+/// The Event of a certificate renewal: the Secrets rewritten in place. Members reload them
+/// from their volumes, so the note says no member restarts.
+pub fn for_renewal(renewed: &[String]) -> Option<StepEvent> {
+    if renewed.is_empty() {
+        return None;
+    }
+    Some(StepEvent {
+        reason: "CertificatesRenewed",
+        note: format!(
+            "renewed certificates in {}; members reload them without a restart",
+            renewed.join(", ")
+        ),
+        member: None,
     })
 }
 
@@ -73,8 +85,7 @@ fn member_of(step: &Step) -> Option<&str> {
         | Step::CreatePod { name }
         | Step::PromoteLearner { name, .. }
         | Step::RemoveMember { name, .. }
-        | Step::DeletePod { name }
-        | Step::RollMember { name } => Some(name),
+        | Step::DeletePod { name } => Some(name),
         Step::MoveLeader { .. } | Step::Invalid { .. } | Step::Wait { .. } | Step::Steady => None,
     }
 }
@@ -143,11 +154,6 @@ mod tests {
                     "MemberDeleted",
                     "deleted pod and data of former member kv-1",
                 )),
-            ),
-            (
-                Step::RollMember { name: name() },
-                applied,
-                Some(("MemberRolled", "restarting kv-1 with renewed certificates")),
             ),
             (
                 Step::Wait {

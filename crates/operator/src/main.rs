@@ -29,7 +29,16 @@ enum Command {
             default_value = "0.0.0.0:8080"
         )]
         metrics_addr: String,
+        /// Renew operator-issued certificates this long before they expire (`90s`, `10m`,
+        /// `23h59m50s`, `7d`); default: at two thirds of their lifetime. Members reload
+        /// renewed certificates without a restart.
+        #[arg(long, env = "FERROKV_OPERATOR_CERT_RENEW_BEFORE", value_parser = parse_duration)]
+        cert_renew_before: Option<std::time::Duration>,
     },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    ferrokv_operator::parse_duration(s)
 }
 
 #[tokio::main]
@@ -37,12 +46,16 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run {
         metrics_addr: "0.0.0.0:8080".into(),
+        cert_renew_before: None,
     }) {
         Command::Crd => {
             print!("{}", crd_yaml()?);
             Ok(())
         }
-        Command::Run { metrics_addr } => {
+        Command::Run {
+            metrics_addr,
+            cert_renew_before,
+        } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
@@ -59,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("bind {metrics_addr}"))?;
             let server = axum::serve(listener, metrics::router(m.clone()));
             let http = tokio::spawn(async move { server.await });
-            controller::run(client, m).await;
+            controller::run(client, m, cert_renew_before).await;
             http.abort();
             Ok(())
         }

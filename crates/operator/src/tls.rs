@@ -1,6 +1,7 @@
 //! The TLS material of a cluster: which Secrets to read, which certificates are still good,
-//! which must be issued or renewed, the operator's own client identity and the hash that
-//! member pods roll on.
+//! which must be issued or renewed, the operator's own client identity, the hash recorded on
+//! member pods and when the next renewal is due. A renewal only rewrites Secrets: members
+//! reload renewed certificates from their Secret volumes, so no pod restarts for it.
 //!
 //! Owns the rules of `spec.tls.mode` (`Disabled`, user `Secrets`, operator-issued `Auto`).
 //! Pure: it works on Secrets that `observe` read and returns certificates for `build` to put
@@ -18,12 +19,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use time::OffsetDateTime;
 
-/// What the rest of the reconcile needs: the operator's client identity and the hash pods
-/// roll on.
+/// What the rest of the reconcile needs: the operator's client identity, the hash recorded
+/// on pods and the next renewal.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsState {
     pub client: Option<ClientTls>,
     pub config_hash: String,
+    /// When (unix seconds) the first operator-issued leaf is due for renewal: the reconcile
+    /// is scheduled for then instead of waiting for the periodic re-check.
+    pub renew_at: Option<i64>,
 }
 
 /// A certificate issued by this reconcile, to be stored.
@@ -41,6 +45,8 @@ pub struct Tls {
     pub state: TlsState,
     /// Certificates to store, in the order they were issued (the CA first).
     pub issued: Vec<Issued>,
+    /// Secrets of `issued` that replace a certificate (a renewal, not a first issue).
+    pub renewed: Vec<String>,
 }
 
 /// A Secret `resolve` looks at.
@@ -179,6 +185,7 @@ pub fn resolve(
     names: &Names,
     secrets: &BTreeMap<String, Secret>,
     now: OffsetDateTime,
+    renew_before: Option<Duration>,
 ) -> Result<Tls> {
     let field = |secret: &str, key| {
         secrets
@@ -200,10 +207,11 @@ pub fn resolve(
                     &field(&user.server, "tls.crt"),
                     &field(&user.peer, "tls.crt"),
                 ]),
+                renew_at: None,
             };
             return Ok(Tls {
                 state,
-                issued: Vec::new(),
+                ..Tls::default()
             });
         }
         TlsMode::Auto => {}
@@ -235,6 +243,8 @@ pub fn resolve(
     let peer_ca = ca_of(names.peer_ca_secret(), &format!("{}-peer", names.cluster))?;
 
     let mut pems = Vec::with_capacity(4);
+    let mut renewed = Vec::new();
+    let mut renew_at: Option<i64> = None;
     for leaf in leaves(names) {
         let ca = match leaf.signer {
             Signer::Cluster => &cluster_ca,
@@ -244,7 +254,8 @@ pub fn resolve(
             let cert = secret_str(s, "tls.crt")?;
             let key = secret_str(s, "tls.key")?;
             let same_ca = secret_str(s, "ca.crt").as_deref() == Some(ca.cert.as_str());
-            let renew = certs::needs_renewal(&cert, now).unwrap_or(true);
+            let due = certs::renew_at(&cert, renew_before).ok()?;
+            let renew = now.unix_timestamp() >= due;
             (same_ca && !renew).then(|| LeafPem {
                 cert,
                 key,
@@ -254,6 +265,9 @@ pub fn resolve(
         let pem = match fresh {
             Some(pem) => pem,
             None => {
+                if secrets.contains_key(&leaf.secret) {
+                    renewed.push(leaf.secret.clone());
+                }
                 let pem = certs::issue_leaf(
                     ca,
                     leaf.kind,
@@ -269,6 +283,9 @@ pub fn resolve(
                 pem
             }
         };
+        if let Ok(due) = certs::renew_at(&pem.cert, renew_before) {
+            renew_at = Some(renew_at.map_or(due, |r| r.min(due)));
+        }
         pems.push(pem);
     }
     let [server, peer, operator, _users] = pems.as_slice() else {
@@ -278,8 +295,10 @@ pub fn resolve(
         state: TlsState {
             client: Some(client_identity(operator)),
             config_hash: config_hash(&[&server.cert, &peer.cert]),
+            renew_at,
         },
         issued,
+        renewed,
     })
 }
 
@@ -301,7 +320,7 @@ mod tests {
         let ec = cluster("kv", 3);
         let names = Names::of(&ec).expect("names");
         let now = OffsetDateTime::now_utc();
-        let tls = resolve(&ec, &names, &BTreeMap::new(), now).expect("tls");
+        let tls = resolve(&ec, &names, &BTreeMap::new(), now, None).expect("tls");
         let issued: Vec<&str> = tls
             .issued
             .iter()
@@ -371,7 +390,7 @@ mod tests {
                 ("my-client", &client),
             ],
         );
-        let tls = resolve(&ec, &names, &secrets, now).expect("tls");
+        let tls = resolve(&ec, &names, &secrets, now, None).expect("tls");
         assert!(tls.issued.is_empty());
         assert_eq!(tls.state.client, Some(client_identity(&client)));
         assert_eq!(
@@ -406,7 +425,7 @@ mod tests {
             ],
         );
         secrets.insert("kv-ca".into(), ca_secret(&ec, "kv-ca", &ca).expect("ca"));
-        let tls = resolve(&ec, &names, &secrets, now).expect("tls");
+        let tls = resolve(&ec, &names, &secrets, now, None).expect("tls");
         let issued: Vec<&str> = tls
             .issued
             .iter()
@@ -436,7 +455,7 @@ mod tests {
             "kv-peer-ca".into(),
             ca_secret(&ec, "kv-peer-ca", &peer_ca).expect("peer ca"),
         );
-        let tls = resolve(&ec, &names, &secrets, now).expect("tls");
+        let tls = resolve(&ec, &names, &secrets, now, None).expect("tls");
         let issued: Vec<&str> = tls
             .issued
             .iter()
@@ -449,6 +468,8 @@ mod tests {
             })
             .collect();
         assert_eq!(issued.len(), tls.issued.len(), "both CAs are kept");
+        // Only the server leaf was there before: the other two are first issues.
+        assert_eq!(tls.renewed, ["kv-server-tls"]);
         assert_eq!(
             issued,
             ["kv-server-tls", "kv-operator-client-tls", "kv-client-tls"]
