@@ -2040,3 +2040,107 @@ spec:
         "a member was removed during renewals: {events:?}"
     );
 }
+
+/// The operator's ClusterRole (from install.yaml) loses `create` on services: the cluster's
+/// first Service apply is refused by the real authorizer, and status says so (`Degraded=True`,
+/// reason `Refused`, with the API server's forbidden message) with a `WriteRefused` Warning
+/// Event. With the verb back it recovers to Available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_verb_taken_from_the_operator_is_reported_and_recovered_from() {
+    let bed = Testbed::start().await.or_panic();
+    let ns = "default";
+    let kubectl = bed.cp.kubectl();
+    let t = Instant::now();
+    let role: Value = serde_json::from_str(
+        &kubectl
+            .run(&["get", "clusterrole", "ferrokv-operator", "-o", "json"])
+            .expect("get the ClusterRole"),
+    )
+    .expect("json");
+    let rules = role["rules"].as_array().expect("rules").clone();
+    let index = rules
+        .iter()
+        .position(|r| r["resources"] == serde_json::json!(["services"]))
+        .expect("a rule for services");
+    let verbs = rules[index]["verbs"].clone();
+    let without_create: Vec<Value> = verbs
+        .as_array()
+        .expect("verbs")
+        .iter()
+        .filter(|v| *v != "create")
+        .cloned()
+        .collect();
+    let patch = |value: &Value| {
+        let p = serde_json::json!([{"op": "replace", "path": format!("/rules/{index}/verbs"), "value": value}]);
+        kubectl
+            .run(&[
+                "patch",
+                "clusterrole",
+                "ferrokv-operator",
+                "--type=json",
+                "-p",
+                &p.to_string(),
+            ])
+            .expect("patch the ClusterRole");
+    };
+    patch(&Value::Array(without_create));
+    kubectl
+        .apply(&cluster_yaml(ns, "rb", 1, "Disabled"))
+        .expect("apply rb");
+    let message = eventually(
+        Duration::from_secs(60),
+        "the refused Service reported as Degraded=True Refused",
+        || async {
+            let ec = bed.cluster(ns, "rb")?;
+            let c = ec["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Degraded" && c["status"] == "True")?
+                .clone();
+            (c["reason"] == "Refused")
+                .then(|| c["message"].as_str().unwrap_or_default().to_string())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    assert!(
+        message.contains("forbidden")
+            && message.contains("services")
+            && message.contains("system:serviceaccount:ferrokv-system:ferrokv-operator"),
+        "not the API server's RBAC refusal: {message}"
+    );
+    let events = bed.events(ns, "rb").await.or_panic();
+    assert!(
+        events
+            .iter()
+            .any(|(r, n)| r == "WriteRefused" && n == &message),
+        "no Warning Event with the refusal: {events:?}"
+    );
+    eprintln!("RBAC refusal reported after {:?}", t.elapsed());
+
+    patch(&verbs);
+    // A refusal is retried slowly (60 s); any change to the object wakes the controller.
+    kubectl
+        .run(&[
+            "annotate",
+            "-n",
+            ns,
+            "etcdcluster/rb",
+            "test/rbac-restored=1",
+        ])
+        .expect("annotate");
+    let status = bed
+        .wait_available(ns, "rb", 1, Duration::from_secs(90))
+        .await
+        .or_panic();
+    let degraded = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Degraded").cloned())
+        .expect("Degraded");
+    assert_eq!(
+        degraded["status"], "False",
+        "refusal not cleared: {degraded}"
+    );
+    assert_cluster_of(&bed, ns, "rb", 1).await;
+    eprintln!("RBAC restored: Available after {:?}", t.elapsed());
+}
