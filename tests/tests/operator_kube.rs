@@ -2144,3 +2144,53 @@ async fn a_verb_taken_from_the_operator_is_reported_and_recovered_from() {
     assert_cluster_of(&bed, ns, "rb", 1).await;
     eprintln!("RBAC restored: Available after {:?}", t.elapsed());
 }
+
+/// `spec.image` naming a plain etcd 3.6.16 image: the node agent runs etcd 3.6 for it, the
+/// pods are probed on what etcd serves (`/health`, `/metrics` on 2381) and become Ready, the
+/// status follows pod readiness (3 ready), and `etcdctl member list` shows the 3 members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_etcd_image_members_become_ready() {
+    ferrokv_tests::member::etcd36_dir().unwrap_or_else(|e| panic!("etcd 3.6 is needed: {e}"));
+    let bed = Testbed::start().await.or_panic();
+    let ns = "default";
+    let t = Instant::now();
+    bed.cp
+        .kubectl()
+        .apply(&cluster_yaml_with(
+            ns,
+            "et",
+            3,
+            "Disabled",
+            "  image: quay.io/coreos/etcd:v3.6.16\n",
+        ))
+        .expect("apply et");
+    let status = bed
+        .wait_available(ns, "et", 3, Duration::from_secs(180))
+        .await
+        .or_panic();
+    assert_eq!(status["readyMembers"], 3, "{status}");
+    assert_cluster_of(&bed, ns, "et", 3).await;
+    let pods = bed.member_pods(ns, "et").await.or_panic();
+    for (name, ip) in &pods {
+        let p = pod(&bed, ns, name).await.expect("member pod");
+        assert!(is_ready(&p), "{name} not Ready\n{}", bed.context(ns));
+        let c = p
+            .spec
+            .and_then(|s| s.containers.into_iter().next())
+            .expect("container");
+        let path = |probe: Option<k8s_openapi::api::core::v1::Probe>| {
+            probe.and_then(|p| p.http_get).and_then(|h| h.path)
+        };
+        assert_eq!(path(c.readiness_probe).as_deref(), Some("/health"));
+        assert_eq!(path(c.liveness_probe).as_deref(), Some("/metrics"));
+        // What runs is etcd 3.6.16, not ferrokv.
+        let v = ferrokv_tests::etcdctl(
+            &format!("http://{ip}:2379"),
+            &["endpoint", "status", "-w", "json"],
+        )
+        .json();
+        assert_eq!(v[0]["Status"]["version"], "3.6.16", "{name}: {v}");
+    }
+    assert_pdb_allows(&bed, ns, "et", 3, 1).await;
+    eprintln!("etcd 3.6.16 image: 3 members Ready after {:?}", t.elapsed());
+}

@@ -957,6 +957,9 @@ impl Agent {
             "etcd" => self.etcd.clone().ok_or_else(|| {
                 Error::Agent("the pod runs etcd but no etcd binary is installed".into())
             })?,
+            "etcd36" => crate::member::etcd36_dir()
+                .map(|d| d.join("etcd"))
+                .map_err(|e| Error::Agent(format!("the pod runs etcd 3.6: {e}")))?,
             other => {
                 return Err(Error::Agent(format!(
                 "the node agent runs only ferrokv and etcd containers, not {other:?} (image {:?})",
@@ -1259,13 +1262,25 @@ impl Agent {
     }
 }
 
-/// `ferrokv`/`etcd` from an image reference such as `ghcr.io/ferrokv/ferrokv:0.1.0` or
-/// `quay.io/coreos/etcd:v3.5`.
+/// `ferrokv`/`etcd`/`etcd36` from an image reference such as `ghcr.io/ferrokv/ferrokv:0.1.0`,
+/// `quay.io/coreos/etcd:v3.5` or `registry.k8s.io/etcd:3.6.16-0`: an etcd image tagged 3.6 runs
+/// etcd 3.6 (from `scripts/build-etcd36.sh`), any other etcd image the system's etcd (3.4).
 fn image_program(image: &str) -> String {
-    let without_tag = image.rsplit('/').next().unwrap_or(image);
-    let repo = without_tag.split([':', '@']).next().unwrap_or(without_tag);
+    let without_registry = image.rsplit('/').next().unwrap_or(image);
+    let repo = without_registry
+        .split([':', '@'])
+        .next()
+        .unwrap_or(without_registry);
+    let tag = without_registry
+        .split_once('@')
+        .map_or(without_registry, |(before, _)| before)
+        .split_once(':')
+        .map(|(_, t)| t)
+        .unwrap_or_default();
     if repo.contains("ferrokv") && !repo.contains("operator") {
         "ferrokv".into()
+    } else if repo.contains("etcd") && tag.trim_start_matches('v').starts_with("3.6") {
+        "etcd36".into()
     } else if repo.contains("etcd") {
         "etcd".into()
     } else {
@@ -1503,6 +1518,9 @@ mod tests {
             ("ghcr.io/ferrokv/ferrokv:0.1.0", "ferrokv"),
             ("ferrokv:dev", "ferrokv"),
             ("quay.io/coreos/etcd:v3.5.17", "etcd"),
+            ("quay.io/coreos/etcd:v3.6.16", "etcd36"),
+            ("registry.k8s.io/etcd:3.6.16-0", "etcd36"),
+            ("gcr.io/etcd-development/etcd:v3.4.27", "etcd"),
             ("registry.k8s.io/etcd@sha256:abc", "etcd"),
             ("ghcr.io/ferrokv/ferrokv-operator:0.1.0", "ferrokv-operator"),
             ("busybox", "busybox"),
