@@ -1886,10 +1886,12 @@ fn start_tls_writer(
 /// lifetime). Twice, the Secrets get new serials in place, the members serve them on fresh
 /// connections on the client and the peer port, and nothing restarts: the same pods (UIDs),
 /// member ids and restart counts, writes over TLS keep succeeding, `etcdctl member list` over
-/// TLS works, `CertificatesRenewed` Events say so, and the cluster stays Available.
+/// TLS works, `CertificatesRenewed` Events say so, and the cluster stays Available. Then both
+/// CAs are replaced (their Secrets deleted) and rotated in three steps (`--cert-rotation-wait`
+/// 5 s) with the same guarantees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn certificates_are_renewed_without_restarting_members() {
-    let bed = Testbed::start_with(&["--cert-renew-before=23h59m40s"])
+    let bed = Testbed::start_with(&["--cert-renew-before=23h59m40s", "--cert-rotation-wait=5s"])
         .await
         .or_panic();
     let ns = "default";
@@ -1978,6 +1980,78 @@ spec:
             t.elapsed()
         );
         serial = server;
+    }
+
+    // Both CAs replaced (their Secrets deleted): each rotates in three steps (bundles trust
+    // both CAs, leaves from the new CA, the old CA dropped) without a member losing contact.
+    let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), ns);
+    let ca_of = |name: &'static str| {
+        let secrets = secrets.clone();
+        async move {
+            let s = secrets.get(name).await.expect("CA Secret");
+            s.data
+                .and_then(|d| d.get("ca.crt").cloned())
+                .expect("ca.crt")
+                .0
+        }
+    };
+    let (old_ca, old_peer_ca) = (ca_of("rn-ca").await, ca_of("rn-peer-ca").await);
+    for name in ["rn-ca", "rn-peer-ca"] {
+        secrets
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete a CA Secret");
+    }
+    let t = Instant::now();
+    for (ca, leaf, old) in [
+        ("rn-ca", "rn-server-tls", &old_ca),
+        ("rn-peer-ca", "rn-peer-tls", &old_peer_ca),
+    ] {
+        eventually(
+            Duration::from_secs(90),
+            &format!("{leaf} trusts only the new {ca} and is issued by it"),
+            || async {
+                let new = secrets.get(ca).await.ok()?.data?.get("ca.crt")?.0.clone();
+                let (bundle, _, _) = secret_identity(&bed, ns, leaf).await;
+                (new != *old && bundle == new).then_some(())
+            },
+            || bed.context(ns),
+        )
+        .await;
+    }
+    eprintln!("CA rotations done after {:?}", t.elapsed());
+    for (member, ip) in &pods {
+        for (port, identity, leaf) in [
+            (2379, "rn-client-tls", "rn-server-tls"),
+            (2380, "rn-peer-tls", "rn-peer-tls"),
+        ] {
+            eventually(
+                Duration::from_secs(30),
+                &format!("after the CA rotation {member}:{port} serves the new CA's certificate"),
+                || async {
+                    let want = secret_serial(&bed, ns, leaf).await?;
+                    let got = served(&bed, ns, identity, ip, port).await?;
+                    (got == want).then_some(())
+                },
+                || bed.context(ns),
+            )
+            .await;
+        }
+    }
+    let events = bed.events(ns, "rn").await.or_panic();
+    for (reason, step) in [
+        ("CATrustExtended", "1/3"),
+        ("CertificatesReissued", "2/3"),
+        ("OldCARetired", "3/3"),
+    ] {
+        for leaf in ["rn-server-tls", "rn-peer-tls"] {
+            assert!(
+                events
+                    .iter()
+                    .any(|(r, n)| r == reason && n.contains(step) && n.contains(leaf)),
+                "no {reason} Event of step {step} for {leaf}: {events:?}"
+            );
+        }
     }
 
     // Over TLS with the (renewed) users' certificate, through every member.

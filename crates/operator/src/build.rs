@@ -111,6 +111,14 @@ pub fn desired(ec: &EtcdCluster, tls: &Tls, step: &Step, obs: &Observed) -> Resu
         .map(|i| match i {
             Issued::Ca { secret, pem } => resources::ca_secret(ec, secret, pem),
             Issued::Leaf { secret, pem } => resources::tls_secret(ec, secret, pem),
+            Issued::Trust { secret, pem, since } => {
+                let mut s = resources::tls_secret(ec, secret, pem)?;
+                s.metadata.annotations = Some(std::collections::BTreeMap::from([(
+                    crate::tls::TRUSTED_SINCE_ANNOTATION.to_string(),
+                    since.to_string(),
+                )]));
+                Ok(s)
+            }
         })
         .collect::<Result<_>>()?;
     let member = member_start(step, obs)

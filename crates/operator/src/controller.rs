@@ -36,9 +36,8 @@ pub struct Context {
     /// Member name → client URL to dial instead of its in-cluster DNS name, for an operator
     /// running outside the cluster network (through port-forwards) and for tests.
     pub endpoint_overrides: BTreeMap<String, String>,
-    /// `--cert-renew-before`: renew operator-issued leaves this long before they expire
-    /// (default: at two thirds of their lifetime).
-    pub renew_before: Option<Duration>,
+    /// `--cert-renew-before` and `--cert-rotation-wait`.
+    pub cert_policy: tls::Policy,
 }
 
 impl Context {
@@ -53,7 +52,7 @@ impl Context {
             metrics,
             plan_config: PlanConfig::default(),
             endpoint_overrides: BTreeMap::new(),
-            renew_before: None,
+            cert_policy: tls::Policy::default(),
         }
     }
 }
@@ -77,7 +76,7 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
     // operator's current client identity, and the plan compares pods with its hash.
     let objects = observe::cluster_objects(&ctx.client, &ec, &names).await?;
     let now = OffsetDateTime::now_utc();
-    let tls = tls::resolve(&ec, &names, &objects.secrets, now, ctx.renew_before)?;
+    let tls = tls::resolve(&ec, &names, &objects.secrets, now, &ctx.cert_policy)?;
     let seen = observe::members(&ec, &names, &objects, &tls.state, &ctx.endpoint_overrides).await;
 
     let plan_config = ctx.plan_config.with_repair(&ec.spec.repair);
@@ -130,7 +129,10 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
             .warn(&ec, "SpecWarning", &p.warnings.join("; "))
             .await;
     }
-    if let Some(ev) = events::for_renewal(&tls.renewed) {
+    for ev in events::for_renewal(&tls.renewed)
+        .into_iter()
+        .chain(events::for_rotation(&tls.rotated))
+    {
         applier.publish(&ec, &ev).await;
     }
     if let Some(ev) = events::for_step(&p.step, &outcome) {
@@ -183,9 +185,9 @@ pub fn error_policy(ec: Arc<EtcdCluster>, err: &Error, ctx: Arc<Context>) -> Act
 }
 
 /// Runs the controller until a shutdown signal.
-pub async fn run(client: kube::Client, metrics: Metrics, renew_before: Option<Duration>) {
+pub async fn run(client: kube::Client, metrics: Metrics, cert_policy: tls::Policy) {
     let mut ctx = Context::new(client.clone(), metrics);
-    ctx.renew_before = renew_before;
+    ctx.cert_policy = cert_policy;
     let ctx = Arc::new(ctx);
     let clusters: Api<EtcdCluster> = Api::all(client.clone());
     Controller::new(clusters, watcher::Config::default())
@@ -833,7 +835,7 @@ mod tests {
             .await
             .expect("read");
         verifier.await.expect("verifier");
-        let tls = tls::resolve(&ec, &names, &read, now, None)
+        let tls = tls::resolve(&ec, &names, &read, now, &tls::Policy::default())
             .expect("tls")
             .state;
         let client = tls.client.expect("client identity");

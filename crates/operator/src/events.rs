@@ -77,6 +77,31 @@ pub fn for_renewal(renewed: &[String]) -> Option<StepEvent> {
     })
 }
 
+/// The Events of a CA rotation's steps, one per step taken: which Secrets now trust, are
+/// issued by, or trust only the new CA. Each step has its own reason, so the Recorder does not
+/// fold a later step into the series of an earlier one.
+pub fn for_rotation(rotated: &[(u8, String)]) -> Vec<StepEvent> {
+    [
+        (1, "CATrustExtended"),
+        (2, "CertificatesReissued"),
+        (3, "OldCARetired"),
+    ]
+    .into_iter()
+    .filter_map(|(step, reason)| {
+        let notes: Vec<&str> = rotated
+            .iter()
+            .filter(|(s, _)| *s == step)
+            .map(|(_, n)| n.as_str())
+            .collect();
+        (!notes.is_empty()).then(|| StepEvent {
+            reason,
+            note: notes.join("; "),
+            member: None,
+        })
+    })
+    .collect()
+}
+
 /// The member a step is about; `MoveLeader` is about two members named only by id.
 fn member_of(step: &Step) -> Option<&str> {
     match step {
