@@ -63,7 +63,7 @@ pub struct MemberObjects {
     pub pod: Pod,
 }
 
-/// Pod and claim of `start`, with the configuration hash the pod is rolled on.
+/// Pod and claim of `start`, with the hash of the certificates it starts with (a record only).
 pub fn member_objects(
     ec: &EtcdCluster,
     start: &MemberStart,

@@ -2,7 +2,7 @@
 //!
 //! Pure functions over PEM strings: the controller stores the results in Secrets. Leaf SANs use
 //! a wildcard over the headless peer Service, which covers every member's stable DNS name,
-//! present and future, so that scaling never forces a re-issue and a roll of every member.
+//! present and future, so that scaling never forces a re-issue.
 
 use crate::{Error, Result};
 use rcgen::{
@@ -12,8 +12,8 @@ use rcgen::{
 use std::time::Duration;
 use time::OffsetDateTime;
 
-/// The CA lives ten years; it is only replaced by a planned rollover, never automatically,
-/// because every member and client trusts it.
+/// The CA lives ten years; it is never replaced automatically, because every member and
+/// client trusts it (a CA Secret deleted by hand is rotated in steps, see `tls`).
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Default leaf lifetime when `spec.tls.certificateLifetimeDays` is unset.

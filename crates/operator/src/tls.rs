@@ -179,7 +179,8 @@ fn leaves(names: &Names) -> [Leaf; 4] {
     ]
 }
 
-/// Hash of the member certificates: a pod started with other certificates is rolled.
+/// Hash of the member certificates, recorded on pods. Nothing restarts a pod on it: members
+/// reload renewed certificates from their volumes.
 pub fn config_hash(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
@@ -272,7 +273,7 @@ pub fn resolve(
     };
     let cluster_ca = ca_of(names.ca_secret(), &names.cluster)?;
     // A cluster from before the peer CA gets one here; its peer leaf, signed by the cluster
-    // CA, is then renewed below and the members roll onto it.
+    // CA, is then moved to it by the CA rotation below (trust first, then a new leaf).
     let peer_ca = ca_of(names.peer_ca_secret(), &format!("{}-peer", names.cluster))?;
 
     let all = leaves(names);
