@@ -102,3 +102,66 @@ impl TlsFiles {
         Ok(files)
     }
 }
+
+/// The serial number (hex) of the certificate a TLS port serves on a fresh connection, verified
+/// against `ca_pem` (one or more PEM CA certificates) for `server_name`, presenting `client`
+/// (certificate and key PEM) when the port asks for one.
+pub async fn served_serial(
+    addr: &str,
+    server_name: &str,
+    ca_pem: &[u8],
+    client: Option<(&[u8], &[u8])>,
+) -> Result<String> {
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_certs(ca_pem)? {
+        roots.add(c).map_err(tls_err)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?
+        .with_root_certificates(roots);
+    let cfg = match client {
+        Some((cert, key)) => {
+            use rustls::pki_types::pem::PemObject;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key).map_err(tls_err)?;
+            builder
+                .with_client_auth_cert(rustls_certs(cert)?, key)
+                .map_err(tls_err)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).map_err(tls_err)?;
+    let tls = connector.connect(name, tcp).await?;
+    let (_, conn) = tls.get_ref();
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| crate::Error::Tls("no server certificate".into()))?;
+    let (_, x) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(tls_err)?;
+    Ok(x.raw_serial_as_string())
+}
+
+/// The serial number (hex, as [`served_serial`] gives it) of the first certificate in `pem`.
+pub fn pem_serial(pem: &[u8]) -> Result<String> {
+    let der = rustls_certs(pem)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| crate::Error::Tls("no PEM certificate".into()))?;
+    let (_, x) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(tls_err)?;
+    Ok(x.raw_serial_as_string())
+}
+
+fn rustls_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(tls_err)
+}
+
+fn tls_err(e: impl std::fmt::Display) -> crate::Error {
+    crate::Error::Tls(e.to_string())
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrokv_tests::kube::{ControlPlane, NodeAgent, Testbed};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::Value;
@@ -687,6 +687,8 @@ const OPERATOR_CALLS: &[(&str, &str, &str)] = &[
     ("", "services", "create"),
     ("", "services", "patch"),
     ("", "secrets", "get"),
+    ("", "secrets", "list"),
+    ("", "secrets", "watch"),
     ("", "secrets", "create"),
     ("", "secrets", "patch"),
     ("policy", "poddisruptionbudgets", "create"),
@@ -697,8 +699,8 @@ const OPERATOR_CALLS: &[(&str, &str, &str)] = &[
 
 /// What the operator must not be able to do (least privilege).
 const NOT_GRANTED: &[(&str, &str, &str)] = &[
-    ("", "secrets", "list"),
     ("", "secrets", "delete"),
+    ("", "secrets", "update"),
     ("", "nodes", "get"),
     ("rbac.authorization.k8s.io", "clusterroles", "create"),
     ("ferrokv.io", "etcdclusters", "delete"),
@@ -1772,4 +1774,497 @@ async fn helm_install_of_the_chart_on_a_clean_api_server() {
         "helm install, uninstall and install.yaml after {:?}",
         t.elapsed()
     );
+}
+
+/// The serial of Secret `ns/name`'s `tls.crt`.
+async fn secret_serial(bed: &Testbed, ns: &str, name: &str) -> Option<String> {
+    let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), ns);
+    let s = secrets.get(name).await.ok()?;
+    let crt = s.data.as_ref()?.get("tls.crt")?;
+    ferrokv_tests::tls::pem_serial(&crt.0).ok()
+}
+
+/// `(ca.crt, tls.crt, tls.key)` of Secret `ns/name`.
+async fn secret_identity(bed: &Testbed, ns: &str, name: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), ns);
+    let s = secrets.get(name).await.expect("Secret");
+    let data = s.data.unwrap_or_default();
+    let field = |k: &str| data.get(k).map(|b| b.0.clone()).expect(k);
+    (field("ca.crt"), field("tls.crt"), field("tls.key"))
+}
+
+/// The serial a fresh TLS connection to `ip:port` is served, with the identity and trust of
+/// Secret `identity` (`None` while it cannot connect).
+async fn served(bed: &Testbed, ns: &str, identity: &str, ip: &str, port: u16) -> Option<String> {
+    let (ca, cert, key) = secret_identity(bed, ns, identity).await;
+    ferrokv_tests::tls::served_serial(
+        &format!("{ip}:{port}"),
+        "localhost",
+        &ca,
+        Some((&cert, &key)),
+    )
+    .await
+    .ok()
+}
+
+/// Writes over TLS (the users' client certificate) through the member pods until stopped;
+/// returns (acknowledged, failed) counts and the longest run of failures.
+fn start_tls_writer(
+    bed: &Testbed,
+    ns: &'static str,
+    cluster: &'static str,
+    ips: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, usize, usize)> {
+    let client = bed.client.clone();
+    tokio::spawn(async move {
+        let secrets: Api<Secret> = Api::namespaced(client, ns);
+        let (mut acked, mut failed, mut streak, mut worst) = (0usize, 0usize, 0usize, 0usize);
+        let mut etcd: Option<etcd_client::Client> = None;
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            if etcd.is_none() {
+                // The users' client certificate as it is now (it is renewed too).
+                let data = secrets
+                    .get(&format!("{cluster}-client-tls"))
+                    .await
+                    .ok()
+                    .and_then(|s| s.data)
+                    .unwrap_or_default();
+                let get = |k: &str| {
+                    data.get(k)
+                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                        .unwrap_or_default()
+                };
+                let tls = etcd_client::TlsOptions::new()
+                    .domain_name("localhost")
+                    .ca_certificate(etcd_client::Certificate::from_pem(get("ca.crt")))
+                    .identity(etcd_client::Identity::from_pem(
+                        get("tls.crt"),
+                        get("tls.key"),
+                    ));
+                let opts = etcd_client::ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(2))
+                    .with_timeout(Duration::from_secs(5))
+                    .with_tls(tls);
+                let endpoints: Vec<String> =
+                    ips.iter().map(|ip| format!("https://{ip}:2379")).collect();
+                etcd = etcd_client::Client::connect(endpoints, Some(opts))
+                    .await
+                    .ok();
+            }
+            let Some(c) = etcd.as_mut() else {
+                failed += 1;
+                streak += 1;
+                worst = worst.max(streak);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let key = format!("/renewal/{i:08}");
+            i += 1;
+            match tokio::time::timeout(Duration::from_secs(5), c.put(key, "v", None)).await {
+                Ok(Ok(_)) => {
+                    acked += 1;
+                    streak = 0;
+                }
+                _ => {
+                    failed += 1;
+                    streak += 1;
+                    worst = worst.max(streak);
+                    etcd = None;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (acked, failed, worst)
+    })
+}
+
+/// Certificate renewal without restarts: 3 emptyDir members with operator-issued TLS and an
+/// operator told to renew certificates 20 s after issue (`--cert-renew-before` with a 1-day
+/// lifetime). Twice, the Secrets get new serials in place, the members serve them on fresh
+/// connections on the client and the peer port, and nothing restarts: the same pods (UIDs),
+/// member ids and restart counts, writes over TLS keep succeeding, `etcdctl member list` over
+/// TLS works, `CertificatesRenewed` Events say so, and the cluster stays Available. Then both
+/// CAs are replaced (their Secrets deleted) and rotated in three steps (`--cert-rotation-wait`
+/// 5 s) with the same guarantees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificates_are_renewed_without_restarting_members() {
+    let bed = Testbed::start_with(&["--cert-renew-before=23h59m40s", "--cert-rotation-wait=5s"])
+        .await
+        .or_panic();
+    let ns = "default";
+    let t = Instant::now();
+    bed.cp
+        .kubectl()
+        .apply(&format!(
+            "apiVersion: ferrokv.io/v1alpha1
+kind: EtcdCluster
+metadata: {{name: rn, namespace: {ns}}}
+spec:
+  replicas: 3
+  tls: {{mode: Auto, certificateLifetimeDays: 1}}
+  storage: {{emptyDir: true}}
+"
+        ))
+        .expect("apply rn");
+    let status = bed
+        .wait_available(ns, "rn", 3, Duration::from_secs(180))
+        .await
+        .or_panic();
+    let ids = member_ids(&status);
+    let pods = bed.member_pods(ns, "rn").await.or_panic();
+    let uids = |ps: Vec<Option<Pod>>| -> Vec<(String, i32)> {
+        ps.into_iter()
+            .map(|p| {
+                let p = p.expect("member pod");
+                (p.metadata.uid.clone().unwrap_or_default(), restarts(&p))
+            })
+            .collect()
+    };
+    let mut before = Vec::new();
+    for (name, _) in &pods {
+        before.push(pod(&bed, ns, name).await);
+    }
+    let before = uids(before);
+    eprintln!("renewal cluster Available after {:?}", t.elapsed());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ips: Vec<String> = pods.iter().map(|(_, ip)| ip.clone()).collect();
+    let writer = start_tls_writer(&bed, ns, "rn", ips, stop.clone());
+
+    let t = Instant::now();
+    let mut serial = secret_serial(&bed, ns, "rn-server-tls")
+        .await
+        .expect("serial");
+    for round in 1..=2 {
+        let old = serial.clone();
+        let server = eventually(
+            Duration::from_secs(60),
+            &format!("renewal {round}: a new serial in rn-server-tls"),
+            || async {
+                let s = secret_serial(&bed, ns, "rn-server-tls").await?;
+                (s != old).then_some(s)
+            },
+            || bed.context(ns),
+        )
+        .await;
+        // Every member serves the renewed certificates on fresh connections (the Secret
+        // reaches the volume, the member reloads it), on the client and on the peer port.
+        for (member, ip) in &pods {
+            for (port, identity) in [(2379, "rn-client-tls"), (2380, "rn-peer-tls")] {
+                eventually(
+                    Duration::from_secs(30),
+                    &format!("renewal {round}: {member}:{port} serves the renewed certificate"),
+                    || async {
+                        let want = secret_serial(
+                            &bed,
+                            ns,
+                            if port == 2379 {
+                                "rn-server-tls"
+                            } else {
+                                "rn-peer-tls"
+                            },
+                        )
+                        .await?;
+                        let got = served(&bed, ns, identity, ip, port).await?;
+                        (got == want).then_some(())
+                    },
+                    || bed.context(ns),
+                )
+                .await;
+            }
+        }
+        eprintln!(
+            "renewal {round} served by every member after {:?}",
+            t.elapsed()
+        );
+        serial = server;
+    }
+
+    // Both CAs replaced (their Secrets deleted): each rotates in three steps (bundles trust
+    // both CAs, leaves from the new CA, the old CA dropped) without a member losing contact.
+    let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), ns);
+    let ca_of = |name: &'static str| {
+        let secrets = secrets.clone();
+        async move {
+            let s = secrets.get(name).await.expect("CA Secret");
+            s.data
+                .and_then(|d| d.get("ca.crt").cloned())
+                .expect("ca.crt")
+                .0
+        }
+    };
+    let (old_ca, old_peer_ca) = (ca_of("rn-ca").await, ca_of("rn-peer-ca").await);
+    for name in ["rn-ca", "rn-peer-ca"] {
+        secrets
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete a CA Secret");
+    }
+    let t = Instant::now();
+    for (ca, leaf, old) in [
+        ("rn-ca", "rn-server-tls", &old_ca),
+        ("rn-peer-ca", "rn-peer-tls", &old_peer_ca),
+    ] {
+        eventually(
+            Duration::from_secs(90),
+            &format!("{leaf} trusts only the new {ca} and is issued by it"),
+            || async {
+                let new = secrets.get(ca).await.ok()?.data?.get("ca.crt")?.0.clone();
+                let (bundle, _, _) = secret_identity(&bed, ns, leaf).await;
+                (new != *old && bundle == new).then_some(())
+            },
+            || bed.context(ns),
+        )
+        .await;
+    }
+    eprintln!("CA rotations done after {:?}", t.elapsed());
+    for (member, ip) in &pods {
+        for (port, identity, leaf) in [
+            (2379, "rn-client-tls", "rn-server-tls"),
+            (2380, "rn-peer-tls", "rn-peer-tls"),
+        ] {
+            eventually(
+                Duration::from_secs(30),
+                &format!("after the CA rotation {member}:{port} serves the new CA's certificate"),
+                || async {
+                    let want = secret_serial(&bed, ns, leaf).await?;
+                    let got = served(&bed, ns, identity, ip, port).await?;
+                    (got == want).then_some(())
+                },
+                || bed.context(ns),
+            )
+            .await;
+        }
+    }
+    let events = bed.events(ns, "rn").await.or_panic();
+    for (reason, step) in [
+        ("CATrustExtended", "1/3"),
+        ("CertificatesReissued", "2/3"),
+        ("OldCARetired", "3/3"),
+    ] {
+        for leaf in ["rn-server-tls", "rn-peer-tls"] {
+            assert!(
+                events
+                    .iter()
+                    .any(|(r, n)| r == reason && n.contains(step) && n.contains(leaf)),
+                "no {reason} Event of step {step} for {leaf}: {events:?}"
+            );
+        }
+    }
+
+    // Over TLS with the (renewed) users' certificate, through every member.
+    let want: Vec<String> = pods.iter().map(|(p, _)| p.clone()).collect();
+    for member in &want {
+        let out = bed
+            .etcdctl_dns(ns, "rn", member, true, &["member", "list", "-w", "json"])
+            .await
+            .or_panic();
+        assert_eq!(names_in(&out), (want.clone(), false), "through {member}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed, worst) = writer.await.expect("writer");
+    eprintln!(
+        "TLS writes during renewals: {acked} acknowledged, {failed} failed, worst run {worst}"
+    );
+    assert!(acked > 50, "too few writes went through: {acked}");
+    // A failed write reconnects with the current certificates; members never go away, so
+    // no run of failures is longer than a reconnect or two.
+    assert!(
+        worst <= 3,
+        "writes stopped during a renewal: {worst} failures in a row"
+    );
+
+    // Nothing restarted, nothing was replaced.
+    let mut after = Vec::new();
+    for (name, _) in &pods {
+        after.push(pod(&bed, ns, name).await);
+    }
+    assert_eq!(
+        uids(after),
+        before,
+        "pod UIDs and restart counts\n{}",
+        bed.context(ns)
+    );
+    let status = bed
+        .wait_available(ns, "rn", 3, Duration::from_secs(30))
+        .await
+        .or_panic();
+    assert_eq!(member_ids(&status), ids, "member ids");
+    let degraded = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Degraded").cloned())
+        .expect("Degraded");
+    assert_eq!(degraded["status"], "False", "{degraded}");
+    let events = bed.events(ns, "rn").await.or_panic();
+    let renewals: Vec<&String> = events
+        .iter()
+        .filter(|(r, _)| r == "CertificatesRenewed")
+        .map(|(_, n)| n)
+        .collect();
+    assert!(
+        renewals
+            .iter()
+            .any(|n| n.contains("rn-server-tls") && n.contains("without a restart")),
+        "no CertificatesRenewed Event: {events:?}"
+    );
+    assert!(
+        !events.iter().any(|(r, _)| r == "MemberRemoved"),
+        "a member was removed during renewals: {events:?}"
+    );
+}
+
+/// The operator's ClusterRole (from install.yaml) loses `create` on services: the cluster's
+/// first Service apply is refused by the real authorizer, and status says so (`Degraded=True`,
+/// reason `Refused`, with the API server's forbidden message) with a `WriteRefused` Warning
+/// Event. With the verb back it recovers to Available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_verb_taken_from_the_operator_is_reported_and_recovered_from() {
+    let bed = Testbed::start().await.or_panic();
+    let ns = "default";
+    let kubectl = bed.cp.kubectl();
+    let t = Instant::now();
+    let role: Value = serde_json::from_str(
+        &kubectl
+            .run(&["get", "clusterrole", "ferrokv-operator", "-o", "json"])
+            .expect("get the ClusterRole"),
+    )
+    .expect("json");
+    let rules = role["rules"].as_array().expect("rules").clone();
+    let index = rules
+        .iter()
+        .position(|r| r["resources"] == serde_json::json!(["services"]))
+        .expect("a rule for services");
+    let verbs = rules[index]["verbs"].clone();
+    let without_create: Vec<Value> = verbs
+        .as_array()
+        .expect("verbs")
+        .iter()
+        .filter(|v| *v != "create")
+        .cloned()
+        .collect();
+    let patch = |value: &Value| {
+        let p = serde_json::json!([{"op": "replace", "path": format!("/rules/{index}/verbs"), "value": value}]);
+        kubectl
+            .run(&[
+                "patch",
+                "clusterrole",
+                "ferrokv-operator",
+                "--type=json",
+                "-p",
+                &p.to_string(),
+            ])
+            .expect("patch the ClusterRole");
+    };
+    patch(&Value::Array(without_create));
+    kubectl
+        .apply(&cluster_yaml(ns, "rb", 1, "Disabled"))
+        .expect("apply rb");
+    let message = eventually(
+        Duration::from_secs(60),
+        "the refused Service reported as Degraded=True Refused",
+        || async {
+            let ec = bed.cluster(ns, "rb")?;
+            let c = ec["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Degraded" && c["status"] == "True")?
+                .clone();
+            (c["reason"] == "Refused")
+                .then(|| c["message"].as_str().unwrap_or_default().to_string())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    assert!(
+        message.contains("forbidden")
+            && message.contains("services")
+            && message.contains("system:serviceaccount:ferrokv-system:ferrokv-operator"),
+        "not the API server's RBAC refusal: {message}"
+    );
+    let events = bed.events(ns, "rb").await.or_panic();
+    assert!(
+        events
+            .iter()
+            .any(|(r, n)| r == "WriteRefused" && n == &message),
+        "no Warning Event with the refusal: {events:?}"
+    );
+    eprintln!("RBAC refusal reported after {:?}", t.elapsed());
+
+    patch(&verbs);
+    // A refusal is retried slowly (60 s); any change to the object wakes the controller.
+    kubectl
+        .run(&[
+            "annotate",
+            "-n",
+            ns,
+            "etcdcluster/rb",
+            "test/rbac-restored=1",
+        ])
+        .expect("annotate");
+    let status = bed
+        .wait_available(ns, "rb", 1, Duration::from_secs(90))
+        .await
+        .or_panic();
+    let degraded = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Degraded").cloned())
+        .expect("Degraded");
+    assert_eq!(
+        degraded["status"], "False",
+        "refusal not cleared: {degraded}"
+    );
+    assert_cluster_of(&bed, ns, "rb", 1).await;
+    eprintln!("RBAC restored: Available after {:?}", t.elapsed());
+}
+
+/// `spec.image` naming a plain etcd 3.6.16 image: the node agent runs etcd 3.6 for it, the
+/// pods are probed on what etcd serves (`/health`, `/metrics` on 2381) and become Ready, the
+/// status follows pod readiness (3 ready), and `etcdctl member list` shows the 3 members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_etcd_image_members_become_ready() {
+    ferrokv_tests::member::etcd36_dir().unwrap_or_else(|e| panic!("etcd 3.6 is needed: {e}"));
+    let bed = Testbed::start().await.or_panic();
+    let ns = "default";
+    let t = Instant::now();
+    bed.cp
+        .kubectl()
+        .apply(&cluster_yaml_with(
+            ns,
+            "et",
+            3,
+            "Disabled",
+            "  image: quay.io/coreos/etcd:v3.6.16\n",
+        ))
+        .expect("apply et");
+    let status = bed
+        .wait_available(ns, "et", 3, Duration::from_secs(180))
+        .await
+        .or_panic();
+    assert_eq!(status["readyMembers"], 3, "{status}");
+    assert_cluster_of(&bed, ns, "et", 3).await;
+    let pods = bed.member_pods(ns, "et").await.or_panic();
+    for (name, ip) in &pods {
+        let p = pod(&bed, ns, name).await.expect("member pod");
+        assert!(is_ready(&p), "{name} not Ready\n{}", bed.context(ns));
+        let c = p
+            .spec
+            .and_then(|s| s.containers.into_iter().next())
+            .expect("container");
+        let path = |probe: Option<k8s_openapi::api::core::v1::Probe>| {
+            probe.and_then(|p| p.http_get).and_then(|h| h.path)
+        };
+        assert_eq!(path(c.readiness_probe).as_deref(), Some("/health"));
+        assert_eq!(path(c.liveness_probe).as_deref(), Some("/metrics"));
+        // What runs is etcd 3.6.16, not ferrokv.
+        let v = ferrokv_tests::etcdctl(
+            &format!("http://{ip}:2379"),
+            &["endpoint", "status", "-w", "json"],
+        )
+        .json();
+        assert_eq!(v[0]["Status"]["version"], "3.6.16", "{name}: {v}");
+    }
+    assert_pdb_allows(&bed, ns, "et", 3, 1).await;
+    eprintln!("etcd 3.6.16 image: 3 members Ready after {:?}", t.elapsed());
 }

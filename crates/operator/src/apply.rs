@@ -212,12 +212,6 @@ impl StepExecutor for KubeExecutor<'_> {
         self.applier.delete::<Pod>(member).await?;
         self.applier.delete::<PersistentVolumeClaim>(member).await
     }
-
-    async fn restart_member(&mut self, member: &str) -> Result<()> {
-        // The next reconcile sees the member without a pod and creates it with the current
-        // configuration (`CreatePod`).
-        self.applier.delete::<Pod>(member).await
-    }
 }
 
 /// The member's pod as an Event's related object (the pod may not exist yet or any more; the

@@ -63,7 +63,7 @@ pub struct MemberObjects {
     pub pod: Pod,
 }
 
-/// Pod and claim of `start`, with the configuration hash the pod is rolled on.
+/// Pod and claim of `start`, with the hash of the certificates it starts with (a record only).
 pub fn member_objects(
     ec: &EtcdCluster,
     start: &MemberStart,
@@ -111,6 +111,14 @@ pub fn desired(ec: &EtcdCluster, tls: &Tls, step: &Step, obs: &Observed) -> Resu
         .map(|i| match i {
             Issued::Ca { secret, pem } => resources::ca_secret(ec, secret, pem),
             Issued::Leaf { secret, pem } => resources::tls_secret(ec, secret, pem),
+            Issued::Trust { secret, pem, since } => {
+                let mut s = resources::tls_secret(ec, secret, pem)?;
+                s.metadata.annotations = Some(std::collections::BTreeMap::from([(
+                    crate::tls::TRUSTED_SINCE_ANNOTATION.to_string(),
+                    since.to_string(),
+                )]));
+                Ok(s)
+            }
         })
         .collect::<Result<_>>()?;
     let member = member_start(step, obs)
@@ -153,7 +161,6 @@ mod tests {
             empty_dir: false,
             bootstrapped: members.is_some(),
             next_ordinal: 0,
-            desired_config_hash: String::new(),
         }
     }
 
@@ -218,8 +225,9 @@ mod tests {
             state: TlsState {
                 client: None,
                 config_hash: "h".into(),
+                renew_at: None,
             },
-            issued: vec![],
+            ..Tls::default()
         };
         let step = Step::BootstrapSeed {
             name: "kv-0".into(),

@@ -2,7 +2,7 @@
 //!
 //! Pure functions over PEM strings: the controller stores the results in Secrets. Leaf SANs use
 //! a wildcard over the headless peer Service, which covers every member's stable DNS name,
-//! present and future, so that scaling never forces a re-issue and a roll of every member.
+//! present and future, so that scaling never forces a re-issue.
 
 use crate::{Error, Result};
 use rcgen::{
@@ -12,8 +12,8 @@ use rcgen::{
 use std::time::Duration;
 use time::OffsetDateTime;
 
-/// The CA lives ten years; it is only replaced by a planned rollover, never automatically,
-/// because every member and client trusts it.
+/// The CA lives ten years; it is never replaced automatically, because every member and
+/// client trusts it (a CA Secret deleted by hand is rotated in steps, see `tls`).
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Default leaf lifetime when `spec.tls.certificateLifetimeDays` is unset.
@@ -182,11 +182,29 @@ pub fn sans_of(cert_pem: &str) -> Result<Vec<String>> {
 }
 
 /// A leaf is renewed once two thirds of its lifetime have passed, leaving a third for the
-/// one-at-a-time roll of members to finish long before expiry.
+/// Secret volumes to reach every member (kubelet syncs them within a minute or two) long
+/// before expiry.
 pub fn needs_renewal(cert_pem: &str, now: OffsetDateTime) -> Result<bool> {
+    Ok(now.unix_timestamp() >= renew_at(cert_pem, None)?)
+}
+
+/// A leaf issued less than this long ago is never renewed, whatever `renew_before` says, so
+/// a setting longer than the lifetime cannot make every reconcile issue a new certificate.
+const MIN_AGE_SECS: i64 = 5;
+
+/// When (unix seconds) a leaf is due for renewal: `renew_before` ahead of its expiry (the
+/// operator's `--cert-renew-before`), else at two thirds of its lifetime.
+pub fn renew_at(cert_pem: &str, renew_before: Option<Duration>) -> Result<i64> {
     let (nb, na) = validity_of(cert_pem)?;
-    let renew_at = nb + (na - nb) * 2 / 3;
-    Ok(now.unix_timestamp() >= renew_at)
+    Ok(match renew_before {
+        None => nb + (na - nb) * 2 / 3,
+        Some(before) => {
+            let before = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
+            // `not_before` is back-dated by five minutes (see `validity`).
+            let issued = nb + 300;
+            na.saturating_sub(before).max(issued + MIN_AGE_SECS)
+        }
+    })
 }
 
 #[cfg(test)]
@@ -254,6 +272,13 @@ mod tests {
                 "day {days}"
             );
         }
+        // With a renew-before setting: that long before expiry, but never right after issue.
+        let expiry = t0 + time::Duration::days(90);
+        let week = Some(7 * DAY);
+        let at = renew_at(&leaf.cert, week).expect("parse");
+        assert_eq!(at, (expiry - time::Duration::days(7)).unix_timestamp());
+        let at = renew_at(&leaf.cert, Some(365 * DAY)).expect("parse");
+        assert_eq!(at, t0.unix_timestamp() + MIN_AGE_SECS);
         // The CA itself is far from renewal when its leaves are renewed.
         assert!(!needs_renewal(&ca.cert, t0 + time::Duration::days(365)).expect("parse"));
     }

@@ -15,7 +15,7 @@ use crate::resources::Names;
 use crate::{build, events, executor, observe, status, tls, Error, Result, MANAGER};
 use ferrokv_cluster_api::EtcdCluster;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -36,6 +36,8 @@ pub struct Context {
     /// Member name → client URL to dial instead of its in-cluster DNS name, for an operator
     /// running outside the cluster network (through port-forwards) and for tests.
     pub endpoint_overrides: BTreeMap<String, String>,
+    /// `--cert-renew-before` and `--cert-rotation-wait`.
+    pub cert_policy: tls::Policy,
 }
 
 impl Context {
@@ -50,6 +52,7 @@ impl Context {
             metrics,
             plan_config: PlanConfig::default(),
             endpoint_overrides: BTreeMap::new(),
+            cert_policy: tls::Policy::default(),
         }
     }
 }
@@ -72,7 +75,8 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
     // The TLS material is settled between the two reads: the members are asked with the
     // operator's current client identity, and the plan compares pods with its hash.
     let objects = observe::cluster_objects(&ctx.client, &ec, &names).await?;
-    let tls = tls::resolve(&ec, &names, &objects.secrets, OffsetDateTime::now_utc())?;
+    let now = OffsetDateTime::now_utc();
+    let tls = tls::resolve(&ec, &names, &objects.secrets, now, &ctx.cert_policy)?;
     let seen = observe::members(&ec, &names, &objects, &tls.state, &ctx.endpoint_overrides).await;
 
     let plan_config = ctx.plan_config.with_repair(&ec.spec.repair);
@@ -125,20 +129,36 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
             .warn(&ec, "SpecWarning", &p.warnings.join("; "))
             .await;
     }
+    for ev in events::for_renewal(&tls.renewed)
+        .into_iter()
+        .chain(events::for_rotation(&tls.rotated))
+    {
+        applier.publish(&ec, &ev).await;
+    }
     if let Some(ev) = events::for_step(&p.step, &outcome) {
         applier.publish(&ec, &ev).await;
     }
-    Ok(requeue_after(&p.step))
+    let renewal = tls
+        .state
+        .renew_at
+        .map(|at| Duration::from_secs(u64::try_from(at - now.unix_timestamp()).unwrap_or(0)));
+    Ok(requeue_after(&p.step, renewal))
 }
 
 /// A step in flight is looked at again soon; a waiting one a little later; a steady cluster
-/// once a minute, as a safety net behind the watches.
-fn requeue_after(step: &Step) -> Action {
-    match step {
-        Step::Steady => Action::requeue(Duration::from_secs(60)),
-        Step::Wait { .. } => Action::requeue(Duration::from_secs(10)),
-        Step::Invalid { .. } => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(2)),
+/// once a minute, as a safety net behind the watches. A certificate renewal due sooner brings
+/// the reconcile forward (no watch fires when a certificate merely ages).
+fn requeue_after(step: &Step, renewal: Option<Duration>) -> Action {
+    let regular = match step {
+        Step::Steady => Duration::from_secs(60),
+        Step::Wait { .. } => Duration::from_secs(10),
+        Step::Invalid { .. } => return Action::await_change(),
+        _ => Duration::from_secs(2),
+    };
+    match renewal {
+        // A second past the due time, so the certificate is due when the reconcile runs.
+        Some(wait) if wait < regular => Action::requeue(wait + Duration::from_secs(1)),
+        _ => Action::requeue(regular),
     }
 }
 
@@ -165,8 +185,10 @@ pub fn error_policy(ec: Arc<EtcdCluster>, err: &Error, ctx: Arc<Context>) -> Act
 }
 
 /// Runs the controller until a shutdown signal.
-pub async fn run(client: kube::Client, metrics: Metrics) {
-    let ctx = Arc::new(Context::new(client.clone(), metrics));
+pub async fn run(client: kube::Client, metrics: Metrics, cert_policy: tls::Policy) {
+    let mut ctx = Context::new(client.clone(), metrics);
+    ctx.cert_policy = cert_policy;
+    let ctx = Arc::new(ctx);
     let clusters: Api<EtcdCluster> = Api::all(client.clone());
     Controller::new(clusters, watcher::Config::default())
         // Coalesces the burst of events one membership step causes (pod, status, claim).
@@ -179,6 +201,14 @@ pub async fn run(client: kube::Client, metrics: Metrics) {
         .owns(
             Api::<PersistentVolumeClaim>::all(client.clone()),
             watcher::Config::default(),
+        )
+        // A certificate Secret renewed or deleted by hand is acted on at once, not at the next
+        // periodic re-check. Only the operator's own Secrets (their controller owner is the
+        // cluster) map to a reconcile; a user's Secrets in `tls.mode: Secrets` reach members
+        // through the volume without the operator.
+        .owns(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=ferrokv-operator"),
         )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -805,7 +835,9 @@ mod tests {
             .await
             .expect("read");
         verifier.await.expect("verifier");
-        let tls = tls::resolve(&ec, &names, &read, now).expect("tls").state;
+        let tls = tls::resolve(&ec, &names, &read, now, &tls::Policy::default())
+            .expect("tls")
+            .state;
         let client = tls.client.expect("client identity");
         assert_eq!(client.cert, leaves[2].1.cert);
         assert_eq!(client.ca, ca.cert);

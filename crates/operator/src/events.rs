@@ -52,10 +52,6 @@ pub fn for_step(step: &Step, outcome: &StepOutcome) -> Option<StepEvent> {
             "MemberDeleted",
             format!("deleted pod and data of former member {name}"),
         ),
-        Step::RollMember { name } => (
-            "MemberRolled",
-            format!("restarting {name} with renewed certificates"),
-        ),
         Step::Invalid { .. } | Step::Wait { .. } | Step::Steady => return None,
     };
     Some(StepEvent {
@@ -63,6 +59,47 @@ pub fn for_step(step: &Step, outcome: &StepOutcome) -> Option<StepEvent> {
         note,
         member: member_of(step).map(str::to_string),
     })
+}
+
+/// The Event of a certificate renewal: the Secrets rewritten in place. Members reload them
+/// from their volumes, so the note says no member restarts.
+pub fn for_renewal(renewed: &[String]) -> Option<StepEvent> {
+    if renewed.is_empty() {
+        return None;
+    }
+    Some(StepEvent {
+        reason: "CertificatesRenewed",
+        note: format!(
+            "renewed certificates in {}; members reload them without a restart",
+            renewed.join(", ")
+        ),
+        member: None,
+    })
+}
+
+/// The Events of a CA rotation's steps, one per step taken: which Secrets now trust, are
+/// issued by, or trust only the new CA. Each step has its own reason, so the Recorder does not
+/// fold a later step into the series of an earlier one.
+pub fn for_rotation(rotated: &[(u8, String)]) -> Vec<StepEvent> {
+    [
+        (1, "CATrustExtended"),
+        (2, "CertificatesReissued"),
+        (3, "OldCARetired"),
+    ]
+    .into_iter()
+    .filter_map(|(step, reason)| {
+        let notes: Vec<&str> = rotated
+            .iter()
+            .filter(|(s, _)| *s == step)
+            .map(|(_, n)| n.as_str())
+            .collect();
+        (!notes.is_empty()).then(|| StepEvent {
+            reason,
+            note: notes.join("; "),
+            member: None,
+        })
+    })
+    .collect()
 }
 
 /// The member a step is about; `MoveLeader` is about two members named only by id.
@@ -73,8 +110,7 @@ fn member_of(step: &Step) -> Option<&str> {
         | Step::CreatePod { name }
         | Step::PromoteLearner { name, .. }
         | Step::RemoveMember { name, .. }
-        | Step::DeletePod { name }
-        | Step::RollMember { name } => Some(name),
+        | Step::DeletePod { name } => Some(name),
         Step::MoveLeader { .. } | Step::Invalid { .. } | Step::Wait { .. } | Step::Steady => None,
     }
 }
@@ -143,11 +179,6 @@ mod tests {
                     "MemberDeleted",
                     "deleted pod and data of former member kv-1",
                 )),
-            ),
-            (
-                Step::RollMember { name: name() },
-                applied,
-                Some(("MemberRolled", "restarting kv-1 with renewed certificates")),
             ),
             (
                 Step::Wait {

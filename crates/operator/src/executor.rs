@@ -42,8 +42,6 @@ pub trait StepExecutor {
     fn start_member(&mut self, start: &MemberStart) -> impl Future<Output = Result<()>> + Send;
     /// Deletes what ran a former member and its data; already gone is fine.
     fn delete_member(&mut self, member: &str) -> impl Future<Output = Result<()>> + Send;
-    /// Restarts a member on its data with the current configuration; already gone is fine.
-    fn restart_member(&mut self, member: &str) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// Carries out `step`, planned from `obs`.
@@ -78,10 +76,6 @@ pub async fn execute<E: StepExecutor>(
         }
         Step::DeletePod { name } => {
             exec.delete_member(name).await?;
-            StepOutcome::Applied
-        }
-        Step::RollMember { name } => {
-            exec.restart_member(name).await?;
             StepOutcome::Applied
         }
         Step::Invalid { .. } | Step::Wait { .. } | Step::Steady => StepOutcome::Idle,
@@ -131,10 +125,6 @@ mod tests {
             self.0.push(format!("delete {member}"));
             Ok(())
         }
-        async fn restart_member(&mut self, member: &str) -> Result<()> {
-            self.0.push(format!("restart {member}"));
-            Ok(())
-        }
     }
 
     fn observed(members: &[(&str, bool)]) -> Observed {
@@ -160,7 +150,6 @@ mod tests {
             empty_dir: false,
             bootstrapped: true,
             next_ordinal: 2,
-            desired_config_hash: String::new(),
         }
     }
 
@@ -216,11 +205,6 @@ mod tests {
             (
                 Step::DeletePod { name: name() },
                 "delete kv-1".into(),
-                StepOutcome::Applied,
-            ),
-            (
-                Step::RollMember { name: name() },
-                "restart kv-1".into(),
                 StepOutcome::Applied,
             ),
             (Step::Steady, String::new(), StepOutcome::Idle),

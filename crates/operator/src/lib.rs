@@ -97,6 +97,37 @@ pub fn crd_yaml() -> Result<String> {
     )?)
 }
 
+/// A duration as the operator's flags take it: numbers with a unit each, `s`, `m`, `h` or `d`,
+/// run together (`90s`, `10m`, `23h59m50s`, `7d`).
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let bad = || format!("invalid duration {s:?}: want e.g. 90s, 10m, 23h59m50s or 7d");
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if !digits.is_empty() || s.trim().is_empty() {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
 #[cfg(test)]
 mod drift_tests {
     /// `make crds` regenerates both files; this fails when the Rust types changed without it.
@@ -202,6 +233,26 @@ mod drift_tests {
                 args.iter().any(|a| a == flag),
                 "{flag} missing from {args:?}"
             );
+        }
+    }
+
+    #[test]
+    fn durations_of_flags() {
+        use std::time::Duration;
+        for (text, secs) in [
+            ("90s", 90),
+            ("10m", 600),
+            ("23h59m50s", 86390),
+            ("7d", 604800),
+        ] {
+            assert_eq!(
+                super::parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+        for bad in ["", "10", "5x", "m", "1.5h"] {
+            assert!(super::parse_duration(bad).is_err(), "{bad}");
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::members::{ClientTls, ClusterView, MemberClient};
 use crate::plan::{Observed, ObservedPod};
-use crate::resources::{self, Names, CONFIG_HASH_ANNOTATION};
+use crate::resources::{self, Names};
 use crate::tls::{self, TlsState};
 use crate::{Error, Result};
 use ferrokv_cluster_api::EtcdCluster;
@@ -133,13 +133,7 @@ pub async fn members(
     } else {
         members.observe().await
     };
-    let observed = observed(
-        ec,
-        objects,
-        view.as_ref(),
-        &tls.config_hash,
-        Timestamp::now(),
-    );
+    let observed = observed(ec, objects, view.as_ref(), Timestamp::now());
     Observation {
         members,
         view,
@@ -167,12 +161,11 @@ fn member_client(
     MemberClient::new(endpoints, tls)
 }
 
-/// The planner's input from everything observed, and the configuration hash pods should have.
+/// The planner's input from everything observed.
 fn observed(
     ec: &EtcdCluster,
     objects: &ClusterObjects,
     view: Option<&ClusterView>,
-    desired_config_hash: &str,
     now: Timestamp,
 ) -> Observed {
     Observed {
@@ -183,7 +176,6 @@ fn observed(
         empty_dir: ec.spec.storage.empty_dir,
         bootstrapped: ec.status.as_ref().is_some_and(|s| s.cluster_id.is_some()),
         next_ordinal: ec.status.as_ref().map_or(0, |s| s.next_ordinal),
-        desired_config_hash: desired_config_hash.to_string(),
     }
 }
 
@@ -210,11 +202,6 @@ fn observe_pod(p: &Pod, now: Timestamp) -> ObservedPod {
         age: seconds_since(created, now),
         unready_for,
         ready: ready.is_some_and(|c| c.status == "True"),
-        config_hash: p
-            .annotations()
-            .get(CONFIG_HASH_ANNOTATION)
-            .cloned()
-            .unwrap_or_default(),
         terminating: p.metadata.deletion_timestamp.is_some(),
     }
 }
@@ -248,12 +235,11 @@ mod tests {
     }
 
     #[test]
-    fn pods_are_observed_with_age_readiness_hash_and_deletion() {
+    fn pods_are_observed_with_age_readiness_and_deletion() {
         let now: Timestamp = "2026-01-01T00:10:00Z".parse().expect("time");
         let pod = |extra: serde_json::Value| {
             let mut p = json!({
-                "metadata": {"name": "kv-0", "creationTimestamp": "2026-01-01T00:00:00Z",
-                             "annotations": {CONFIG_HASH_ANNOTATION: "h1"}},
+                "metadata": {"name": "kv-0", "creationTimestamp": "2026-01-01T00:00:00Z"},
             });
             if let (Some(p), Some(e)) = (p.as_object_mut(), extra.as_object()) {
                 for (k, v) in e {
@@ -268,7 +254,6 @@ mod tests {
         assert_eq!(ready.age, Duration::from_secs(600));
         assert_eq!(ready.unready_for, Duration::ZERO);
         assert!(ready.ready);
-        assert_eq!(ready.config_hash, "h1");
         assert!(!ready.terminating);
         let unready = pod(json!({"status": {"conditions": [
             {"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:04:00Z"}]}}));

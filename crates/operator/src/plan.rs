@@ -70,8 +70,6 @@ pub struct ObservedPod {
     pub unready_for: Duration,
     /// Its `Ready` condition is True (what the client Service and the PDB go by).
     pub ready: bool,
-    /// Hash of the configuration (certificates, flags) the pod was created with.
-    pub config_hash: String,
     /// Has a deletion timestamp: on its way out, but still listed.
     pub terminating: bool,
 }
@@ -92,8 +90,6 @@ pub struct Observed {
     pub bootstrapped: bool,
     /// `status.nextOrdinal`.
     pub next_ordinal: u64,
-    /// Hash of the configuration pods should run with now.
-    pub desired_config_hash: String,
 }
 
 /// The one next action.
@@ -119,8 +115,6 @@ pub enum Step {
     },
     /// Delete the pod and claim of a name that is no longer a member.
     DeletePod { name: String },
-    /// Delete a member pod so it is recreated with the current configuration (cert renewal).
-    RollMember { name: String },
     /// Nothing safe to do now; look again later.
     Wait { reason: String },
     /// Members match the spec.
@@ -139,7 +133,6 @@ impl Step {
             Step::MoveLeader { .. } => "MoveLeader",
             Step::RemoveMember { .. } => "RemoveMember",
             Step::DeletePod { .. } => "DeletePod",
-            Step::RollMember { .. } => "RollMember",
             Step::Wait { .. } => "Wait",
             Step::Steady => "Steady",
         }
@@ -521,39 +514,8 @@ fn next_step(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
         }
     }
 
-    // 9. Roll members whose configuration (certificates) changed, one at a time, only when every
-    //    member is healthy so a restart never costs quorum.
-    if members.iter().all(|m| m.healthy) {
-        let stale = obs
-            .pods
-            .iter()
-            .filter(|p| p.config_hash != obs.desired_config_hash)
-            .min_by_key(|p| ordinal_of(cluster, &p.name));
-        if let Some(p) = stale {
-            // Restarting the leader costs an election (writes stall for an election timeout);
-            // hand leadership to a healthy voter first, as for a removal.
-            let leader = voters.iter().find(|m| m.leader && m.name == p.name);
-            let target = voters
-                .iter()
-                .filter(|m| m.name != p.name && m.healthy)
-                .min_by_key(|m| ordinal_of(cluster, &m.name));
-            if let (Some(l), Some(t)) = (leader, target) {
-                let step = Step::MoveLeader {
-                    from: l.id,
-                    to: t.id,
-                };
-                return out(step, warnings, next_ordinal);
-            }
-            return out(
-                Step::RollMember {
-                    name: p.name.clone(),
-                },
-                warnings,
-                next_ordinal,
-            );
-        }
-    }
-
+    // Renewed certificates need no step: members reload them from their Secret volumes at
+    // the next handshake (ferrokv and etcd alike), so no pod is restarted for a renewal.
     if members.iter().any(|m| !m.healthy) {
         let reason = "some members are unhealthy".to_string();
         return out(Step::Wait { reason }, warnings, next_ordinal);
@@ -566,7 +528,6 @@ mod tests {
     use super::*;
 
     const C: &str = "kv";
-    const H: &str = "h1";
 
     fn voter(ord: u64, leader: bool) -> ObservedMember {
         ObservedMember {
@@ -601,7 +562,6 @@ mod tests {
             age: Duration::from_secs(60),
             unready_for: Duration::ZERO,
             ready: true,
-            config_hash: H.into(),
             terminating: false,
         }
     }
@@ -622,7 +582,6 @@ mod tests {
             pods,
             empty_dir: false,
             next_ordinal: next,
-            desired_config_hash: H.into(),
         }
     }
     fn unready(mut p: ObservedPod, secs: u64) -> ObservedPod {
@@ -681,8 +640,6 @@ mod tests {
             4,
         );
         orphan_claim.claims.insert(n(3));
-        let mut stale = pod(1);
-        stale.config_hash = "old".into();
         // Three voters and a learner that is far behind.
         let three_and_a_learner = || {
             Some(vec![
@@ -968,42 +925,6 @@ mod tests {
                 ),
                 Step::AddLearner { name: n(5) },
             ),
-            // certificate roll
-            (
-                "renewed certs roll one member",
-                obs(
-                    3,
-                    Some(vec![voter(0, true), voter(1, false), voter(2, false)]),
-                    vec![pod(0), stale.clone(), pod(2)],
-                    3,
-                ),
-                Step::RollMember { name: n(1) },
-            ),
-            (
-                "leadership moves off the member to roll first",
-                obs(
-                    3,
-                    Some(vec![voter(0, false), voter(1, true), voter(2, false)]),
-                    vec![pod(0), stale.clone(), pod(2)],
-                    3,
-                ),
-                Step::MoveLeader { from: 101, to: 100 },
-            ),
-            (
-                "a single member rolls as the leader",
-                obs(1, Some(vec![voter(1, true)]), vec![stale.clone()], 2),
-                Step::RollMember { name: n(1) },
-            ),
-            (
-                "no roll while a member is down",
-                obs(
-                    3,
-                    Some(vec![voter(0, true), voter(1, false), down(voter(2, false))]),
-                    vec![pod(0), stale, unready(pod(2), 5)],
-                    3,
-                ),
-                wait(),
-            ),
             // invalid specs
             (
                 "zero replicas refused",
@@ -1239,7 +1160,6 @@ mod tests {
                     claims: claims.clone(),
                     empty_dir: false,
                     next_ordinal: next,
-                    desired_config_hash: H.into(),
                 };
                 let p = plan(C, &o, &cfg);
                 next = p.next_ordinal;

@@ -27,7 +27,9 @@ pub const METRICS_PORT: i32 = 2381;
 pub const DATA_DIR: &str = "/var/lib/ferrokv";
 pub const SERVER_TLS_DIR: &str = "/etc/ferrokv/server-tls";
 pub const PEER_TLS_DIR: &str = "/etc/ferrokv/peer-tls";
-/// Pod annotation with the hash of the certificates the member was started with.
+/// Pod annotation with the hash of the certificates the member was started with. A record
+/// only: members reload renewed certificates from their Secret volumes, so nothing restarts a
+/// pod whose hash is old.
 pub const CONFIG_HASH_ANNOTATION: &str = "ferrokv.io/config-hash";
 /// Label naming the member a pod or PVC belongs to.
 pub const MEMBER_LABEL: &str = "ferrokv.io/member";

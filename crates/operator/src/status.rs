@@ -291,7 +291,6 @@ mod tests {
             age: std::time::Duration::from_secs(60),
             unready_for: std::time::Duration::ZERO,
             ready,
-            config_hash: String::new(),
             terminating: false,
         };
         let pods = [pod("kv-0", true), pod("kv-1", true), pod("kv-2", false)];
@@ -352,7 +351,6 @@ mod tests {
             age: std::time::Duration::from_secs(60),
             unready_for: std::time::Duration::ZERO,
             ready,
-            config_hash: String::new(),
             terminating: false,
         };
         let steady = plan::Plan {

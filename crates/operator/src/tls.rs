@@ -1,6 +1,7 @@
 //! The TLS material of a cluster: which Secrets to read, which certificates are still good,
-//! which must be issued or renewed, the operator's own client identity and the hash that
-//! member pods roll on.
+//! which must be issued or renewed, the operator's own client identity, the hash recorded on
+//! member pods and when the next renewal is due. A renewal only rewrites Secrets: members
+//! reload renewed certificates from their Secret volumes, so no pod restarts for it.
 //!
 //! Owns the rules of `spec.tls.mode` (`Disabled`, user `Secrets`, operator-issued `Auto`).
 //! Pure: it works on Secrets that `observe` read and returns certificates for `build` to put
@@ -13,17 +14,21 @@ use crate::resources::{secret_str, Names};
 use crate::{Error, Result, MANAGER};
 use ferrokv_cluster_api::{EtcdCluster, TlsMode};
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use time::OffsetDateTime;
 
-/// What the rest of the reconcile needs: the operator's client identity and the hash pods
-/// roll on.
+/// What the rest of the reconcile needs: the operator's client identity, the hash recorded
+/// on pods and the next renewal.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsState {
     pub client: Option<ClientTls>,
     pub config_hash: String,
+    /// When (unix seconds) the first operator-issued leaf is due for renewal: the reconcile
+    /// is scheduled for then instead of waiting for the periodic re-check.
+    pub renew_at: Option<i64>,
 }
 
 /// A certificate issued by this reconcile, to be stored.
@@ -33,6 +38,36 @@ pub enum Issued {
     Ca { secret: String, pem: CaPem },
     /// A new or renewed leaf, stored in the named Secret.
     Leaf { secret: String, pem: LeafPem },
+    /// A leaf Secret rewritten with the same certificate and another trust bundle (the first
+    /// and last steps of a CA rotation); `since` is recorded on the Secret.
+    Trust {
+        secret: String,
+        pem: LeafPem,
+        since: i64,
+    },
+}
+
+/// Annotation on a leaf Secret: when (unix seconds) its trust bundle last changed.
+pub const TRUSTED_SINCE_ANNOTATION: &str = "ferrokv.io/trusted-since";
+
+/// How certificates are renewed: the operator's `--cert-renew-before` and
+/// `--cert-rotation-wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Renew a leaf this long before it expires; `None`: at two thirds of its lifetime.
+    pub renew_before: Option<Duration>,
+    /// How long each step of a CA rotation waits for the changed Secrets to reach every
+    /// member's volume (kubelet: its sync period plus its Secret cache, about a minute).
+    pub rotation_wait: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            renew_before: None,
+            rotation_wait: Duration::from_secs(120),
+        }
+    }
 }
 
 /// The outcome of `resolve`.
@@ -41,6 +76,10 @@ pub struct Tls {
     pub state: TlsState,
     /// Certificates to store, in the order they were issued (the CA first).
     pub issued: Vec<Issued>,
+    /// Secrets of `issued` that replace a certificate (a renewal, not a first issue).
+    pub renewed: Vec<String>,
+    /// What this reconcile did for a CA rotation: (step 1..=3, one line per Secret).
+    pub rotated: Vec<(u8, String)>,
 }
 
 /// A Secret `resolve` looks at.
@@ -140,7 +179,8 @@ fn leaves(names: &Names) -> [Leaf; 4] {
     ]
 }
 
-/// Hash of the member certificates: a pod started with other certificates is rolled.
+/// Hash of the member certificates, recorded on pods. Nothing restarts a pod on it: members
+/// reload renewed certificates from their volumes.
 pub fn config_hash(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
@@ -179,6 +219,7 @@ pub fn resolve(
     names: &Names,
     secrets: &BTreeMap<String, Secret>,
     now: OffsetDateTime,
+    policy: &Policy,
 ) -> Result<Tls> {
     let field = |secret: &str, key| {
         secrets
@@ -200,10 +241,11 @@ pub fn resolve(
                     &field(&user.server, "tls.crt"),
                     &field(&user.peer, "tls.crt"),
                 ]),
+                renew_at: None,
             };
             return Ok(Tls {
                 state,
-                issued: Vec::new(),
+                ..Tls::default()
             });
         }
         TlsMode::Auto => {}
@@ -231,44 +273,129 @@ pub fn resolve(
     };
     let cluster_ca = ca_of(names.ca_secret(), &names.cluster)?;
     // A cluster from before the peer CA gets one here; its peer leaf, signed by the cluster
-    // CA, is then renewed below and the members roll onto it.
+    // CA, is then moved to it by the CA rotation below (trust first, then a new leaf).
     let peer_ca = ca_of(names.peer_ca_secret(), &format!("{}-peer", names.cluster))?;
 
+    let all = leaves(names);
+    let stored: Vec<Option<Stored>> = all
+        .iter()
+        .map(|l| secrets.get(&l.secret).and_then(Stored::of))
+        .collect();
+    let now_s = now.unix_timestamp();
+    let rotation_of = |signer: Signer, ca: &CaPem| {
+        let group: Vec<&Stored> = all
+            .iter()
+            .zip(&stored)
+            .filter(|(l, _)| l.signer == signer)
+            .filter_map(|(_, s)| s.as_ref())
+            .collect();
+        Rotation::of(&group, ca, now_s, policy.rotation_wait)
+    };
+    let rotations = [
+        (Signer::Cluster, rotation_of(Signer::Cluster, &cluster_ca)),
+        (Signer::Peer, rotation_of(Signer::Peer, &peer_ca)),
+    ];
+
     let mut pems = Vec::with_capacity(4);
-    for leaf in leaves(names) {
+    let mut renewed = Vec::new();
+    let mut rotated = Vec::new();
+    let mut renew_at: Option<i64> = None;
+    let mut soonest = |at: i64| renew_at = Some(renew_at.map_or(at, |r: i64| r.min(at)));
+    for (leaf, stored) in all.into_iter().zip(stored) {
         let ca = match leaf.signer {
             Signer::Cluster => &cluster_ca,
             Signer::Peer => &peer_ca,
         };
-        let fresh = secrets.get(&leaf.secret).and_then(|s| {
-            let cert = secret_str(s, "tls.crt")?;
-            let key = secret_str(s, "tls.key")?;
-            let same_ca = secret_str(s, "ca.crt").as_deref() == Some(ca.cert.as_str());
-            let renew = certs::needs_renewal(&cert, now).unwrap_or(true);
-            (same_ca && !renew).then(|| LeafPem {
-                cert,
-                key,
-                ca: ca.cert.clone(),
-            })
-        });
-        let pem = match fresh {
-            Some(pem) => pem,
-            None => {
-                let pem = certs::issue_leaf(
-                    ca,
-                    leaf.kind,
-                    &leaf.common_name,
-                    &leaf.sans,
-                    now,
-                    leaf_lifetime(ec),
-                )?;
-                issued.push(Issued::Leaf {
-                    secret: leaf.secret,
-                    pem: pem.clone(),
-                });
-                pem
+        let rotation = rotations
+            .iter()
+            .find(|(s, _)| *s == leaf.signer)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default();
+        if let Some(at) = rotation.next_step_at() {
+            soonest(at);
+        }
+        let new_ca = norm(&ca.cert);
+        // What a leaf issued now carries as its trust: the signing CA first, then the CAs
+        // still in use while a rotation runs.
+        let trust = bundle(std::iter::once(new_ca.clone()).chain(rotation.old.iter().cloned()));
+        let issue = |issued: &mut Vec<Issued>| -> Result<LeafPem> {
+            let mut pem = certs::issue_leaf(
+                ca,
+                leaf.kind,
+                &leaf.common_name,
+                &leaf.sans,
+                now,
+                leaf_lifetime(ec),
+            )?;
+            pem.ca = trust.clone();
+            issued.push(Issued::Leaf {
+                secret: leaf.secret.clone(),
+                pem: pem.clone(),
+            });
+            Ok(pem)
+        };
+        let pem = match stored {
+            None => issue(&mut issued)?,
+            Some(st) => {
+                let signed_by_new = st.bundle.first() == Some(&new_ca);
+                let due = certs::renew_at(&st.cert, policy.renew_before).unwrap_or(now_s);
+                match rotation.phase {
+                    // Step 1: every member must trust the new CA before any presents a
+                    // certificate from it, so the bundle changes first and the leaf stays.
+                    Phase::Trust if !st.bundle.contains(&new_ca) => {
+                        let mut b = st.bundle.clone();
+                        b.push(new_ca.clone());
+                        let pem = st.with_bundle(bundle(b));
+                        rotated.push((
+                            1,
+                            format!(
+                                "{} trusts the new CA besides the old one (CA rotation 1/3)",
+                                leaf.secret
+                            ),
+                        ));
+                        issued.push(Issued::Trust {
+                            secret: leaf.secret.clone(),
+                            pem: pem.clone(),
+                            since: now_s,
+                        });
+                        pem
+                    }
+                    // Step 2, once the bundles reached every member: leaves from the new CA.
+                    Phase::Reissue if !signed_by_new => {
+                        rotated.push((
+                            2,
+                            format!("{} re-issued by the new CA (CA rotation 2/3)", leaf.secret),
+                        ));
+                        issue(&mut issued)?
+                    }
+                    // Step 3, once the new leaves reached every member: the old CA goes.
+                    Phase::Trim if st.bundle != [new_ca.clone()] => {
+                        let pem = st.with_bundle(bundle([new_ca.clone()]));
+                        rotated.push((
+                            3,
+                            format!(
+                                "{} no longer trusts the old CA (CA rotation 3/3)",
+                                leaf.secret
+                            ),
+                        ));
+                        issued.push(Issued::Trust {
+                            secret: leaf.secret.clone(),
+                            pem: pem.clone(),
+                            since: now_s,
+                        });
+                        pem
+                    }
+                    _ if now_s >= due => {
+                        renewed.push(leaf.secret.clone());
+                        issue(&mut issued)?
+                    }
+                    _ => st.with_bundle(bundle(st.bundle.clone())),
+                }
             }
         };
+        if let Ok(due) = certs::renew_at(&pem.cert, policy.renew_before) {
+            soonest(due);
+        }
         pems.push(pem);
     }
     let [server, peer, operator, _users] = pems.as_slice() else {
@@ -278,9 +405,149 @@ pub fn resolve(
         state: TlsState {
             client: Some(client_identity(operator)),
             config_hash: config_hash(&[&server.cert, &peer.cert]),
+            renew_at,
         },
         issued,
+        renewed,
+        rotated,
     })
+}
+
+/// A leaf Secret as stored: its certificate and key, the CAs of its `ca.crt` (the signer
+/// first) and when its bundle last changed.
+struct Stored {
+    cert: String,
+    key: String,
+    bundle: Vec<String>,
+    since: i64,
+}
+
+impl Stored {
+    fn of(s: &Secret) -> Option<Stored> {
+        Some(Stored {
+            cert: secret_str(s, "tls.crt")?,
+            key: secret_str(s, "tls.key")?,
+            bundle: pem_certs(&secret_str(s, "ca.crt").unwrap_or_default()),
+            since: s
+                .annotations()
+                .get(TRUSTED_SINCE_ANNOTATION)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        })
+    }
+
+    fn with_bundle(&self, ca: String) -> LeafPem {
+        LeafPem {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca,
+        }
+    }
+}
+
+/// Where a CA rotation of one signer stands. A new CA (its Secret deleted, or a cluster from
+/// before the peer CA) is rolled out in three steps, each after the previous one reached
+/// every member (`rotation_wait`), so that no two members ever fail to trust each other:
+/// the bundles trust both CAs, then the leaves come from the new CA, then the old CA leaves
+/// the bundles.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Rotation {
+    phase: Phase,
+    /// The CAs other than the signer that the leaves' bundles still hold (unexpired).
+    old: Vec<String>,
+    /// When the step that waits now may go ahead.
+    waits_until: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Phase {
+    /// No rotation: the bundles hold the signer alone.
+    #[default]
+    None,
+    Trust,
+    Reissue,
+    Trim,
+    /// The last step has not reached every member yet.
+    Waiting,
+}
+
+impl Rotation {
+    fn of(group: &[&Stored], ca: &CaPem, now: i64, wait: Duration) -> Rotation {
+        let new_ca = norm(&ca.cert);
+        let mut old: Vec<String> = Vec::new();
+        for s in group {
+            for c in &s.bundle {
+                let expired = certs::validity_of(c).map_or(true, |(_, na)| na <= now);
+                if *c != new_ca && !expired && !old.contains(c) {
+                    old.push(c.clone());
+                }
+            }
+        }
+        if old.is_empty() {
+            return Rotation::default();
+        }
+        let wait = i64::try_from(wait.as_secs()).unwrap_or(i64::MAX);
+        let (phase, waits_until) = if group.iter().any(|s| !s.bundle.contains(&new_ca)) {
+            (Phase::Trust, None)
+        } else if group.iter().any(|s| s.bundle.first() != Some(&new_ca)) {
+            let ready = group.iter().map(|s| s.since).max().unwrap_or(0) + wait;
+            if now >= ready {
+                (Phase::Reissue, None)
+            } else {
+                (Phase::Waiting, Some(ready))
+            }
+        } else {
+            // Every leaf is the new CA's; their issue time (not before, back-dated five
+            // minutes) says when they were written.
+            let issued = group
+                .iter()
+                .filter_map(|s| certs::validity_of(&s.cert).ok())
+                .map(|(nb, _)| nb + 300)
+                .max()
+                .unwrap_or(0);
+            let ready = issued + wait;
+            if now >= ready {
+                (Phase::Trim, None)
+            } else {
+                (Phase::Waiting, Some(ready))
+            }
+        };
+        Rotation {
+            phase,
+            old,
+            waits_until,
+        }
+    }
+
+    /// When the reconcile should look again for this rotation's next step.
+    fn next_step_at(&self) -> Option<i64> {
+        self.waits_until
+    }
+}
+
+/// The certificates of a PEM bundle, each as `-----BEGIN ... END CERTIFICATE-----\n`.
+fn pem_certs(bundle: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = bundle;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let Some(end) = rest[start..].find(END) else {
+            break;
+        };
+        let stop = start + end + END.len();
+        out.push(norm(&rest[start..stop]));
+        rest = &rest[stop..];
+    }
+    out
+}
+
+/// One certificate's PEM in the form bundles are compared in.
+fn norm(pem: &str) -> String {
+    format!("{}\n", pem.trim().replace("\r\n", "\n"))
+}
+
+fn bundle(certs: impl IntoIterator<Item = String>) -> String {
+    certs.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -301,13 +568,14 @@ mod tests {
         let ec = cluster("kv", 3);
         let names = Names::of(&ec).expect("names");
         let now = OffsetDateTime::now_utc();
-        let tls = resolve(&ec, &names, &BTreeMap::new(), now).expect("tls");
+        let tls = resolve(&ec, &names, &BTreeMap::new(), now, &Policy::default()).expect("tls");
         let issued: Vec<&str> = tls
             .issued
             .iter()
             .map(|i| match i {
-                Issued::Ca { secret, .. } => secret.as_str(),
-                Issued::Leaf { secret, .. } => secret.as_str(),
+                Issued::Ca { secret, .. }
+                | Issued::Leaf { secret, .. }
+                | Issued::Trust { secret, .. } => secret.as_str(),
             })
             .collect();
         assert_eq!(
@@ -371,7 +639,7 @@ mod tests {
                 ("my-client", &client),
             ],
         );
-        let tls = resolve(&ec, &names, &secrets, now).expect("tls");
+        let tls = resolve(&ec, &names, &secrets, now, &Policy::default()).expect("tls");
         assert!(tls.issued.is_empty());
         assert_eq!(tls.state.client, Some(client_identity(&client)));
         assert_eq!(
@@ -387,7 +655,8 @@ mod tests {
     }
 
     /// A cluster from before the peer CA: its peer leaf was signed by the cluster CA. It gets
-    /// a peer CA and a peer leaf from it (so members roll onto it); the rest is kept.
+    /// a peer CA, which the peer leaf's bundle trusts first (a CA rotation's first step, so
+    /// no member is refused by another); the rest is kept.
     #[test]
     fn a_cluster_without_a_peer_ca_gets_one_and_a_new_peer_leaf() {
         let ec = cluster("kv", 3);
@@ -406,52 +675,134 @@ mod tests {
             ],
         );
         secrets.insert("kv-ca".into(), ca_secret(&ec, "kv-ca", &ca).expect("ca"));
-        let tls = resolve(&ec, &names, &secrets, now).expect("tls");
-        let issued: Vec<&str> = tls
-            .issued
-            .iter()
-            .map(|i| match i {
-                Issued::Ca { secret, .. } | Issued::Leaf { secret, .. } => secret.as_str(),
-            })
-            .collect();
-        assert_eq!(issued, ["kv-peer-ca", "kv-peer-tls"]);
+        let tls = resolve(&ec, &names, &secrets, now, &Policy::default()).expect("tls");
+        assert_eq!(
+            names_of(&tls),
+            [("ca", "kv-peer-ca"), ("trust", "kv-peer-tls")]
+        );
     }
 
+    /// Stores what `resolve` issued, as `build` and `apply` would.
+    fn store(ec: &EtcdCluster, secrets: &mut BTreeMap<String, Secret>, tls: &Tls) {
+        for i in &tls.issued {
+            let (name, secret) = match i {
+                Issued::Ca { secret, pem } => (secret, ca_secret(ec, secret, pem).expect("ca")),
+                Issued::Leaf { secret, pem } => (secret, tls_secret(ec, secret, pem).expect("tls")),
+                Issued::Trust { secret, pem, since } => {
+                    let mut s = tls_secret(ec, secret, pem).expect("tls");
+                    s.metadata.annotations = Some(BTreeMap::from([(
+                        TRUSTED_SINCE_ANNOTATION.to_string(),
+                        since.to_string(),
+                    )]));
+                    (secret, s)
+                }
+            };
+            secrets.insert(name.clone(), secret);
+        }
+    }
+
+    fn names_of(tls: &Tls) -> Vec<(&'static str, &str)> {
+        tls.issued
+            .iter()
+            .map(|i| match i {
+                Issued::Ca { secret, .. } => ("ca", secret.as_str()),
+                Issued::Leaf { secret, .. } => ("leaf", secret.as_str()),
+                Issued::Trust { secret, .. } => ("trust", secret.as_str()),
+            })
+            .collect()
+    }
+
+    /// A new cluster CA (its Secret deleted) is rolled out in three steps, each after the
+    /// previous one had `rotation_wait` to reach the members: the bundles trust both CAs
+    /// (certificates unchanged), then the leaves come from the new CA, then the old CA goes.
+    /// The peer CA's leaf is not touched.
     #[test]
-    fn leaves_of_another_ca_are_reissued_and_the_stored_ca_is_kept() {
+    fn a_new_ca_is_trusted_first_then_issues_then_the_old_one_goes() {
         let ec = cluster("kv", 3);
         let names = Names::of(&ec).expect("names");
-        let now = OffsetDateTime::now_utc();
-        let ca = certs::generate_ca("kv", now).expect("ca");
-        let other = certs::generate_ca("other", now).expect("ca");
-        let day = Duration::from_secs(86400);
-        let peer_ca = certs::generate_ca("kv-peer", now).expect("peer ca");
-        let good = certs::issue_leaf(&peer_ca, LeafKind::Peer, "kv-peer", &[], now, 90 * day)
-            .expect("leaf");
-        let foreign = certs::issue_leaf(&other, LeafKind::Server, "kv-server", &[], now, 90 * day)
-            .expect("leaf");
-        let mut secrets = stored(&ec, &[("kv-server-tls", &foreign), ("kv-peer-tls", &good)]);
-        secrets.insert("kv-ca".into(), ca_secret(&ec, "kv-ca", &ca).expect("ca"));
-        secrets.insert(
-            "kv-peer-ca".into(),
-            ca_secret(&ec, "kv-peer-ca", &peer_ca).expect("peer ca"),
-        );
-        let tls = resolve(&ec, &names, &secrets, now).expect("tls");
-        let issued: Vec<&str> = tls
+        let policy = Policy::default();
+        let wait = time::Duration::seconds(120);
+        let t0 = OffsetDateTime::now_utc();
+        let mut secrets = BTreeMap::new();
+        let first = resolve(&ec, &names, &secrets, t0, &policy).expect("tls");
+        store(&ec, &mut secrets, &first);
+        let leaf_of = |secrets: &BTreeMap<String, Secret>, name: &str, key: &str| {
+            secret_str(&secrets[name], key).expect("field")
+        };
+        let old_ca = leaf_of(&secrets, "kv-ca", "ca.crt");
+        let old_server = leaf_of(&secrets, "kv-server-tls", "tls.crt");
+        let peer = leaf_of(&secrets, "kv-peer-tls", "tls.crt");
+        assert!(resolve(&ec, &names, &secrets, t0, &policy)
+            .expect("tls")
             .issued
-            .iter()
-            .filter_map(|i| match i {
-                Issued::Ca { .. } => None,
-                Issued::Leaf { secret, pem } => {
-                    assert_eq!(pem.ca, ca.cert);
-                    Some(secret.as_str())
-                }
-            })
-            .collect();
-        assert_eq!(issued.len(), tls.issued.len(), "both CAs are kept");
+            .is_empty());
+
+        secrets.remove("kv-ca");
+        let t1 = t0 + time::Duration::seconds(10);
+        let step1 = resolve(&ec, &names, &secrets, t1, &policy).expect("tls");
         assert_eq!(
-            issued,
-            ["kv-server-tls", "kv-operator-client-tls", "kv-client-tls"]
+            names_of(&step1),
+            [
+                ("ca", "kv-ca"),
+                ("trust", "kv-server-tls"),
+                ("trust", "kv-operator-client-tls"),
+                ("trust", "kv-client-tls")
+            ]
+        );
+        store(&ec, &mut secrets, &step1);
+        let new_ca = leaf_of(&secrets, "kv-ca", "ca.crt");
+        assert_ne!(new_ca, old_ca);
+        let bundle = leaf_of(&secrets, "kv-server-tls", "ca.crt");
+        assert_eq!(pem_certs(&bundle), [norm(&old_ca), norm(&new_ca)]);
+        assert_eq!(leaf_of(&secrets, "kv-server-tls", "tls.crt"), old_server);
+        assert_eq!(step1.rotated.len(), 3);
+        // The operator's identity trusts both while the rotation runs.
+        let client = step1.state.client.clone().expect("client");
+        assert_eq!(pem_certs(&client.ca).len(), 2);
+
+        // Not before the bundles had time to reach the members.
+        let early = resolve(&ec, &names, &secrets, t1 + wait / 2, &policy).expect("tls");
+        assert!(early.issued.is_empty(), "{:?}", names_of(&early));
+        assert_eq!(early.state.renew_at, Some((t1 + wait).unix_timestamp()));
+
+        let t2 = t1 + wait;
+        let step2 = resolve(&ec, &names, &secrets, t2, &policy).expect("tls");
+        assert_eq!(
+            names_of(&step2),
+            [
+                ("leaf", "kv-server-tls"),
+                ("leaf", "kv-operator-client-tls"),
+                ("leaf", "kv-client-tls")
+            ]
+        );
+        store(&ec, &mut secrets, &step2);
+        let bundle = leaf_of(&secrets, "kv-server-tls", "ca.crt");
+        assert_eq!(pem_certs(&bundle), [norm(&new_ca), norm(&old_ca)]);
+        assert_ne!(leaf_of(&secrets, "kv-server-tls", "tls.crt"), old_server);
+        assert!(resolve(&ec, &names, &secrets, t2 + wait / 2, &policy)
+            .expect("tls")
+            .issued
+            .is_empty());
+
+        let t3 = t2 + wait;
+        let step3 = resolve(&ec, &names, &secrets, t3, &policy).expect("tls");
+        assert_eq!(
+            names_of(&step3),
+            [
+                ("trust", "kv-server-tls"),
+                ("trust", "kv-operator-client-tls"),
+                ("trust", "kv-client-tls")
+            ]
+        );
+        store(&ec, &mut secrets, &step3);
+        let bundle = leaf_of(&secrets, "kv-server-tls", "ca.crt");
+        assert_eq!(pem_certs(&bundle), [norm(&new_ca)]);
+        let done = resolve(&ec, &names, &secrets, t3 + wait, &policy).expect("tls");
+        assert!(done.issued.is_empty(), "{:?}", names_of(&done));
+        assert_eq!(
+            leaf_of(&secrets, "kv-peer-tls", "tls.crt"),
+            peer,
+            "peer leaf kept"
         );
     }
 }

@@ -108,12 +108,6 @@ impl Processes {
         self.cluster.get(name).expect("member").client_url.clone()
     }
 
-    /// SIGKILLs a member's process, keeping its data.
-    fn kill(&mut self, name: &str) {
-        self.cluster.kill(name).expect("kill");
-        self.started.remove(name);
-    }
-
     /// SIGKILLs a member and wipes its data: what a lost node with a local volume looks like.
     fn kill_and_wipe(&mut self, name: &str) {
         self.cluster
@@ -167,7 +161,6 @@ async fn observe(
             age: started.elapsed(),
             unready_for: Duration::ZERO,
             ready: true,
-            config_hash: String::new(),
             terminating: false,
         })
         .collect();
@@ -180,7 +173,6 @@ async fn observe(
         empty_dir: false,
         bootstrapped: next_ordinal > 0,
         next_ordinal,
-        desired_config_hash: String::new(),
     };
     (o, view)
 }
@@ -217,14 +209,6 @@ impl StepExecutor for Processes {
         self.stop_and_delete(member);
         Ok(())
     }
-
-    async fn restart_member(&mut self, member: &str) -> ferrokv_operator::Result<()> {
-        // A rolled pod comes back on its claim; here the process restarts on its data dir,
-        // where `--initial-cluster` is ignored.
-        self.kill(member);
-        self.start(member, &[member.to_string()], "existing");
-        Ok(())
-    }
 }
 
 /// Plain-text members of `backend`, converged to `replicas`, and the name counter.
@@ -255,7 +239,7 @@ async fn converge(procs: &mut Processes, next: &mut u64, replicas: i32) -> Vec<S
                 continue;
             }
             // Nothing here changes the configuration or the spec's validity.
-            Step::RollMember { .. } | Step::Invalid { .. } => {
+            Step::Invalid { .. } => {
                 panic!("unexpected step {:?} (view: {view:?})", p.step)
             }
             _ => {}

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod net;
 mod node;
 pub mod peer;
+pub mod reloading;
 pub mod snapshot_file;
 mod stop;
 pub mod watch;

@@ -13,8 +13,8 @@
 //!   process starts; processes run with it over `/etc/hosts` ([`super::hosts_command`]);
 //! - makes volumes directories: an emptyDir per pod, a directory per PVC (by uid, so it
 //!   outlives the pod and a re-created claim starts empty; claims nobody binds are marked
-//!   Bound through the status subresource), Secret and ConfigMap volumes as files refreshed
-//!   when the object changes; the container's mount paths in args and env are rewritten to
+//!   Bound through the status subresource), Secret and ConfigMap volumes as files swapped
+//!   atomically (kubelet's `..data` symlink) when the object changes; the container's mount paths in args and env are rewritten to
 //!   those directories;
 //! - runs readiness and liveness probes (httpGet, tcpSocket) and writes pod status (phase,
 //!   conditions, container statuses with restart counts) through the status subresource;
@@ -957,6 +957,9 @@ impl Agent {
             "etcd" => self.etcd.clone().ok_or_else(|| {
                 Error::Agent("the pod runs etcd but no etcd binary is installed".into())
             })?,
+            "etcd36" => crate::member::etcd36_dir()
+                .map(|d| d.join("etcd"))
+                .map_err(|e| Error::Agent(format!("the pod runs etcd 3.6: {e}")))?,
             other => {
                 return Err(Error::Agent(format!(
                 "the node agent runs only ferrokv and etcd containers, not {other:?} (image {:?})",
@@ -1259,13 +1262,25 @@ impl Agent {
     }
 }
 
-/// `ferrokv`/`etcd` from an image reference such as `ghcr.io/ferrokv/ferrokv:0.1.0` or
-/// `quay.io/coreos/etcd:v3.5`.
+/// `ferrokv`/`etcd`/`etcd36` from an image reference such as `ghcr.io/ferrokv/ferrokv:0.1.0`,
+/// `quay.io/coreos/etcd:v3.5` or `registry.k8s.io/etcd:3.6.16-0`: an etcd image tagged 3.6 runs
+/// etcd 3.6 (from `scripts/build-etcd36.sh`), any other etcd image the system's etcd (3.4).
 fn image_program(image: &str) -> String {
-    let without_tag = image.rsplit('/').next().unwrap_or(image);
-    let repo = without_tag.split([':', '@']).next().unwrap_or(without_tag);
+    let without_registry = image.rsplit('/').next().unwrap_or(image);
+    let repo = without_registry
+        .split([':', '@'])
+        .next()
+        .unwrap_or(without_registry);
+    let tag = without_registry
+        .split_once('@')
+        .map_or(without_registry, |(before, _)| before)
+        .split_once(':')
+        .map(|(_, t)| t)
+        .unwrap_or_default();
     if repo.contains("ferrokv") && !repo.contains("operator") {
         "ferrokv".into()
+    } else if repo.contains("etcd") && tag.trim_start_matches('v').starts_with("3.6") {
+        "etcd36".into()
     } else if repo.contains("etcd") {
         "etcd".into()
     } else {
@@ -1273,8 +1288,11 @@ fn image_program(image: &str) -> String {
     }
 }
 
-/// Writes a Secret's or ConfigMap's keys as files when its resourceVersion changed. The files
-/// are rewritten in place so a member that holds one open sees the new contents.
+/// Writes a Secret's or ConfigMap's keys as files when its resourceVersion changed, the way
+/// kubelet's atomic writer does, so a running member never reads a half-updated volume: the
+/// new version goes into a fresh directory `..<version>_<n>`, the `..data` symlink is swapped
+/// to it with one rename, and each key is a symlink `<key> -> ..data/<key>`. A member that
+/// reloads its certificates sees a new file (a new inode) behind an unchanged path.
 fn write_files(
     run: &mut PodRun,
     volume: &str,
@@ -1286,7 +1304,6 @@ fn write_files(
     if run.volume_versions.get(volume).map(String::as_str) == Some(version) {
         return Ok(());
     }
-    std::fs::create_dir_all(dir)?;
     let files: Vec<(String, &Vec<u8>)> = if items.is_empty() {
         data.iter().map(|(k, v)| (k.clone(), v)).collect()
     } else {
@@ -1295,15 +1312,55 @@ fn write_files(
             .filter_map(|(k, p)| data.get(k).map(|v| (p.clone(), v)))
             .collect()
     };
+    atomic_write(dir, version, &files)?;
+    run.volume_versions
+        .insert(volume.to_string(), version.to_string());
+    Ok(())
+}
+
+/// kubelet's atomic writer layout in `dir` (see [`write_files`]); the previous version's
+/// directory is removed after the swap.
+fn atomic_write(dir: &Path, version: &str, files: &[(String, &Vec<u8>)]) -> std::io::Result<()> {
+    use std::os::unix::fs::symlink;
+    std::fs::create_dir_all(dir)?;
+    let data_link = dir.join("..data");
+    let previous = std::fs::read_link(&data_link).ok();
+    let mut n = 0u32;
+    let fresh = loop {
+        let name = format!("..{version}_{n}");
+        if !dir.join(&name).exists() {
+            break name;
+        }
+        n += 1;
+    };
+    let fresh_dir = dir.join(&fresh);
+    std::fs::create_dir_all(&fresh_dir)?;
     for (path, bytes) in files {
-        let target = dir.join(&path);
+        let target = fresh_dir.join(path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        rewrite_in_place(&target, bytes)?;
+        std::fs::write(&target, bytes)?;
     }
-    run.volume_versions
-        .insert(volume.to_string(), version.to_string());
+    let tmp_link = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp_link);
+    symlink(&fresh, &tmp_link)?;
+    std::fs::rename(&tmp_link, &data_link)?;
+    // The user-visible names point through `..data`, so they follow the swap; only keys that
+    // are new need a link (a key that went away keeps a dangling one, as with kubelet until
+    // its cleanup; no member volume drops keys).
+    for (path, _) in files {
+        let top = path.split('/').next().unwrap_or(path);
+        let visible = dir.join(top);
+        if std::fs::symlink_metadata(&visible).is_err() {
+            symlink(Path::new("..data").join(top), &visible)?;
+        }
+    }
+    if let Some(old) = previous {
+        if old != Path::new(&fresh) {
+            let _ = std::fs::remove_dir_all(dir.join(old));
+        }
+    }
     Ok(())
 }
 
@@ -1461,12 +1518,39 @@ mod tests {
             ("ghcr.io/ferrokv/ferrokv:0.1.0", "ferrokv"),
             ("ferrokv:dev", "ferrokv"),
             ("quay.io/coreos/etcd:v3.5.17", "etcd"),
+            ("quay.io/coreos/etcd:v3.6.16", "etcd36"),
+            ("registry.k8s.io/etcd:3.6.16-0", "etcd36"),
+            ("gcr.io/etcd-development/etcd:v3.4.27", "etcd"),
             ("registry.k8s.io/etcd@sha256:abc", "etcd"),
             ("ghcr.io/ferrokv/ferrokv-operator:0.1.0", "ferrokv-operator"),
             ("busybox", "busybox"),
         ] {
             assert_eq!(image_program(image), program, "{image}");
         }
+    }
+
+    #[test]
+    fn volume_files_are_swapped_atomically() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v1 = b"first".to_vec();
+        atomic_write(dir.path(), "1", &[("tls.crt".into(), &v1)]).expect("write v1");
+        let crt = dir.path().join("tls.crt");
+        assert_eq!(std::fs::read(&crt).expect("read"), b"first");
+        let ino = std::fs::metadata(&crt).expect("meta").ino();
+        let v2 = b"second".to_vec();
+        atomic_write(dir.path(), "2", &[("tls.crt".into(), &v2)]).expect("write v2");
+        assert_eq!(std::fs::read(&crt).expect("read"), b"second");
+        assert_ne!(std::fs::metadata(&crt).expect("meta").ino(), ino);
+        // The first version's directory is gone; only `..data`, the new one and the key stay.
+        let names: BTreeSet<String> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            BTreeSet::from(["..2_0".to_string(), "..data".into(), "tls.crt".into()])
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct OperatorProcess {
     pub metrics_addr: String,
     log: PathBuf,
     hosts: PathBuf,
+    /// Flags after `run --metrics-addr=...` (a scenario's `--cert-renew-before`).
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -46,6 +48,15 @@ impl OperatorProcess {
     /// Starts the operator as ServiceAccount `ferrokv-system/ferrokv-operator` (which the
     /// shipped install must already have created) and waits until its health endpoint answers.
     pub async fn start(cp: &ControlPlane, hosts: &Path) -> Result<OperatorProcess> {
+        Self::start_with(cp, hosts, &[]).await
+    }
+
+    /// [`OperatorProcess::start`] with extra flags for `ferrokv-operator run`.
+    pub async fn start_with(
+        cp: &ControlPlane,
+        hosts: &Path,
+        extra_args: &[&str],
+    ) -> Result<OperatorProcess> {
         let bin = Self::binary()?;
         let kubeconfig = cp.service_account_kubeconfig(
             OPERATOR_NAMESPACE,
@@ -60,6 +71,7 @@ impl OperatorProcess {
             metrics_addr,
             log,
             hosts: hosts.to_path_buf(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         op.spawn()?;
@@ -73,10 +85,11 @@ impl OperatorProcess {
             .append(true)
             .open(&self.log)?;
         let err = out.try_clone()?;
-        let args = vec![
+        let mut args = vec![
             "run".to_string(),
             format!("--metrics-addr={}", self.metrics_addr),
         ];
+        args.extend(self.extra_args.iter().cloned());
         let child = hosts_command(&self.hosts, &self.bin, &args)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")

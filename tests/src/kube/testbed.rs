@@ -58,6 +58,11 @@ impl Testbed {
     /// install's Deployment scaled to 0 (no kubelet runs the operator image: the test runs the
     /// binary itself, as the install's ServiceAccount, over the agent's hosts file).
     pub async fn start() -> Result<Testbed> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Testbed::start`] with extra flags for the operator (`--cert-renew-before=...`).
+    pub async fn start_with(operator_args: &[&str]) -> Result<Testbed> {
         let cp = ControlPlane::start().await?;
         let agent = NodeAgent::start(&cp).await?;
         let root = workspace_root();
@@ -79,7 +84,7 @@ impl Testbed {
             "deployment/ferrokv-operator",
             "--replicas=0",
         ])?;
-        let operator = OperatorProcess::start(&cp, agent.hosts_file()).await?;
+        let operator = OperatorProcess::start_with(&cp, agent.hosts_file(), operator_args).await?;
         let client = cp.client().await?;
         Ok(Testbed {
             cp,

@@ -18,15 +18,51 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::TlsFiles;
 use crate::error::{Error, Result};
+use crate::reloading::Reloading;
 
 /// A client that opens a connection and never finishes the handshake must not hold a task
 /// forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Builds the rustls server config from one set of etcd's TLS flags (`--cert-file`, ... or
-/// `--peer-cert-file`, ...): the certificate and key, and with `--client-cert-auth` /
-/// `--peer-client-cert-auth` a verifier that requires a certificate signed by the trusted CA.
-pub fn acceptor(tls: &TlsFiles) -> Result<TlsAcceptor> {
+/// The TLS side of one listener: the rustls server config from one set of etcd's TLS flags,
+/// rebuilt when the certificate, key or CA file changes, so a renewed certificate is served
+/// from the next handshake on without a restart. Cheap to clone.
+#[derive(Clone)]
+pub struct Acceptor(Arc<Reloading<TlsAcceptor>>);
+
+impl Acceptor {
+    fn current(&self) -> TlsAcceptor {
+        TlsAcceptor::clone(&self.0.current())
+    }
+}
+
+/// The acceptor for one set of etcd's TLS flags (`--cert-file`, ... or `--peer-cert-file`,
+/// ...). A file that cannot be read or parsed now is an error; later, a bad new file keeps
+/// the certificate in use.
+pub fn acceptor(tls: &TlsFiles) -> Result<Acceptor> {
+    let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
+        return Err(Error::Config(
+            "https listen URL needs --cert-file and --key-file".into(),
+        ));
+    };
+    if tls.client_cert_auth && tls.trusted_ca_file.is_none() {
+        return Err(Error::Config(
+            "--client-cert-auth needs --trusted-ca-file".into(),
+        ));
+    }
+    let mut paths = vec![cert.clone(), key.clone()];
+    if tls.client_cert_auth {
+        paths.extend(tls.trusted_ca_file.clone());
+    }
+    let files = tls.clone();
+    let r = Reloading::new("server TLS", paths, move || server_config(&files))?;
+    Ok(Acceptor(Arc::new(r)))
+}
+
+/// The rustls server config: the certificate and key, and with `--client-cert-auth` /
+/// `--peer-client-cert-auth` a verifier that requires a certificate signed by the trusted CA
+/// (any of them: during a CA rotation the bundle holds the old and the new CA).
+fn server_config(tls: &TlsFiles) -> Result<TlsAcceptor> {
     let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
         return Err(Error::Config(
             "https listen URL needs --cert-file and --key-file".into(),
@@ -38,24 +74,20 @@ pub fn acceptor(tls: &TlsFiles) -> Result<TlsAcceptor> {
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?;
-    let builder = if tls.client_cert_auth {
-        let Some(ca) = &tls.trusted_ca_file else {
-            return Err(Error::Config(
-                "--client-cert-auth needs --trusted-ca-file".into(),
-            ));
-        };
-        let mut roots = RootCertStore::empty();
-        for c in read_certs(ca)? {
-            roots
-                .add(c)
-                .map_err(|e| Error::Tls(format!("{}: {e}", ca.display())))?;
+    let builder = match (&tls.trusted_ca_file, tls.client_cert_auth) {
+        (Some(ca), true) => {
+            let mut roots = RootCertStore::empty();
+            for c in read_certs(ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| Error::Tls(format!("{}: {e}", ca.display())))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| Error::Tls(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
         }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|e| Error::Tls(e.to_string()))?;
-        builder.with_client_cert_verifier(verifier)
-    } else {
-        builder.with_no_client_auth()
+        _ => builder.with_no_client_auth(),
     };
     let mut cfg = builder
         .with_single_cert(certs, key)
@@ -69,7 +101,7 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::Tls(format!("cannot read {}: {e}", path.display())))
 }
 
-fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>> {
     let pem = read(path)?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<std::result::Result<Vec<_>, _>>()
@@ -95,7 +127,7 @@ fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>> {
 /// client certificate) only closes that connection. The accept loop ends with `stop`.
 pub fn incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Acceptor,
     mut stop: watch::Receiver<bool>,
 ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = mpsc::channel(64);
@@ -117,7 +149,8 @@ pub fn incoming(
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(%peer, error = %e, "set TCP_NODELAY failed");
             }
-            let acceptor = acceptor.clone();
+            // The config as of now: a renewed certificate is served from this handshake on.
+            let acceptor = acceptor.current();
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::net::tls::Acceptor;
 use ferrokv_proto::ferrokvpb::MemberAttributes;
 use ferrokv_raftnode::{Committed, NodeConfig, RaftHandle};
 use ferrokv_storage::Store;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 use super::identity::{encode_wal_metadata, Identity};
 use super::seams::ApplyLoopInstaller;
@@ -38,8 +38,8 @@ pub(super) fn open_storage(cfg: &Config) -> Result<Arc<Store>> {
 /// Every bound socket, with the TLS config of the https ones.
 pub(super) struct Listeners {
     pub peer: Vec<(url::Url, TcpListener)>,
-    pub peer_tls: Option<TlsAcceptor>,
-    pub client: Vec<(url::Url, TcpListener, Option<TlsAcceptor>)>,
+    pub peer_tls: Option<Acceptor>,
+    pub client: Vec<(url::Url, TcpListener, Option<Acceptor>)>,
     pub metrics: Vec<(url::Url, TcpListener)>,
 }
 

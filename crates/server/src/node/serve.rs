@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::net::tls::Acceptor;
 use ferrokv_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -13,7 +14,6 @@ use futures::future::Either;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tonic::transport::Server;
 
 use super::bootstrap::Started;
@@ -58,7 +58,7 @@ fn stop_signal(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send 
 /// JSON gateway) on every client URL. Returns the bound URLs (port 0 resolved).
 pub(super) async fn serve_client(
     cfg: &Config,
-    listeners: Vec<(url::Url, TcpListener, Option<TlsAcceptor>)>,
+    listeners: Vec<(url::Url, TcpListener, Option<Acceptor>)>,
     s: &Started,
     stop: &watch::Receiver<bool>,
     tasks: &mut Vec<JoinHandle<()>>,
@@ -143,7 +143,7 @@ pub(super) async fn serve_client(
 pub(super) fn serve_peer(
     cfg: &Config,
     listeners: Vec<(url::Url, TcpListener)>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Acceptor>,
     s: &Started,
     stop: &watch::Receiver<bool>,
     tasks: &mut Vec<JoinHandle<()>>,

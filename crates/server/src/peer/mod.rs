@@ -9,7 +9,7 @@ mod service;
 mod snapshot;
 mod transport;
 
-pub use connect::{connect_peer, peer_client_tls};
+pub use connect::{connect_peer, peer_client_tls, PeerClientTls};
 pub use service::PeerService;
 pub use snapshot::{SnapshotInstaller, SnapshotSource};
 pub use transport::PeerTransport;

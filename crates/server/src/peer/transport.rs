@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
+use super::PeerClientTls;
 use ferrokv_proto::ferrokvpb::{peer_client::PeerClient, RaftBatch, SnapshotChunk};
 use ferrokv_raftnode::{eraftpb, RaftHandle, Transport};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::ClientTlsConfig;
 
 use super::SnapshotSource;
 use crate::error::Error;
@@ -55,7 +55,7 @@ pub struct PeerTransport {
     stop: watch::Receiver<bool>,
     /// Peers are added from the apply thread, which is not a runtime thread.
     rt: tokio::runtime::Handle,
-    tls: Option<ClientTlsConfig>,
+    tls: Option<PeerClientTls>,
     /// What writes a keyspace snapshot, and where the copy is written; set at start.
     /// Weak: the transport can outlive the member for a moment at shutdown, and must not keep
     /// the keyspace file open (a restart in the same process would find it locked).
@@ -69,7 +69,7 @@ impl PeerTransport {
     pub fn start(
         peers: HashMap<u64, Vec<String>>,
         stop: watch::Receiver<bool>,
-        tls: Option<ClientTlsConfig>,
+        tls: Option<PeerClientTls>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let t = PeerTransport {
@@ -219,7 +219,7 @@ async fn run_peer(
     mut rx: mpsc::Receiver<Vec<u8>>,
     raft: Arc<OnceLock<RaftHandle>>,
     mut stop: watch::Receiver<bool>,
-    tls: Option<ClientTlsConfig>,
+    tls: Option<PeerClientTls>,
 ) {
     let Peer { id, urls, stats } = peer;
     let mut attempt = 0usize;
@@ -372,7 +372,7 @@ async fn send_snapshot(
     urls: &[String],
     source: &dyn SnapshotSource,
     dir: &DataDir,
-    tls: Option<&ClientTlsConfig>,
+    tls: Option<&PeerClientTls>,
 ) -> Result<u64, Error> {
     let index = m.get_snapshot().get_metadata().index;
     let path = dir.scratch(Scratch::Send, &format!("{:x}-{index}", m.to));
