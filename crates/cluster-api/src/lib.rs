@@ -35,8 +35,6 @@ pub mod condition {
     pub const DEGRADED: &str = "Degraded";
     /// The last backup attempt succeeded and no schedule was missed (only with `spec.backup`).
     pub const BACKUP_READY: &str = "BackupReady";
-    /// The last restore drill restored the newest backup and found it matches its manifest.
-    pub const BACKUP_VERIFIED: &str = "BackupVerified";
 }
 
 /// A replicated ferrokv (or etcd) cluster managed by the ferrokv operator.
@@ -143,12 +141,13 @@ pub struct EtcdClusterSpec {
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
 
     /// Scheduled snapshot backups to object storage, taken by the operator from a healthy
-    /// member (a follower where there is one), with retention and optional restore drills.
+    /// member (a follower where there is one), with retention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
 
-    /// Bootstrap this (new) cluster from a backup: the seed member restores it before its
-    /// first start and the others join as learners. Only at creation, and immutable after.
+    /// Bootstrap a new cluster from a backup. Not yet acted on by this operator version: a
+    /// cluster that sets it is refused (`Degraded`, `InvalidSpec`) rather than started empty;
+    /// restore with `ferrokv snapshot restore`. Only at creation, and immutable after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.restore is immutable"}]))]
     pub restore: Option<RestoreSpec>,
@@ -349,13 +348,13 @@ pub struct BackupStore {
     pub ca_secret: Option<SecretKeyRef>,
     /// Secret whose keys are the store's credentials, named as the store's environment
     /// variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (S3);
-    /// `GOOGLE_SERVICE_ACCOUNT_KEY` (GCS); `AZURE_STORAGE_ACCOUNT_NAME`,
+    /// `GOOGLE_SERVICE_ACCOUNT_JSON` (GCS); `AZURE_STORAGE_ACCOUNT_NAME`,
     /// `AZURE_STORAGE_ACCOUNT_KEY` (Azure). None for `file://`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub credentials_secret: Option<String>,
-    /// Key for client-side encryption (AES-256-GCM) of the backup objects: 32 bytes, raw or
-    /// base64 or hex. Keep it elsewhere too: a backup cannot be restored without it.
+    /// Key for client-side authenticated encryption of the backup objects (the Secret value
+    /// is the key, as `ferrokv snapshot` takes it). Keep it elsewhere too: a backup cannot be restored without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_key_secret: Option<SecretKeyRef>,
 }
@@ -372,17 +371,6 @@ pub struct RetentionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(s|m|h|d)$"))]
     pub max_age: Option<String>,
-}
-
-/// Restore drills: the newest backup restored into a scratch member and compared with its
-/// manifest.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct VerifySpec {
-    /// Run a drill after every N-th successful scheduled backup (1 = after each one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub every_backups: Option<u32>,
 }
 
 /// Scheduled backups of the cluster.
@@ -407,9 +395,6 @@ pub struct BackupSpec {
     /// `zstd` (default) or `none`.
     #[serde(default)]
     pub compression: BackupCompression,
-    /// Restore drills; none when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verify: Option<VerifySpec>,
 }
 
 /// Which backup a new cluster is restored from.
@@ -469,22 +454,6 @@ pub struct BackupRecord {
     /// Member it was taken from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
-}
-
-/// A backup a restore drill verified.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct VerifiedBackup {
-    /// When the drill ran (RFC 3339).
-    pub time: String,
-    /// URI of the backup.
-    pub uri: String,
-    /// Revision the restored member reported.
-    pub revision: i64,
-    /// Keys in the restored member.
-    pub keys: u64,
-    /// HashKV of the restored member at that revision.
-    pub hash: u32,
 }
 
 /// Lifecycle of an on-demand backup.
@@ -599,12 +568,6 @@ pub struct EtcdClusterStatus {
     /// after it that has passed without an attempt is a missed schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup_attempt: Option<String>,
-    /// The newest backup a restore drill verified.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_verified_backup: Option<VerifiedBackup>,
-    /// The backup this cluster was bootstrapped from (`spec.restore`), once chosen.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restored_from: Option<BackupRecord>,
 }
 
 /// One member as seen through the etcd v3 API.

@@ -12,7 +12,7 @@ use crate::apply::{Applier, KubeExecutor};
 use crate::metrics::Metrics;
 use crate::plan::{self, PlanConfig, Step};
 use crate::resources::Names;
-use crate::{build, events, executor, observe, status, tls, Error, Result, MANAGER};
+use crate::{backup, build, etcdbackup, events, executor, observe, status, tls, Error, Result, MANAGER};
 use ferrokv_cluster_api::EtcdCluster;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
@@ -36,6 +36,8 @@ pub struct Context {
     /// Member name → client URL to dial instead of its in-cluster DNS name, for an operator
     /// running outside the cluster network (through port-forwards) and for tests.
     pub endpoint_overrides: BTreeMap<String, String>,
+    /// Scheduled and on-demand backups in flight, and how the last ones ended.
+    pub backups: backup::Backups,
 }
 
 impl Context {
@@ -50,6 +52,7 @@ impl Context {
             metrics,
             plan_config: PlanConfig::default(),
             endpoint_overrides: BTreeMap::new(),
+            backups: backup::Backups::default(),
         }
     }
 }
@@ -65,7 +68,9 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
     if let Err(message) = plan::validate_spec(&ec.spec) {
         let next_ordinal = ec.status.as_ref().map_or(0, |s| s.next_ordinal);
         let p = plan::Plan::invalid(message.clone(), next_ordinal);
-        status::write(&applier, &ec, &status::build(&ec, None, &[], &p)).await?;
+        let mut invalid = status::build(&ec, None, &[], &p);
+        ctx.backups.decorate(&ec, &mut invalid);
+        status::write(&applier, &ec, &invalid).await?;
         return Err(Error::InvalidSpec(message));
     }
 
@@ -89,7 +94,15 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
 
     let desired = build::desired(&ec, &tls, &p.step, &seen.observed)?;
 
-    let plain = status::build(&ec, seen.view.as_ref(), &seen.observed.pods, &p);
+    // A due scheduled backup starts in its own task; its outcome lands in a later status.
+    let backup_wait = backup::on_reconcile(
+        &ctx.backups,
+        &ctx.metrics,
+        || Some(backup_job(&ctx, &ec, &seen, ec.spec.backup.as_ref()?)),
+        &ec,
+    );
+    let mut plain = status::build(&ec, seen.view.as_ref(), &seen.observed.pods, &p);
+    ctx.backups.decorate(&ec, &mut plain);
     let before_step = status::keep_refusal(&ec, &plain);
     let written = async {
         applier.cluster_objects(&desired).await?;
@@ -128,18 +141,41 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
     if let Some(ev) = events::for_step(&p.step, &outcome) {
         applier.publish(&ec, &ev).await;
     }
-    Ok(requeue_after(&p.step))
+    Ok(requeue_after(&p.step, backup_wait))
+}
+
+/// The scheduled backup job of this reconcile, from its observation.
+fn backup_job(
+    ctx: &Context,
+    ec: &EtcdCluster,
+    seen: &observe::Observation,
+    spec: &ferrokv_cluster_api::BackupSpec,
+) -> backup::Job {
+    backup::Job {
+        client: ctx.client.clone(),
+        recorder: ctx.recorder.clone(),
+        metrics: ctx.metrics.clone(),
+        ec: ec.clone(),
+        members: seen.members.clone(),
+        view: seen.view.clone(),
+        store: spec.store.clone(),
+        compression: spec.compression,
+        endpoint_overrides: ctx.endpoint_overrides.clone(),
+    }
 }
 
 /// A step in flight is looked at again soon; a waiting one a little later; a steady cluster
-/// once a minute, as a safety net behind the watches.
-fn requeue_after(step: &Step) -> Action {
-    match step {
-        Step::Steady => Action::requeue(Duration::from_secs(60)),
-        Step::Wait { .. } => Action::requeue(Duration::from_secs(10)),
-        Step::Invalid { .. } => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(2)),
-    }
+/// once a minute, as a safety net behind the watches; sooner when a scheduled backup is due.
+fn requeue_after(step: &Step, backup_due_in: Option<Duration>) -> Action {
+    let after = match step {
+        Step::Steady => Duration::from_secs(60),
+        Step::Wait { .. } => Duration::from_secs(10),
+        Step::Invalid { .. } => return Action::await_change(),
+        _ => Duration::from_secs(2),
+    };
+    // A little past the fire time, so the reconcile finds it passed.
+    let backup = backup_due_in.map(|d| d + Duration::from_millis(200));
+    Action::requeue(backup.map_or(after, |b| b.min(after)))
 }
 
 /// Invalid specs wait for a change; refused writes are retried slowly; everything else is
@@ -166,9 +202,20 @@ pub fn error_policy(ec: Arc<EtcdCluster>, err: &Error, ctx: Arc<Context>) -> Act
 
 /// Runs the controller until a shutdown signal.
 pub async fn run(client: kube::Client, metrics: Metrics) {
-    let ctx = Arc::new(Context::new(client.clone(), metrics));
+    let mut ctx = Context::new(client.clone(), metrics);
+    let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+    ctx.backups = backup::Backups::with_wake(wake);
+    let ctx = Arc::new(ctx);
+    // On-demand backups run beside the cluster controller, sharing its backup state.
+    let on_demand = tokio::spawn(etcdbackup::run(client.clone(), ctx.clone()));
+    let woken = futures::stream::unfold(woken, |mut rx| async move {
+        rx.recv().await.map(|_| ((), rx))
+    });
     let clusters: Api<EtcdCluster> = Api::all(client.clone());
     Controller::new(clusters, watcher::Config::default())
+        // A finished backup wakes the clusters so status reports it at once (kube-runtime's
+        // per-object trigger is behind an unstable feature; backups are rare).
+        .reconcile_all_on(woken)
         // Coalesces the burst of events one membership step causes (pod, status, claim).
         .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
         .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
@@ -188,6 +235,7 @@ pub async fn run(client: kube::Client, metrics: Metrics) {
             }
         })
         .await;
+    on_demand.abort();
 }
 
 #[cfg(test)]

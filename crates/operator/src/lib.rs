@@ -10,9 +10,12 @@
 //! crates, so it manages ferrokv and the reference etcd alike.
 
 pub mod apply;
+pub mod backup;
+pub mod backup_io;
 pub mod build;
 pub mod certs;
 pub mod controller;
+pub mod etcdbackup;
 pub mod events;
 pub mod executor;
 pub mod members;

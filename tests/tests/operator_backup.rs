@@ -1,0 +1,245 @@
+//! Backups by the operator on the real control plane (kube-apiserver, controller-manager, the
+//! node agent running member pods as real `ferrokv` processes, the operator as its
+//! ServiceAccount): a schedule, retention, `BackupReady`, metrics, an on-demand `EtcdBackup`,
+//! and a failed attempt reported with a Warning Event.
+//!
+//! The store is a `file://` directory the operator process can write (it runs on this host,
+//! like a pod with a mounted volume would).
+
+use std::time::{Duration, Instant};
+
+use ferrokv_tests::kube::Testbed;
+use serde_json::Value;
+
+async fn eventually<T, F, Fut>(
+    timeout: Duration,
+    what: &str,
+    check: F,
+    context: impl Fn() -> String,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    ferrokv_tests::kube::eventually(timeout, what, check, context)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The shipped install plus the EtcdBackup CRD (the testbed applies the EtcdCluster one).
+async fn testbed() -> Testbed {
+    let bed = Testbed::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let root = ferrokv_tests::member::workspace_root();
+    let crd = root.join("crds/etcdbackup.yaml").display().to_string();
+    let k = bed.cp.kubectl();
+    k.run(&["apply", "-f", &crd]).expect("apply etcdbackup CRD");
+    k.run(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/etcdbackups.ferrokv.io",
+        "--timeout=60s",
+    ])
+    .expect("CRD established");
+    bed
+}
+
+fn condition(ec: &Value, type_: &str) -> Option<(String, String, String)> {
+    ec["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+                c["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+/// Manifests of `cluster` (`<namespace>/<name>`) in the store, oldest first.
+async fn stored(url: &str, cluster: &str) -> Vec<ferrokv_backup::Manifest> {
+    let dest = ferrokv_backup::Destination::open(&ferrokv_backup::StoreConfig::new(url))
+        .expect("open store");
+    ferrokv_backup::list(&dest, cluster).await.expect("list")
+}
+
+async fn metrics(bed: &Testbed) -> String {
+    let url = format!("http://{}/metrics", bed.operator.metrics_addr);
+    let out = tokio::process::Command::new("curl")
+        .args(["-sf", &url])
+        .output()
+        .await
+        .expect("curl (Debian package curl) runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A schedule every 15 seconds (six cron fields): backups appear, retention keeps two,
+/// `status.lastBackup` and `BackupReady=True` describe the newest, the metrics and Events say
+/// so; an `EtcdBackup` takes one at once; and a store the operator cannot use turns
+/// `BackupReady` False with a Warning Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduled_backups_retention_on_demand_and_failures() {
+    let bed = testbed().await;
+    let ns = "default";
+    let store = tempfile::tempdir().expect("store dir");
+    let url = format!("file://{}", store.path().display());
+    bed.cp
+        .kubectl()
+        .apply(&format!(
+            "apiVersion: ferrokv.io/v1alpha1
+kind: EtcdCluster
+metadata: {{name: bk, namespace: {ns}}}
+spec:
+  replicas: 3
+  tls: {{mode: Disabled}}
+  backup:
+    schedule: \"*/15 * * * * *\"
+    destination: {url}
+    retention: {{keepLast: 2}}
+"
+        ))
+        .expect("apply cluster");
+    bed.wait_available(ns, "bk", 3, Duration::from_secs(180))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let member = bed.member_pods(ns, "bk").await.expect("pods").remove(0).0;
+    for i in 0..20 {
+        let (k, v) = (format!("/bk/key{i:02}"), format!("value {i}"));
+        bed.etcdctl_dns(ns, "bk", &member, false, &["put", &k, &v])
+            .await
+            .expect("put");
+    }
+    let t = Instant::now();
+
+    // Three scheduled backups taken after the writes (three distinct lastBackup times); two
+    // kept.
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::<String>::new());
+    eventually(
+        Duration::from_secs(120),
+        "three successful scheduled backups after the writes",
+        || async {
+            let ec = bed.cluster(ns, "bk")?;
+            let last = &ec["status"]["lastBackup"];
+            if last["revision"].as_i64()? >= 21 {
+                let mut seen = seen.lock().ok()?;
+                seen.insert(last["time"].as_str()?.to_string());
+                (seen.len() >= 3).then_some(())
+            } else {
+                None
+            }
+        },
+        || bed.context(ns),
+    )
+    .await;
+    eprintln!("three scheduled backups after {:?}", t.elapsed());
+    let kept = stored(&url, "default/bk").await;
+    assert_eq!(kept.len(), 2, "keepLast 2 keeps two: {kept:?}");
+    let ec = bed.cluster(ns, "bk").expect("cluster");
+    let last = &ec["status"]["lastBackup"];
+    let newest = kept.last().expect("newest");
+    assert!(newest.revision >= 21, "backup taken after the 20 writes: {newest:?}");
+    assert!(
+        last["uri"].as_str().unwrap_or_default().ends_with(&newest.object),
+        "status.lastBackup {last} names the newest stored backup {newest:?}"
+    );
+    assert_eq!(last["sha256"], newest.sha256.as_str());
+    let (status, reason, message) = condition(&ec, "BackupReady").expect("BackupReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "BackupSucceeded"), "{message}");
+    // Taken from a follower: the Event names the member it came from.
+    let leader = ec["status"]["leader"].as_str().unwrap_or_default().to_string();
+    let events = bed.events(ns, "bk").await.expect("events");
+    let note = events
+        .iter()
+        .rev()
+        .find(|(r, _)| r == "BackupSucceeded")
+        .map(|(_, n)| n.clone())
+        .expect("BackupSucceeded Event");
+    assert!(!note.contains(&format!("from {leader} ")), "taken from the leader {leader}: {note}");
+    let m = metrics(&bed).await;
+    for name in [
+        "ferrokv_operator_backup_last_success_timestamp_seconds{cluster=\"default/bk\"}",
+        "ferrokv_operator_backup_bytes{cluster=\"default/bk\"}",
+        "ferrokv_operator_backup_schedule_interval_seconds{cluster=\"default/bk\"} 15",
+    ] {
+        assert!(m.contains(name), "{name} not in metrics:\n{m}");
+    }
+
+    // On demand: an EtcdBackup of the cluster, to its own store.
+    let adhoc = tempfile::tempdir().expect("adhoc dir");
+    let adhoc_url = format!("file://{}", adhoc.path().display());
+    bed.cp
+        .kubectl()
+        .apply(&format!(
+            "apiVersion: ferrokv.io/v1alpha1
+kind: EtcdBackup
+metadata: {{name: bk-now, namespace: {ns}}}
+spec:
+  clusterName: bk
+  store: {{destination: {adhoc_url}}}
+  compression: none
+"
+        ))
+        .expect("apply EtcdBackup");
+    let b = eventually(
+        Duration::from_secs(60),
+        "EtcdBackup bk-now Succeeded",
+        || async {
+            let out = bed
+                .cp
+                .kubectl()
+                .run(&["get", "etcdbackup", "bk-now", "-n", ns, "-o", "json"])
+                .ok()?;
+            let v: Value = serde_json::from_str(&out).ok()?;
+            (v["status"]["phase"] == "Succeeded").then_some(v)
+        },
+        || bed.context(ns),
+    )
+    .await;
+    let one = stored(&adhoc_url, "default/bk").await;
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert_eq!(b["status"]["backup"]["sha256"], one[0].sha256.as_str());
+    assert!(one[0].revision >= 21);
+
+    // A store the operator cannot use: the credentials Secret does not exist.
+    bed.cp
+        .kubectl()
+        .apply(&format!(
+            "apiVersion: ferrokv.io/v1alpha1
+kind: EtcdCluster
+metadata: {{name: bad, namespace: {ns}}}
+spec:
+  replicas: 1
+  tls: {{mode: Disabled}}
+  backup:
+    schedule: \"*/10 * * * * *\"
+    destination: s3://nowhere/backups
+    credentialsSecret: no-such-secret
+"
+        ))
+        .expect("apply bad");
+    let (_, reason, message) = eventually(
+        Duration::from_secs(120),
+        "BackupReady=False on the cluster with a missing credentials Secret",
+        || async {
+            let ec = bed.cluster(ns, "bad")?;
+            condition(&ec, "BackupReady").filter(|(s, r, _)| s == "False" && r != "NoBackupYet")
+        },
+        || bed.context(ns),
+    )
+    .await;
+    assert_eq!(reason, "SecretMissing", "{message}");
+    assert!(message.contains("no-such-secret"), "{message}");
+    let events = bed.events(ns, "bad").await.expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|(r, n)| r == "BackupFailed" && n.contains("no-such-secret")),
+        "{events:?}"
+    );
+    let m = metrics(&bed).await;
+    assert!(
+        m.contains("ferrokv_operator_backup_failures_total{cluster=\"default/bad\"}"),
+        "{m}"
+    );
+}
