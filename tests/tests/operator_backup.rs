@@ -64,14 +64,18 @@ async fn stored(url: &str, cluster: &str) -> Vec<ferrokv_backup::Manifest> {
     ferrokv_backup::list(&dest, cluster).await.expect("list")
 }
 
+/// The operator's `/metrics` page (plain HTTP/1.0, read to the end).
 async fn metrics(bed: &Testbed) -> String {
-    let url = format!("http://{}/metrics", bed.operator.metrics_addr);
-    let out = tokio::process::Command::new("curl")
-        .args(["-sf", &url])
-        .output()
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(&bed.operator.metrics_addr)
         .await
-        .expect("curl (Debian package curl) runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .expect("connect to the operator's metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: operator\r\n\r\n")
+        .await
+        .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("response");
+    out
 }
 
 /// A schedule every 15 seconds (six cron fields): backups appear, retention keeps two,

@@ -554,7 +554,7 @@ impl Job {
                 if let Err(e) = ferrokv_backup::apply_retention(
                     &dest,
                     &cluster,
-                    r.keep_last.map(|n| n as usize),
+                    r.keep_last,
                     max_age,
                     Utc::now(),
                 )
@@ -576,7 +576,7 @@ pub fn record_of(
     member: Option<String>,
 ) -> BackupRecord {
     BackupRecord {
-        time: m.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        time: m.created.clone(),
         uri: dest.url_of(&m.object),
         revision: m.revision,
         raft_index: m.raft_index,

@@ -42,7 +42,7 @@ pub async fn snapshot_to_store(
         match s.message().await {
             Ok(Some(m)) => Some((Ok(Bytes::copy_from_slice(m.blob())), s)),
             Ok(None) => None,
-            Err(e) => Some((Err(std::io::Error::other(e.to_string())), s)),
+            Err(e) => Some((Err(e), s)),
         }
     });
     let body = futures::stream::once(async move { Ok(head) }).chain(rest);
