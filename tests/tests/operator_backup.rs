@@ -247,3 +247,101 @@ spec:
         "{m}"
     );
 }
+
+/// Restore drills (`spec.backup.verify`): the newest backup restored into a scratch ferrokv
+/// member by the operator matches its manifest and what was counted when it was taken
+/// (`BackupVerified=True`, `status.lastVerifiedBackup`); once its object is corrupted in the
+/// store, the next drill fails with `BackupVerified=False` and a Warning Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restore_drills_pass_and_a_corrupted_backup_fails_them() {
+    let bed = testbed().await;
+    let ns = "default";
+    let store = tempfile::tempdir().expect("store dir");
+    let url = format!("file://{}", store.path().display());
+    let spec = |schedule: &str| {
+        format!(
+            "apiVersion: ferrokv.io/v1alpha1
+kind: EtcdCluster
+metadata: {{name: dr, namespace: {ns}}}
+spec:
+  replicas: 1
+  tls: {{mode: Disabled}}
+  backup:
+    schedule: \"{schedule}\"
+    destination: {url}
+    verify: {{schedule: \"*/10 * * * * *\"}}
+"
+        )
+    };
+    bed.cp
+        .kubectl()
+        .apply(&spec("*/10 * * * * *"))
+        .expect("apply cluster");
+    bed.wait_available(ns, "dr", 1, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..10 {
+        let (k, v) = (format!("/dr/key{i}"), format!("value {i}"));
+        bed.etcdctl_dns(ns, "dr", "dr-0", false, &["put", &k, &v])
+            .await
+            .expect("put");
+    }
+    let verified = eventually(
+        Duration::from_secs(90),
+        "a passed drill of a backup holding the 10 keys",
+        || async {
+            let ec = bed.cluster(ns, "dr")?;
+            let v = ec["status"]["lastVerifiedBackup"].clone();
+            let ok = condition(&ec, "BackupVerified").is_some_and(|(s, _, _)| s == "True");
+            (ok && v["keys"].as_i64()? == 10).then_some(ec)
+        },
+        || bed.context(ns),
+    )
+    .await;
+    let v = &verified["status"]["lastVerifiedBackup"];
+    assert!(v["revision"].as_i64().unwrap_or(0) >= 11, "{v}");
+    // The drill compared with what the operator counted on the member at backup time.
+    let last = &verified["status"]["lastBackup"];
+    if last["uri"] == v["uri"] {
+        assert_eq!(last["keys"], v["keys"], "{last} {v}");
+        assert_eq!(last["hashKv"], v["hashKv"], "{last} {v}");
+    }
+    let events = bed.events(ns, "dr").await.expect("events");
+    assert!(
+        events.iter().any(|(r, _)| r == "BackupVerified"),
+        "{events:?}"
+    );
+
+    // No more backups; corrupt the newest one in the store.
+    bed.cp
+        .kubectl()
+        .apply(&spec("0 0 1 1 *"))
+        .expect("yearly schedule");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let newest = stored(&url, "default/dr").await.pop().expect("a backup");
+    let path = store.path().join(&newest.object);
+    let mut bytes = std::fs::read(&path).expect("backup object");
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 16] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&path, &bytes).expect("corrupt");
+    let (_, reason, message) = eventually(
+        Duration::from_secs(60),
+        "BackupVerified=False after the corruption",
+        || async {
+            let ec = bed.cluster(ns, "dr")?;
+            condition(&ec, "BackupVerified").filter(|(s, _, _)| s == "False")
+        },
+        || bed.context(ns),
+    )
+    .await;
+    assert_eq!(reason, "DrillFailed", "{message}");
+    assert!(message.contains(&newest.object), "{message}");
+    let events = bed.events(ns, "dr").await.expect("events");
+    assert!(
+        events.iter().any(|(r, _)| r == "BackupVerificationFailed"),
+        "{events:?}"
+    );
+    eprintln!("drill failure: {message}");
+}

@@ -35,6 +35,9 @@ pub mod condition {
     pub const DEGRADED: &str = "Degraded";
     /// The last backup attempt succeeded and no schedule was missed (only with `spec.backup`).
     pub const BACKUP_READY: &str = "BackupReady";
+    /// The last restore drill restored the newest backup and it matched what was recorded
+    /// when it was taken (only with `spec.backup.verify`).
+    pub const BACKUP_VERIFIED: &str = "BackupVerified";
 }
 
 /// A replicated ferrokv (or etcd) cluster managed by the ferrokv operator.
@@ -373,6 +376,16 @@ pub struct RetentionSpec {
     pub max_age: Option<String>,
 }
 
+/// Restore drills: the newest backup is downloaded, restored into a scratch ferrokv member
+/// inside the operator pod, and compared with what was recorded when it was taken.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// Cron schedule of the drills (same syntax and time zone as `schedule`).
+    #[schemars(length(min = 1, max = 256))]
+    pub schedule: String,
+}
+
 /// Scheduled backups of the cluster.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -395,6 +408,9 @@ pub struct BackupSpec {
     /// `zstd` (default) or `none`.
     #[serde(default)]
     pub compression: BackupCompression,
+    /// Restore drills of the newest backup; none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
 }
 
 /// Which backup a new cluster is restored from.
@@ -454,6 +470,28 @@ pub struct BackupRecord {
     /// Member it was taken from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+    /// Keys at `revision`, counted on that member right after the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<i64>,
+    /// HashKV at `revision` on that member right after the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_kv: Option<u32>,
+}
+
+/// A backup a restore drill verified.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedBackup {
+    /// When the drill ran (RFC 3339).
+    pub time: String,
+    /// URI of the backup.
+    pub uri: String,
+    /// Revision the restored member reported.
+    pub revision: i64,
+    /// Keys in the restored member.
+    pub keys: i64,
+    /// HashKV of the restored member at `revision`.
+    pub hash_kv: u32,
 }
 
 /// Lifecycle of an on-demand backup.
@@ -568,6 +606,9 @@ pub struct EtcdClusterStatus {
     /// after it that has passed without an attempt is a missed schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup_attempt: Option<String>,
+    /// The newest backup a restore drill verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_backup: Option<VerifiedBackup>,
 }
 
 /// One member as seen through the etcd v3 API.

@@ -18,7 +18,7 @@ use crate::resources::{self, Names};
 use chrono::{DateTime, Utc};
 use ferrokv_cluster_api::{
     condition, BackupCompression, BackupRecord, BackupSpec, BackupStore, EtcdCluster,
-    EtcdClusterStatus,
+    EtcdClusterStatus, VerifiedBackup,
 };
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -139,6 +139,10 @@ pub fn validate(spec: &BackupSpec) -> std::result::Result<(), String> {
     if let Some(a) = &spec.retention.max_age {
         parse_age(a)?;
     }
+    if let Some(v) = &spec.verify {
+        Schedule::parse(&v.schedule, spec.time_zone.as_deref())
+            .map_err(|e| e.replace("spec.backup.schedule", "spec.backup.verify.schedule"))?;
+    }
     validate_store(&spec.store, "spec.backup")
 }
 
@@ -181,6 +185,10 @@ struct ClusterJobs {
     last: Option<Outcome>,
     /// Fire time of the running or last scheduled attempt, for `status.lastBackupAttempt`.
     attempt: Option<DateTime<Utc>>,
+    /// Fire time of the running or last drill.
+    drill_attempt: Option<DateTime<Utc>>,
+    /// How the last drill ended.
+    drill: Option<std::result::Result<VerifiedBackup, String>>,
 }
 
 /// Backups of every cluster: at most one running per cluster. Cheap to clone.
@@ -253,6 +261,53 @@ impl Backups {
         }
     }
 
+    /// Claims the cluster for a drill of fire time `at`; false when anything is running.
+    pub fn try_start_drill(&self, ec: &EtcdCluster, at: DateTime<Utc>) -> bool {
+        let mut jobs = self.lock();
+        let j = jobs.entry(key(ec)).or_default();
+        if j.running {
+            return false;
+        }
+        j.running = true;
+        j.drill_attempt = Some(at);
+        true
+    }
+
+    /// Records how the drill ended and wakes the cluster's reconcile.
+    pub fn finish_drill(&self, ec: &EtcdCluster, result: std::result::Result<VerifiedBackup, String>) {
+        {
+            let mut jobs = self.lock();
+            let j = jobs.entry(key(ec)).or_default();
+            j.running = false;
+            j.drill = Some(result);
+        }
+        if let Some(w) = &self.wake {
+            let _ = w.send(());
+        }
+    }
+
+    /// Whether a drill is due (`spec.backup.verify.schedule`): the fire time to run now.
+    pub fn drill_due(&self, ec: &EtcdCluster, now: DateTime<Utc>) -> Due {
+        let Some(spec) = &ec.spec.backup else {
+            return Due::Wait(None);
+        };
+        let Some(Ok(schedule)) = spec
+            .verify
+            .as_ref()
+            .map(|v| Schedule::parse(&v.schedule, spec.time_zone.as_deref()))
+        else {
+            return Due::Wait(None);
+        };
+        let in_memory = self.lock().get(&key(ec)).and_then(|j| j.drill_attempt);
+        let recorded = ec
+            .status
+            .as_ref()
+            .and_then(|s| s.last_verified_backup.as_ref())
+            .and_then(|v| parse_time(&v.time));
+        let last = in_memory.max(recorded).unwrap_or_else(|| created(ec));
+        due(&schedule, last, now)
+    }
+
     pub fn running(&self, ec: &EtcdCluster) -> bool {
         self.lock().get(&key(ec)).is_some_and(|j| j.running)
     }
@@ -319,6 +374,20 @@ impl Backups {
         });
         if let Some((ok, reason, message)) = ready {
             set_condition(status, condition::BACKUP_READY, ok, reason, message, ec.metadata.generation);
+        }
+        match &jobs.drill {
+            Some(Ok(v)) => {
+                status.last_verified_backup = Some(v.clone());
+                let msg = format!(
+                    "restored {} at revision {}: {} keys, HashKV {}, as recorded",
+                    v.uri, v.revision, v.keys, v.hash_kv
+                );
+                set_condition(status, condition::BACKUP_VERIFIED, true, "DrillPassed", msg, ec.metadata.generation);
+            }
+            Some(Err(m)) => {
+                set_condition(status, condition::BACKUP_VERIFIED, false, "DrillFailed", m.clone(), ec.metadata.generation);
+            }
+            None => {}
         }
     }
 }
@@ -532,7 +601,7 @@ impl Job {
             BackupCompression::Zstd => ferrokv_backup::Compression::Zstd,
         };
         let cluster = store_cluster(&self.ec);
-        let manifest = match crate::backup_io::snapshot_to_store(
+        let (manifest, counted) = match crate::backup_io::snapshot_to_store(
             &self.members,
             &endpoint,
             &dest,
@@ -565,7 +634,83 @@ impl Job {
                 }
             }
         }
-        Outcome::Succeeded(record_of(&dest, &manifest, Some(member)))
+        let mut record = record_of(&dest, &manifest, Some(member));
+        record.keys = counted.keys;
+        record.hash_kv = counted.hash_kv;
+        Outcome::Succeeded(record)
+    }
+}
+
+/// Starts the drill when it is due and nothing is running; how long until it is due.
+fn on_drill(
+    backups: &Backups,
+    job: impl FnOnce() -> Option<Job>,
+    ec: &EtcdCluster,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    match backups.drill_due(ec, now) {
+        Due::Wait(d) => d,
+        Due::Now { at, .. } => {
+            let Some(job) = job() else {
+                return Some(Duration::from_secs(10));
+            };
+            if !backups.try_start_drill(ec, at) {
+                return Some(Duration::from_secs(5));
+            }
+            let backups = backups.clone();
+            tokio::spawn(async move {
+                let result = job.verify().await;
+                backups.finish_drill(&job.ec, result);
+            });
+            Some(Duration::from_secs(5))
+        }
+    }
+}
+
+impl Job {
+    /// Restores the newest backup of the cluster in a scratch member and checks it
+    /// ([`crate::drill`]); publishes the Event.
+    pub async fn verify(&self) -> std::result::Result<VerifiedBackup, String> {
+        let result = async {
+            let ns = self.ec.namespace().unwrap_or_default();
+            let (cfg, encryption) = store_config(&self.client, &ns, &self.store)
+                .await
+                .map_err(|o| match o {
+                    Outcome::Failed { message, .. } => message,
+                    Outcome::Succeeded(_) => String::new(),
+                })?;
+            let dest = ferrokv_backup::Destination::open(&cfg)
+                .map_err(|e| format!("opening {}: {e}", self.store.destination))?;
+            let newest = ferrokv_backup::select(
+                &dest,
+                &store_cluster(&self.ec),
+                &ferrokv_backup::Selector::Latest,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let recorded = self.ec.status.as_ref().and_then(|s| s.last_backup.as_ref());
+            crate::drill::drill(&dest, &newest, recorded, encryption.as_ref()).await
+        }
+        .await;
+        match &result {
+            Ok(v) => {
+                self.event(
+                    EventType::Normal,
+                    "BackupVerified",
+                    format!(
+                        "restore drill of {} passed: revision {}, {} keys, HashKV {}",
+                        v.uri, v.revision, v.keys, v.hash_kv
+                    ),
+                )
+                .await
+            }
+            Err(m) => {
+                warn!(cluster = %store_cluster(&self.ec), message = %m, "restore drill failed");
+                self.event(EventType::Warning, "BackupVerificationFailed", m.clone())
+                    .await
+            }
+        }
+        result
     }
 }
 
@@ -585,6 +730,8 @@ pub fn record_of(
         sha256: m.sha256.clone(),
         cluster_id: format!("{:x}", m.cluster_id),
         member,
+        keys: None,
+        hash_kv: None,
     }
 }
 
@@ -614,7 +761,13 @@ pub fn on_reconcile(
         }
     }
     match backups.due(ec, now) {
-        Due::Wait(d) => d,
+        Due::Wait(d) => {
+            let drill_wait = on_drill(backups, job, ec, now);
+            match (d, drill_wait) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        }
         Due::Now { at, missed } => {
             if backups.running(ec) {
                 return Some(Duration::from_secs(5));

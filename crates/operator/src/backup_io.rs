@@ -6,8 +6,15 @@ use crate::members::MemberClient;
 use bytes::Bytes;
 use futures::StreamExt;
 
+/// What the source member said about the keyspace at the backup's revision, for the drill.
+pub struct Counted {
+    pub keys: Option<i64>,
+    pub hash_kv: Option<u32>,
+}
+
 /// Streams a snapshot of the member at `endpoint` to `dest` under `cluster`; the manifest
-/// that `ferrokv-backup` writes after the object.
+/// that `ferrokv-backup` writes after the object, and the key count and HashKV at its
+/// revision on the same member (`None` where the member could not say, e.g. compacted).
 ///
 /// The revision is the one in the first response's header, which the member fills after it
 /// took its consistent copy; the raft index is the member's applied index just before the
@@ -19,7 +26,7 @@ pub async fn snapshot_to_store(
     cluster: &str,
     compression: ferrokv_backup::Compression,
     encryption: Option<&ferrokv_backup::Encryption>,
-) -> Result<ferrokv_backup::Manifest, String> {
+) -> Result<(ferrokv_backup::Manifest, Counted), String> {
     let health = members.health(endpoint).await.map_err(|e| e.to_string())?;
     let mut client = members
         .streaming_client(endpoint)
@@ -52,7 +59,35 @@ pub async fn snapshot_to_store(
         revision,
         raft_index: health.raft_index,
     };
-    ferrokv_backup::upload(dest, cluster, Box::pin(body), meta, compression, encryption)
+    let manifest =
+        ferrokv_backup::upload(dest, cluster, Box::pin(body), meta, compression, encryption)
+            .await
+            .map_err(|e| e.to_string())?;
+    let ask = async {
+        let count = client
+            .get(
+                vec![0u8],
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_from_key()
+                        .with_count_only()
+                        .with_revision(manifest.revision),
+                ),
+            )
+            .await
+            .ok()
+            .map(|r| r.count());
+        let hash = client.hash_kv(manifest.revision).await.ok().map(|h| h.hash());
+        Counted {
+            keys: count,
+            hash_kv: hash,
+        }
+    };
+    let counted = tokio::time::timeout(std::time::Duration::from_secs(30), ask)
         .await
-        .map_err(|e| e.to_string())
+        .unwrap_or(Counted {
+            keys: None,
+            hash_kv: None,
+        });
+    Ok((manifest, counted))
 }

@@ -15,6 +15,7 @@ pub mod backup_io;
 pub mod build;
 pub mod certs;
 pub mod controller;
+pub mod drill;
 pub mod etcdbackup;
 pub mod events;
 pub mod executor;

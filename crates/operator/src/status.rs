@@ -85,11 +85,11 @@ pub fn build(
     let ready = i32::try_from(members.len() - not_ready.len()).unwrap_or(i32::MAX);
     let available = voters > 0 && healthy_voters >= plan::quorum(voters);
     let gen = ec.metadata.generation;
-    // The backup condition is `backup`'s; kept as they are, after the three of this module.
+    // The backup conditions are `backup`'s; kept as they are, after the three of this module.
     let backup_conds: Vec<Condition> = old
         .conditions
         .iter()
-        .filter(|c| c.type_ == condition::BACKUP_READY)
+        .filter(|c| [condition::BACKUP_READY, condition::BACKUP_VERIFIED].contains(&c.type_.as_str()))
         .cloned()
         .collect();
     let mut conds = Vec::new();
@@ -181,6 +181,7 @@ pub fn build(
         // Backups are reported by `backup` (`backup::decorate`); carried here unchanged.
         last_backup: old.last_backup,
         last_backup_attempt: old.last_backup_attempt,
+        last_verified_backup: old.last_verified_backup,
     }
 }
 

@@ -23,6 +23,8 @@ pub struct OperatorProcess {
     log: PathBuf,
     hosts: PathBuf,
     child: Option<Child>,
+    /// The member binary, for the operator's restore drills (`FERROKV_BIN`).
+    ferrokv: PathBuf,
 }
 
 impl OperatorProcess {
@@ -61,6 +63,7 @@ impl OperatorProcess {
             log,
             hosts: hosts.to_path_buf(),
             child: None,
+            ferrokv: crate::member::Backend::Ferrokv.binary()?,
         };
         op.spawn()?;
         op.wait_healthy().await?;
@@ -83,6 +86,8 @@ impl OperatorProcess {
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info,ferrokv_operator=debug")
             .env("POD_NAME", "ferrokv-operator-test")
+            // The restore drills run the member binary, as the operator image ships it.
+            .env("FERROKV_BIN", &self.ferrokv)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
