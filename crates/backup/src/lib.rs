@@ -395,12 +395,26 @@ pub async fn select(dest: &Destination, cluster: &str, selector: &Selector) -> R
                     )),
                     e => e,
                 })?;
-            if m.manifest != manifest_key {
+            // The object lies next to its manifest. The keys recorded at upload are relative
+            // to the store root used then; this destination may be rooted elsewhere (a
+            // `file://` parent directory), so the keys are re-based on where it was found.
+            let name = |k: &str| k.rsplit('/').next().unwrap_or_default().to_string();
+            let object_name = name(&m.object);
+            if name(&m.manifest) != name(&manifest_key)
+                || manifest_key_for(&object_name).map(|k| name(&k)) != Some(name(&manifest_key))
+            {
                 return Err(Error::Manifest {
                     key: dest.url_of(&manifest_key),
-                    reason: format!("it describes itself as {}", m.manifest),
+                    reason: format!("it describes {} and {}", m.manifest, m.object),
                 });
             }
+            let dir = manifest_key
+                .rsplit_once('/')
+                .map(|(d, _)| format!("{d}/"))
+                .unwrap_or_default();
+            let mut m = m;
+            m.object = format!("{dir}{object_name}");
+            m.manifest = manifest_key;
             Ok(m)
         }
     }

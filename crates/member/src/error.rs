@@ -50,6 +50,9 @@ pub enum Error {
     /// No endpoint could be reached or the stream failed.
     #[error("{0}")]
     Rpc(String),
+    /// An object-store backup failed (upload, listing, download, checks).
+    #[error("{0}")]
+    Backup(String),
 }
 
 impl Error {

@@ -53,6 +53,26 @@ pub enum Command {
 pub struct SnapshotRestore {
     pub file: PathBuf,
     pub config: Config,
+    /// Set when `file` is an object-store URL: the backup to download first.
+    pub backup: Option<BackupTarget>,
+    /// `--revision`: the newest backup at or below it instead of the latest.
+    pub revision: Option<i64>,
+}
+
+/// `<file>` given as an object-store URL (`s3://`, `gs://`, `az://`, `file://`): where backups
+/// go or come from, with credentials from the environment (`ferrokv_backup::StoreConfig`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupTarget {
+    pub url: String,
+    /// `--cluster`: the cluster label; without it the URL's last segment is the label.
+    pub cluster: Option<String>,
+    /// `--encryption-key-file`: 32 raw bytes or their base64.
+    pub encryption_key_file: Option<PathBuf>,
+}
+
+/// Whether a `<file>` argument names an object-store location rather than a local file.
+pub fn is_store_url(file: &std::path::Path) -> bool {
+    file.to_str().is_some_and(|s| s.contains("://"))
 }
 
 #[derive(Debug)]
@@ -102,6 +122,10 @@ pub struct SnapshotSave {
     pub endpoints: Vec<String>,
     pub dial_timeout: Duration,
     pub tls: ClientTls,
+    /// Set when `file` is an object-store URL.
+    pub backup: Option<BackupTarget>,
+    /// `--compression` of an uploaded backup.
+    pub compression: ferrokv_backup::Compression,
 }
 
 /// etcdctl's `--cacert --cert --key`.
@@ -150,10 +174,23 @@ enum Sub {
     Snapshot(SnapshotSub),
 }
 
+const STORE_HELP: &str = "Object-store URLs take their credentials from the environment:\n  \
+    s3://  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, [AWS_SESSION_TOKEN], [AWS_REGION],\n         \
+    [AWS_ENDPOINT_URL] (S3-compatible servers), [AWS_CA_BUNDLE] (PEM file or contents),\n         \
+    [AWS_S3_FORCE_PATH_STYLE=true|false] (default: true when AWS_ENDPOINT_URL is set)\n  \
+    gs://  GOOGLE_SERVICE_ACCOUNT_JSON (key contents) or GOOGLE_APPLICATION_CREDENTIALS (key file),\n         \
+    [GOOGLE_STORAGE_ENDPOINT]\n  \
+    az://  AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY, [AZURE_STORAGE_ENDPOINT]\n  \
+    file:///dir  none\n\
+    A backup is <URL>/<cluster>/<time>-<revision>.snap[.zst][.enc] plus its .manifest.json.";
+
 #[derive(Subcommand, Debug)]
 enum SnapshotSub {
     /// Stream a snapshot from a member into <file>.
+    #[command(after_help = STORE_HELP)]
     Save {
+        /// A file, or an object-store URL (s3://bucket/prefix/cluster, gs://, az://, file://)
+        /// to upload a backup with a manifest to.
         file: PathBuf,
         /// Comma-separated member client endpoints, tried in order.
         #[arg(long, default_value = DEFAULT_ENDPOINT)]
@@ -170,11 +207,25 @@ enum SnapshotSub {
         /// Client key.
         #[arg(long)]
         key: Option<PathBuf>,
+        /// With an object-store URL for <file>, the cluster label the backups are filed under
+        /// (objects go to <URL>/<cluster>/); without it the URL's last path segment is the label.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// With an object-store URL: a file holding the 32-byte encryption key (raw or base64).
+        #[arg(long = "encryption-key-file")]
+        encryption_key_file: Option<PathBuf>,
+        /// With an object-store URL: none or zstd.
+        #[arg(long, default_value = "zstd")]
+        compression: String,
     },
     /// Print the size, hash check, revision and key count of a snapshot file.
     Status { file: PathBuf },
     /// Build a new member data dir (new cluster) from a snapshot file.
+    #[command(after_help = STORE_HELP)]
     Restore {
+        /// A snapshot file, or an object-store URL: a backup's manifest or data object
+        /// (.../<name>.manifest.json, .../<name>.snap[.zst][.enc]), or a destination
+        /// (s3://bucket/prefix/cluster) whose latest backup is taken.
         file: PathBuf,
         /// Name of the member being restored.
         #[arg(long, default_value = "default")]
@@ -194,6 +245,16 @@ enum SnapshotSub {
             default_value = "http://localhost:2380"
         )]
         initial_advertise_peer_urls: String,
+        /// With an object-store URL for <file>, the cluster label the backups are filed under
+        /// (objects go to <URL>/<cluster>/); without it the URL's last path segment is the label.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// With an object-store URL: a file holding the 32-byte encryption key (raw or base64).
+        #[arg(long = "encryption-key-file")]
+        encryption_key_file: Option<PathBuf>,
+        /// With a destination URL: the newest backup at or below this revision, not the latest.
+        #[arg(long)]
+        revision: Option<String>,
     },
 }
 
@@ -339,7 +400,23 @@ where
             initial_cluster,
             initial_cluster_token,
             initial_advertise_peer_urls,
+            cluster,
+            encryption_key_file,
+            revision,
         })) => {
+            let backup = backup_target(&file, cluster, encryption_key_file)?;
+            let revision =
+                match revision {
+                    None => None,
+                    Some(_) if backup.is_none() => {
+                        return Err(Error::Conflict(
+                            "--revision needs an object-store URL instead of a file".into(),
+                        ))
+                    }
+                    Some(r) => Some(r.parse::<i64>().ok().filter(|r| *r > 0).ok_or_else(|| {
+                        Error::invalid("revision", &r, "not a positive revision")
+                    })?),
+                };
             let mut config = Config::with_defaults(&name);
             if let Some(d) = data_dir {
                 if d.is_empty() {
@@ -361,6 +438,8 @@ where
             Ok(Command::SnapshotRestore(Box::new(SnapshotRestore {
                 file,
                 config,
+                backup,
+                revision,
             })))
         }
         Some(Sub::Snapshot(SnapshotSub::Save {
@@ -370,7 +449,14 @@ where
             cacert,
             cert,
             key,
+            cluster,
+            encryption_key_file,
+            compression,
         })) => {
+            let backup = backup_target(&file, cluster, encryption_key_file)?;
+            let compression = compression
+                .parse::<ferrokv_backup::Compression>()
+                .map_err(|_| Error::invalid("compression", &compression, "use none or zstd"))?;
             let endpoints: Vec<String> = split_list(&endpoints)
                 .into_iter()
                 .map(str::to_string)
@@ -389,10 +475,40 @@ where
                     cert_file: cert,
                     key_file: key,
                 },
+                backup,
+                compression,
             }))
         }
         None => build_serve(cli.member).map(|s| Command::Serve(Box::new(s))),
     }
+}
+
+/// The object-store part of `snapshot save|restore`: present exactly when <file> is a URL.
+fn backup_target(
+    file: &std::path::Path,
+    cluster: Option<String>,
+    encryption_key_file: Option<PathBuf>,
+) -> Result<Option<BackupTarget>> {
+    if !is_store_url(file) {
+        if cluster.is_some() || encryption_key_file.is_some() {
+            return Err(Error::Conflict(
+                "--cluster and --encryption-key-file need an object-store URL instead of a file"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let url = file.to_string_lossy().into_owned();
+    ferrokv_backup::Location::parse(&url).map_err(|e| Error::Usage(e.to_string()))?;
+    if let Some(c) = &cluster {
+        ferrokv_backup::check_cluster_label(c)
+            .map_err(|e| Error::invalid("cluster", c, e.to_string()))?;
+    }
+    Ok(Some(BackupTarget {
+        url,
+        cluster,
+        encryption_key_file,
+    }))
 }
 
 /// Help is not an error: hand its text back so `main` prints it on stdout and exits 0.

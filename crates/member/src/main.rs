@@ -69,7 +69,7 @@ fn fail(e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn runtime() -> error::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> error::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

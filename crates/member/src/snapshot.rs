@@ -18,7 +18,8 @@ use sha2::{Digest, Sha256};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::{Error, Result};
-use crate::flags::{ClientTls, SnapshotRestore, SnapshotSave};
+use crate::flags::{BackupTarget, ClientTls, SnapshotRestore, SnapshotSave};
+use ferrokv_backup::{Destination, Encryption, Selector, StoreConfig};
 
 const HASH_LEN: usize = 32;
 const BLOCK: u64 = 512;
@@ -96,19 +97,186 @@ pub struct Restored {
 /// applied index. Every member restored from the same file with the same flags therefore
 /// agrees on the log prefix and the cluster id. The data dir appears only once complete.
 pub fn restore(r: &SnapshotRestore) -> Result<Restored> {
-    use ferrokv_server::{ids, membership};
-    let cfg = &r.config;
-    let data_dir = &cfg.data_dir;
+    let data_dir = &r.config.data_dir;
     if data_dir.exists() {
         return Err(Error::Conflict(format!(
             "data-dir {:?} exists; restore creates a new one",
             data_dir.display().to_string()
         )));
     }
-    let bytes = std::fs::read(&r.file).map_err(|e| Error::io("reading", &r.file, e))?;
+    match &r.backup {
+        None => restore_file(&r.file, &r.config),
+        Some(target) => {
+            // Downloaded next to the data dir (same file system, and never into a directory a
+            // member could mistake for its own), checked, restored, then removed.
+            let parent = match data_dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            std::fs::create_dir_all(&parent).map_err(|e| Error::io("creating", &parent, e))?;
+            let tmp = tempfile::Builder::new()
+                .prefix(".ferrokv-backup-")
+                .tempdir_in(&parent)
+                .map_err(|e| Error::io("creating a temp dir in", &parent, e))?;
+            let file = tmp.path().join("snapshot.db");
+            let rt = crate::runtime()?;
+            let manifest = rt.block_on(download_backup(target, r.revision, &file))?;
+            let restored = restore_file(&file, &r.config)?;
+            if restored.revision != manifest.revision {
+                tracing::warn!(
+                    manifest = manifest.revision,
+                    snapshot = restored.revision,
+                    "the snapshot's revision differs from its manifest's"
+                );
+            }
+            Ok(restored)
+        }
+    }
+}
+
+/// Where a backup URL leads: the destination, the cluster label and which backup.
+fn resolve_target(
+    target: &BackupTarget,
+    revision: Option<i64>,
+) -> Result<(StoreConfig, String, Selector)> {
+    let url = target.url.trim_end_matches('/');
+    let last = url.rsplit('/').next().unwrap_or_default();
+    let names_object = last.ends_with(ferrokv_backup::MANIFEST_SUFFIX) || last.contains(".snap");
+    if names_object {
+        // A backup by name: the store is opened at the object's directory (for `file://` the
+        // original root is unknown, and any ancestor works since the manifest is found next
+        // to its object).
+        let loc = ferrokv_backup::Location::parse(url).map_err(backup_err)?;
+        let root = match loc.scheme {
+            ferrokv_backup::Scheme::File => {
+                let dir = loc.bucket.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+                format!("file://{}", if dir.is_empty() { "/" } else { dir })
+            }
+            _ => loc.root_url(),
+        };
+        let cfg = StoreConfig::from_env(root).map_err(backup_err)?;
+        return Ok((cfg, String::new(), Selector::Uri(url.to_string())));
+    }
+    let (dest, cluster) = match &target.cluster {
+        Some(c) => (url.to_string(), c.clone()),
+        None => split_cluster(url)?,
+    };
+    let selector = match revision {
+        Some(r) => Selector::AtOrBelow(r),
+        None => Selector::Latest,
+    };
+    let cfg = StoreConfig::from_env(dest).map_err(backup_err)?;
+    Ok((cfg, cluster, selector))
+}
+
+/// `s3://bucket/prefix/name` → (`s3://bucket/prefix`, `name`).
+fn split_cluster(url: &str) -> Result<(String, String)> {
+    let loc = ferrokv_backup::Location::parse(url).map_err(backup_err)?;
+    let path = match loc.scheme {
+        ferrokv_backup::Scheme::File => loc.bucket.clone(),
+        _ => loc.prefix.clone(),
+    };
+    match url.rsplit_once('/') {
+        Some((dest, name))
+            if !name.is_empty() && !path.is_empty() && path != "/" && !dest.ends_with(':') && !dest.ends_with("//") =>
+        {
+            Ok((dest.to_string(), name.to_string()))
+        }
+        _ => Err(Error::Usage(format!(
+            "{url}: name the cluster as the URL's last segment (s3://bucket/prefix/<cluster>) or with --cluster"
+        ))),
+    }
+}
+
+fn backup_err(e: ferrokv_backup::Error) -> Error {
+    Error::Backup(e.to_string())
+}
+
+fn load_key(target: &BackupTarget) -> Result<Option<Encryption>> {
+    match &target.encryption_key_file {
+        None => Ok(None),
+        Some(p) => {
+            let raw = std::fs::read(p).map_err(|e| Error::io("reading", p, e))?;
+            Encryption::from_secret_value(&raw)
+                .map(Some)
+                .map_err(|e| Error::Backup(format!("{}: {e}", p.display())))
+        }
+    }
+}
+
+async fn download_backup(
+    target: &BackupTarget,
+    revision: Option<i64>,
+    file: &Path,
+) -> Result<ferrokv_backup::Manifest> {
+    let (cfg, cluster, selector) = resolve_target(target, revision)?;
+    let key = load_key(target)?;
+    let dest = Destination::open(&cfg).map_err(backup_err)?;
+    let manifest = ferrokv_backup::select(&dest, &cluster, &selector)
+        .await
+        .map_err(backup_err)?;
+    ferrokv_backup::download(&dest, &manifest, file, key.as_ref())
+        .await
+        .map_err(backup_err)?;
+    tracing::info!(object = %dest.url_of(&manifest.object), revision = manifest.revision, "backup downloaded");
+    Ok(manifest)
+}
+
+/// Uploads a snapshot streamed from the first endpoint that answers as a backup (object plus
+/// manifest), never holding it whole in memory.
+async fn save_to_store(save: &SnapshotSave, target: &BackupTarget) -> Result<()> {
+    let (dest, cluster) = match &target.cluster {
+        Some(c) => (target.url.trim_end_matches('/').to_string(), c.clone()),
+        None => split_cluster(target.url.trim_end_matches('/'))?,
+    };
+    let cfg = StoreConfig::from_env(dest).map_err(backup_err)?;
+    let key = load_key(target)?;
+    let dest = Destination::open(&cfg).map_err(backup_err)?;
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| Error::io("reading", p, e));
+    let tls = if save.tls.ca_file.is_some()
+        || save.tls.cert_file.is_some()
+        || save.tls.key_file.is_some()
+    {
+        Some(ferrokv_backup::MemberTls {
+            ca_pem: save.tls.ca_file.as_ref().map(read).transpose()?,
+            cert_pem: save.tls.cert_file.as_ref().map(read).transpose()?,
+            key_pem: save.tls.key_file.as_ref().map(read).transpose()?,
+        })
+    } else {
+        None
+    };
+    let source =
+        ferrokv_backup::snapshot_from_member(&save.endpoints, tls.as_ref(), save.dial_timeout)
+            .await
+            .map_err(|e| Error::Rpc(e.to_string()))?;
+    let m = ferrokv_backup::upload(
+        &dest,
+        &cluster,
+        source.stream,
+        source.meta,
+        save.compression,
+        key.as_ref(),
+    )
+    .await
+    .map_err(backup_err)?;
+    crate::emit(&format!(
+        "Backup saved at {} ({} bytes, {} stored, revision {}, sha256 {})\n",
+        dest.url_of(&m.object),
+        m.size,
+        m.stored_size,
+        m.revision,
+        m.sha256
+    ))
+}
+
+/// Restores the snapshot file `file` into `cfg.data_dir`.
+fn restore_file(file: &Path, cfg: &ferrokv_server::config::Config) -> Result<Restored> {
+    use ferrokv_server::{ids, membership};
+    let data_dir = &cfg.data_dir;
+    let bytes = std::fs::read(file).map_err(|e| Error::io("reading", file, e))?;
     let data =
         ferrokv_server::snapshot_file::unwrap_snapshot(&bytes).map_err(|e| Error::BadSnapshot {
-            path: r.file.clone(),
+            path: file.to_path_buf(),
             reason: e.to_string(),
         })?;
 
@@ -144,7 +312,7 @@ pub fn restore(r: &SnapshotRestore) -> Result<Restored> {
     let member_id = ids::member_id(&own_urls, &cfg.initial_cluster_token);
 
     let storage = |source| Error::Storage {
-        path: r.file.clone(),
+        path: file.to_path_buf(),
         source,
     };
     let store = Store::open(&db_path).map_err(storage)?;
@@ -192,6 +360,9 @@ fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
 
 /// Streams a snapshot from the first endpoint that answers into `save.file`.
 pub async fn save(save: &SnapshotSave) -> Result<()> {
+    if let Some(target) = &save.backup {
+        return save_to_store(save, target).await;
+    }
     let mut failures = Vec::new();
     for endpoint in &save.endpoints {
         let channel = match connect(endpoint, save).await {

@@ -375,6 +375,13 @@ impl Store {
     /// Writes a consistent, self-contained copy of the keyspace to a new redb file at `dest`
     /// (which must not exist). Taken from one read snapshot, so writers are not blocked.
     pub fn snapshot_to(&self, dest: &Path) -> Result<()> {
+        self.snapshot_revision_to(dest).map(|_| ())
+    }
+
+    /// [`Store::snapshot_to`], returning the revision the copy holds: read from the same read
+    /// transaction, so it is exact even while writes go on (`current_revision` afterwards may
+    /// already be past it).
+    pub fn snapshot_revision_to(&self, dest: &Path) -> Result<i64> {
         if dest.exists() {
             return Err(Error::Backend(format!(
                 "snapshot destination {} already exists",
@@ -386,8 +393,9 @@ impl Store {
         let wtx = out.begin_write()?;
         copy_tables(&rtx, &wtx)?;
         wtx.commit()?;
-        tracing::info!(dest = %dest.display(), "wrote keyspace snapshot");
-        Ok(())
+        let revision = meta_i64(&rtx.open_table(META)?, META_REVISION)?.unwrap_or(1);
+        tracing::info!(dest = %dest.display(), revision, "wrote keyspace snapshot");
+        Ok(revision)
     }
 
     /// Replaces this keyspace's whole content with the snapshot file at `src` (written by

@@ -96,9 +96,13 @@ impl EtcdServer {
             .layout()
             .scratch(Scratch::Stream, &self.ids.next().to_string());
         let path = tmp.clone();
-        self.blocking(move |s| s.snapshot_to(&path).map_err(Error::from))
+        let revision = self
+            .blocking(move |s| s.snapshot_revision_to(&path).map_err(Error::from))
             .await?;
-        let header = self.header_now();
+        // The copy's own revision: by now writes may have moved the store past it, and a
+        // backup labelled with a later revision would claim writes it does not hold.
+        let mut header = self.header_now();
+        header.revision = revision;
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let _cleanup = RemoveOnDrop(tmp.clone());
