@@ -84,7 +84,7 @@ async fn metrics(bed: &Testbed) -> String {
 /// `BackupReady` False with a Warning Event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scheduled_backups_retention_on_demand_and_failures() {
-    let bed = testbed().await;
+    let mut bed = testbed().await;
     let ns = "default";
     let store = tempfile::tempdir().expect("store dir");
     let url = format!("file://{}", store.path().display());
@@ -142,16 +142,29 @@ spec:
     let ec = bed.cluster(ns, "bk").expect("cluster");
     let last = &ec["status"]["lastBackup"];
     let newest = kept.last().expect("newest");
-    assert!(newest.revision >= 21, "backup taken after the 20 writes: {newest:?}");
     assert!(
-        last["uri"].as_str().unwrap_or_default().ends_with(&newest.object),
+        newest.revision >= 21,
+        "backup taken after the 20 writes: {newest:?}"
+    );
+    assert!(
+        last["uri"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with(&newest.object),
         "status.lastBackup {last} names the newest stored backup {newest:?}"
     );
     assert_eq!(last["sha256"], newest.sha256.as_str());
     let (status, reason, message) = condition(&ec, "BackupReady").expect("BackupReady");
-    assert_eq!((status.as_str(), reason.as_str()), ("True", "BackupSucceeded"), "{message}");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "BackupSucceeded"),
+        "{message}"
+    );
     // Taken from a follower: the Event names the member it came from.
-    let leader = ec["status"]["leader"].as_str().unwrap_or_default().to_string();
+    let leader = ec["status"]["leader"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let events = bed.events(ns, "bk").await.expect("events");
     let note = events
         .iter()
@@ -159,7 +172,10 @@ spec:
         .find(|(r, _)| r == "BackupSucceeded")
         .map(|(_, n)| n.clone())
         .expect("BackupSucceeded Event");
-    assert!(!note.contains(&format!("from {leader} ")), "taken from the leader {leader}: {note}");
+    assert!(
+        !note.contains(&format!("from {leader} ")),
+        "taken from the leader {leader}: {note}"
+    );
     let m = metrics(&bed).await;
     for name in [
         "ferrokv_operator_backup_last_success_timestamp_seconds{cluster=\"default/bk\"}",
@@ -246,6 +262,45 @@ spec:
         m.contains("ferrokv_operator_backup_failures_total{cluster=\"default/bad\"}"),
         "{m}"
     );
+
+    // The operator is down across two fire times of bk's schedule: once back, it reports the
+    // missed ones (Warning Event) and takes a backup at once.
+    bed.cp
+        .kubectl()
+        .run(&["delete", "etcdcluster", "bad", "-n", ns])
+        .expect("delete bad");
+    let before = bed.cluster(ns, "bk").expect("bk")["status"]["lastBackup"]["time"].clone();
+    bed.operator.kill();
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    bed.operator
+        .restart()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let note = eventually(
+        Duration::from_secs(60),
+        "a BackupScheduleMissed Event after the operator was down",
+        || async {
+            let events = bed.events(ns, "bk").await.ok()?;
+            events
+                .into_iter()
+                .find(|(r, _)| r == "BackupScheduleMissed")
+                .map(|(_, n)| n)
+        },
+        || bed.context(ns),
+    )
+    .await;
+    assert!(note.contains("missed"), "{note}");
+    eventually(
+        Duration::from_secs(60),
+        "a new backup after the restart",
+        || async {
+            let ec = bed.cluster(ns, "bk")?;
+            let ok = condition(&ec, "BackupReady").is_some_and(|(s, _, _)| s == "True");
+            (ok && ec["status"]["lastBackup"]["time"] != before).then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
 }
 
 /// Restore drills (`spec.backup.verify`): the newest backup restored into a scratch ferrokv

@@ -521,8 +521,16 @@ pub enum BackupPhase {
     doc = "A one-off backup of an EtcdCluster to object storage, taken by the ferrokv operator.",
     printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.clusterName"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Revision", type_ = "integer", json_path = ".status.backup.revision"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Revision",
+        type_ = "integer",
+        json_path = ".status.backup.revision"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdBackupSpec {

@@ -173,7 +173,10 @@ pub fn validate_store(store: &BackupStore, at: &str) -> std::result::Result<(), 
 pub enum Outcome {
     Succeeded(BackupRecord),
     /// `reason` is the condition reason (`BackupFailed`, `CredentialsMissing`, `NoHealthyMember`).
-    Failed { reason: &'static str, message: String },
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// Per-cluster backup state of this operator process.
@@ -231,7 +234,12 @@ impl Backups {
     }
 
     /// Claims the cluster for one attempt; false when one is already running.
-    pub fn try_start(&self, ec: &EtcdCluster, attempt: Option<DateTime<Utc>>, missed: Option<String>) -> bool {
+    pub fn try_start(
+        &self,
+        ec: &EtcdCluster,
+        attempt: Option<DateTime<Utc>>,
+        missed: Option<String>,
+    ) -> bool {
         let mut jobs = self.lock();
         let j = jobs.entry(key(ec)).or_default();
         if j.running {
@@ -274,7 +282,11 @@ impl Backups {
     }
 
     /// Records how the drill ended and wakes the cluster's reconcile.
-    pub fn finish_drill(&self, ec: &EtcdCluster, result: std::result::Result<VerifiedBackup, String>) {
+    pub fn finish_drill(
+        &self,
+        ec: &EtcdCluster,
+        result: std::result::Result<VerifiedBackup, String>,
+    ) {
         {
             let mut jobs = self.lock();
             let j = jobs.entry(key(ec)).or_default();
@@ -360,20 +372,42 @@ impl Backups {
             (None, Some(Outcome::Succeeded(r))) => Some((
                 true,
                 "BackupSucceeded",
-                format!("backup at revision {} ({} bytes): {}", r.revision, r.size, r.uri),
+                format!(
+                    "backup at revision {} ({} bytes): {}",
+                    r.revision, r.size, r.uri
+                ),
             )),
             (None, None) => None,
         };
         let ready = ready.or_else(|| {
             // Nothing happened in this process yet: a cluster with a schedule and no
             // condition says so rather than staying silent.
-            let has = status.conditions.iter().any(|c| c.type_ == condition::BACKUP_READY);
-            (ec.spec.backup.as_ref().is_some_and(|b| b.schedule.is_some()) && !has).then(|| {
-                (false, "NoBackupYet", "no backup has been taken yet".to_string())
-            })
+            let has = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == condition::BACKUP_READY);
+            (ec.spec
+                .backup
+                .as_ref()
+                .is_some_and(|b| b.schedule.is_some())
+                && !has)
+                .then(|| {
+                    (
+                        false,
+                        "NoBackupYet",
+                        "no backup has been taken yet".to_string(),
+                    )
+                })
         });
         if let Some((ok, reason, message)) = ready {
-            set_condition(status, condition::BACKUP_READY, ok, reason, message, ec.metadata.generation);
+            set_condition(
+                status,
+                condition::BACKUP_READY,
+                ok,
+                reason,
+                message,
+                ec.metadata.generation,
+            );
         }
         match &jobs.drill {
             Some(Ok(v)) => {
@@ -382,10 +416,24 @@ impl Backups {
                     "restored {} at revision {}: {} keys, HashKV {}, as recorded",
                     v.uri, v.revision, v.keys, v.hash_kv
                 );
-                set_condition(status, condition::BACKUP_VERIFIED, true, "DrillPassed", msg, ec.metadata.generation);
+                set_condition(
+                    status,
+                    condition::BACKUP_VERIFIED,
+                    true,
+                    "DrillPassed",
+                    msg,
+                    ec.metadata.generation,
+                );
             }
             Some(Err(m)) => {
-                set_condition(status, condition::BACKUP_VERIFIED, false, "DrillFailed", m.clone(), ec.metadata.generation);
+                set_condition(
+                    status,
+                    condition::BACKUP_VERIFIED,
+                    false,
+                    "DrillFailed",
+                    m.clone(),
+                    ec.metadata.generation,
+                );
             }
             None => {}
         }
@@ -424,7 +472,13 @@ pub async fn store_config(
     client: &kube::Client,
     namespace: &str,
     store: &BackupStore,
-) -> std::result::Result<(ferrokv_backup::StoreConfig, Option<ferrokv_backup::Encryption>), Outcome> {
+) -> std::result::Result<
+    (
+        ferrokv_backup::StoreConfig,
+        Option<ferrokv_backup::Encryption>,
+    ),
+    Outcome,
+> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let read = |name: String| {
         let secrets = secrets.clone();
@@ -454,10 +508,12 @@ pub async fn store_config(
     cfg.path_style = store.path_style;
     cfg.region = store.region.clone();
     let value = |data: &BTreeMap<String, k8s_openapi::ByteString>, name: &str, key: &str| {
-        data.get(key).map(|v| v.0.clone()).ok_or_else(|| Outcome::Failed {
-            reason: "SecretMissing",
-            message: format!("Secret {namespace}/{name} has no key {key:?}"),
-        })
+        data.get(key)
+            .map(|v| v.0.clone())
+            .ok_or_else(|| Outcome::Failed {
+                reason: "SecretMissing",
+                message: format!("Secret {namespace}/{name} has no key {key:?}"),
+            })
     };
     if let Some(r) = &store.ca_secret {
         let data = read(r.name.clone()).await?;
@@ -487,7 +543,9 @@ pub fn pick_member(view: &crate::members::ClusterView) -> Option<String> {
     let healthy: Vec<&crate::members::MemberInfo> = view
         .members
         .iter()
-        .filter(|(m, h)| !m.learner && !m.name.is_empty() && h.as_ref().is_some_and(|h| h.errors.is_empty()))
+        .filter(|(m, h)| {
+            !m.learner && !m.name.is_empty() && h.as_ref().is_some_and(|h| h.errors.is_empty())
+        })
         .map(|(m, _)| m)
         .collect();
     healthy
@@ -529,20 +587,25 @@ impl Job {
             Outcome::Succeeded(r) => {
                 m.backup_succeeded(&cluster, started.elapsed(), r.stored_size);
                 info!(cluster, uri = %r.uri, revision = r.revision, "backup succeeded");
-                self.event(EventType::Normal, "BackupSucceeded", format!(
-                    "backup of revision {} from {} ({} bytes, sha256 {}): {}",
-                    r.revision,
-                    r.member.as_deref().unwrap_or("?"),
-                    r.size,
-                    r.sha256,
-                    r.uri
-                ))
+                self.event(
+                    EventType::Normal,
+                    "BackupSucceeded",
+                    format!(
+                        "backup of revision {} from {} ({} bytes, sha256 {}): {}",
+                        r.revision,
+                        r.member.as_deref().unwrap_or("?"),
+                        r.size,
+                        r.sha256,
+                        r.uri
+                    ),
+                )
                 .await;
             }
             Outcome::Failed { reason, message } => {
                 m.backup_failed(&cluster, started.elapsed());
                 warn!(cluster, reason, %message, "backup failed");
-                self.event(EventType::Warning, "BackupFailed", message.clone()).await;
+                self.event(EventType::Warning, "BackupFailed", message.clone())
+                    .await;
             }
         }
         outcome
@@ -557,7 +620,11 @@ impl Job {
             action: "Backup".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &self.ec.object_ref(&())).await {
+        if let Err(e) = self
+            .recorder
+            .publish(&event, &self.ec.object_ref(&()))
+            .await
+        {
             warn!(error = %e, reason, "could not publish event");
         }
     }
@@ -612,7 +679,12 @@ impl Job {
         .await
         {
             Ok(m) => m,
-            Err(e) => return failed(format!("backup from {member} to {}: {e}", self.store.destination)),
+            Err(e) => {
+                return failed(format!(
+                    "backup from {member} to {}: {e}",
+                    self.store.destination
+                ))
+            }
         };
         if let Some(r) = retention {
             let max_age = match r.max_age.as_deref().map(parse_age).transpose() {
@@ -673,12 +745,13 @@ impl Job {
     pub async fn verify(&self) -> std::result::Result<VerifiedBackup, String> {
         let result = async {
             let ns = self.ec.namespace().unwrap_or_default();
-            let (cfg, encryption) = store_config(&self.client, &ns, &self.store)
-                .await
-                .map_err(|o| match o {
-                    Outcome::Failed { message, .. } => message,
-                    Outcome::Succeeded(_) => String::new(),
-                })?;
+            let (cfg, encryption) =
+                store_config(&self.client, &ns, &self.store)
+                    .await
+                    .map_err(|o| match o {
+                        Outcome::Failed { message, .. } => message,
+                        Outcome::Succeeded(_) => String::new(),
+                    })?;
             let dest = ferrokv_backup::Destination::open(&cfg)
                 .map_err(|e| format!("opening {}: {e}", self.store.destination))?;
             let newest = ferrokv_backup::select(
@@ -788,7 +861,8 @@ pub fn on_reconcile(
             let retention = spec.retention.clone();
             tokio::spawn(async move {
                 if let Some(m) = missed_msg {
-                    job.event(EventType::Warning, "BackupScheduleMissed", m).await;
+                    job.event(EventType::Warning, "BackupScheduleMissed", m)
+                        .await;
                     job.metrics.backup_missed(&job.ec.name_any());
                 }
                 let outcome = job.run(Some(&retention)).await;
@@ -818,7 +892,10 @@ mod tests {
             Some(t("2026-01-11T02:00:00Z"))
         );
         let s = Schedule::parse("*/15 * * * * *", None).expect("seconds");
-        assert_eq!(s.interval_after(t("2026-01-10T12:00:01Z")), Some(Duration::from_secs(15)));
+        assert_eq!(
+            s.interval_after(t("2026-01-10T12:00:01Z")),
+            Some(Duration::from_secs(15))
+        );
         for bad in ["* * *", "61 * * * *", "a b c d e"] {
             assert!(Schedule::parse(bad, None).is_err(), "{bad}");
         }
@@ -836,12 +913,18 @@ mod tests {
         );
         assert_eq!(
             due(&s, last, t("2026-01-10T11:00:30Z")),
-            Due::Now { at: t("2026-01-10T11:00:00Z"), missed: 0 }
+            Due::Now {
+                at: t("2026-01-10T11:00:00Z"),
+                missed: 0
+            }
         );
         // The operator was down from 10:30 to 13:10: 11:00 and 12:00 were missed.
         assert_eq!(
             due(&s, last, t("2026-01-10T13:10:00Z")),
-            Due::Now { at: t("2026-01-10T13:00:00Z"), missed: 2 }
+            Due::Now {
+                at: t("2026-01-10T13:00:00Z"),
+                missed: 2
+            }
         );
     }
 
@@ -933,7 +1016,10 @@ mod tests {
         b.decorate(&ec, &mut st);
         assert_eq!(ready(&st), Some(("True".into(), "BackupSucceeded".into())));
         assert_eq!(st.last_backup, Some(record.clone()));
-        assert_eq!(st.last_backup_attempt.as_deref(), Some("2026-01-10T11:00:00Z"));
+        assert_eq!(
+            st.last_backup_attempt.as_deref(),
+            Some("2026-01-10T11:00:00Z")
+        );
         assert!(b.try_start(&ec, None, None));
         b.finish(
             &ec,
@@ -947,7 +1033,10 @@ mod tests {
         // The last good backup stays reported.
         assert_eq!(st.last_backup, Some(record));
         assert_eq!(
-            st.conditions.iter().filter(|c| c.type_ == condition::BACKUP_READY).count(),
+            st.conditions
+                .iter()
+                .filter(|c| c.type_ == condition::BACKUP_READY)
+                .count(),
             1
         );
     }

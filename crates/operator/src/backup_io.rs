@@ -77,7 +77,11 @@ pub async fn snapshot_to_store(
             .await
             .ok()
             .map(|r| r.count());
-        let hash = client.hash_kv(manifest.revision).await.ok().map(|h| h.hash());
+        let hash = client
+            .hash_kv(manifest.revision)
+            .await
+            .ok()
+            .map(|h| h.hash());
         Counted {
             keys: count,
             hash_kv: hash,

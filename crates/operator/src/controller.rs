@@ -12,7 +12,9 @@ use crate::apply::{Applier, KubeExecutor};
 use crate::metrics::Metrics;
 use crate::plan::{self, PlanConfig, Step};
 use crate::resources::Names;
-use crate::{backup, build, etcdbackup, events, executor, observe, status, tls, Error, Result, MANAGER};
+use crate::{
+    backup, build, etcdbackup, events, executor, observe, status, tls, Error, Result, MANAGER,
+};
 use ferrokv_cluster_api::EtcdCluster;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
@@ -208,9 +210,11 @@ pub async fn run(client: kube::Client, metrics: Metrics) {
     let ctx = Arc::new(ctx);
     // On-demand backups run beside the cluster controller, sharing its backup state.
     let on_demand = tokio::spawn(etcdbackup::run(client.clone(), ctx.clone()));
-    let woken = futures::stream::unfold(woken, |mut rx| async move {
-        rx.recv().await.map(|_| ((), rx))
-    });
+    let woken =
+        futures::stream::unfold(
+            woken,
+            |mut rx| async move { rx.recv().await.map(|_| ((), rx)) },
+        );
     let clusters: Api<EtcdCluster> = Api::all(client.clone());
     Controller::new(clusters, watcher::Config::default())
         // A finished backup wakes the clusters so status reports it at once (kube-runtime's

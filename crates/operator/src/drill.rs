@@ -86,7 +86,10 @@ pub async fn drill(
         .map_err(|e| format!("starting {}: {e}", bin.display()))?;
     let mut client = connect(&client_url).await?;
     let count = client
-        .get(vec![0u8], Some(GetOptions::new().with_from_key().with_count_only()))
+        .get(
+            vec![0u8],
+            Some(GetOptions::new().with_from_key().with_count_only()),
+        )
         .await
         .map_err(|e| format!("counting keys in the restored member: {e}"))?;
     let revision = count.header().map_or(0, |h| h.revision());
@@ -141,5 +144,7 @@ async fn connect(url: &str) -> Result<Client, String> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Err(format!("the scratch member at {url} did not answer within 30 s: {last}"))
+    Err(format!(
+        "the scratch member at {url} did not answer within 30 s: {last}"
+    ))
 }

@@ -5,9 +5,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use std::sync::atomic::AtomicU64;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -143,7 +143,10 @@ impl Metrics {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         self.backup.last_success.get_or_create(&l).set(now);
-        self.backup.duration.get_or_create(&l).set(took.as_secs_f64());
+        self.backup
+            .duration
+            .get_or_create(&l)
+            .set(took.as_secs_f64());
         self.backup
             .bytes
             .get_or_create(&l)
@@ -154,7 +157,10 @@ impl Metrics {
         let l = ClusterLabels {
             cluster: cluster.to_string(),
         };
-        self.backup.duration.get_or_create(&l).set(took.as_secs_f64());
+        self.backup
+            .duration
+            .get_or_create(&l)
+            .set(took.as_secs_f64());
         self.backup.failures.get_or_create(&l).inc();
     }
 

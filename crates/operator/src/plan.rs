@@ -245,9 +245,11 @@ pub fn validate_spec(spec: &ferrokv_cluster_api::EtcdClusterSpec) -> Result<Vec<
     }
     if spec.restore.is_some() {
         // Starting the cluster empty would look like a restore that lost everything.
-        return Err("spec.restore is not supported by this operator version; restore a \
+        return Err(
+            "spec.restore is not supported by this operator version; restore a \
                     backup with `ferrokv snapshot restore` into a new cluster's seed"
-            .into());
+                .into(),
+        );
     }
     Ok(warnings)
 }

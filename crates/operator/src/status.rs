@@ -89,7 +89,9 @@ pub fn build(
     let backup_conds: Vec<Condition> = old
         .conditions
         .iter()
-        .filter(|c| [condition::BACKUP_READY, condition::BACKUP_VERIFIED].contains(&c.type_.as_str()))
+        .filter(|c| {
+            [condition::BACKUP_READY, condition::BACKUP_VERIFIED].contains(&c.type_.as_str())
+        })
         .cloned()
         .collect();
     let mut conds = Vec::new();
