@@ -508,6 +508,8 @@ pub enum BackupPhase {
 }
 
 /// A backup of an `EtcdCluster` taken now, once.
+// Two printer columns share `type_ = "string"`, which clippy mistakes for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[kube(
     group = "ferrokv.io",

@@ -466,6 +466,22 @@ pub fn set_condition(
     });
 }
 
+/// Why the store could not be set up: a condition reason and the message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl From<Failure> for Outcome {
+    fn from(f: Failure) -> Self {
+        Outcome::Failed {
+            reason: f.reason,
+            message: f.message,
+        }
+    }
+}
+
 /// The store configuration for `ferrokv-backup`, with the Secrets it names read from the
 /// cluster's namespace.
 pub async fn store_config(
@@ -477,7 +493,7 @@ pub async fn store_config(
         ferrokv_backup::StoreConfig,
         Option<ferrokv_backup::Encryption>,
     ),
-    Outcome,
+    Failure,
 > {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let read = |name: String| {
@@ -485,11 +501,11 @@ pub async fn store_config(
         async move {
             match secrets.get_opt(&name).await {
                 Ok(Some(s)) => Ok(s.data.unwrap_or_default()),
-                Ok(None) => Err(Outcome::Failed {
+                Ok(None) => Err(Failure {
                     reason: "SecretMissing",
                     message: format!("Secret {namespace}/{name} does not exist"),
                 }),
-                Err(e) => Err(Outcome::Failed {
+                Err(e) => Err(Failure {
                     reason: "SecretMissing",
                     message: format!("reading Secret {namespace}/{name}: {e}"),
                 }),
@@ -508,12 +524,10 @@ pub async fn store_config(
     cfg.path_style = store.path_style;
     cfg.region = store.region.clone();
     let value = |data: &BTreeMap<String, k8s_openapi::ByteString>, name: &str, key: &str| {
-        data.get(key)
-            .map(|v| v.0.clone())
-            .ok_or_else(|| Outcome::Failed {
-                reason: "SecretMissing",
-                message: format!("Secret {namespace}/{name} has no key {key:?}"),
-            })
+        data.get(key).map(|v| v.0.clone()).ok_or_else(|| Failure {
+            reason: "SecretMissing",
+            message: format!("Secret {namespace}/{name} has no key {key:?}"),
+        })
     };
     if let Some(r) = &store.ca_secret {
         let data = read(r.name.clone()).await?;
@@ -525,7 +539,7 @@ pub async fn store_config(
             let data = read(r.name.clone()).await?;
             let v = value(&data, &r.name, &r.key)?;
             Some(
-                ferrokv_backup::Encryption::from_secret_value(&v).map_err(|e| Outcome::Failed {
+                ferrokv_backup::Encryption::from_secret_value(&v).map_err(|e| Failure {
                     reason: "BadEncryptionKey",
                     message: format!("Secret {namespace}/{}: {e}", r.name),
                 })?,
@@ -633,7 +647,7 @@ impl Job {
         let ns = self.ec.namespace().unwrap_or_default();
         let (cfg, encryption) = match store_config(&self.client, &ns, &self.store).await {
             Ok(v) => v,
-            Err(o) => return o,
+            Err(f) => return f.into(),
         };
         let failed = |message: String| Outcome::Failed {
             reason: "BackupFailed",
@@ -745,13 +759,9 @@ impl Job {
     pub async fn verify(&self) -> std::result::Result<VerifiedBackup, String> {
         let result = async {
             let ns = self.ec.namespace().unwrap_or_default();
-            let (cfg, encryption) =
-                store_config(&self.client, &ns, &self.store)
-                    .await
-                    .map_err(|o| match o {
-                        Outcome::Failed { message, .. } => message,
-                        Outcome::Succeeded(_) => String::new(),
-                    })?;
+            let (cfg, encryption) = store_config(&self.client, &ns, &self.store)
+                .await
+                .map_err(|f| f.message)?;
             let dest = ferrokv_backup::Destination::open(&cfg)
                 .map_err(|e| format!("opening {}: {e}", self.store.destination))?;
             let newest = ferrokv_backup::select(
