@@ -18,6 +18,7 @@ pub mod kube;
 pub mod linearizability;
 pub mod member;
 pub mod normalize;
+pub mod objstore;
 pub mod tls;
 
 pub use self::kube::{ControlPlane, NodeAgent, OperatorProcess};

@@ -51,7 +51,15 @@ impl Error {
     /// alone says "error sending request", the cause is further down) and a hint for the
     /// common mistakes: wrong credentials, a missing bucket, an unreachable endpoint.
     pub(crate) fn store(op: &'static str, location: &str, e: object_store::Error) -> Error {
-        if let object_store::Error::NotFound { .. } = e {
+        // A read of a missing key is "not found"; a write can only miss its bucket.
+        let writing = matches!(
+            op,
+            "starting the upload of"
+                | "uploading"
+                | "completing the upload of"
+                | "writing the manifest"
+        );
+        if matches!(e, object_store::Error::NotFound { .. }) && !writing {
             return Error::NotFound(location.to_string());
         }
         let mut message = e.to_string();
@@ -78,6 +86,7 @@ impl Error {
         {
             " (the store refused the credentials: check the access key and secret in the credentials Secret or environment)"
         } else if lower.contains("nosuchbucket")
+            || (writing && matches!(e, object_store::Error::NotFound { .. }))
             || lower.contains("containernotfound")
             || lower.contains("bucket does not exist")
             || (lower.contains("404") && lower.contains("bucket"))

@@ -150,9 +150,10 @@ fn base_name(now: DateTime<Utc>, revision: i64) -> String {
 /// Streams `snapshot` into a new backup of `cluster` and returns its manifest.
 ///
 /// The bytes go through compression, encryption and a multipart upload as they arrive, so
-/// memory is bounded by a few parts whatever the snapshot's size. The manifest is written
-/// only after the data object completed; on any failure the multipart upload is aborted and
-/// no manifest is written.
+/// memory is bounded by a few parts whatever the snapshot's size (a stored object that fits
+/// in one part is sent with one PUT instead). The manifest is written only after the data
+/// object completed; on any failure the multipart upload is aborted and no manifest is
+/// written.
 pub async fn upload<S, E>(
     dest: &Destination,
     cluster: &str,
@@ -177,26 +178,28 @@ where
     let object_path = ObjPath::from(object.as_str());
     let url = dest.url_of(&object);
 
-    let multipart = dest
-        .store
-        .put_multipart(&object_path)
-        .await
-        .map_err(|e| Error::store("starting the upload of", &url, e))?;
-    let mut writer = WriteMultipart::new_with_chunk_size(multipart, PART_SIZE);
-    let streamed = stream_into(&mut writer, snapshot, compression, encryption, &url).await;
-    let (size, stored_size, sha256) = match streamed {
+    let mut sink = Sink::Small(Vec::new());
+    let streamed = stream_into(
+        &mut sink,
+        dest,
+        &object_path,
+        snapshot,
+        compression,
+        encryption,
+        &url,
+    )
+    .await;
+    let finished = match streamed {
+        Ok(v) => sink.finish(dest, &object_path, &url).await.map(|()| v),
+        Err(e) => Err(e),
+    };
+    let (size, stored_size, sha256) = match finished {
         Ok(v) => v,
         Err(e) => {
-            if let Err(abort) = writer.abort().await {
-                tracing::warn!(object = %url, error = %abort, "aborting the multipart upload failed");
-            }
+            sink.abort(&url).await;
             return Err(e);
         }
     };
-    writer
-        .finish()
-        .await
-        .map_err(|e| Error::store("completing the upload of", &url, e))?;
 
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
@@ -246,8 +249,77 @@ where
     Ok(manifest)
 }
 
+/// Where encoded bytes go: a buffer while they fit in one part (one PUT, no multipart upload
+/// to leave behind, and the only path some emulators serve), then a multipart upload.
+enum Sink {
+    Small(Vec<u8>),
+    Multipart(WriteMultipart),
+    Done,
+}
+
+impl Sink {
+    async fn write(
+        &mut self,
+        data: &[u8],
+        dest: &Destination,
+        path: &ObjPath,
+        url: &str,
+    ) -> Result<()> {
+        if let Sink::Small(buf) = self {
+            if buf.len() + data.len() <= PART_SIZE {
+                buf.extend_from_slice(data);
+                return Ok(());
+            }
+            let upload = dest
+                .store
+                .put_multipart(path)
+                .await
+                .map_err(|e| Error::store("starting the upload of", url, e))?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            writer.write(buf);
+            *self = Sink::Multipart(writer);
+        }
+        if let Sink::Multipart(w) = self {
+            // Backpressure: at most this many parts are buffered or in flight.
+            w.wait_for_capacity(PARTS_IN_FLIGHT)
+                .await
+                .map_err(|e| Error::store("uploading", url, e))?;
+            w.write(data);
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self, dest: &Destination, path: &ObjPath, url: &str) -> Result<()> {
+        match std::mem::replace(self, Sink::Done) {
+            Sink::Small(buf) => dest
+                .store
+                .put(path, PutPayload::from(buf))
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::store("uploading", url, e)),
+            Sink::Multipart(w) => w
+                .finish()
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::store("completing the upload of", url, e)),
+            Sink::Done => Ok(()),
+        }
+    }
+
+    async fn abort(&mut self, url: &str) {
+        if let Sink::Multipart(w) = std::mem::replace(self, Sink::Done) {
+            if let Err(e) = w.abort().await {
+                // The store's own lifecycle rules (or the bucket's) reclaim the parts.
+                tracing::warn!(object = %url, error = %e, "aborting the multipart upload failed");
+            }
+        }
+    }
+}
+
 async fn stream_into<S, E>(
-    writer: &mut WriteMultipart,
+    sink: &mut Sink,
+    dest: &Destination,
+    path: &ObjPath,
     mut snapshot: S,
     compression: Compression,
     encryption: Option<&Encryption>,
@@ -268,11 +340,7 @@ where
         let out = encoder.push(&chunk)?;
         if !out.is_empty() {
             stored += out.len() as u64;
-            writer
-                .wait_for_capacity(PARTS_IN_FLIGHT)
-                .await
-                .map_err(|e| Error::store("uploading", url, e))?;
-            writer.write(&out);
+            sink.write(&out, dest, path, url).await?;
         }
     }
     if size == 0 {
@@ -280,7 +348,7 @@ where
     }
     let out = encoder.finish()?;
     stored += out.len() as u64;
-    writer.write(&out);
+    sink.write(&out, dest, path, url).await?;
     Ok((size, stored, hex(&hasher.finalize())))
 }
 
@@ -566,7 +634,8 @@ pub async fn download(
 
 /// Deletes the cluster's backups beyond the newest `keep_last` and/or older than `max_age`
 /// (as of `now`), and partial objects (no manifest) older than [`PARTIAL_GRACE`]. The newest
-/// backup with a manifest is never deleted. Returns the manifests of the deleted backups.
+/// backup with a manifest is never deleted. Returns the manifests of the deleted backups,
+/// oldest first.
 ///
 /// Each backup's manifest goes first, then its object: a crash in between leaves an object
 /// without a manifest, which is ignored and cleaned as partial later, never a manifest that
@@ -611,6 +680,8 @@ pub async fn apply_retention(
         delete_key(dest, key).await?;
         tracing::info!(object = %dest.url_of(key), "partial backup object deleted");
     }
+    // Oldest first, like `list`.
+    deleted.reverse();
     Ok(deleted)
 }
 

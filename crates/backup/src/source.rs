@@ -161,7 +161,7 @@ async fn start(
         .await
         .map_err(|e| rpc("Maintenance.Snapshot", e))?
         .ok_or_else(|| Error::Source("Maintenance.Snapshot ended before any data".into()))?;
-    let header = first.header.clone().unwrap_or_default();
+    let header = first.header.unwrap_or_default();
     let meta = SnapshotMeta {
         cluster_id: header.cluster_id,
         member_id: header.member_id,

@@ -1885,4 +1885,74 @@ mod tests {
             Err("flag provided but not defined: -nope".to_string())
         );
     }
+
+    #[test]
+    fn snapshot_commands_take_object_store_urls() {
+        match cmd(&[
+            "snapshot",
+            "save",
+            "s3://b/p/c",
+            "--compression=none",
+            "--encryption-key-file=k",
+        ])
+        .unwrap()
+        {
+            Command::SnapshotSave(s) => {
+                let b = s.backup.unwrap();
+                assert_eq!(b.url, "s3://b/p/c");
+                assert_eq!(b.cluster, None);
+                assert_eq!(b.encryption_key_file, Some(PathBuf::from("k")));
+                assert_eq!(s.compression, ferrokv_backup::Compression::None);
+            }
+            other => panic!("{other:?}"),
+        }
+        match cmd(&["snapshot", "save", "s.db"]).unwrap() {
+            Command::SnapshotSave(s) => {
+                assert_eq!(s.backup, None);
+                assert_eq!(s.compression, ferrokv_backup::Compression::Zstd);
+            }
+            other => panic!("{other:?}"),
+        }
+        match cmd(&[
+            "snapshot",
+            "restore",
+            "gs://b/p",
+            "--cluster=ns/x",
+            "--revision=7",
+        ])
+        .unwrap()
+        {
+            Command::SnapshotRestore(r) => {
+                assert_eq!(r.backup.unwrap().cluster.as_deref(), Some("ns/x"));
+                assert_eq!(r.revision, Some(7));
+            }
+            other => panic!("{other:?}"),
+        }
+        for (args, want) in [
+            (
+                &["snapshot", "save", "s.db", "--cluster=x"][..],
+                "need an object-store URL",
+            ),
+            (
+                &["snapshot", "restore", "s.db", "--revision=3"][..],
+                "--revision needs",
+            ),
+            (&["snapshot", "save", "ftp://b/x"][..], "unknown scheme"),
+            (
+                &["snapshot", "save", "s3://b/x", "--compression=lz4"][..],
+                "--compression",
+            ),
+            (
+                &["snapshot", "restore", "s3://b/x", "--revision=-1"][..],
+                "--revision",
+            ),
+            (
+                &["snapshot", "save", "s3://b/x", "--cluster=a//b"][..],
+                "--cluster",
+            ),
+        ] {
+            let e = cmd(args).unwrap_err().to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
 }

@@ -657,6 +657,8 @@ mod tests {
         let req = SnapshotRestore {
             file,
             config: config.clone(),
+            backup: None,
+            revision: None,
         };
         let r = restore(&req).unwrap();
 
@@ -693,6 +695,8 @@ mod tests {
         let mut bad = SnapshotRestore {
             file: dir.path().join("bad.db"),
             config,
+            backup: None,
+            revision: None,
         };
         bad.config.data_dir = dir.path().join("other");
         std::fs::write(&bad.file, b"junk").unwrap();
