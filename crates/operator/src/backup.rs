@@ -582,6 +582,20 @@ pub struct Job {
     pub store: BackupStore,
     pub compression: BackupCompression,
     pub endpoint_overrides: BTreeMap<String, String>,
+    /// The `EtcdBackup` this job is for, as the Events' related object.
+    pub related: Option<k8s_openapi::api::core::v1::ObjectReference>,
+}
+
+/// The Event API caps notes at 1 kB. A store's message keeps its start (what failed) and its
+/// end (the hint), as the middle is usually a server's XML body.
+pub fn cap_note(note: &str) -> String {
+    let chars: Vec<char> = note.chars().collect();
+    if chars.len() <= 1000 {
+        return note.to_string();
+    }
+    let head: String = chars[..500].iter().collect();
+    let tail: String = chars[chars.len() - 450..].iter().collect();
+    format!("{head} … {tail}")
 }
 
 /// Object-store path of a cluster's backups under the destination: `<namespace>/<name>`, so
@@ -629,10 +643,12 @@ impl Job {
         let event = Event {
             type_,
             reason: reason.into(),
-            // The Event API caps notes at 1 kB.
-            note: Some(note.chars().take(1000).collect()),
+            note: Some(cap_note(&note)),
             action: "Backup".into(),
-            secondary: None,
+            // The Recorder folds Events of equal reason and related object into one series
+            // that keeps the first note: an on-demand backup relates its own resource, so
+            // its message is not hidden behind an earlier one.
+            secondary: self.related.clone(),
         };
         if let Err(e) = self
             .recorder
@@ -677,6 +693,10 @@ impl Job {
             Ok(d) => d,
             Err(e) => return failed(format!("opening {}: {e}", self.store.destination)),
         };
+        // Wrong credentials and a missing bucket are said before a member streams anything.
+        if let Err(e) = dest.check().await {
+            return failed(format!("{}: {e}", self.store.destination));
+        }
         let compression = match self.compression {
             BackupCompression::None => ferrokv_backup::Compression::None,
             BackupCompression::Zstd => ferrokv_backup::Compression::Zstd,
@@ -936,6 +956,19 @@ mod tests {
                 missed: 2
             }
         );
+    }
+
+    #[test]
+    fn long_notes_keep_their_start_and_end() {
+        let long = format!(
+            "listing failed: {} (check the credentials)",
+            "x".repeat(2000)
+        );
+        let n = cap_note(&long);
+        assert!(n.chars().count() <= 1000, "{}", n.len());
+        assert!(n.starts_with("listing failed: "));
+        assert!(n.ends_with("(check the credentials)"));
+        assert_eq!(cap_note("short"), "short");
     }
 
     #[test]

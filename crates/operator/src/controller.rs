@@ -163,6 +163,7 @@ fn backup_job(
         store: spec.store.clone(),
         compression: spec.compression,
         endpoint_overrides: ctx.endpoint_overrides.clone(),
+        related: None,
     }
 }
 

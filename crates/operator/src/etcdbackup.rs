@@ -15,7 +15,7 @@ use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -140,6 +140,7 @@ async fn take(
             .or(spec.map(|s| s.compression))
             .unwrap_or_default(),
         endpoint_overrides: ctx.endpoint_overrides.clone(),
+        related: Some(b.object_ref(&())),
     };
     Ok(job.run(spec.map(|s| &s.retention)).await)
 }
