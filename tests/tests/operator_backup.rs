@@ -541,3 +541,172 @@ spec:
     )
     .await;
 }
+
+/// A new 3-member cluster created with `spec.restore` from one backup of another cluster
+/// holds exactly that backup's data: its keys, nothing written after it, the same revision,
+/// and a new cluster id. The seed restores in an init container; the others join as learners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_restored_from_a_backup_holds_exactly_its_data() {
+    let bed = testbed().await;
+    let ns = "default";
+    let store = tempfile::tempdir().expect("store dir");
+    let url = format!("file://{}", store.path().display());
+    let src = |schedule: &str| {
+        format!(
+            "apiVersion: ferrokv.io/v1alpha1
+kind: EtcdCluster
+metadata: {{name: src, namespace: {ns}}}
+spec:
+  replicas: 1
+  tls: {{mode: Disabled}}
+  backup: {{schedule: \"{schedule}\", destination: {url}}}
+"
+        )
+    };
+    bed.cp
+        .kubectl()
+        .apply(&src("*/10 * * * * *"))
+        .expect("apply src");
+    bed.wait_available(ns, "src", 1, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let keys: Vec<String> = (0..15).map(|i| format!("/src/key{i:02}")).collect();
+    for k in &keys {
+        bed.etcdctl_dns(ns, "src", "src-0", false, &["put", k, &format!("v of {k}")])
+            .await
+            .expect("put");
+    }
+    eventually(
+        Duration::from_secs(60),
+        "a backup of src holding the 15 writes",
+        || async {
+            let ec = bed.cluster(ns, "src")?;
+            (ec["status"]["lastBackup"]["revision"].as_i64()? >= 16).then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    // No more backups; a write the restored cluster must not have.
+    bed.cp.kubectl().apply(&src("0 0 1 1 *")).expect("yearly");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let src_ec = bed.cluster(ns, "src").expect("src");
+    let backup = src_ec["status"]["lastBackup"].clone();
+    let revision = backup["revision"].as_i64().expect("revision");
+    let uri = backup["uri"].as_str().expect("uri").to_string();
+    bed.etcdctl_dns(
+        ns,
+        "src",
+        "src-0",
+        false,
+        &["put", "/src/late", "after the backup"],
+    )
+    .await
+    .expect("late put");
+
+    bed.cp
+        .kubectl()
+        .apply(&format!(
+            "apiVersion: ferrokv.io/v1alpha1
+kind: EtcdCluster
+metadata: {{name: dst, namespace: {ns}}}
+spec:
+  replicas: 3
+  tls: {{mode: Disabled}}
+  restore:
+    destination: {url}
+    source: {{uri: \"{uri}\"}}
+"
+        ))
+        .expect("apply dst");
+    let st = bed
+        .wait_available(ns, "dst", 3, Duration::from_secs(180))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(
+        st["clusterId"], src_ec["status"]["clusterId"],
+        "a restore makes a new cluster id"
+    );
+    for member in ["dst-0", "dst-1", "dst-2"] {
+        let out = bed
+            .etcdctl_dns(
+                ns,
+                "dst",
+                member,
+                false,
+                &["get", "/", "--prefix", "-w", "json"],
+            )
+            .await
+            .expect("get");
+        let v: Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(
+            v["header"]["revision"].as_i64(),
+            Some(revision),
+            "{member}: the backup's revision"
+        );
+        let got: Vec<(String, String)> = v["kvs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|kv| {
+                let d = |f: &str| {
+                    use std::io::Read;
+                    let b64 = kv[f].as_str().unwrap_or_default();
+                    let mut out = Vec::new();
+                    let mut dec = base64_decoder(b64.as_bytes());
+                    let _ = dec.read_to_end(&mut out);
+                    String::from_utf8_lossy(&out).into_owned()
+                };
+                (d("key"), d("value"))
+            })
+            .collect();
+        let want: Vec<(String, String)> = keys
+            .iter()
+            .map(|k| (k.clone(), format!("v of {k}")))
+            .collect();
+        assert_eq!(got, want, "{member}: exactly the backup's keys and values");
+    }
+    // The seed restored once, in its init container; the seed pod has it, the others not.
+    let pods = bed.kubectl_text(&[
+        "get",
+        "pods",
+        "-n",
+        ns,
+        "-l",
+        "app.kubernetes.io/instance=dst",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.spec.initContainers[*].name};{end}",
+    ]);
+    assert!(pods.contains("dst-0=restore;"), "{pods}");
+    assert!(
+        pods.contains("dst-1=;") && pods.contains("dst-2=;"),
+        "{pods}"
+    );
+}
+
+/// A minimal base64 (standard alphabet) reader for etcdctl's JSON output.
+fn base64_decoder(input: &[u8]) -> std::io::Cursor<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some(u32::from(c - b'A')),
+            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    };
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &c in input {
+        let Some(v) = val(c) else { continue };
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    std::io::Cursor::new(out)
+}

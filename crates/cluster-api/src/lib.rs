@@ -148,9 +148,9 @@ pub struct EtcdClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
 
-    /// Bootstrap a new cluster from a backup. Not yet acted on by this operator version: a
-    /// cluster that sets it is refused (`Degraded`, `InvalidSpec`) rather than started empty;
-    /// restore with `ferrokv snapshot restore`. Only at creation, and immutable after.
+    /// Bootstrap this new cluster from a backup (new cluster id, exactly the backup's
+    /// data): the seed member's first pod restores it in an init container and the others
+    /// join as learners. Only at creation, and immutable after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.restore is immutable"}]))]
     pub restore: Option<RestoreSpec>,

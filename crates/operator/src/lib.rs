@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod observe;
 pub mod plan;
 pub mod resources;
+pub mod restore;
 pub mod status;
 pub mod tls;
 

@@ -243,13 +243,8 @@ pub fn validate_spec(spec: &ferrokv_cluster_api::EtcdClusterSpec) -> Result<Vec<
     if let Some(b) = &spec.backup {
         crate::backup::validate(b)?;
     }
-    if spec.restore.is_some() {
-        // Starting the cluster empty would look like a restore that lost everything.
-        return Err(
-            "spec.restore is not supported by this operator version; restore a \
-                    backup with `ferrokv snapshot restore` into a new cluster's seed"
-                .into(),
-        );
+    if let Some(r) = &spec.restore {
+        crate::backup::validate_store(&r.store, "spec.restore")?;
     }
     Ok(warnings)
 }

@@ -992,12 +992,11 @@ impl Agent {
             .unwrap_or_default();
         for c in &inits {
             let (mut cmd, bin, args) = self.container_command(pod, c, run)?;
-            let status = tokio::task::block_in_place(|| cmd.status()).map_err(|source| {
-                Error::Spawn {
+            let status =
+                tokio::task::block_in_place(|| cmd.status()).map_err(|source| Error::Spawn {
                     bin: bin.clone(),
                     source,
-                }
-            })?;
+                })?;
             self.note(format!(
                 "{}/{} init container {} exited {status}: {} {}",
                 run.namespace,
