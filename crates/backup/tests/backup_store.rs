@@ -770,3 +770,62 @@ async fn corrupted_object_fails_download_and_restore() {
     );
     assert!(!data_dir.exists());
 }
+
+/// The operator streams from members that require client certificates: `snapshot_from_member`
+/// with the CA and a client identity works (and the header names the member and cluster);
+/// without the client certificate it fails, naming the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_from_a_member_with_mutual_tls() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TlsFiles::generate(dir.path()).unwrap();
+    let opts = MemberOpts {
+        tls: Some(tls.clone()),
+        client_cert_auth: true,
+        ..Default::default()
+    };
+    let member = Member::start(Backend::Ferrokv, opts).await.unwrap();
+    let mut c = member.client().await.unwrap();
+    let put = c.put("a", "1", None).await.unwrap();
+    let read = |p: &Path| Some(std::fs::read(p).unwrap());
+    let full = ferrokv_backup::MemberTls {
+        ca_pem: read(&tls.ca_cert),
+        cert_pem: read(&tls.client_cert),
+        key_pem: read(&tls.client_key),
+    };
+    let status = c.status().await.unwrap();
+    let mut src = snapshot_from_member(
+        &["127.0.0.1:1".to_string(), member.client_url.clone()],
+        Some(&full),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        src.endpoint, member.client_url,
+        "the dead endpoint is skipped"
+    );
+    assert_eq!(src.meta.revision, put.header().unwrap().revision());
+    assert_eq!(src.meta.member_id, status.header().unwrap().member_id());
+    assert_eq!(src.meta.cluster_id, status.header().unwrap().cluster_id());
+    assert!(src.meta.raft_index > 0);
+    let mut bytes = 0;
+    while let Some(chunk) = src.stream.next().await {
+        bytes += chunk.unwrap().len();
+    }
+    assert!(bytes > 32 && (bytes - 32) % 512 == 0, "{bytes}");
+
+    let no_cert = ferrokv_backup::MemberTls {
+        ca_pem: read(&tls.ca_cert),
+        ..Default::default()
+    };
+    let e = snapshot_from_member(
+        std::slice::from_ref(&member.client_url),
+        Some(&no_cert),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains(&member.client_url), "{e}");
+}

@@ -737,4 +737,48 @@ mod tests {
         let err = status(&file).unwrap_err().to_string();
         assert!(err.contains("SHA-256"), "{err}");
     }
+
+    #[test]
+    fn backup_urls_name_destination_cluster_and_backup() {
+        assert_eq!(
+            split_cluster("s3://b/p/c").unwrap(),
+            ("s3://b/p".to_string(), "c".to_string())
+        );
+        assert_eq!(
+            split_cluster("file:///srv/backups/c").unwrap(),
+            ("file:///srv/backups".to_string(), "c".to_string())
+        );
+        for bare in ["s3://b", "s3://b/", "file:///dir"] {
+            let e = split_cluster(bare.trim_end_matches('/'))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--cluster"), "{bare}: {e}");
+        }
+        let target = |url: &str, cluster: Option<&str>| BackupTarget {
+            url: url.into(),
+            cluster: cluster.map(str::to_string),
+            encryption_key_file: None,
+        };
+        let (cfg, cluster, sel) =
+            resolve_target(&target("gs://b/p/ns/x", Some("ns/x")), None).unwrap();
+        // With --cluster the whole URL is the destination.
+        assert_eq!(
+            (cfg.url.as_str(), cluster.as_str(), sel),
+            ("gs://b/p/ns/x", "ns/x", Selector::Latest)
+        );
+        let (cfg, cluster, sel) = resolve_target(&target("s3://b/p/c", None), Some(9)).unwrap();
+        assert_eq!(
+            (cfg.url.as_str(), cluster.as_str(), sel),
+            ("s3://b/p", "c", Selector::AtOrBelow(9))
+        );
+        let m = "s3://b/p/c/20260101T000000000Z-00000000000000000007.manifest.json";
+        let (cfg, _, sel) = resolve_target(&target(m, None), None).unwrap();
+        assert_eq!((cfg.url.as_str(), sel), ("s3://b", Selector::Uri(m.into())));
+        let f = "file:///srv/b/c/20260101T000000000Z-00000000000000000007.snap.zst";
+        let (cfg, _, sel) = resolve_target(&target(f, None), None).unwrap();
+        assert_eq!(
+            (cfg.url.as_str(), sel),
+            ("file:///srv/b/c", Selector::Uri(f.into()))
+        );
+    }
 }
