@@ -13,4 +13,6 @@ ENTRYPOINT ["/usr/local/bin/ferrokv"]
 FROM debian:bookworm-slim AS operator
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/ferrokv-operator /usr/local/bin/ferrokv-operator
+# Restore drills (spec.backup.verify) run `ferrokv snapshot restore` and a scratch member.
+COPY --from=build /src/target/release/ferrokv /usr/local/bin/ferrokv
 ENTRYPOINT ["/usr/local/bin/ferrokv-operator"]

@@ -53,6 +53,8 @@ e2e:
 crds:
 	$(CARGO) run -q -p ferrokv-operator -- crd > crds/etcdcluster.yaml
 	cp crds/etcdcluster.yaml charts/ferrokv-operator/crds/etcdcluster.yaml
+	$(CARGO) run -q -p ferrokv-operator -- crd etcdbackup > crds/etcdbackup.yaml
+	cp crds/etcdbackup.yaml charts/ferrokv-operator/crds/etcdbackup.yaml
 
 ## make images: container images of the member and the operator (needs a docker engine).
 images:

@@ -672,6 +672,10 @@ const OPERATOR_CALLS: &[(&str, &str, &str)] = &[
     ("ferrokv.io", "etcdclusters", "list"),
     ("ferrokv.io", "etcdclusters", "watch"),
     ("ferrokv.io", "etcdclusters/status", "patch"),
+    ("ferrokv.io", "etcdbackups", "get"),
+    ("ferrokv.io", "etcdbackups", "list"),
+    ("ferrokv.io", "etcdbackups", "watch"),
+    ("ferrokv.io", "etcdbackups/status", "patch"),
     ("", "pods", "list"),
     ("", "pods", "watch"),
     ("", "pods", "create"),
@@ -704,6 +708,7 @@ const NOT_GRANTED: &[(&str, &str, &str)] = &[
     ("", "nodes", "get"),
     ("rbac.authorization.k8s.io", "clusterroles", "create"),
     ("ferrokv.io", "etcdclusters", "delete"),
+    ("ferrokv.io", "etcdbackups", "delete"),
     ("apps", "deployments", "create"),
 ];
 

@@ -33,6 +33,11 @@ pub mod condition {
     pub const PROGRESSING: &str = "Progressing";
     /// Some member is unhealthy, or the spec is invalid and cannot be acted on.
     pub const DEGRADED: &str = "Degraded";
+    /// The last backup attempt succeeded and no schedule was missed (only with `spec.backup`).
+    pub const BACKUP_READY: &str = "BackupReady";
+    /// The last restore drill restored the newest backup and it matched what was recorded
+    /// when it was taken (only with `spec.backup.verify`).
+    pub const BACKUP_VERIFIED: &str = "BackupVerified";
 }
 
 /// A replicated ferrokv (or etcd) cluster managed by the ferrokv operator.
@@ -84,6 +89,7 @@ pub mod condition {
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = quantity_patterns)]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.restore) == has(oldSelf.restore)", "message": "spec.restore can only be set when the cluster is created"}]))]
 pub struct EtcdClusterSpec {
     /// Number of voting members. 1 to 9; odd sizes are recommended because an even size
     /// tolerates no more failures than the odd size below it. The API server refuses other
@@ -137,14 +143,16 @@ pub struct EtcdClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
 
-    /// Reserved: scheduled backups to object storage (implemented by a later release; the
-    /// operator currently ignores it).
+    /// Scheduled snapshot backups to object storage, taken by the operator from a healthy
+    /// member (a follower where there is one), with retention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
 
-    /// Reserved: bootstrap a new cluster from a backup (implemented by a later release; the
-    /// operator currently ignores it).
+    /// Bootstrap this new cluster from a backup (new cluster id, exactly the backup's
+    /// data): the seed member's first pod restores it in an init container and the others
+    /// join as learners. Only at creation, and immutable after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.restore is immutable"}]))]
     pub restore: Option<RestoreSpec>,
 }
 
@@ -294,34 +302,264 @@ pub enum AutoCompactionMode {
     Revision,
 }
 
-/// Reserved for scheduled backups.
+/// A key of a Secret in the cluster's namespace.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Compression of backup objects.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupCompression {
+    /// Stored as the member sent it.
+    None,
+    /// zstd (default): snapshots are mostly keys and values, which compress well.
+    #[default]
+    Zstd,
+}
+
+/// Where backups are stored, and how to reach the store. Shared by `spec.backup`,
+/// `spec.restore` and `EtcdBackup`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStore {
+    /// Store URL: `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` or
+    /// `file:///path` (a mounted volume). Backups of a cluster are kept under
+    /// `<prefix>/<namespace>/<cluster>/`.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^(s3|gs|az|file)://"))]
+    pub destination: String,
+    /// Endpoint of an S3-compatible server (MinIO, Ceph), e.g. `https://minio.example:9000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub endpoint: Option<String>,
+    /// Path-style S3 addressing (`endpoint/bucket/key`), which most S3-compatible servers need.
+    #[serde(default)]
+    pub path_style: bool,
+    /// S3 region (default `us-east-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub region: Option<String>,
+    /// CA bundle (PEM) the store's TLS certificate is checked against, for a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyRef>,
+    /// Secret whose keys are the store's credentials, named as the store's environment
+    /// variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (S3);
+    /// `GOOGLE_SERVICE_ACCOUNT_JSON` (GCS); `AZURE_STORAGE_ACCOUNT_NAME`,
+    /// `AZURE_STORAGE_ACCOUNT_KEY` (Azure). None for `file://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub credentials_secret: Option<String>,
+    /// Key for client-side authenticated encryption of the backup objects (the Secret value
+    /// is the key, as `ferrokv snapshot` takes it). Keep it elsewhere too: a backup cannot be restored without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key_secret: Option<SecretKeyRef>,
+}
+
+/// How many backups are kept. The newest good backup is never deleted.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// Keep at most this many backups of the cluster (the newest ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep_last: Option<u32>,
+    /// Delete backups older than this (`90m`, `36h`, `7d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(s|m|h|d)$"))]
+    pub max_age: Option<String>,
+}
+
+/// Restore drills: the newest backup is downloaded, restored into a scratch ferrokv member
+/// inside the operator pod, and compared with what was recorded when it was taken.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// Cron schedule of the drills (same syntax and time zone as `schedule`).
+    #[schemars(length(min = 1, max = 256))]
+    pub schedule: String,
+}
+
+/// Scheduled backups of the cluster.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupSpec {
-    /// Cron schedule (UTC), e.g. `0 */6 * * *`.
+    /// Cron schedule: five fields (`0 */6 * * *`), or six with seconds first
+    /// (`*/30 * * * * *`). Without it only on-demand `EtcdBackup`s are taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub schedule: Option<String>,
-    /// Destination URL (`s3://bucket/prefix`, `gs://…`, `az://…`, `file:///…`).
+    /// IANA time zone the schedule is read in (default `UTC`), e.g. `Europe/Berlin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub destination: Option<String>,
-    /// Number of backups to keep.
+    #[schemars(length(max = 64))]
+    pub time_zone: Option<String>,
+    /// The store.
+    #[serde(flatten)]
+    pub store: BackupStore,
+    /// Retention of scheduled and on-demand backups.
+    #[serde(default)]
+    pub retention: RetentionSpec,
+    /// `zstd` (default) or `none`.
+    #[serde(default)]
+    pub compression: BackupCompression,
+    /// Restore drills of the newest backup; none when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention: Option<u32>,
-    /// Secret with object-store credentials.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials_secret: Option<String>,
+    pub verify: Option<VerifySpec>,
 }
 
-/// Reserved for restoring a new cluster from a backup.
+/// Which backup a new cluster is restored from.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSource {
+    /// URI of one backup object (its `status.lastBackup.uri`). Overrides `revision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub uri: Option<String>,
+    /// Cluster (`<namespace>/<name>`) whose backups under `destination` are chosen from; this
+    /// cluster's own name when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 317))]
+    pub cluster: Option<String>,
+    /// The newest backup at or below this revision; the newest backup when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub revision: Option<i64>,
+}
+
+/// Bootstrap a new cluster from a backup.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreSpec {
-    /// URL of the snapshot to restore.
+    /// The store the backup is in.
+    #[serde(flatten)]
+    pub store: BackupStore,
+    /// Which backup (default: the newest of this cluster's name).
+    #[serde(default)]
+    pub source: RestoreSource,
+}
+
+/// One backup, as its manifest describes it.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRecord {
+    /// When the snapshot was taken (RFC 3339).
+    pub time: String,
+    /// URI of the backup object.
+    pub uri: String,
+    /// Revision of the snapshot.
+    pub revision: i64,
+    /// Raft index of the member that sent it.
+    #[serde(default)]
+    pub raft_index: u64,
+    /// Snapshot size in bytes (before compression and encryption).
+    pub size: u64,
+    /// Stored object size in bytes.
+    #[serde(default)]
+    pub stored_size: u64,
+    /// sha256 (hex) of the snapshot as the member sent it.
+    pub sha256: String,
+    /// Cluster id (hex) of the cluster it was taken from.
+    #[serde(default)]
+    pub cluster_id: String,
+    /// Member it was taken from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// Secret with object-store credentials.
+    pub member: Option<String>,
+    /// Keys at `revision`, counted on that member right after the snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials_secret: Option<String>,
+    pub keys: Option<i64>,
+    /// HashKV at `revision` on that member right after the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_kv: Option<u32>,
+}
+
+/// A backup a restore drill verified.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedBackup {
+    /// When the drill ran (RFC 3339).
+    pub time: String,
+    /// URI of the backup.
+    pub uri: String,
+    /// Revision the restored member reported.
+    pub revision: i64,
+    /// Keys in the restored member.
+    pub keys: i64,
+    /// HashKV of the restored member at `revision`.
+    pub hash_kv: u32,
+}
+
+/// Lifecycle of an on-demand backup.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum BackupPhase {
+    /// Waiting for the cluster (another backup of it is running, or it has no healthy member).
+    Pending,
+    /// The snapshot is being streamed to the store.
+    Running,
+    /// The object and its manifest are stored.
+    Succeeded,
+    /// The attempt failed; `message` says why. Not retried: create a new `EtcdBackup`.
+    Failed,
+}
+
+/// A backup of an `EtcdCluster` taken now, once.
+// Two printer columns share `type_ = "string"`, which clippy mistakes for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    group = "ferrokv.io",
+    version = "v1alpha1",
+    kind = "EtcdBackup",
+    namespaced,
+    status = "EtcdBackupStatus",
+    shortname = "etcdb",
+    category = "ferrokv",
+    derive = "PartialEq",
+    doc = "A one-off backup of an EtcdCluster to object storage, taken by the ferrokv operator.",
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.clusterName"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Revision",
+        type_ = "integer",
+        json_path = ".status.backup.revision"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdBackupSpec {
+    /// Name of the `EtcdCluster` in this namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub cluster_name: String,
+    /// Store to write to; the cluster's `spec.backup` store when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<BackupStore>,
+    /// `zstd` or `none`; the cluster's setting (else `zstd`) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<BackupCompression>,
+}
+
+/// Observed state of an `EtcdBackup`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdBackupStatus {
+    /// Pending, Running, Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<BackupPhase>,
+    /// The backup's manifest, once Succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupRecord>,
+    /// Why it is Pending or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Coarse lifecycle phase, for humans; automation should read the conditions.
@@ -371,6 +609,16 @@ pub struct EtcdClusterStatus {
     /// Ordinal the next new member gets. Member names are never reused, so this only grows.
     #[serde(default)]
     pub next_ordinal: u64,
+    /// The newest backup the operator took successfully (scheduled or on demand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<BackupRecord>,
+    /// When the last scheduled backup attempt ran (successful or not); a schedule time
+    /// after it that has passed without an attempt is a missed schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_attempt: Option<String>,
+    /// The newest backup a restore drill verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_backup: Option<VerifiedBackup>,
 }
 
 /// One member as seen through the etcd v3 API.

@@ -12,7 +12,9 @@ use crate::apply::{Applier, KubeExecutor};
 use crate::metrics::Metrics;
 use crate::plan::{self, PlanConfig, Step};
 use crate::resources::Names;
-use crate::{build, events, executor, observe, status, tls, Error, Result, MANAGER};
+use crate::{
+    backup, build, etcdbackup, events, executor, observe, status, tls, Error, Result, MANAGER,
+};
 use ferrokv_cluster_api::EtcdCluster;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
@@ -38,6 +40,8 @@ pub struct Context {
     pub endpoint_overrides: BTreeMap<String, String>,
     /// `--cert-renew-before` and `--cert-rotation-wait`.
     pub cert_policy: tls::Policy,
+    /// Scheduled and on-demand backups in flight, and how the last ones ended.
+    pub backups: backup::Backups,
 }
 
 impl Context {
@@ -53,6 +57,7 @@ impl Context {
             plan_config: PlanConfig::default(),
             endpoint_overrides: BTreeMap::new(),
             cert_policy: tls::Policy::default(),
+            backups: backup::Backups::default(),
         }
     }
 }
@@ -68,7 +73,9 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
     if let Err(message) = plan::validate_spec(&ec.spec) {
         let next_ordinal = ec.status.as_ref().map_or(0, |s| s.next_ordinal);
         let p = plan::Plan::invalid(message.clone(), next_ordinal);
-        status::write(&applier, &ec, &status::build(&ec, None, &[], &p)).await?;
+        let mut invalid = status::build(&ec, None, &[], &p);
+        ctx.backups.decorate(&ec, &mut invalid);
+        status::write(&applier, &ec, &invalid).await?;
         return Err(Error::InvalidSpec(message));
     }
 
@@ -93,7 +100,15 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
 
     let desired = build::desired(&ec, &tls, &p.step, &seen.observed)?;
 
-    let plain = status::build(&ec, seen.view.as_ref(), &seen.observed.pods, &p);
+    // A due scheduled backup starts in its own task; its outcome lands in a later status.
+    let backup_wait = backup::on_reconcile(
+        &ctx.backups,
+        &ctx.metrics,
+        || Some(backup_job(&ctx, &ec, &seen, ec.spec.backup.as_ref()?)),
+        &ec,
+    );
+    let mut plain = status::build(&ec, seen.view.as_ref(), &seen.observed.pods, &p);
+    ctx.backups.decorate(&ec, &mut plain);
     let before_step = status::keep_refusal(&ec, &plain);
     let written = async {
         applier.cluster_objects(&desired).await?;
@@ -142,24 +157,54 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
         .state
         .renew_at
         .map(|at| Duration::from_secs(u64::try_from(at - now.unix_timestamp()).unwrap_or(0)));
-    Ok(requeue_after(&p.step, renewal))
+    Ok(requeue_after(&p.step, renewal, backup_wait))
+}
+
+/// The scheduled backup job of this reconcile, from its observation.
+fn backup_job(
+    ctx: &Context,
+    ec: &EtcdCluster,
+    seen: &observe::Observation,
+    spec: &ferrokv_cluster_api::BackupSpec,
+) -> backup::Job {
+    backup::Job {
+        client: ctx.client.clone(),
+        recorder: ctx.recorder.clone(),
+        metrics: ctx.metrics.clone(),
+        ec: ec.clone(),
+        members: seen.members.clone(),
+        view: seen.view.clone(),
+        store: spec.store.clone(),
+        compression: spec.compression,
+        endpoint_overrides: ctx.endpoint_overrides.clone(),
+        related: None,
+    }
 }
 
 /// A step in flight is looked at again soon; a waiting one a little later; a steady cluster
-/// once a minute, as a safety net behind the watches. A certificate renewal due sooner brings
-/// the reconcile forward (no watch fires when a certificate merely ages).
-fn requeue_after(step: &Step, renewal: Option<Duration>) -> Action {
+/// once a minute, as a safety net behind the watches. A certificate renewal or a scheduled
+/// backup due sooner brings the reconcile forward (no watch fires when a certificate merely
+/// ages or a fire time passes).
+fn requeue_after(
+    step: &Step,
+    renewal: Option<Duration>,
+    backup_due_in: Option<Duration>,
+) -> Action {
     let regular = match step {
         Step::Steady => Duration::from_secs(60),
         Step::Wait { .. } => Duration::from_secs(10),
         Step::Invalid { .. } => return Action::await_change(),
         _ => Duration::from_secs(2),
     };
-    match renewal {
-        // A second past the due time, so the certificate is due when the reconcile runs.
-        Some(wait) if wait < regular => Action::requeue(wait + Duration::from_secs(1)),
-        _ => Action::requeue(regular),
-    }
+    // A second past a renewal's due time, a little past a backup's fire time, so the
+    // reconcile finds them due.
+    let renewal = renewal.map(|d| d + Duration::from_secs(1));
+    let backup = backup_due_in.map(|d| d + Duration::from_millis(200));
+    let after = [renewal, backup]
+        .into_iter()
+        .flatten()
+        .fold(regular, |a, b| a.min(b));
+    Action::requeue(after)
 }
 
 /// Invalid specs wait for a change; refused writes are retried slowly; everything else is
@@ -188,9 +233,21 @@ pub fn error_policy(ec: Arc<EtcdCluster>, err: &Error, ctx: Arc<Context>) -> Act
 pub async fn run(client: kube::Client, metrics: Metrics, cert_policy: tls::Policy) {
     let mut ctx = Context::new(client.clone(), metrics);
     ctx.cert_policy = cert_policy;
+    let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+    ctx.backups = backup::Backups::with_wake(wake);
     let ctx = Arc::new(ctx);
+    // On-demand backups run beside the cluster controller, sharing its backup state.
+    let on_demand = tokio::spawn(etcdbackup::run(client.clone(), ctx.clone()));
+    let woken =
+        futures::stream::unfold(
+            woken,
+            |mut rx| async move { rx.recv().await.map(|_| ((), rx)) },
+        );
     let clusters: Api<EtcdCluster> = Api::all(client.clone());
     Controller::new(clusters, watcher::Config::default())
+        // A finished backup wakes the clusters so status reports it at once (kube-runtime's
+        // per-object trigger is behind an unstable feature; backups are rare).
+        .reconcile_all_on(woken)
         // Coalesces the burst of events one membership step causes (pod, status, claim).
         .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
         .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
@@ -218,6 +275,7 @@ pub async fn run(client: kube::Client, metrics: Metrics, cert_policy: tls::Polic
             }
         })
         .await;
+    on_demand.abort();
 }
 
 #[cfg(test)]

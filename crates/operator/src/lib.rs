@@ -10,9 +10,13 @@
 //! crates, so it manages ferrokv and the reference etcd alike.
 
 pub mod apply;
+pub mod backup;
+pub mod backup_io;
 pub mod build;
 pub mod certs;
 pub mod controller;
+pub mod drill;
+pub mod etcdbackup;
 pub mod events;
 pub mod executor;
 pub mod members;
@@ -20,6 +24,7 @@ pub mod metrics;
 pub mod observe;
 pub mod plan;
 pub mod resources;
+pub mod restore;
 pub mod status;
 pub mod tls;
 
@@ -89,7 +94,7 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The CRD as YAML, exactly what `ferrokv-operator crd` prints and `crds/` holds.
+/// The `EtcdCluster` CRD as YAML, exactly what `ferrokv-operator crd` prints and `crds/` holds.
 pub fn crd_yaml() -> Result<String> {
     use kube::CustomResourceExt;
     Ok(serde_yaml::to_string(
@@ -128,19 +133,30 @@ pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, Strin
     Ok(std::time::Duration::from_secs(total))
 }
 
+/// The `EtcdBackup` CRD as YAML (`ferrokv-operator crd etcdbackup`, `crds/etcdbackup.yaml`).
+pub fn backup_crd_yaml() -> Result<String> {
+    use kube::CustomResourceExt;
+    Ok(serde_yaml::to_string(
+        &ferrokv_cluster_api::EtcdBackup::crd(),
+    )?)
+}
+
 #[cfg(test)]
 mod drift_tests {
     /// `make crds` regenerates both files; this fails when the Rust types changed without it.
     #[test]
     fn committed_crds_match_the_types() {
-        let want = super::crd_yaml().expect("crd");
+        let cluster = super::crd_yaml().expect("crd");
+        let backup = super::backup_crd_yaml().expect("crd");
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-        for path in [
-            "crds/etcdcluster.yaml",
-            "charts/ferrokv-operator/crds/etcdcluster.yaml",
+        for (path, want) in [
+            ("crds/etcdcluster.yaml", &cluster),
+            ("charts/ferrokv-operator/crds/etcdcluster.yaml", &cluster),
+            ("crds/etcdbackup.yaml", &backup),
+            ("charts/ferrokv-operator/crds/etcdbackup.yaml", &backup),
         ] {
             let got = std::fs::read_to_string(format!("{root}/{path}")).unwrap_or_default();
-            assert!(got == want, "{path} is out of date: run `make crds`");
+            assert!(&got == want, "{path} is out of date: run `make crds`");
         }
     }
 

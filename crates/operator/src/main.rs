@@ -3,7 +3,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ferrokv_operator::{controller, crd_yaml, metrics};
+use ferrokv_operator::{backup_crd_yaml, controller, crd_yaml, metrics};
 
 #[derive(Parser)]
 #[command(
@@ -18,8 +18,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the EtcdCluster CRD as YAML.
-    Crd,
+    /// Print a CRD as YAML: `etcdcluster` (default) or `etcdbackup`.
+    Crd {
+        #[arg(default_value = "etcdcluster")]
+        kind: String,
+    },
     /// Run the controller.
     Run {
         /// Address of the `/metrics` and `/healthz` endpoint.
@@ -58,8 +61,12 @@ async fn main() -> anyhow::Result<()> {
         cert_renew_before: None,
         cert_rotation_wait: ferrokv_operator::tls::Policy::default().rotation_wait,
     }) {
-        Command::Crd => {
-            print!("{}", crd_yaml()?);
+        Command::Crd { kind } => {
+            match kind.as_str() {
+                "etcdcluster" => print!("{}", crd_yaml()?),
+                "etcdbackup" => print!("{}", backup_crd_yaml()?),
+                other => anyhow::bail!("unknown CRD {other:?}: etcdcluster or etcdbackup"),
+            }
             Ok(())
         }
         Command::Run {

@@ -129,6 +129,25 @@ impl MemberClient {
         o
     }
 
+    /// A client of the member at `endpoint` without the per-call timeout, for a stream that
+    /// lasts as long as the data takes (a snapshot).
+    pub async fn streaming_client(&self, endpoint: &str) -> Result<Client> {
+        let mut o = ConnectOptions::new().with_connect_timeout(self.timeout);
+        if let Some(t) = &self.tls {
+            o = o.with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(&t.ca))
+                    .identity(Identity::from_pem(&t.cert, &t.key)),
+            );
+        }
+        Client::connect([endpoint], Some(o))
+            .await
+            .map_err(|source| Error::Member {
+                op: format!("connect {endpoint}"),
+                source,
+            })
+    }
+
     async fn connect_one(&self, endpoint: &str) -> Result<Client> {
         Client::connect([endpoint], Some(self.options()))
             .await

@@ -4,14 +4,32 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: String,
+}
+
+/// Per-cluster backup metrics (`backup` records them), for the chart's PrometheusRule.
+#[derive(Clone, Default)]
+pub struct BackupMetrics {
+    pub last_success: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
+    pub duration: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
+    pub bytes: Family<ClusterLabels, Gauge>,
+    pub failures: Family<ClusterLabels, Counter>,
+    pub missed: Family<ClusterLabels, Counter>,
+    pub interval: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -27,6 +45,7 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub steps: Family<StepLabels, Counter>,
     pub duration: Histogram,
+    pub backup: BackupMetrics,
 }
 
 impl Default for Metrics {
@@ -48,12 +67,44 @@ impl Default for Metrics {
             "Duration of one reconciliation",
             duration.clone(),
         );
+        let backup = BackupMetrics::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "Unix time of the last successful backup, by cluster (namespace/name)",
+            backup.last_success.clone(),
+        );
+        registry.register(
+            "backup_duration_seconds",
+            "Duration of the last backup attempt, by cluster",
+            backup.duration.clone(),
+        );
+        registry.register(
+            "backup_bytes",
+            "Stored size of the last successful backup, by cluster",
+            backup.bytes.clone(),
+        );
+        registry.register(
+            "backup_failures",
+            "Failed backup attempts, by cluster",
+            backup.failures.clone(),
+        );
+        registry.register(
+            "backup_missed_schedules",
+            "Scheduled backups found missed (taken late), by cluster",
+            backup.missed.clone(),
+        );
+        registry.register(
+            "backup_schedule_interval_seconds",
+            "Time between two scheduled backups, by cluster",
+            backup.interval.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             reconciles,
             errors,
             steps,
             duration,
+            backup,
         }
     }
 }
@@ -82,6 +133,56 @@ impl Metrics {
                 step: label.to_string(),
             })
             .inc();
+    }
+
+    pub fn backup_succeeded(&self, cluster: &str, took: std::time::Duration, bytes: u64) {
+        let l = ClusterLabels {
+            cluster: cluster.to_string(),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.backup.last_success.get_or_create(&l).set(now);
+        self.backup
+            .duration
+            .get_or_create(&l)
+            .set(took.as_secs_f64());
+        self.backup
+            .bytes
+            .get_or_create(&l)
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn backup_failed(&self, cluster: &str, took: std::time::Duration) {
+        let l = ClusterLabels {
+            cluster: cluster.to_string(),
+        };
+        self.backup
+            .duration
+            .get_or_create(&l)
+            .set(took.as_secs_f64());
+        self.backup.failures.get_or_create(&l).inc();
+    }
+
+    /// A scheduled cluster's interval and the time of its newest backup as status records it.
+    pub fn backup_schedule(&self, cluster: &str, interval: f64, last_success: Option<f64>) {
+        let l = ClusterLabels {
+            cluster: cluster.to_string(),
+        };
+        self.backup.interval.get_or_create(&l).set(interval);
+        if let Some(t) = last_success {
+            let g = self.backup.last_success.get_or_create(&l);
+            if g.get() < t {
+                g.set(t);
+            }
+        }
+    }
+
+    pub fn backup_missed(&self, cluster: &str) {
+        let l = ClusterLabels {
+            cluster: cluster.to_string(),
+        };
+        self.backup.missed.get_or_create(&l).inc();
     }
 
     /// Text exposition format.

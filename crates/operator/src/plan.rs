@@ -233,6 +233,12 @@ pub fn validate_spec(spec: &ferrokv_cluster_api::EtcdClusterSpec) -> Result<Vec<
             ));
         }
     }
+    if let Some(b) = &spec.backup {
+        crate::backup::validate(b)?;
+    }
+    if let Some(r) = &spec.restore {
+        crate::backup::validate_store(&r.store, "spec.restore")?;
+    }
     Ok(warnings)
 }
 

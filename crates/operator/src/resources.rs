@@ -311,7 +311,7 @@ pub fn member_args(ec: &EtcdCluster, p: &MemberPod<'_>) -> Result<Vec<String>> {
         .join(",");
     let mut a = vec![
         format!("--name={}", p.member),
-        format!("--data-dir={DATA_DIR}"),
+        format!("--data-dir={}", crate::restore::data_dir(ec)),
         format!("--listen-client-urls={s}://0.0.0.0:{CLIENT_PORT}"),
         format!(
             "--advertise-client-urls={}",
@@ -458,7 +458,7 @@ fn member_pod_security() -> PodSecurityContext {
 
 /// Container-level security of `restricted`: a member needs no capability and no privilege
 /// escalation (it binds ports above 1024 and writes only its data directory).
-fn member_container_security() -> SecurityContext {
+pub(crate) fn member_container_security() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {
@@ -562,12 +562,25 @@ pub fn member_pod(ec: &EtcdCluster, p: &MemberPod<'_>) -> Result<Pod> {
         security_context: Some(member_container_security()),
         ..Container::default()
     };
+    // A cluster restored from a backup: the seed's first pod restores it first.
+    let data_mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == DATA_DIR)
+        .cloned();
+    let init = data_mount.and_then(|m| crate::restore::init_container(ec, &names, p, m));
+    let init_containers = init.map(|(c, extra)| {
+        volumes.extend(extra);
+        vec![c]
+    });
     Ok(Pod {
         metadata,
         spec: Some(PodSpec {
             hostname: Some(p.member.to_string()),
             subdomain: Some(names.peer_service()),
             containers: vec![container],
+            init_containers,
             volumes: Some(volumes),
             restart_policy: Some("Always".into()),
             node_selector: ec.spec.node_selector.clone(),

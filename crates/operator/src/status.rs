@@ -85,6 +85,15 @@ pub fn build(
     let ready = i32::try_from(members.len() - not_ready.len()).unwrap_or(i32::MAX);
     let available = voters > 0 && healthy_voters >= plan::quorum(voters);
     let gen = ec.metadata.generation;
+    // The backup conditions are `backup`'s; kept as they are, after the three of this module.
+    let backup_conds: Vec<Condition> = old
+        .conditions
+        .iter()
+        .filter(|c| {
+            [condition::BACKUP_READY, condition::BACKUP_VERIFIED].contains(&c.type_.as_str())
+        })
+        .cloned()
+        .collect();
     let mut conds = Vec::new();
     let (progressing, progress_msg) = match &p.step {
         Step::Steady => (false, "members match the spec".to_string()),
@@ -147,6 +156,7 @@ pub fn build(
         degraded_msg,
         gen,
     );
+    conds.extend(backup_conds);
     let phase = if degraded {
         ClusterPhase::Degraded
     } else if members.is_empty() {
@@ -170,6 +180,10 @@ pub fn build(
         selector: Some(resources::selector_string(&name)),
         next_ordinal: p.next_ordinal,
         members,
+        // Backups are reported by `backup` (`backup::decorate`); carried here unchanged.
+        last_backup: old.last_backup,
+        last_backup_attempt: old.last_backup_attempt,
+        last_verified_backup: old.last_verified_backup,
     }
 }
 

@@ -422,8 +422,10 @@ struct PodRun {
     last_terminated: Option<Terminated>,
     /// The container ran to completion under a restart policy that does not restart it.
     completed: Option<i32>,
-    /// Why the container does not run yet (volumes, unsupported image).
+    /// Why the container does not run yet (volumes, unsupported image, a failed init container).
     waiting: Option<(String, String)>,
+    /// Every init container ran to completion (once per pod, as kubelet runs them).
+    init_done: bool,
     ready: bool,
     readiness: ProbeState,
     liveness: ProbeState,
@@ -596,6 +598,7 @@ impl Agent {
             last_terminated: None,
             completed: None,
             waiting: Some(("ContainerCreating".into(), String::new())),
+            init_done: false,
             ready: false,
             readiness: ProbeState::default(),
             liveness: ProbeState::default(),
@@ -697,7 +700,18 @@ impl Agent {
                 .as_ref()
                 .is_none_or(|w| w.0 != "ContainerCreating")
             && run.backoff_until.is_none_or(|t| Instant::now() >= t);
-        if may_start {
+        if may_start && !run.init_done {
+            match self.run_init_containers(pod, run) {
+                Ok(()) => run.init_done = true,
+                Err(e) => {
+                    self.note(format!("{}/{}: init: {e}", run.namespace, run.name));
+                    run.waiting = Some(("Init:Error".into(), e.to_string()));
+                    run.backoff_until = Some(Instant::now() + run.backoff);
+                    run.backoff = (run.backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        if may_start && run.init_done {
             match self.start_container(pod, &container, run) {
                 Ok(()) => {
                     if run.last_terminated.is_some() {
@@ -970,7 +984,93 @@ impl Agent {
         Ok((bin, args))
     }
 
+    /// Runs the pod's init containers one after the other, each to completion, before its
+    /// container first starts (their output goes to the pod's log). Blocking: they are short
+    /// (a restore from a backup), and the agent is a test harness.
+    fn run_init_containers(&self, pod: &Pod, run: &mut PodRun) -> Result<()> {
+        let inits = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.clone())
+            .unwrap_or_default();
+        for c in &inits {
+            let (mut cmd, bin, args) = self.container_command(pod, c, run)?;
+            let status =
+                tokio::task::block_in_place(|| cmd.status()).map_err(|source| Error::Spawn {
+                    bin: bin.clone(),
+                    source,
+                })?;
+            self.note(format!(
+                "{}/{} init container {} exited {status}: {} {}",
+                run.namespace,
+                run.name,
+                c.name,
+                bin.display(),
+                args.join(" ")
+            ));
+            if !status.success() {
+                return Err(Error::Agent(format!(
+                    "init container {} exited {status}: {}",
+                    c.name,
+                    log_tail(&run.log, 5)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// An env value from a Secret key (`valueFrom.secretKeyRef`) of the pod's namespace.
+    fn secret_value(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
+        let s = self
+            .secrets
+            .state()
+            .into_iter()
+            .find(|s| s.name_any() == name && s.namespace().as_deref() == Some(namespace))?;
+        let data = s.data.clone().unwrap_or_default();
+        data.get(key)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    }
+
     fn start_container(&self, pod: &Pod, c: &Container, run: &mut PodRun) -> Result<()> {
+        let (mut cmd, bin, args) = self.container_command(pod, c, run)?;
+        let ip = run.ip.to_string();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&run.log)?;
+        let log2 = log.try_clone()?;
+        let child = cmd
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                bin: bin.clone(),
+                source,
+            })?;
+        let mut s = lock(&self.shared);
+        s.pids.insert(run.uid.clone(), child.id());
+        s.note(format!(
+            "{}/{} started pid {} at {ip}: {} {}",
+            run.namespace,
+            run.name,
+            child.id(),
+            bin.display(),
+            args.join(" ")
+        ));
+        drop(s);
+        run.child = Some(child);
+        run.started_at = Some((Instant::now(), now()));
+        Ok(())
+    }
+
+    /// The process of container `c` (init or main), ready to spawn: program, args and env
+    /// with the pod's mount paths rewritten to host directories, output to the pod's log.
+    fn container_command(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        run: &PodRun,
+    ) -> Result<(std::process::Command, PathBuf, Vec<String>)> {
         let (bin, args) = self.program(c)?;
         // Mount paths become the host directories, longest first so nested mounts win.
         let mut mounts: Vec<(String, PathBuf)> = Vec::new();
@@ -1006,6 +1106,18 @@ impl Agent {
             ("HOSTNAME".into(), hostname),
             ("HOME".into(), run.dir.join("root").display().to_string()),
         ];
+        // envFrom Secrets first: explicit `env` entries override them, as in kubelet.
+        for from in c.env_from.iter().flatten() {
+            let Some(name) = from.secret_ref.as_ref().map(|r| r.name.clone()) else {
+                continue;
+            };
+            let found = self.secrets.state().into_iter().find(|s| {
+                s.name_any() == name && s.namespace().as_deref() == Some(run.namespace.as_str())
+            });
+            for (k, v) in found.and_then(|s| s.data.clone()).unwrap_or_default() {
+                env.push((k, String::from_utf8_lossy(&v.0).into_owned()));
+            }
+        }
         for e in c.env.iter().flatten() {
             let value = match (&e.value, &e.value_from) {
                 (Some(v), _) => rewrite(v),
@@ -1017,7 +1129,11 @@ impl Agent {
                         Some("status.podIP") => ip.clone(),
                         Some("status.hostIP") => "127.0.0.1".into(),
                         Some("spec.nodeName") => self.node.clone(),
-                        _ => String::new(),
+                        _ => from
+                            .secret_key_ref
+                            .as_ref()
+                            .and_then(|r| self.secret_value(&run.namespace, &r.name, &r.key))
+                            .unwrap_or_default(),
                     }
                 }
                 (None, None) => String::new(),
@@ -1030,32 +1146,14 @@ impl Agent {
             .append(true)
             .open(&run.log)?;
         let log2 = log.try_clone()?;
-        let child = hosts_command(&self.hosts, &bin, &args)
-            .env_clear()
+        let mut cmd = hosts_command(&self.hosts, &bin, &args);
+        cmd.env_clear()
             .envs(env)
             .current_dir(run.dir.join("root"))
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                bin: bin.clone(),
-                source,
-            })?;
-        let mut s = lock(&self.shared);
-        s.pids.insert(run.uid.clone(), child.id());
-        s.note(format!(
-            "{}/{} started pid {} at {ip}: {} {}",
-            run.namespace,
-            run.name,
-            child.id(),
-            bin.display(),
-            args.join(" ")
-        ));
-        drop(s);
-        run.child = Some(child);
-        run.started_at = Some((Instant::now(), now()));
-        Ok(())
+            .stderr(log2);
+        Ok((cmd, bin, args))
     }
 
     /// Readiness and liveness: each probe runs as its own task so a frozen member cannot

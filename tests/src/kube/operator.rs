@@ -25,6 +25,8 @@ pub struct OperatorProcess {
     /// Flags after `run --metrics-addr=...` (a scenario's `--cert-renew-before`).
     extra_args: Vec<String>,
     child: Option<Child>,
+    /// The member binary, for the operator's restore drills (`FERROKV_BIN`).
+    ferrokv: PathBuf,
 }
 
 impl OperatorProcess {
@@ -73,6 +75,7 @@ impl OperatorProcess {
             hosts: hosts.to_path_buf(),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
+            ferrokv: crate::member::Backend::Ferrokv.binary()?,
         };
         op.spawn()?;
         op.wait_healthy().await?;
@@ -96,6 +99,8 @@ impl OperatorProcess {
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info,ferrokv_operator=debug")
             .env("POD_NAME", "ferrokv-operator-test")
+            // The restore drills run the member binary, as the operator image ships it.
+            .env("FERROKV_BIN", &self.ferrokv)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
