@@ -9,6 +9,7 @@
 //! Must not depend on: tokio, tonic, raft, or any networking. It is a synchronous library;
 //! one `WriteBatch` (one redb write transaction) at a time, reads concurrently with it.
 
+mod etcd_snapshot;
 mod record;
 mod span;
 mod tables;
@@ -17,6 +18,8 @@ mod write;
 
 pub mod validate;
 
+pub use etcd_snapshot::{etcd_db_status, import_etcd, EtcdDbStatus, Imported};
+pub use ferrokv_bbolt as bbolt;
 pub use write::WriteBatch;
 
 use ferrokv_proto::{etcdserverpb as pb, mvccpb};
