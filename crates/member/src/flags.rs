@@ -53,6 +53,8 @@ pub enum Command {
 pub struct SnapshotRestore {
     pub file: PathBuf,
     pub config: Config,
+    /// `--skip-hash-check`: accept a bbolt database without the SHA-256 trailer.
+    pub skip_hash_check: bool,
 }
 
 #[derive(Debug)]
@@ -194,6 +196,10 @@ enum SnapshotSub {
             default_value = "http://localhost:2380"
         )]
         initial_advertise_peer_urls: String,
+        /// Accept a bbolt database without the SHA-256 a snapshot ends with (etcd's
+        /// member/snap/db copied from a data dir), as etcdutl's flag of the same name.
+        #[arg(long = "skip-hash-check")]
+        skip_hash_check: bool,
     },
 }
 
@@ -339,6 +345,7 @@ where
             initial_cluster,
             initial_cluster_token,
             initial_advertise_peer_urls,
+            skip_hash_check,
         })) => {
             let mut config = Config::with_defaults(&name);
             if let Some(d) = data_dir {
@@ -361,6 +368,7 @@ where
             Ok(Command::SnapshotRestore(Box::new(SnapshotRestore {
                 file,
                 config,
+                skip_hash_check,
             })))
         }
         Some(Sub::Snapshot(SnapshotSub::Save {

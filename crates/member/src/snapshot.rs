@@ -1,10 +1,11 @@
 //! `ferrokv snapshot save|status|restore`: the etcdctl/etcdutl snapshot tools for ferrokv
 //! files.
 //!
-//! A snapshot file is exactly the byte stream of `Maintenance.Snapshot`: redb bytes framed to
-//! a multiple of 512 bytes, then their SHA-256 (see `ferrokv_server::snapshot_file`). `save`
-//! checks that hash while streaming and only renames the file into place once it matched,
-//! so a file at the target path is always complete.
+//! A snapshot file is exactly the byte stream of `Maintenance.Snapshot`: an etcd backend
+//! database (bbolt), then its SHA-256, as etcd streams it. `save` checks that hash while
+//! streaming and only renames the file into place once it matched, so a file at the target
+//! path is always complete. `status` and `restore` also take etcd's files and ferrokv's older
+//! `FKVSNAP1` ones (see `crate::snapshot_format`).
 
 use std::fmt;
 use std::io::Write;
@@ -32,14 +33,21 @@ pub struct SnapshotStatus {
     pub db_size: u64,
     pub revision: i64,
     pub total_keys: i64,
-    /// The keyspace hash (what `Maintenance.Hash` would report for it).
+    /// The keyspace hash (what `Maintenance.Hash` would report for it); for a bbolt file
+    /// etcdutl's hash.
     pub hash: u32,
+    /// False for a bbolt file without the SHA-256 trailer (nothing to check).
+    pub sha256_checked: bool,
 }
 
 impl fmt::Display for SnapshotStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "hash: {:08x}", self.hash)?;
-        writeln!(f, "sha256: ok")?;
+        writeln!(
+            f,
+            "sha256: {}",
+            if self.sha256_checked { "ok" } else { "none" }
+        )?;
         writeln!(f, "revision: {}", self.revision)?;
         writeln!(f, "total keys: {}", self.total_keys)?;
         writeln!(f, "total size: {} bytes", self.total_size)?;
@@ -48,6 +56,9 @@ impl fmt::Display for SnapshotStatus {
 }
 
 pub fn status(file: &Path) -> Result<SnapshotStatus> {
+    if let Some(s) = crate::snapshot_format::status(file)? {
+        return Ok(s);
+    }
     let bytes = std::fs::read(file).map_err(|e| Error::io("reading", file, e))?;
     let data =
         ferrokv_server::snapshot_file::unwrap_snapshot(&bytes).map_err(|e| Error::BadSnapshot {
@@ -77,6 +88,7 @@ pub fn status(file: &Path) -> Result<SnapshotStatus> {
         revision: store.current_revision(),
         total_keys,
         hash: store.hash().map_err(storage)?,
+        sha256_checked: true,
     })
 }
 
@@ -105,13 +117,6 @@ pub fn restore(r: &SnapshotRestore) -> Result<Restored> {
             data_dir.display().to_string()
         )));
     }
-    let bytes = std::fs::read(&r.file).map_err(|e| Error::io("reading", &r.file, e))?;
-    let data =
-        ferrokv_server::snapshot_file::unwrap_snapshot(&bytes).map_err(|e| Error::BadSnapshot {
-            path: r.file.clone(),
-            reason: e.to_string(),
-        })?;
-
     let parent = match data_dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -127,7 +132,7 @@ pub fn restore(r: &SnapshotRestore) -> Result<Restored> {
     let snap_dir = layout.snap();
     std::fs::create_dir_all(&snap_dir).map_err(|e| Error::io("creating", &snap_dir, e))?;
     let db_path = layout.db();
-    write_synced(&db_path, data)?;
+    crate::snapshot_format::import(&r.file, &db_path, r.skip_hash_check)?;
 
     // Client URLs are unknown until each member publishes them after it starts.
     let mut members = membership::initial_members(cfg);
@@ -183,7 +188,7 @@ pub fn restore(r: &SnapshotRestore) -> Result<Restored> {
     })
 }
 
-fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
     let mut f = std::fs::File::create(path).map_err(|e| Error::io("creating", path, e))?;
     f.write_all(data)
         .map_err(|e| Error::io("writing", path, e))?;
@@ -486,6 +491,7 @@ mod tests {
         let req = SnapshotRestore {
             file,
             config: config.clone(),
+            skip_hash_check: false,
         };
         let r = restore(&req).unwrap();
 
@@ -522,6 +528,7 @@ mod tests {
         let mut bad = SnapshotRestore {
             file: dir.path().join("bad.db"),
             config,
+            skip_hash_check: false,
         };
         bad.config.data_dir = dir.path().join("other");
         std::fs::write(&bad.file, b"junk").unwrap();
