@@ -67,6 +67,27 @@ pub(crate) fn revision_key(main: u64, sub: u64, tombstone: bool) -> Vec<u8> {
     k
 }
 
+/// etcd's `key` bucket value for one key revision: the `mvccpb.KeyValue`, of which a
+/// tombstone keeps only the key.
+pub(crate) fn etcd_value(h: &Header, key: &[u8], value: &[u8]) -> Vec<u8> {
+    let kv = if h.tombstone {
+        mvccpb::KeyValue {
+            key: key.to_vec(),
+            ..Default::default()
+        }
+    } else {
+        mvccpb::KeyValue {
+            key: key.to_vec(),
+            create_revision: h.create_revision,
+            mod_revision: h.mod_revision,
+            version: h.version,
+            value: value.to_vec(),
+            lease: h.lease,
+        }
+    };
+    kv.encode_to_vec()
+}
+
 fn parse_revision_key(k: &[u8]) -> Result<(u64, u64, bool)> {
     let tombstone = match k.len() {
         17 => false,
@@ -96,11 +117,16 @@ impl Store {
     /// snapshot (writers are not blocked). Pages are written as the tables are read, so
     /// memory stays small whatever the keyspace size.
     pub fn export_etcd<W: Write + Seek>(&self, out: W) -> Result<W> {
+        Ok(self.export_etcd_with_revision(out)?.0)
+    }
+
+    fn export_etcd_with_revision<W: Write + Seek>(&self, out: W) -> Result<(W, i64)> {
         let rtx = self.db.begin_read()?;
         let history = rtx.open_table(HISTORY)?;
         let leases = rtx.open_table(LEASES)?;
         let meta = rtx.open_table(META)?;
         let compacted = meta_i64(&meta, META_COMPACTED)?.unwrap_or(0);
+        let revision = meta_i64(&meta, META_REVISION)?.unwrap_or(1);
         let applied = meta_applied(&meta)?;
         let user_meta = |key: &str| -> Result<Option<Vec<u8>>> {
             Ok(meta
@@ -130,24 +156,9 @@ impl Store {
             let (k, rec) = r?;
             let (main, sub) = k.value();
             let (h, key, value) = decode_history(rec.value())?;
-            let kv = if h.tombstone {
-                mvccpb::KeyValue {
-                    key: key.to_vec(),
-                    ..Default::default()
-                }
-            } else {
-                mvccpb::KeyValue {
-                    key: key.to_vec(),
-                    create_revision: h.create_revision,
-                    mod_revision: h.mod_revision,
-                    version: h.version,
-                    value: value.to_vec(),
-                    lease: h.lease,
-                }
-            };
             b.put(
                 &revision_key(main, u64::from(sub), h.tombstone),
-                &kv.encode_to_vec(),
+                &etcd_value(&h, key, value),
             )?;
         }
         b.finish()?;
@@ -262,23 +273,25 @@ impl Store {
             .map(|r| (r.name.clone(), r.encode_to_vec()))
             .collect();
         put_all(&mut w, b"authRoles", roles)?;
-        Ok(w.finish()?)
+        Ok((w.finish()?, revision))
     }
 
-    /// [`Store::export_etcd`] into a new file at `dest`, synced.
-    pub fn export_etcd_to(&self, dest: &Path) -> Result<u64> {
+    /// [`Store::export_etcd`] into a new file at `dest`, synced. Returns the file's length
+    /// and the revision it holds.
+    pub fn export_etcd_to(&self, dest: &Path) -> Result<(u64, i64)> {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(dest)?;
-        let file = self.export_etcd(std::io::BufWriter::with_capacity(1 << 20, file))?;
+        let (file, revision) =
+            self.export_etcd_with_revision(std::io::BufWriter::with_capacity(1 << 20, file))?;
         let file = file
             .into_inner()
             .map_err(|e| Error::Backend(e.error().to_string()))?;
         file.sync_all()?;
         let len = file.metadata()?.len();
-        tracing::info!(dest = %dest.display(), bytes = len, "wrote etcd-format keyspace snapshot");
-        Ok(len)
+        tracing::info!(dest = %dest.display(), bytes = len, revision, "wrote etcd-format keyspace snapshot");
+        Ok((len, revision))
     }
 }
 
@@ -511,8 +524,8 @@ pub fn import_etcd(db: &Reader, dest: &Path) -> Result<Imported> {
     Ok(imported)
 }
 
-/// CRC-32C (Castagnoli), as etcdutl hashes snapshot contents.
-struct Crc32c {
+/// CRC-32C (Castagnoli), as etcd hashes (`HashKV`, etcdutl's snapshot status).
+pub(crate) struct Crc32c {
     table: [u32; 256],
     crc: u32,
 }
@@ -536,13 +549,13 @@ impl Default for Crc32c {
 }
 
 impl Crc32c {
-    fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         for b in data {
             self.crc = self.table[((self.crc ^ u32::from(*b)) & 0xff) as usize] ^ (self.crc >> 8);
         }
     }
 
-    fn finish(&self) -> u32 {
+    pub(crate) fn finish(&self) -> u32 {
         !self.crc
     }
 }
