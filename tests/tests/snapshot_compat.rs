@@ -85,6 +85,8 @@ struct Seen {
     leases: Vec<(i64, i64, Vec<Vec<u8>>)>,
     users: Vec<String>,
     role_perms: Vec<(i32, Vec<u8>, Vec<u8>)>,
+    /// `HashKV` at the current revision: (hash, compact revision), etcd's algorithm on both.
+    hash_kv: (u32, i64),
 }
 
 async fn observe(c: &mut Client, compacted: i64) -> Seen {
@@ -172,7 +174,9 @@ async fn observe(c: &mut Client, compacted: i64) -> Seen {
         .iter()
         .map(|p| (p.get_type(), p.key().to_vec(), p.range_end().to_vec()))
         .collect();
+    let hk = c.hash_kv(0).await.unwrap();
     Seen {
+        hash_kv: (hk.hash(), hk.compact_version()),
         revision,
         kvs,
         at_compact_plus_one,
