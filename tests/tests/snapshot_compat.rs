@@ -71,14 +71,19 @@ async fn workload(c: &mut Client) -> i64 {
     compact
 }
 
+/// (key, value, create, mod, version, lease) of one key.
+type Kv = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
+/// The same without the lease (reads at an older revision).
+type OldKv = (Vec<u8>, Vec<u8>, i64, i64, i64);
+
 /// Everything a client sees of the keyspace, normalised for comparison.
 #[derive(Debug, PartialEq)]
 struct Seen {
     revision: i64,
     /// (key, value, create, mod, version, lease) of every live key.
-    kvs: Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>,
+    kvs: Vec<Kv>,
     /// The keyspace as of one revision after the compaction (history kept).
-    at_compact_plus_one: Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>,
+    at_compact_plus_one: Vec<OldKv>,
     /// Reading below the compacted revision fails with etcd's error.
     below_compaction: String,
     /// (id, granted ttl, attached keys).

@@ -11,6 +11,9 @@ use crate::{
     META_SUMMED, PAGE_HEADER, VERSION,
 };
 
+/// Called with (element flags, key, value) for each leaf element in order.
+type Visit<'f, E> = dyn FnMut(u32, &[u8], &[u8]) -> std::result::Result<(), E> + 'f;
+
 /// Pages deeper than this mean a cycle in a damaged file (bbolt trees are a few levels).
 const MAX_DEPTH: usize = 64;
 
@@ -165,7 +168,7 @@ impl Reader {
         &self,
         pgid: u64,
         depth: usize,
-        f: &mut dyn FnMut(u32, &[u8], &[u8]) -> std::result::Result<(), E>,
+        f: &mut Visit<'_, E>,
     ) -> std::result::Result<(), E> {
         if depth > MAX_DEPTH {
             return Err(
@@ -319,10 +322,7 @@ impl Page {
         ])
     }
 
-    fn leaf_elements<E: From<Error>>(
-        &self,
-        f: &mut dyn FnMut(u32, &[u8], &[u8]) -> std::result::Result<(), E>,
-    ) -> std::result::Result<(), E> {
+    fn leaf_elements<E: From<Error>>(&self, f: &mut Visit<'_, E>) -> std::result::Result<(), E> {
         let mut last: Option<&[u8]> = None;
         for i in 0..self.count {
             let at = PAGE_HEADER + i * ELEMENT;

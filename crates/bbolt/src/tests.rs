@@ -1,7 +1,10 @@
 use super::*;
 use std::io::Cursor;
 
-fn build(buckets: &[(&str, Vec<(Vec<u8>, Vec<u8>)>)]) -> Vec<u8> {
+/// (key, value) rows of one bucket.
+type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn build(buckets: &[(&str, Rows)]) -> Vec<u8> {
     let mut w = Writer::new(Cursor::new(Vec::new())).unwrap();
     for (name, rows) in buckets {
         let mut b = w.bucket(name.as_bytes()).unwrap();
@@ -13,7 +16,7 @@ fn build(buckets: &[(&str, Vec<(Vec<u8>, Vec<u8>)>)]) -> Vec<u8> {
     w.finish().unwrap().into_inner()
 }
 
-fn read_all(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)> {
+fn read_all(bytes: &[u8]) -> Vec<(Vec<u8>, Rows)> {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("db");
     std::fs::write(&p, bytes).unwrap();

@@ -596,16 +596,17 @@ mod round_trip {
         .unwrap();
     }
 
-    fn everything(
-        s: &Store,
-    ) -> (
+    /// (revision, compacted, hash_kv, all keys, leases, keys of lease 7).
+    type Everything = (
         i64,
         i64,
         (u32, i64, i64),
         pb::RangeResponse,
         Vec<crate::LeaseRecord>,
         Vec<Vec<u8>>,
-    ) {
+    );
+
+    fn everything(s: &Store) -> Everything {
         let all = pb::RangeRequest {
             key: vec![0],
             range_end: vec![0],
