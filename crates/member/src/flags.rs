@@ -57,6 +57,8 @@ pub struct SnapshotRestore {
     pub backup: Option<BackupTarget>,
     /// `--revision`: the newest backup at or below it instead of the latest.
     pub revision: Option<i64>,
+    /// `--skip-hash-check`: accept a bbolt database without the SHA-256 trailer.
+    pub skip_hash_check: bool,
 }
 
 /// `<file>` given as an object-store URL (`s3://`, `gs://`, `az://`, `file://`): where backups
@@ -255,6 +257,10 @@ enum SnapshotSub {
         /// With a destination URL: the newest backup at or below this revision, not the latest.
         #[arg(long)]
         revision: Option<String>,
+        /// Accept a bbolt database without the SHA-256 a snapshot ends with (etcd's
+        /// member/snap/db copied from a data dir), as etcdutl's flag of the same name.
+        #[arg(long = "skip-hash-check")]
+        skip_hash_check: bool,
     },
 }
 
@@ -457,6 +463,7 @@ where
             cluster,
             encryption_key_file,
             revision,
+            skip_hash_check,
         })) => {
             let backup = backup_target(&file, cluster, encryption_key_file)?;
             let revision =
@@ -494,6 +501,7 @@ where
                 config,
                 backup,
                 revision,
+                skip_hash_check,
             })))
         }
         Some(Sub::Snapshot(SnapshotSub::Save {

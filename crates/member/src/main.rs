@@ -11,6 +11,7 @@ mod dump_logs;
 mod error;
 mod flags;
 mod snapshot;
+mod snapshot_format;
 mod version;
 
 use std::io::Write;

@@ -1,10 +1,11 @@
 //! `ferrokv snapshot save|status|restore`: the etcdctl/etcdutl snapshot tools for ferrokv
 //! files.
 //!
-//! A snapshot file is exactly the byte stream of `Maintenance.Snapshot`: redb bytes framed to
-//! a multiple of 512 bytes, then their SHA-256 (see `ferrokv_server::snapshot_file`). `save`
-//! checks that hash while streaming and only renames the file into place once it matched,
-//! so a file at the target path is always complete.
+//! A snapshot file is exactly the byte stream of `Maintenance.Snapshot`: an etcd backend
+//! database (bbolt), then its SHA-256, as etcd streams it. `save` checks that hash while
+//! streaming and only renames the file into place once it matched, so a file at the target
+//! path is always complete. `status` and `restore` also take etcd's files and ferrokv's older
+//! `FKVSNAP1` ones (see `crate::snapshot_format`).
 
 use std::fmt;
 use std::io::Write;
@@ -33,14 +34,21 @@ pub struct SnapshotStatus {
     pub db_size: u64,
     pub revision: i64,
     pub total_keys: i64,
-    /// The keyspace hash (what `Maintenance.Hash` would report for it).
+    /// The keyspace hash (what `Maintenance.Hash` would report for it); for a bbolt file
+    /// etcdutl's hash.
     pub hash: u32,
+    /// False for a bbolt file without the SHA-256 trailer (nothing to check).
+    pub sha256_checked: bool,
 }
 
 impl fmt::Display for SnapshotStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "hash: {:08x}", self.hash)?;
-        writeln!(f, "sha256: ok")?;
+        writeln!(
+            f,
+            "sha256: {}",
+            if self.sha256_checked { "ok" } else { "none" }
+        )?;
         writeln!(f, "revision: {}", self.revision)?;
         writeln!(f, "total keys: {}", self.total_keys)?;
         writeln!(f, "total size: {} bytes", self.total_size)?;
@@ -49,6 +57,9 @@ impl fmt::Display for SnapshotStatus {
 }
 
 pub fn status(file: &Path) -> Result<SnapshotStatus> {
+    if let Some(s) = crate::snapshot_format::status(file)? {
+        return Ok(s);
+    }
     let bytes = std::fs::read(file).map_err(|e| Error::io("reading", file, e))?;
     let data =
         ferrokv_server::snapshot_file::unwrap_snapshot(&bytes).map_err(|e| Error::BadSnapshot {
@@ -78,6 +89,7 @@ pub fn status(file: &Path) -> Result<SnapshotStatus> {
         revision: store.current_revision(),
         total_keys,
         hash: store.hash().map_err(storage)?,
+        sha256_checked: true,
     })
 }
 
@@ -105,7 +117,7 @@ pub fn restore(r: &SnapshotRestore) -> Result<Restored> {
         )));
     }
     match &r.backup {
-        None => restore_file(&r.file, &r.config),
+        None => restore_file(&r.file, &r.config, r.skip_hash_check),
         Some(target) => {
             // Downloaded next to the data dir (same file system, and never into a directory a
             // member could mistake for its own), checked, restored, then removed.
@@ -121,7 +133,8 @@ pub fn restore(r: &SnapshotRestore) -> Result<Restored> {
             let file = tmp.path().join("snapshot.db");
             let rt = crate::runtime()?;
             let manifest = rt.block_on(download_backup(target, r.revision, &file))?;
-            let restored = restore_file(&file, &r.config)?;
+            // A downloaded backup was checked against its manifest's sha256 already.
+            let restored = restore_file(&file, &r.config, r.skip_hash_check)?;
             if restored.revision != manifest.revision {
                 tracing::warn!(
                     manifest = manifest.revision,
@@ -270,16 +283,13 @@ async fn save_to_store(save: &SnapshotSave, target: &BackupTarget) -> Result<()>
 }
 
 /// Restores the snapshot file `file` into `cfg.data_dir`.
-fn restore_file(file: &Path, cfg: &ferrokv_server::config::Config) -> Result<Restored> {
+fn restore_file(
+    file: &Path,
+    cfg: &ferrokv_server::config::Config,
+    skip_hash_check: bool,
+) -> Result<Restored> {
     use ferrokv_server::{ids, membership};
     let data_dir = &cfg.data_dir;
-    let bytes = std::fs::read(file).map_err(|e| Error::io("reading", file, e))?;
-    let data =
-        ferrokv_server::snapshot_file::unwrap_snapshot(&bytes).map_err(|e| Error::BadSnapshot {
-            path: file.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-
     let parent = match data_dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -295,7 +305,7 @@ fn restore_file(file: &Path, cfg: &ferrokv_server::config::Config) -> Result<Res
     let snap_dir = layout.snap();
     std::fs::create_dir_all(&snap_dir).map_err(|e| Error::io("creating", &snap_dir, e))?;
     let db_path = layout.db();
-    write_synced(&db_path, data)?;
+    crate::snapshot_format::import(file, &db_path, skip_hash_check)?;
 
     // Client URLs are unknown until each member publishes them after it starts.
     let mut members = membership::initial_members(cfg);
@@ -351,7 +361,7 @@ fn restore_file(file: &Path, cfg: &ferrokv_server::config::Config) -> Result<Res
     })
 }
 
-fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
     let mut f = std::fs::File::create(path).map_err(|e| Error::io("creating", path, e))?;
     f.write_all(data)
         .map_err(|e| Error::io("writing", path, e))?;
@@ -659,6 +669,7 @@ mod tests {
             config: config.clone(),
             backup: None,
             revision: None,
+            skip_hash_check: false,
         };
         let r = restore(&req).unwrap();
 
@@ -697,6 +708,7 @@ mod tests {
             config,
             backup: None,
             revision: None,
+            skip_hash_check: false,
         };
         bad.config.data_dir = dir.path().join("other");
         std::fs::write(&bad.file, b"junk").unwrap();

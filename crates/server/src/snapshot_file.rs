@@ -1,8 +1,10 @@
-//! The framing of `Maintenance.Snapshot` streams and snapshot files.
+//! The framing of ferrokv's older snapshot files, still accepted by `snapshot restore` and
+//! `snapshot status` (`Maintenance.Snapshot` now streams an etcd backend database and its
+//! SHA-256, see `etcdserver/maintenance.rs`), and the stream's hash length.
 //!
 //! `etcdctl snapshot save` accepts a stream only if its length minus 32 is a multiple of 512
 //! and the last 32 bytes are the SHA-256 of everything before them (that is how bbolt files
-//! streamed by etcd look). A redb file has any length, so ferrokv appends zero padding and a
+//! streamed by etcd look). A redb file has any length, so those files had zero padding and a
 //! 16-byte trailer — magic `FKVSNAP1` + the original length (8 bytes BE) — ending on a 512
 //! boundary, then the hash:
 //!

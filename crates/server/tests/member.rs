@@ -715,12 +715,13 @@ async fn snapshot_stream_is_etcdctl_compatible() {
     assert_eq!((bytes.len() - 32) % 512, 0);
     let (body, hash) = bytes.split_at(bytes.len() - 32);
     assert_eq!(Sha256::digest(body).as_slice(), hash);
-    let db = ferrokv_server::snapshot_file::unwrap_snapshot(&bytes).unwrap();
+    // The body is an etcd backend database (bbolt) holding the keyspace.
     let snap_dir = tempfile::tempdir().unwrap();
     let path = snap_dir.path().join("db");
-    std::fs::write(&path, db).unwrap();
-    let store = ferrokv_storage::Store::open(&path).unwrap();
-    assert_eq!(store.current_revision(), 51);
+    std::fs::write(&path, body).unwrap();
+    let reader = ferrokv_storage::bbolt::Reader::open(&path).unwrap();
+    let imported = ferrokv_storage::import_etcd(&reader, &snap_dir.path().join("redb")).unwrap();
+    assert_eq!(imported.revision, 51);
     stop(m).await;
 }
 

@@ -9,6 +9,7 @@
 //! Must not depend on: tokio, tonic, raft, or any networking. It is a synchronous library;
 //! one `WriteBatch` (one redb write transaction) at a time, reads concurrently with it.
 
+mod etcd_snapshot;
 mod record;
 mod span;
 mod tables;
@@ -17,6 +18,8 @@ mod write;
 
 pub mod validate;
 
+pub use etcd_snapshot::{etcd_db_status, import_etcd, EtcdDbStatus, Imported};
+pub use ferrokv_bbolt as bbolt;
 pub use write::WriteBatch;
 
 use ferrokv_proto::{etcdserverpb as pb, mvccpb};
@@ -293,21 +296,42 @@ impl Store {
         write::attached_keys(&t, id)
     }
 
-    /// CRC32 over every kept key revision with main revision <= `revision` (0 = current):
-    /// equal on members that applied the same log. Returns (hash, compacted, hashed revision).
+    /// etcd's `HashKV`: CRC-32C of `"key"` then every kept key revision with main revision
+    /// <= `revision` (0 = current) as etcd stores it (revision key, `mvccpb.KeyValue`), so
+    /// the value equals etcd's for the same history (an etcd restored from our snapshot, or
+    /// we from its). Returns (hash, compacted, hashed revision).
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64)> {
         self.read(|v, current, compacted| {
             let rev = if revision <= 0 { current } else { revision };
             check_revision(rev, current, compacted)?;
-            let mut h = crc32fast::Hasher::new();
+            // At or below the compacted revision etcd hashes only what a compaction at `rev`
+            // would keep (each key's newest revision <= rev, unless a delete), and everything
+            // when that set is empty.
+            let mut any_live = false;
+            v.scan(&Span::new(&[0], &[0]), Some(rev), false, &mut |_, _, _| {
+                any_live = true;
+                Ok(false)
+            })?;
+            let mut h = etcd_snapshot::Crc32c::default();
+            h.update(b"key");
             for r in v.history.range(..=(view::rev_u64(rev), u32::MAX))? {
                 let (k, rec) = r?;
                 let (main, sub) = k.value();
-                h.update(&main.to_be_bytes());
-                h.update(&sub.to_be_bytes());
-                h.update(rec.value());
+                let (hd, key, value) = decode_history(rec.value())?;
+                if any_live
+                    && main <= view::rev_u64(compacted)
+                    && v.index_at(key, rev)? != Some((main, sub, false))
+                {
+                    continue;
+                }
+                h.update(&etcd_snapshot::revision_key(
+                    main,
+                    u64::from(sub),
+                    hd.tombstone,
+                ));
+                h.update(&etcd_snapshot::etcd_value(&hd, key, value));
             }
-            Ok((h.finalize(), compacted, rev))
+            Ok((h.finish(), compacted, rev))
         })
     }
 

@@ -50,7 +50,7 @@ where
     }
 
     /// Newest index entry of `key` at or below `rev`: (main, sub, tombstone).
-    fn index_at(&self, key: &[u8], rev: i64) -> Result<Option<(u64, u32, bool)>> {
+    pub(crate) fn index_at(&self, key: &[u8], rev: i64) -> Result<Option<(u64, u32, bool)>> {
         let lo: (&[u8], u64, u32) = (key, 0, 0);
         let hi: (&[u8], u64, u32) = (key, rev_u64(rev), u32::MAX);
         let mut it = self

@@ -1,5 +1,7 @@
 //! Maintenance requests of the server core: alarms, status, hashes, leader transfer and the
-//! keyspace snapshot stream (etcd's framing, see [`crate::snapshot_file`]).
+//! keyspace snapshot stream: what etcd streams, an etcd 3.6 backend database (bbolt, see
+//! `Store::export_etcd`) followed by its SHA-256, so the file `etcdctl snapshot save`
+//! writes restores with `etcdutl snapshot restore` as well as `ferrokv snapshot restore`.
 
 use std::io::Read;
 
@@ -87,25 +89,27 @@ impl EtcdServer {
         })
     }
 
-    /// A consistent copy of the keyspace, streamed in etcd's snapshot framing. The copy is
-    /// taken before this returns; the file is read and hashed on a blocking thread, and a
-    /// bounded channel keeps at most a few chunks in memory however large the keyspace.
+    /// A consistent copy of the keyspace in etcd's format, streamed as etcd streams it. The
+    /// copy is written (from one read snapshot) before this returns; the file is read and
+    /// hashed on a blocking thread, and a bounded channel keeps at most a few chunks in
+    /// memory however large the keyspace.
     pub async fn snapshot(&self) -> Result<SnapshotChunks> {
         let tmp = self
             .cfg
             .layout()
             .scratch(Scratch::Stream, &self.ids.next().to_string());
         let path = tmp.clone();
-        let revision = self
-            .blocking(move |s| s.snapshot_revision_to(&path).map_err(Error::from))
+        // Removed however this ends: a failed export, a client gone mid-stream, the end.
+        let cleanup = RemoveOnDrop(tmp.clone());
+        let (_, revision) = self
+            .blocking(move |s| s.export_etcd_to(&path).map_err(Error::from))
             .await?;
-        // The copy's own revision: by now writes may have moved the store past it, and a
-        // backup labelled with a later revision would claim writes it does not hold.
+        // The revision the file holds, not whatever was applied since.
         let mut header = self.header_now();
         header.revision = revision;
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
-            let _cleanup = RemoveOnDrop(tmp.clone());
+            let _cleanup = cleanup;
             if let Err(e) = stream_snapshot_file(&tmp, header, &tx) {
                 tracing::warn!(error = %e, "snapshot stream failed");
                 let _ = tx.blocking_send(Err(to_status(&e)));
@@ -145,7 +149,8 @@ fn alarm_name(a: i32) -> &'static str {
     }
 }
 
-/// Sends `[file][zero padding][trailer][sha256]` in chunks, `remaining_bytes` counting down to 0.
+/// Sends `[bbolt file][sha256 of it]` in chunks, `remaining_bytes` counting down to 0. A bbolt
+/// file is whole pages, so its length is a multiple of 512 as etcdctl requires.
 fn stream_snapshot_file(
     path: &std::path::Path,
     header: ResponseHeader,
@@ -153,9 +158,7 @@ fn stream_snapshot_file(
 ) -> Result<()> {
     let mut file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
-    let total = snapshot_file::framed_len(len);
-    let mut tail = vec![0u8; snapshot_file::padding_len(len) as usize];
-    tail.extend_from_slice(&snapshot_file::trailer(len));
+    let total = len + snapshot_file::HASH_LEN;
     let mut hasher = Sha256::new();
     let mut sent: u64 = 0;
     let send = |blob: Vec<u8>, sent: &mut u64| -> Result<()> {
@@ -180,10 +183,6 @@ fn stream_snapshot_file(
     }
     if sent != len {
         return Err(Error::Io("snapshot file changed while streaming".into()));
-    }
-    hasher.update(&tail);
-    for chunk in tail.chunks(SNAPSHOT_CHUNK) {
-        send(chunk.to_vec(), &mut sent)?;
     }
     send(hasher.finalize().to_vec(), &mut sent)?;
     Ok(())
