@@ -9,6 +9,7 @@
 //! Must not depend on: tokio, tonic, raft, or any networking. It is a synchronous library;
 //! one `WriteBatch` (one redb write transaction) at a time, reads concurrently with it.
 
+mod integrity;
 mod record;
 mod span;
 mod tables;
@@ -17,6 +18,7 @@ mod write;
 
 pub mod validate;
 
+pub use integrity::{check_pages, KvHash, VerifyReport};
 pub use write::WriteBatch;
 
 use ferrokv_proto::{etcdserverpb as pb, mvccpb};
@@ -25,9 +27,10 @@ use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTab
 use span::Span;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use tables::*;
-use view::{check_revision, View};
+use view::View;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -106,6 +109,8 @@ pub struct Store {
     revision: AtomicI64,
     compacted: AtomicI64,
     applied: Mutex<(u64, u64)>,
+    /// HashKV right after each recent compaction, for the compaction-time check.
+    compaction_hashes: Mutex<VecDeque<KvHash>>,
 }
 
 type MetaTable = ReadOnlyTable<&'static str, &'static [u8]>;
@@ -113,6 +118,19 @@ type MetaTable = ReadOnlyTable<&'static str, &'static [u8]>;
 impl Store {
     /// Opens the keyspace at `path`, creating an empty one (revision 1) if missing.
     pub fn open(path: &Path) -> Result<Store> {
+        Store::open_with(path, false)
+    }
+
+    /// [`Store::open`], and with `verify` the file is checked before it is trusted: redb's
+    /// page checksums and allocator state ([`check_pages`], repairing what an unclean
+    /// shutdown left, as a plain open does), then the logical check ([`Store::verify`]). A
+    /// file that fails either is refused with `Corrupt`, so a damaged member never serves.
+    pub fn open_with(path: &Path, verify: bool) -> Result<Store> {
+        if verify && path.exists() {
+            if !check_pages(path)? {
+                tracing::warn!(path = %path.display(), "redb repaired the keyspace file on open (unclean shutdown)");
+            }
+        }
         let db = Database::create(path)?;
         // Create every table up front so read transactions never see a missing table.
         let txn = db.begin_write()?;
@@ -131,13 +149,31 @@ impl Store {
         let compacted = meta_i64(&meta, META_COMPACTED)?.unwrap_or(0);
         let applied = meta_applied(&meta)?;
         tracing::info!(path = %path.display(), revision, compacted, applied_index = applied.0, "opened keyspace");
-        Ok(Store {
+        let store = Store {
             db,
             path: path.to_path_buf(),
             revision: AtomicI64::new(revision),
             compacted: AtomicI64::new(compacted),
             applied: Mutex::new(applied),
-        })
+            compaction_hashes: Mutex::new(VecDeque::new()),
+        };
+        if verify {
+            let report = store.verify()?;
+            if !report.ok() {
+                return Err(Error::Corrupt(format!(
+                    "{} failed the keyspace check: {}{}",
+                    path.display(),
+                    report.problems.join("; "),
+                    if report.more_problems > 0 {
+                        format!(" (and {} more)", report.more_problems)
+                    } else {
+                        String::new()
+                    }
+                )));
+            }
+            tracing::info!(path = %path.display(), keys = report.keys, "keyspace check passed");
+        }
+        Ok(store)
     }
 
     pub fn current_revision(&self) -> i64 {
@@ -293,25 +329,18 @@ impl Store {
         write::attached_keys(&t, id)
     }
 
-    /// CRC32 over every kept key revision with main revision <= `revision` (0 = current):
-    /// equal on members that applied the same log. Returns (hash, compacted, hashed revision).
+    /// etcd's HashKV as (hash, compacted, hashed revision); see [`Store::kv_hash`].
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64)> {
-        self.read(|v, current, compacted| {
-            let rev = if revision <= 0 { current } else { revision };
-            check_revision(rev, current, compacted)?;
-            let mut h = crc32fast::Hasher::new();
-            for r in v.history.range(..=(view::rev_u64(rev), u32::MAX))? {
-                let (k, rec) = r?;
-                let (main, sub) = k.value();
-                h.update(&main.to_be_bytes());
-                h.update(&sub.to_be_bytes());
-                h.update(rec.value());
-            }
-            Ok((h.finalize(), compacted, rev))
-        })
+        let h = self.kv_hash(revision)?;
+        Ok((h.hash, h.compact_revision, h.revision))
     }
 
-    /// CRC32 over every table of the keyspace, meta included.
+    /// CRC32 over the logical content of every table of the keyspace (keys and values in
+    /// table order, not pages), meta included except the applied raft index: that one is
+    /// this member's bookkeeping (a member that applied a conf change or a lease renewal more
+    /// has a higher one for the same data), so without it two members holding the same data
+    /// hash the same. (etcd's Hash RPC hashes the whole bolt file, consistent index included,
+    /// so it differs per member; ours is comparable.)
     pub fn hash(&self) -> Result<u32> {
         let rtx = self.db.begin_read()?;
         let mut h = crc32fast::Hasher::new();
@@ -331,7 +360,14 @@ impl Store {
         feed(&mut h, &rtx.open_table(KEY_INDEX)?)?;
         feed(&mut h, &rtx.open_table(LEASES)?)?;
         feed(&mut h, &rtx.open_table(LEASE_KEYS)?)?;
-        feed(&mut h, &rtx.open_table(META)?)?;
+        for r in rtx.open_table(META)?.iter()? {
+            let (k, v) = r?;
+            if k.value() == META_APPLIED {
+                continue;
+            }
+            h.update(k.value().as_bytes());
+            h.update(v.value());
+        }
         Ok(h.finalize())
     }
 
