@@ -64,6 +64,38 @@ pub struct Config {
     pub auth_token_ttl: Duration,
     /// bcrypt cost of stored password hashes (etcd `--bcrypt-cost`, 10).
     pub bcrypt_cost: u32,
+    /// Corruption checks (etcd's are opt-in; ferrokv's are on by default).
+    pub corrupt: CorruptCheck,
+}
+
+/// The corruption checks of `etcdserver/corrupt.rs`, with etcd's flag names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorruptCheck {
+    /// `--experimental-initial-corrupt-check` / `--feature-gates=InitialCorruptCheck=`: a
+    /// restarting member compares its HashKV with its peers' before it serves anything.
+    pub initial: bool,
+    /// `--corrupt-check-time` (`--experimental-corrupt-check-time`): how often the leader
+    /// compares every member's HashKV; zero turns the periodic check off.
+    pub periodic: Duration,
+    /// `--feature-gates=CompactHashCheck=` (`--experimental-compact-hash-check-enabled`).
+    pub compact_hash: bool,
+    /// `--compact-hash-check-time` (`--experimental-compact-hash-check-time`).
+    pub compact_hash_time: Duration,
+    /// `--keyspace-verify-on-open` (ferrokv's own): redb's page checksums and the
+    /// latest/history cross-check before the keyspace is trusted at start.
+    pub verify_on_open: bool,
+}
+
+impl Default for CorruptCheck {
+    fn default() -> Self {
+        CorruptCheck {
+            initial: true,
+            periodic: Duration::from_secs(300),
+            compact_hash: true,
+            compact_hash_time: Duration::from_secs(60),
+            verify_on_open: true,
+        }
+    }
 }
 
 /// etcd's `--auth-token` kinds.
@@ -117,6 +149,7 @@ impl Config {
             auth_token: AuthToken::Simple,
             auth_token_ttl: Duration::from_secs(300),
             bcrypt_cost: 10,
+            corrupt: CorruptCheck::default(),
         }
     }
 
