@@ -24,6 +24,9 @@ const REVOKES_PER_CHECK: usize =
 pub async fn run_expiry(core: Arc<EtcdServer>, mut stop: watch::Receiver<bool>) {
     let mut status = core.raft.status();
     let mut ticker = tokio::time::interval(EXPIRY_CHECK);
+    // A late tick must not be made up by a burst of ticks: that would revoke faster than the
+    // rate allows.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = crate::stop::until_stopped(&mut stop) => return,
