@@ -33,8 +33,8 @@ fn flip_value_bytes(db: &Path, key: &str, value: &str, backend: Backend) -> usiz
     let mut i = 0;
     while i + v.len() <= bytes.len() {
         if &bytes[i..i + v.len()] == v {
-            let in_history =
-                i >= history_prefix.len() && bytes[i - history_prefix.len()..i] == history_prefix[..];
+            let in_history = i >= history_prefix.len()
+                && bytes[i - history_prefix.len()..i] == history_prefix[..];
             if backend != Backend::Ferrokv || !in_history {
                 // Last byte: '6' -> 'v', still printable, so the wrong value is easy to spot.
                 bytes[i + v.len() - 1] ^= 0x40;
@@ -76,7 +76,13 @@ async fn cluster_with_value(b: Backend, extra: &[&str]) -> Cluster {
     }
     cl.put(KEY, VALUE, None).await.expect("put");
     // Every member must have applied the last put before one is stopped.
-    let want = cl.get(KEY, None).await.expect("get").header().unwrap().revision();
+    let want = cl
+        .get(KEY, None)
+        .await
+        .expect("get")
+        .header()
+        .unwrap()
+        .revision();
     for name in c.running() {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -89,7 +95,10 @@ async fn cluster_with_value(b: Backend, extra: &[&str]) -> Cluster {
             if r.header().unwrap().revision() >= want {
                 break;
             }
-            assert!(Instant::now() < deadline, "{name} did not catch up to {want}");
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not catch up to {want}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -128,8 +137,17 @@ fn stop_and_corrupt(c: &mut Cluster, name: &str, b: Backend) {
     m.terminate();
     let db = m.layout().db();
     let n = flip_value_bytes(&db, KEY, VALUE, b);
-    assert!(n >= 1, "{}: the value was not found in {}", b.name(), db.display());
-    eprintln!("{}: flipped {n} served cop(ies) of the value in {}", b.name(), db.display());
+    assert!(
+        n >= 1,
+        "{}: the value was not found in {}",
+        b.name(),
+        db.display()
+    );
+    eprintln!(
+        "{}: flipped {n} served cop(ies) of the value in {}",
+        b.name(),
+        db.display()
+    );
 }
 
 /// Starts `name` again and waits for it to exit on its own; returns its log.
@@ -191,7 +209,9 @@ async fn initial_check_refuses(b: Backend) {
         // Without the check at open, the initial check against the peers' HashKV refuses it,
         // naming the revision and both hashes, as etcd does.
         let m = c.get_mut(&victim).unwrap();
-        m.opts.extra_args.push("--keyspace-verify-on-open=false".into());
+        m.opts
+            .extra_args
+            .push("--keyspace-verify-on-open=false".into());
         let log = start_expect_refusal(&mut c, &victim, b);
         let line = log
             .lines()
@@ -212,7 +232,10 @@ async fn initial_check_refuses(b: Backend) {
             .rev()
             .find(|l| l.contains("checkInitialHashKV failed"))
             .unwrap_or_else(|| panic!("etcd: no checkInitialHashKV line; log:\n{}", tail(&log)));
-        assert!(line.contains("found data inconsistency with peers"), "{line}");
+        assert!(
+            line.contains("found data inconsistency with peers"),
+            "{line}"
+        );
         eprintln!("etcd36: {line}");
     }
     // The healthy members still serve the right value.
@@ -237,7 +260,9 @@ async fn periodic_check_raises_corrupt(b: Backend) {
     {
         let m = c.get_mut(&victim).unwrap();
         m.start_process().expect("spawn");
-        m.wait_ready().await.expect("corrupted member starts (initial check off)");
+        m.wait_ready()
+            .await
+            .expect("corrupted member starts (initial check off)");
     }
     // Before the alarm it really serves the corrupted value: the fault is real.
     let m = c.get(&victim).unwrap();
@@ -246,7 +271,12 @@ async fn periodic_check_raises_corrupt(b: Backend) {
         .get(KEY, Some(GetOptions::new().with_serializable()))
         .await
         .expect("get");
-    assert_ne!(served.kvs()[0].value_str().unwrap(), VALUE, "{}: the flip did not take", b.name());
+    assert_ne!(
+        served.kvs()[0].value_str().unwrap(),
+        VALUE,
+        "{}: the flip did not take",
+        b.name()
+    );
 
     let started = Instant::now();
     let want = format!("memberID:{victim_id} alarm:CORRUPT");
@@ -269,22 +299,44 @@ async fn periodic_check_raises_corrupt(b: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!("{}: CORRUPT raised {:?} after the restart", b.name(), started.elapsed());
+    eprintln!(
+        "{}: CORRUPT raised {:?} after the restart",
+        b.name(),
+        started.elapsed()
+    );
     let out = c.get(&healthy).unwrap().ctl36(&["alarm", "list"]);
     assert_eq!(out.stdout.trim(), want, "{}: alarm list", b.name());
 
     // Writes are refused everywhere with etcd's error (gRPC DataLoss).
     let mut cl = c.client().await.expect("client");
-    let err = cl.put("integrity/after", "x", None).await.expect_err("put under CORRUPT");
+    let err = cl
+        .put("integrity/after", "x", None)
+        .await
+        .expect_err("put under CORRUPT");
     let (code, msg) = ferrokv_tests::grpc_error(&err).expect("a gRPC status");
-    assert_eq!((code, msg.as_str()), (tonic::Code::DataLoss, "etcdserver: corrupt cluster"));
-    let err = cl.delete("integrity/other/1", None).await.expect_err("delete under CORRUPT");
     assert_eq!(
-        ferrokv_tests::grpc_error(&err).map(|(c, m)| (c, m)),
-        Some((tonic::Code::DataLoss, "etcdserver: corrupt cluster".to_string()))
+        (code, msg.as_str()),
+        (tonic::Code::DataLoss, "etcdserver: corrupt cluster")
     );
-    let out = c.get(&healthy).unwrap().ctl36(&["put", "integrity/after", "x"]);
-    assert!(out.stderr.contains("etcdserver: corrupt cluster"), "{out:?}");
+    let err = cl
+        .delete("integrity/other/1", None)
+        .await
+        .expect_err("delete under CORRUPT");
+    assert_eq!(
+        ferrokv_tests::grpc_error(&err),
+        Some((
+            tonic::Code::DataLoss,
+            "etcdserver: corrupt cluster".to_string()
+        ))
+    );
+    let out = c
+        .get(&healthy)
+        .unwrap()
+        .ctl36(&["put", "integrity/after", "x"]);
+    assert!(
+        out.stderr.contains("etcdserver: corrupt cluster"),
+        "{out:?}"
+    );
     // Reads are still served (etcd's corrupt applier refuses only what goes through raft),
     // and a healthy member serves the right value.
     let mut hc = c.get(&healthy).unwrap().client().await.expect("client");
@@ -318,8 +370,15 @@ fn http1(url: &str, method: &str, path: &str, headers: &[&str], body: &str) -> S
 fn peer_hashkv(url: &str, headers: &[&str], body: &str, method: &str) -> (String, String) {
     let resp = http1(url, method, "/members/hashkv", headers, body);
     let status = resp.lines().next().unwrap_or_default().to_string();
-    let mut body = resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-    if resp.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let mut body = resp
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    if resp
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         // One chunk: size line, data, terminator.
         body = body.lines().nth(1).unwrap_or_default().to_string();
     }
@@ -405,7 +464,10 @@ async fn check_subcommand_on_good_and_corrupted_dirs() {
     m.terminate();
     let (ok, out) = ferrokv_check(&m.data_dir());
     assert!(ok, "check of a good data dir failed:\n{out}");
-    assert!(out.contains("redb integrity") && out.trim_end().ends_with("OK"), "{out}");
+    assert!(
+        out.contains("redb integrity") && out.trim_end().ends_with("OK"),
+        "{out}"
+    );
 
     let db = m.layout().db();
     assert!(flip_value_bytes(&db, KEY, VALUE, Backend::Ferrokv) >= 1);
@@ -420,9 +482,15 @@ async fn check_subcommand_on_good_and_corrupted_dirs() {
     eprintln!("ferrokv check on the corrupted dir:\n{out}");
     // The member refuses to start on it as well (keyspace verify on open, the default).
     m.start_process().expect("spawn");
-    let status = m.wait_exit(Duration::from_secs(30)).expect("member must refuse to start");
+    let status = m
+        .wait_exit(Duration::from_secs(30))
+        .expect("member must refuse to start");
     assert!(!status.success());
-    assert!(m.log().contains("integrity") || m.log().contains("keyspace check"), "{}", tail(&m.log()));
+    assert!(
+        m.log().contains("integrity") || m.log().contains("keyspace check"),
+        "{}",
+        tail(&m.log())
+    );
     let (ok, out) = ferrokv_check(&m.scratch_dir().join("no-such-dir"));
     assert!(!ok && out.contains("no keyspace file"), "{out}");
 }
@@ -443,9 +511,13 @@ async fn lease_revoke_rate(b: Backend) {
         tasks.push(tokio::spawn(async move {
             for i in (w..LEASES).step_by(8) {
                 let id = cl.lease_grant(TTL, None).await.expect("grant").id();
-                cl.put(format!("lease/{i:05}"), "v", Some(PutOptions::new().with_lease(id)))
-                    .await
-                    .expect("put");
+                cl.put(
+                    format!("lease/{i:05}"),
+                    "v",
+                    Some(PutOptions::new().with_lease(id)),
+                )
+                .await
+                .expect("put");
             }
         }));
     }
@@ -462,10 +534,18 @@ async fn lease_revoke_rate(b: Backend) {
     m.start_process().expect("restart");
     m.wait_ready().await.expect("ready after restart");
     let mut cl = m.client().await.expect("client");
-    let rev = cl.get("lease/", Some(GetOptions::new().with_prefix().with_count_only()))
+    let rev = cl
+        .get(
+            "lease/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
         .await
         .expect("count");
-    assert_eq!(rev.count(), LEASES as i64, "every key still attached after the restart");
+    assert_eq!(
+        rev.count(),
+        LEASES as i64,
+        "every key still attached after the restart"
+    );
     let mut stream = cl
         .watch("lease/", Some(WatchOptions::new().with_prefix()))
         .await
@@ -475,7 +555,13 @@ async fn lease_revoke_rate(b: Backend) {
     while times.len() < LEASES {
         let msg = tokio::time::timeout_at(deadline.into(), stream.message())
             .await
-            .unwrap_or_else(|_| panic!("{}: only {} of {LEASES} keys deleted", b.name(), times.len()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{}: only {} of {LEASES} keys deleted",
+                    b.name(),
+                    times.len()
+                )
+            })
             .expect("watch stream")
             .expect("watch open");
         let now = Instant::now();
@@ -499,8 +585,16 @@ async fn lease_revoke_rate(b: Backend) {
         "{}: {LEASES} expired leases revoked over {span:?}, at most {peak} in one second",
         b.name()
     );
-    assert!(span >= Duration::from_millis(2500), "{}: revoked over {span:?}", b.name());
-    assert!(peak <= 1400, "{}: {peak} revocations within one second", b.name());
+    assert!(
+        span >= Duration::from_millis(2500),
+        "{}: revoked over {span:?}",
+        b.name()
+    );
+    assert!(
+        peak <= 1400,
+        "{}: {peak} revocations within one second",
+        b.name()
+    );
 }
 
 mod initial_check {

@@ -1112,7 +1112,8 @@ fn parse_corrupt_flags(cfg: &mut Config, m: &MemberArgs) -> Result<()> {
             }
         }
     }
-    let duration = |flag: &str, v: &str| parse_go_duration(v).map_err(|r| Error::invalid(flag, v, r));
+    let duration =
+        |flag: &str, v: &str| parse_go_duration(v).map_err(|r| Error::invalid(flag, v, r));
     // The 3.6 name wins over the deprecated one, as etcd copies the deprecated one only when
     // it alone is set.
     if let Some(v) = &m.experimental_corrupt_check_time {
@@ -1137,8 +1138,10 @@ fn parse_corrupt_flags(cfg: &mut Config, m: &MemberArgs) -> Result<()> {
         }
     }
     if m.keyspace_verify_on_open.is_some() {
-        c.verify_on_open =
-            parse_bool_flag("keyspace-verify-on-open", m.keyspace_verify_on_open.as_deref())?;
+        c.verify_on_open = parse_bool_flag(
+            "keyspace-verify-on-open",
+            m.keyspace_verify_on_open.as_deref(),
+        )?;
     }
     Ok(())
 }
@@ -1512,19 +1515,32 @@ mod tests {
             (&["--experimental-watch-progress-notify-interval=5s"], |s| {
                 s.config.watch_progress_notify_interval == Duration::from_secs(5)
             }),
-            (&["--experimental-initial-corrupt-check=true"], |s| s.config.corrupt.initial),
-            (&["--experimental-initial-corrupt-check=false"], |s| !s.config.corrupt.initial),
-            (&["--feature-gates=InitialCorruptCheck=false,CompactHashCheck=false"], |s| {
-                !s.config.corrupt.initial && !s.config.corrupt.compact_hash
+            (&["--experimental-initial-corrupt-check=true"], |s| {
+                s.config.corrupt.initial
             }),
+            (&["--experimental-initial-corrupt-check=false"], |s| {
+                !s.config.corrupt.initial
+            }),
+            (
+                &["--feature-gates=InitialCorruptCheck=false,CompactHashCheck=false"],
+                |s| !s.config.corrupt.initial && !s.config.corrupt.compact_hash,
+            ),
             (&["--experimental-corrupt-check-time=3s"], |s| {
                 s.config.corrupt.periodic == Duration::from_secs(3)
             }),
-            (&["--corrupt-check-time=0s"], |s| s.config.corrupt.periodic.is_zero()),
-            (&["--compact-hash-check-time=2s", "--keyspace-verify-on-open=false"], |s| {
-                s.config.corrupt.compact_hash_time == Duration::from_secs(2)
-                    && !s.config.corrupt.verify_on_open
+            (&["--corrupt-check-time=0s"], |s| {
+                s.config.corrupt.periodic.is_zero()
             }),
+            (
+                &[
+                    "--compact-hash-check-time=2s",
+                    "--keyspace-verify-on-open=false",
+                ],
+                |s| {
+                    s.config.corrupt.compact_hash_time == Duration::from_secs(2)
+                        && !s.config.corrupt.verify_on_open
+                },
+            ),
             (&[], |s| {
                 s.config.corrupt == ferrokv_server::config::CorruptCheck::default()
                     && s.config.corrupt.initial

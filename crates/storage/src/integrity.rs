@@ -46,7 +46,11 @@ pub(crate) struct Mismatch {
 
 impl Mismatch {
     fn describe(&self) -> String {
-        format!("key {:?}: {}", String::from_utf8_lossy(&self.key), self.what)
+        format!(
+            "key {:?}: {}",
+            String::from_utf8_lossy(&self.key),
+            self.what
+        )
     }
 }
 

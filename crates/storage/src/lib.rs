@@ -25,9 +25,9 @@ use ferrokv_proto::{etcdserverpb as pb, mvccpb};
 use record::decode_history;
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use span::Span;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::collections::VecDeque;
 use std::sync::Mutex;
 use tables::*;
 use view::View;
@@ -126,10 +126,8 @@ impl Store {
     /// shutdown left, as a plain open does), then the logical check ([`Store::verify`]). A
     /// file that fails either is refused with `Corrupt`, so a damaged member never serves.
     pub fn open_with(path: &Path, verify: bool) -> Result<Store> {
-        if verify && path.exists() {
-            if !check_pages(path)? {
-                tracing::warn!(path = %path.display(), "redb repaired the keyspace file on open (unclean shutdown)");
-            }
+        if verify && path.exists() && !check_pages(path)? {
+            tracing::warn!(path = %path.display(), "redb repaired the keyspace file on open (unclean shutdown)");
         }
         let db = Database::create(path)?;
         // Create every table up front so read transactions never see a missing table.

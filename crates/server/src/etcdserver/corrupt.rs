@@ -112,7 +112,15 @@ pub async fn initial_check(
         .await
         .map_err(|e| Error::Fatal(format!("{me} failed to fetch hash ({e})")))?;
     let tls = peer_client_tls(&cfg.peer_tls)?;
-    let peers = peer_hashes(store, member_id, cluster_id, tls.as_ref(), h.revision, timeout).await?;
+    let peers = peer_hashes(
+        store,
+        member_id,
+        cluster_id,
+        tls.as_ref(),
+        h.revision,
+        timeout,
+    )
+    .await?;
     let local_compact = wire_compact(h.compact_revision);
     let mut mismatches = Vec::new();
     for p in &peers {
@@ -272,7 +280,10 @@ impl EtcdServer {
             self.trigger_corrupt_alarm(self.member_id()).await;
             alarmed = true;
         }
-        let (c1, c2) = (wire_compact(h.compact_revision), wire_compact(h2.compact_revision));
+        let (c1, c2) = (
+            wire_compact(h.compact_revision),
+            wire_compact(h2.compact_revision),
+        );
         let mut checked = 0;
         for p in &peers {
             let Ok(r) = &p.resp else { continue };
@@ -314,7 +325,10 @@ impl EtcdServer {
                 self.trigger_corrupt_alarm(p.id).await;
             }
         }
-        tracing::info!(number_of_peers_checked = checked, "finished peer corruption check");
+        tracing::info!(
+            number_of_peers_checked = checked,
+            "finished peer corruption check"
+        );
         Ok(())
     }
 
@@ -328,7 +342,7 @@ impl EtcdServer {
             .into_iter()
             .filter(|h| h.revision > checked_up_to)
             .collect();
-        hashes.sort_by(|a, b| b.revision.cmp(&a.revision));
+        hashes.sort_by_key(|h| std::cmp::Reverse(h.revision));
         for h in &hashes {
             let peers = match self.peers_at(h.revision).await {
                 Ok(p) if !p.is_empty() => p,
@@ -362,7 +376,8 @@ impl EtcdServer {
                 }
                 continue;
             }
-            let quorum = (peers.len() + 1) / 2 + 1;
+            let members = peers.len() + 1;
+            let quorum = members / 2 + 1;
             let majority = groups
                 .iter()
                 .find(|(_, ids)| ids.len() >= quorum)

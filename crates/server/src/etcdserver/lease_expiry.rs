@@ -17,8 +17,7 @@ const EXPIRY_CHECK: Duration = Duration::from_millis(250);
 /// mass expiry becomes a steady trickle of deletes and watch events instead of one burst.
 pub const LEASE_REVOKE_RATE: usize = 1000;
 /// Revocations started per check (etcd: rate / 2 per 500 ms pass).
-const REVOKES_PER_CHECK: usize =
-    LEASE_REVOKE_RATE * EXPIRY_CHECK.as_millis() as usize / 1000;
+const REVOKES_PER_CHECK: usize = LEASE_REVOKE_RATE * EXPIRY_CHECK.as_millis() as usize / 1000;
 
 /// Follows leadership and revokes expired leases through raft until `stop` fires.
 pub async fn run_expiry(core: Arc<EtcdServer>, mut stop: watch::Receiver<bool>) {

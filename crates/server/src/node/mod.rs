@@ -76,9 +76,13 @@ impl Member {
         // etcd checks only a member that already has data (`memberInitialized`).
         let restarting = !id.bootstrap && !id.join_existing && store.applied_index().0 > 0;
         if cfg.corrupt.initial && restarting {
-            let checked =
-                crate::etcdserver::corrupt::initial_check(&cfg, &store, id.member_id, id.cluster_id)
-                    .await;
+            let checked = crate::etcdserver::corrupt::initial_check(
+                &cfg,
+                &store,
+                id.member_id,
+                id.cluster_id,
+            )
+            .await;
             if let Err(e) = checked {
                 tracing::error!(error = %e, "checkInitialHashKV failed");
                 return Err(e);

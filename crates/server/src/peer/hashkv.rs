@@ -38,8 +38,12 @@ pub enum PeerHashError {
 impl std::fmt::Display for PeerHashError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PeerHashError::Compacted => f.write_str("etcdserver: mvcc: required revision has been compacted"),
-            PeerHashError::FutureRev => f.write_str("etcdserver: mvcc: required revision is a future revision"),
+            PeerHashError::Compacted => {
+                f.write_str("etcdserver: mvcc: required revision has been compacted")
+            }
+            PeerHashError::FutureRev => {
+                f.write_str("etcdserver: mvcc: required revision is a future revision")
+            }
             PeerHashError::ClusterIdMismatch => f.write_str("etcdserver: cluster ID mismatch"),
             PeerHashError::Other(m) => f.write_str(m),
         }
@@ -64,8 +68,18 @@ pub fn response_json(r: &HashKvResponse) -> String {
         top.push(format!("\"header\":{{{}}}", hf.join(",")));
     }
     field(&mut top, "hash", r.hash, r.hash == 0);
-    field(&mut top, "compact_revision", r.compact_revision, r.compact_revision == 0);
-    field(&mut top, "hash_revision", r.hash_revision, r.hash_revision == 0);
+    field(
+        &mut top,
+        "compact_revision",
+        r.compact_revision,
+        r.compact_revision == 0,
+    );
+    field(
+        &mut top,
+        "hash_revision",
+        r.hash_revision,
+        r.hash_revision == 0,
+    );
     format!("{{{}}}", top.join(","))
 }
 
@@ -242,12 +256,19 @@ pub async fn fetch_hash_kv(
             400 if text.contains(COMPACTED) => Err(PeerHashError::Compacted),
             400 if text.contains(FUTURE_REV) => Err(PeerHashError::FutureRev),
             412 if text.contains(CLUSTER_ID_MISMATCH) => Err(PeerHashError::ClusterIdMismatch),
-            _ => Err(PeerHashError::Other(format!("unknown error: {}", text.trim_end()))),
+            _ => Err(PeerHashError::Other(format!(
+                "unknown error: {}",
+                text.trim_end()
+            ))),
         }
     };
     tokio::time::timeout(timeout, ask)
         .await
-        .unwrap_or_else(|_| Err(PeerHashError::Other(format!("hashkv request to {url} timed out"))))
+        .unwrap_or_else(|_| {
+            Err(PeerHashError::Other(format!(
+                "hashkv request to {url} timed out"
+            )))
+        })
 }
 
 #[cfg(test)]
