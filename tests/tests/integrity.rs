@@ -691,3 +691,48 @@ mod lease_rate {
         super::lease_revoke_rate(ferrokv_tests::Backend::Etcd36).await
     }
 }
+
+/// A Txn with an empty RequestOp (no request set) is refused as etcd refuses it
+/// (`INVALID_ARGUMENT etcdserver: key not found`), at the top level and nested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_with_an_empty_request_op_is_refused_as_etcd() {
+    use ferrokv_proto::etcdserverpb::{request_op::Request, RequestOp, TxnRequest};
+    let empty = || RequestOp { request: None };
+    let cases = [
+        TxnRequest {
+            success: vec![empty()],
+            ..Default::default()
+        },
+        TxnRequest {
+            failure: vec![RequestOp {
+                request: Some(Request::RequestTxn(TxnRequest {
+                    success: vec![empty()],
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        },
+    ];
+    let mut answers = Vec::new();
+    for b in [Backend::Ferrokv, Backend::Etcd36] {
+        let m = Member::start(b, MemberOpts::default())
+            .await
+            .unwrap_or_else(|e| panic!("starting {}: {e}", b.name()));
+        let mut raw = ferrokv_tests::raw_kv(&m).await.expect("raw client");
+        let mut got = Vec::new();
+        for t in &cases {
+            let r = raw.txn(t.clone()).await;
+            got.push(
+                r.map(|_| ())
+                    .map_err(|s| (s.code(), s.message().to_string())),
+            );
+        }
+        answers.push(got);
+    }
+    let want = Err((
+        tonic::Code::InvalidArgument,
+        "etcdserver: key not found".to_string(),
+    ));
+    assert_eq!(answers[1], vec![want.clone(), want], "etcd 3.6");
+    assert_eq!(answers[0], answers[1], "ferrokv vs etcd 3.6");
+}
