@@ -736,3 +736,27 @@ async fn txn_with_an_empty_request_op_is_refused_as_etcd() {
     assert_eq!(answers[1], vec![want.clone(), want], "etcd 3.6");
     assert_eq!(answers[0], answers[1], "ferrokv vs etcd 3.6");
 }
+
+/// A request above the gRPC receive limit (2 MiB key) gets grpc-go's status, as from etcd:
+/// `RESOURCE_EXHAUSTED grpc: received message larger than max (X vs. Y)`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_gets_grpc_go_status() {
+    let mut answers = Vec::new();
+    for b in [Backend::Ferrokv, Backend::Etcd36] {
+        let m = Member::start(b, MemberOpts::default())
+            .await
+            .unwrap_or_else(|e| panic!("starting {}: {e}", b.name()));
+        let mut raw = ferrokv_tests::raw_kv(&m).await.expect("raw client");
+        let req = ferrokv_proto::etcdserverpb::PutRequest {
+            key: vec![b'k'; 2 * 1024 * 1024],
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        let s = raw.put(req).await.expect_err("2 MiB key");
+        answers.push((s.code(), s.message().to_string()));
+    }
+    assert_eq!(answers[0], answers[1], "ferrokv vs etcd 3.6");
+    assert!(answers[0]
+        .1
+        .starts_with("grpc: received message larger than max ("));
+}
