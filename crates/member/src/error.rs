@@ -47,6 +47,9 @@ pub enum Error {
         #[source]
         source: ferrokv_server::Error,
     },
+    /// `ferrokv check` found problems (listed on stdout).
+    #[error("{0}")]
+    CheckFailed(String),
     /// No endpoint could be reached or the stream failed.
     #[error("{0}")]
     Rpc(String),

@@ -39,6 +39,8 @@ pub enum Command {
     Help(String),
     /// `ferrokv dump-logs <data-dir>`.
     DumpLogs { data_dir: PathBuf },
+    /// `ferrokv check --data-dir <dir>`: verify a stopped member's keyspace offline.
+    Check { data_dir: PathBuf },
     /// `ferrokv snapshot status <file>`.
     SnapshotStatus { file: PathBuf },
     /// `ferrokv snapshot save <file> --endpoints ...`.
@@ -174,6 +176,13 @@ enum Sub {
     /// Save, inspect or restore keyspace snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotSub),
+    /// Verify a stopped member's keyspace (redb page checksums, latest against history, the
+    /// lease index); exits non-zero on any problem.
+    Check {
+        /// The member's --data-dir.
+        #[arg(long = "data-dir")]
+        data_dir: PathBuf,
+    },
 }
 
 const STORE_HELP: &str = "Object-store URLs take their credentials from the environment:\n  \
@@ -361,9 +370,34 @@ struct MemberArgs {
     /// Interval of progress notifications to idle watchers (Go duration, e.g. "5s").
     #[arg(long = "experimental-watch-progress-notify-interval")]
     watch_progress_notify_interval: Option<String>,
-    /// Accepted for compatibility (kubeadm sets it); ferrokv checks its files at start anyway.
+    /// Compare this member's HashKV with its peers' before serving, on restart (default true
+    /// in ferrokv; etcd's default is false). Deprecated in etcd 3.6 for
+    /// --feature-gates=InitialCorruptCheck=true.
     #[arg(long = "experimental-initial-corrupt-check", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     initial_corrupt_check: Option<String>,
+    /// etcd 3.6 feature gates, e.g. "InitialCorruptCheck=true,CompactHashCheck=false".
+    #[arg(long = "feature-gates")]
+    feature_gates: Option<String>,
+    /// Duration between cluster corruption check passes (0 = off; ferrokv default 5m).
+    #[arg(long = "corrupt-check-time")]
+    corrupt_check_time: Option<String>,
+    /// Deprecated in etcd 3.6 for --corrupt-check-time.
+    #[arg(long = "experimental-corrupt-check-time")]
+    experimental_corrupt_check_time: Option<String>,
+    /// Leader compares followers' compaction hashes (default true in ferrokv). Deprecated in
+    /// etcd 3.6 for --feature-gates=CompactHashCheck=true.
+    #[arg(long = "experimental-compact-hash-check-enabled", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    compact_hash_check_enabled: Option<String>,
+    /// Duration between leader checks of followers' compaction hashes (default 1m).
+    #[arg(long = "compact-hash-check-time")]
+    compact_hash_check_time: Option<String>,
+    /// Deprecated in etcd 3.6 for --compact-hash-check-time.
+    #[arg(long = "experimental-compact-hash-check-time")]
+    experimental_compact_hash_check_time: Option<String>,
+    /// ferrokv: check the keyspace file (redb page checksums, latest against history, lease
+    /// index) at start and refuse to start on a failure (default true).
+    #[arg(long = "keyspace-verify-on-open", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    keyspace_verify_on_open: Option<String>,
     /// Specify auth token type and options: "simple" (JWT is not supported yet).
     #[arg(long = "auth-token")]
     auth_token: Option<String>,
@@ -452,6 +486,7 @@ where
     match cli.command {
         Some(Sub::Version) => Ok(Command::Version),
         Some(Sub::DumpLogs { data_dir }) => Ok(Command::DumpLogs { data_dir }),
+        Some(Sub::Check { data_dir }) => Ok(Command::Check { data_dir }),
         Some(Sub::Snapshot(SnapshotSub::Status { file })) => Ok(Command::SnapshotStatus { file }),
         Some(Sub::Snapshot(SnapshotSub::Restore {
             file,
@@ -882,10 +917,7 @@ fn build_serve(m: MemberArgs) -> Result<Serve> {
     };
     check_tls(&cfg)?;
     parse_auth_flags(&mut cfg, &m)?;
-    parse_bool_flag(
-        "experimental-initial-corrupt-check",
-        m.initial_corrupt_check.as_deref(),
-    )?;
+    parse_corrupt_flags(&mut cfg, &m)?;
 
     if let Some(v) = &m.watch_progress_notify_interval {
         let d = parse_go_duration(v)
@@ -1395,6 +1427,87 @@ fn path_flag(v: &Option<String>) -> Option<PathBuf> {
     v.as_deref().filter(|s| !s.is_empty()).map(PathBuf::from)
 }
 
+/// etcd 3.6's feature gates.
+const FEATURE_GATES: [&str; 7] = [
+    "StopGRPCServiceOnDefrag",
+    "TxnModeWriteWithSharedBuffer",
+    "InitialCorruptCheck",
+    "CompactHashCheck",
+    "LeaseCheckpoint",
+    "LeaseCheckpointPersist",
+    "SetMemberLocalAddr",
+];
+
+/// The corruption-check flags (etcd's names, both the 3.6 ones and the deprecated
+/// `experimental-` ones; ferrokv's defaults turn every check on).
+fn parse_corrupt_flags(cfg: &mut Config, m: &MemberArgs) -> Result<()> {
+    let c = &mut cfg.corrupt;
+    if m.initial_corrupt_check.is_some() {
+        c.initial = parse_bool_flag(
+            "experimental-initial-corrupt-check",
+            m.initial_corrupt_check.as_deref(),
+        )?;
+    }
+    if m.compact_hash_check_enabled.is_some() {
+        c.compact_hash = parse_bool_flag(
+            "experimental-compact-hash-check-enabled",
+            m.compact_hash_check_enabled.as_deref(),
+        )?;
+    }
+    if let Some(v) = &m.feature_gates {
+        for pair in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, val) = pair.split_once('=').ok_or_else(|| {
+                Error::invalid("feature-gates", v, format!("missing bool value for {pair}"))
+            })?;
+            let on = parse_bool_flag("feature-gates", Some(val.trim()))?;
+            match name.trim() {
+                "InitialCorruptCheck" => c.initial = on,
+                "CompactHashCheck" => c.compact_hash = on,
+                n if FEATURE_GATES.contains(&n) => {}
+                n => {
+                    return Err(Error::invalid(
+                        "feature-gates",
+                        v,
+                        format!("unrecognized feature gate: {n}"),
+                    ))
+                }
+            }
+        }
+    }
+    let duration =
+        |flag: &str, v: &str| parse_go_duration(v).map_err(|r| Error::invalid(flag, v, r));
+    // The 3.6 name wins over the deprecated one, as etcd copies the deprecated one only when
+    // it alone is set.
+    if let Some(v) = &m.experimental_corrupt_check_time {
+        c.periodic = duration("experimental-corrupt-check-time", v)?;
+    }
+    if let Some(v) = &m.corrupt_check_time {
+        c.periodic = duration("corrupt-check-time", v)?;
+    }
+    for (flag, v) in [
+        (
+            "experimental-compact-hash-check-time",
+            &m.experimental_compact_hash_check_time,
+        ),
+        ("compact-hash-check-time", &m.compact_hash_check_time),
+    ] {
+        if let Some(v) = v {
+            let d = duration(flag, v)?;
+            if d.is_zero() {
+                return Err(Error::invalid(flag, v, "must be >0"));
+            }
+            c.compact_hash_time = d;
+        }
+    }
+    if m.keyspace_verify_on_open.is_some() {
+        c.verify_on_open = parse_bool_flag(
+            "keyspace-verify-on-open",
+            m.keyspace_verify_on_open.as_deref(),
+        )?;
+    }
+    Ok(())
+}
+
 /// Go's `strconv.ParseBool`, which is what a Go bool flag accepts after `=`.
 fn parse_bool_flag(flag: &str, v: Option<&str>) -> Result<bool> {
     match v {
@@ -1764,7 +1877,36 @@ mod tests {
             (&["--experimental-watch-progress-notify-interval=5s"], |s| {
                 s.config.watch_progress_notify_interval == Duration::from_secs(5)
             }),
-            (&["--experimental-initial-corrupt-check=true"], |_| true),
+            (&["--experimental-initial-corrupt-check=true"], |s| {
+                s.config.corrupt.initial
+            }),
+            (&["--experimental-initial-corrupt-check=false"], |s| {
+                !s.config.corrupt.initial
+            }),
+            (
+                &["--feature-gates=InitialCorruptCheck=false,CompactHashCheck=false"],
+                |s| !s.config.corrupt.initial && !s.config.corrupt.compact_hash,
+            ),
+            (&["--experimental-corrupt-check-time=3s"], |s| {
+                s.config.corrupt.periodic == Duration::from_secs(3)
+            }),
+            (&["--corrupt-check-time=0s"], |s| {
+                s.config.corrupt.periodic.is_zero()
+            }),
+            (
+                &[
+                    "--compact-hash-check-time=2s",
+                    "--keyspace-verify-on-open=false",
+                ],
+                |s| {
+                    s.config.corrupt.compact_hash_time == Duration::from_secs(2)
+                        && !s.config.corrupt.verify_on_open
+                },
+            ),
+            (&[], |s| {
+                s.config.corrupt == ferrokv_server::config::CorruptCheck::default()
+                    && s.config.corrupt.initial
+            }),
             // Go conventions: single dash, space-separated value, last one wins.
             (&["-name", "n2"], |s| s.config.name == "n2"),
             (&["-name=n3", "-data-dir=/d"], |s| {

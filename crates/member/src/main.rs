@@ -7,6 +7,7 @@
 //! tools read files offline (WAL, snapshot) through the wal/storage crates, use the server's
 //! public id/membership encoding for restore, or talk the public gRPC API.
 
+mod check;
 mod dump_logs;
 mod error;
 mod flags;
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         Command::Help(text) => emit(&text),
         Command::Version => emit(&version::render()),
         Command::DumpLogs { data_dir } => dump_logs::run(&data_dir, &mut std::io::stdout().lock()),
+        Command::Check { data_dir } => check::run(&data_dir, &mut std::io::stdout().lock()),
         Command::SnapshotStatus { file } => {
             snapshot::status(&file).and_then(|s| emit(&s.to_string()))
         }

@@ -66,6 +66,8 @@ pub struct Config {
     pub bcrypt_cost: u32,
     /// Bootstrap through a discovery service instead of `--initial-cluster` (first boot only).
     pub discovery: Option<Discovery>,
+    /// Corruption checks (etcd's are opt-in; ferrokv's are on by default).
+    pub corrupt: CorruptCheck,
 }
 
 /// How a new member finds the other members of the cluster it bootstraps.
@@ -126,6 +128,36 @@ impl V3Discovery {
     }
 }
 
+/// The corruption checks of `etcdserver/corrupt.rs`, with etcd's flag names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorruptCheck {
+    /// `--experimental-initial-corrupt-check` / `--feature-gates=InitialCorruptCheck=`: a
+    /// restarting member compares its HashKV with its peers' before it serves anything.
+    pub initial: bool,
+    /// `--corrupt-check-time` (`--experimental-corrupt-check-time`): how often the leader
+    /// compares every member's HashKV; zero turns the periodic check off.
+    pub periodic: Duration,
+    /// `--feature-gates=CompactHashCheck=` (`--experimental-compact-hash-check-enabled`).
+    pub compact_hash: bool,
+    /// `--compact-hash-check-time` (`--experimental-compact-hash-check-time`).
+    pub compact_hash_time: Duration,
+    /// `--keyspace-verify-on-open` (ferrokv's own): redb's page checksums and the
+    /// latest/history cross-check before the keyspace is trusted at start.
+    pub verify_on_open: bool,
+}
+
+impl Default for CorruptCheck {
+    fn default() -> Self {
+        CorruptCheck {
+            initial: true,
+            periodic: Duration::from_secs(300),
+            compact_hash: true,
+            compact_hash_time: Duration::from_secs(60),
+            verify_on_open: true,
+        }
+    }
+}
+
 /// etcd's `--auth-token` kinds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum AuthToken {
@@ -178,6 +210,7 @@ impl Config {
             auth_token_ttl: Duration::from_secs(300),
             bcrypt_cost: 10,
             discovery: None,
+            corrupt: CorruptCheck::default(),
         }
     }
 

@@ -36,6 +36,9 @@ pub enum Error {
     LeaseTtlTooLarge,
     #[error("{}", self.etcd_text())]
     NoSpace,
+    /// A CORRUPT alarm is raised: writes are refused cluster-wide (etcd's `ErrCorrupt`).
+    #[error("{}", self.etcd_text())]
+    CorruptCluster,
     #[error("{}", self.etcd_text())]
     MemberNotFound,
     #[error("{}", self.etcd_text())]
@@ -192,6 +195,7 @@ impl Error {
                 Code::ResourceExhausted,
                 "etcdserver: mvcc: database space exceeded",
             ),
+            Error::CorruptCluster => (Code::DataLoss, "etcdserver: corrupt cluster"),
             Error::MemberNotFound => (Code::NotFound, "etcdserver: member not found"),
             Error::InvalidPeerUrls => (
                 Code::InvalidArgument,

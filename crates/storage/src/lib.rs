@@ -10,6 +10,7 @@
 //! one `WriteBatch` (one redb write transaction) at a time, reads concurrently with it.
 
 mod etcd_snapshot;
+mod integrity;
 mod record;
 mod span;
 mod tables;
@@ -20,17 +21,27 @@ pub mod validate;
 
 pub use etcd_snapshot::{etcd_db_status, import_etcd, EtcdDbStatus, Imported};
 pub use ferrokv_bbolt as bbolt;
+pub use integrity::{check_pages, KvHash, VerifyReport};
 pub use write::WriteBatch;
+
+/// The read-only view of one read transaction, as [`Store::etcd_kv_hash`] hands it on.
+pub(crate) type LatestView<'a> = view::View<
+    'a,
+    ReadOnlyTable<&'static [u8], &'static [u8]>,
+    ReadOnlyTable<tables::IndexKey, bool>,
+    ReadOnlyTable<tables::HistoryKey, &'static [u8]>,
+>;
 
 use ferrokv_proto::{etcdserverpb as pb, mvccpb};
 use record::decode_history;
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use span::Span;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use tables::*;
-use view::{check_revision, View};
+use view::View;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -109,6 +120,8 @@ pub struct Store {
     revision: AtomicI64,
     compacted: AtomicI64,
     applied: Mutex<(u64, u64)>,
+    /// HashKV right after each recent compaction, for the compaction-time check.
+    compaction_hashes: Mutex<VecDeque<KvHash>>,
 }
 
 type MetaTable = ReadOnlyTable<&'static str, &'static [u8]>;
@@ -116,6 +129,17 @@ type MetaTable = ReadOnlyTable<&'static str, &'static [u8]>;
 impl Store {
     /// Opens the keyspace at `path`, creating an empty one (revision 1) if missing.
     pub fn open(path: &Path) -> Result<Store> {
+        Store::open_with(path, false)
+    }
+
+    /// [`Store::open`], and with `verify` the file is checked before it is trusted: redb's
+    /// page checksums and allocator state ([`check_pages`], repairing what an unclean
+    /// shutdown left, as a plain open does), then the logical check ([`Store::verify`]). A
+    /// file that fails either is refused with `Corrupt`, so a damaged member never serves.
+    pub fn open_with(path: &Path, verify: bool) -> Result<Store> {
+        if verify && path.exists() && !check_pages(path)? {
+            tracing::warn!(path = %path.display(), "redb repaired the keyspace file on open (unclean shutdown)");
+        }
         let db = Database::create(path)?;
         // Create every table up front so read transactions never see a missing table.
         let txn = db.begin_write()?;
@@ -134,13 +158,31 @@ impl Store {
         let compacted = meta_i64(&meta, META_COMPACTED)?.unwrap_or(0);
         let applied = meta_applied(&meta)?;
         tracing::info!(path = %path.display(), revision, compacted, applied_index = applied.0, "opened keyspace");
-        Ok(Store {
+        let store = Store {
             db,
             path: path.to_path_buf(),
             revision: AtomicI64::new(revision),
             compacted: AtomicI64::new(compacted),
             applied: Mutex::new(applied),
-        })
+            compaction_hashes: Mutex::new(VecDeque::new()),
+        };
+        if verify {
+            let report = store.verify()?;
+            if !report.ok() {
+                return Err(Error::Corrupt(format!(
+                    "{} failed the keyspace check: {}{}",
+                    path.display(),
+                    report.problems.join("; "),
+                    if report.more_problems > 0 {
+                        format!(" (and {} more)", report.more_problems)
+                    } else {
+                        String::new()
+                    }
+                )));
+            }
+            tracing::info!(path = %path.display(), keys = report.keys, "keyspace check passed");
+        }
+        Ok(store)
     }
 
     pub fn current_revision(&self) -> i64 {
@@ -296,14 +338,25 @@ impl Store {
         write::attached_keys(&t, id)
     }
 
-    /// etcd's `HashKV`: CRC-32C of `"key"` then every kept key revision with main revision
-    /// <= `revision` (0 = current) as etcd stores it (revision key, `mvccpb.KeyValue`), so
-    /// the value equals etcd's for the same history (an etcd restored from our snapshot, or
-    /// we from its). Returns (hash, compacted, hashed revision).
+    /// etcd's HashKV as (hash, compacted, hashed revision); see [`Store::kv_hash`].
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64)> {
+        let h = self.kv_hash(revision)?;
+        Ok((h.hash, h.compact_revision, h.revision))
+    }
+
+    /// etcd's `HashKV` state: CRC-32C of `"key"` then every kept key revision with main
+    /// revision <= `revision` (0 = current) as etcd stores it (revision key,
+    /// `mvccpb.KeyValue`), so the value equals etcd's for the same history (an etcd restored
+    /// from our snapshot, or we from its). `then` sees the same read snapshot (the
+    /// latest/history check of [`Store::kv_hash`] folds its findings in).
+    pub(crate) fn etcd_kv_hash<T>(
+        &self,
+        revision: i64,
+        then: impl FnOnce(&mut etcd_snapshot::Crc32c, &LatestView<'_>, i64, i64) -> Result<T>,
+    ) -> Result<T> {
         self.read(|v, current, compacted| {
             let rev = if revision <= 0 { current } else { revision };
-            check_revision(rev, current, compacted)?;
+            view::check_revision(rev, current, compacted)?;
             // At or below the compacted revision etcd hashes only what a compaction at `rev`
             // would keep (each key's newest revision <= rev, unless a delete), and everything
             // when that set is empty.
@@ -331,11 +384,16 @@ impl Store {
                 ));
                 h.update(&etcd_snapshot::etcd_value(&hd, key, value));
             }
-            Ok((h.finish(), compacted, rev))
+            then(&mut h, v, rev, compacted)
         })
     }
 
-    /// CRC32 over every table of the keyspace, meta included.
+    /// CRC32 over the logical content of every table of the keyspace (keys and values in
+    /// table order, not pages), meta included except the applied raft index: that one is
+    /// this member's bookkeeping (a member that applied a conf change or a lease renewal more
+    /// has a higher one for the same data), so without it two members holding the same data
+    /// hash the same. (etcd's Hash RPC hashes the whole bolt file, consistent index included,
+    /// so it differs per member; ours is comparable.)
     pub fn hash(&self) -> Result<u32> {
         let rtx = self.db.begin_read()?;
         let mut h = crc32fast::Hasher::new();
@@ -355,7 +413,14 @@ impl Store {
         feed(&mut h, &rtx.open_table(KEY_INDEX)?)?;
         feed(&mut h, &rtx.open_table(LEASES)?)?;
         feed(&mut h, &rtx.open_table(LEASE_KEYS)?)?;
-        feed(&mut h, &rtx.open_table(META)?)?;
+        for r in rtx.open_table(META)?.iter()? {
+            let (k, v) = r?;
+            if k.value() == META_APPLIED {
+                continue;
+            }
+            h.update(k.value().as_bytes());
+            h.update(v.value());
+        }
         Ok(h.finalize())
     }
 

@@ -60,7 +60,8 @@ fn check_ops(req: &pb::TxnRequest, max_ops: usize) -> Result<()> {
             Some(Request::RequestPut(r)) => put(r)?,
             Some(Request::RequestDeleteRange(r)) => delete_range(r)?,
             Some(Request::RequestTxn(t)) => check_ops(t, max_ops)?,
-            None => {}
+            // etcd's checkRequestOp: an op with no request ("empty op / nil entry").
+            None => return Err(Error::KeyNotFound),
         }
     }
     Ok(())
@@ -334,6 +335,16 @@ mod tests {
         let many = |n: usize| (0..n).map(|i| put_op(&format!("k{i}"))).collect::<Vec<_>>();
         let rows: Vec<(&str, pb::TxnRequest, Option<&str>)> = vec![
             ("128 ops ok", txn_of(many(128)), None),
+            (
+                "empty RequestOp",
+                txn_of(vec![pb::RequestOp { request: None }]),
+                Some("etcdserver: key not found"),
+            ),
+            (
+                "empty RequestOp in a nested failure branch",
+                txn_of(vec![txn_op(vec![], vec![pb::RequestOp { request: None }])]),
+                Some("etcdserver: key not found"),
+            ),
             (
                 "129 ops",
                 txn_of(many(129)),

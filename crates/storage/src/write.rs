@@ -25,6 +25,8 @@ pub struct WriteBatch<'a> {
     revision: i64,
     compacted: i64,
     applied: Option<(u64, u64)>,
+    /// A compaction ran in this batch: hash the keyspace after the commit.
+    compacted_here: bool,
 }
 
 /// The write-side tables of one op.
@@ -423,6 +425,7 @@ impl<'a> WriteBatch<'a> {
             revision,
             compacted,
             applied: None,
+            compacted_here: false,
         })
     }
 
@@ -536,6 +539,7 @@ impl<'a> WriteBatch<'a> {
             }
         }
         self.compacted = revision;
+        self.compacted_here = true;
         tracing::info!(revision, keys = keys.len(), removed, "compacted keyspace");
         Ok(pb::CompactionResponse {
             header: Some(header(self.revision)),
@@ -624,6 +628,11 @@ impl<'a> WriteBatch<'a> {
         self.txn.commit()?;
         self.store
             .publish(self.revision, self.compacted, self.applied);
+        if self.compacted_here {
+            // etcd hashes at compaction time too; members compacted at the same revision
+            // must hold the same history up to it.
+            self.store.record_compaction_hash(self.compacted);
+        }
         Ok(())
     }
 }

@@ -149,7 +149,38 @@ where
     }
 }
 
-fn log_failure<E>(resp: http::Response<Body>) -> Result<http::Response<Body>, E> {
+/// tonic's refusal of a request above the size limit, as grpc-go words it (etcd's clients
+/// and tests match `ResourceExhausted grpc: received message larger than max (X vs. Y)`);
+/// tonic says `OutOfRange Error, decoded message length too large: found X bytes, the limit
+/// is: Y bytes`.
+fn as_grpc_go_size_error(resp: &mut http::Response<Body>) {
+    let h = resp.headers();
+    if h.get("grpc-status").map(|c| c.as_bytes()) != Some(b"11") {
+        return;
+    }
+    let Some(msg) = h.get("grpc-message").and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let msg = msg.replace("%20", " ").replace("%3A", ":");
+    let Some(rest) = msg.strip_prefix("Error, decoded message length too large: found ") else {
+        return;
+    };
+    let Some((found, limit)) = rest
+        .strip_suffix(" bytes")
+        .and_then(|r| r.split_once(" bytes, the limit is: "))
+    else {
+        return;
+    };
+    let go = format!("grpc: received message larger than max ({found} vs. {limit})");
+    if let Ok(v) = http::HeaderValue::from_str(&go) {
+        let h = resp.headers_mut();
+        h.insert("grpc-status", http::HeaderValue::from_static("8"));
+        h.insert("grpc-message", v);
+    }
+}
+
+fn log_failure<E>(mut resp: http::Response<Body>) -> Result<http::Response<Body>, E> {
+    as_grpc_go_size_error(&mut resp);
     if let Some(code) = resp.headers().get("grpc-status") {
         if code.as_bytes() != b"0" {
             let message = resp

@@ -25,6 +25,14 @@ impl Alarms {
             .any(|a| a.alarm == pb::AlarmType::Nospace as i32)
     }
 
+    /// Some member is CORRUPT: writes are refused until disarmed (etcd's corrupt applier).
+    pub fn corrupt(&self) -> bool {
+        self.inner
+            .lock()
+            .iter()
+            .any(|a| a.alarm == pb::AlarmType::Corrupt as i32)
+    }
+
     pub(crate) fn apply(&self, req: &pb::AlarmRequest) -> AlarmResponse {
         let mut list = self.inner.lock();
         let this = AlarmMember {

@@ -113,18 +113,30 @@ impl Lessor {
 
     /// Leases past their deadline that nobody is revoking yet; they are marked as revoking.
     pub fn take_expired(&self, now: Instant) -> Vec<i64> {
+        self.take_expired_at_most(now, usize::MAX)
+    }
+
+    /// [`Lessor::take_expired`], at most `limit` of them, the longest expired first (etcd
+    /// revokes from its expiry heap at a bounded rate).
+    pub fn take_expired_at_most(&self, now: Instant, limit: usize) -> Vec<i64> {
         let mut st = self.state.lock();
-        if !st.leader {
+        if !st.leader || limit == 0 {
             return Vec::new();
         }
-        let expired: Vec<i64> = st
+        let mut expired: Vec<(Instant, i64)> = st
             .leases
             .iter()
             .filter(|(id, e)| e.deadline <= now && !st.revoking.contains(id))
-            .map(|(id, _)| *id)
+            .map(|(id, e)| (e.deadline, *id))
             .collect();
-        st.revoking.extend(expired.iter().copied());
-        expired
+        if expired.len() > limit {
+            expired.select_nth_unstable(limit - 1);
+            expired.truncate(limit);
+        }
+        expired.sort_unstable();
+        let ids: Vec<i64> = expired.into_iter().map(|(_, id)| id).collect();
+        st.revoking.extend(ids.iter().copied());
+        ids
     }
 
     /// A revoke proposal failed: try again at the next check.

@@ -30,7 +30,7 @@ impl EtcdServer {
 
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
         // A delete never grows the store, so it passes even under NOSPACE (etcd's rule).
-        Ok(self.filled(self.propose(req).await?))
+        Ok(self.filled(self.propose_write(req).await?))
     }
 
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
@@ -61,7 +61,7 @@ impl EtcdServer {
 
     pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
         // Storage compacts synchronously while applying, so `physical` needs no extra wait.
-        Ok(self.filled(self.propose(req).await?))
+        Ok(self.filled(self.propose_write(req).await?))
     }
 }
 

@@ -39,7 +39,7 @@ impl EtcdServer {
     }
 
     pub async fn lease_revoke(&self, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
-        Ok(self.stamped(self.propose(req).await?))
+        Ok(self.stamped(self.propose_write(req).await?))
     }
 
     /// One keep-alive: renews on the leader, forwarded there from a follower.

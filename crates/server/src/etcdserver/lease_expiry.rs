@@ -13,11 +13,19 @@ use crate::error::Error;
 
 /// How often the leader looks for expired leases.
 const EXPIRY_CHECK: Duration = Duration::from_millis(250);
+/// etcd's `leaseRevokeRate`: at most this many expired leases are revoked per second, so a
+/// mass expiry becomes a steady trickle of deletes and watch events instead of one burst.
+pub const LEASE_REVOKE_RATE: usize = 1000;
+/// Revocations started per check (etcd: rate / 2 per 500 ms pass).
+const REVOKES_PER_CHECK: usize = LEASE_REVOKE_RATE * EXPIRY_CHECK.as_millis() as usize / 1000;
 
 /// Follows leadership and revokes expired leases through raft until `stop` fires.
 pub async fn run_expiry(core: Arc<EtcdServer>, mut stop: watch::Receiver<bool>) {
     let mut status = core.raft.status();
     let mut ticker = tokio::time::interval(EXPIRY_CHECK);
+    // A late tick must not be made up by a burst of ticks: that would revoke faster than the
+    // rate allows.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = crate::stop::until_stopped(&mut stop) => return,
@@ -43,7 +51,14 @@ pub async fn run_expiry(core: Arc<EtcdServer>, mut stop: watch::Receiver<bool>) 
         if !leader && core.lessor.is_leader() {
             core.lessor.demote();
         }
-        for id in core.lessor.take_expired(Instant::now()) {
+        if core.alarms.corrupt() {
+            // Every revoke would be refused (etcd's corrupt applier refuses LeaseRevoke).
+            continue;
+        }
+        for id in core
+            .lessor
+            .take_expired_at_most(Instant::now(), REVOKES_PER_CHECK)
+        {
             let core = core.clone();
             tokio::spawn(async move {
                 tracing::info!(lease = id, "lease expired; revoking");

@@ -9,6 +9,7 @@
 mod auth;
 mod cluster;
 pub mod compactor;
+pub mod corrupt;
 mod headers;
 mod jwt;
 mod kv;

@@ -23,9 +23,26 @@ impl EtcdServer {
         self.propose(p).await
     }
 
+    /// Proposes a write that cannot grow the store (delete, compaction, lease revoke):
+    /// refused only under a CORRUPT alarm, as etcd's corrupt applier refuses it.
+    pub(super) async fn propose_write<P: Proposal>(&self, p: P) -> Result<P::Response> {
+        self.refuse_if_corrupt()?;
+        self.propose(p).await
+    }
+
+    /// etcd refuses Put, DeleteRange, Txn, Compaction, LeaseGrant and LeaseRevoke while any
+    /// member is CORRUPT, with `etcdserver: corrupt cluster`.
+    pub(super) fn refuse_if_corrupt(&self) -> Result<()> {
+        if self.alarms.corrupt() {
+            return Err(Error::CorruptCluster);
+        }
+        Ok(())
+    }
+
     /// Refuses writes once NOSPACE is raised; raises it (through raft, so every member
     /// refuses) when the backend file is over quota.
     async fn check_quota(&self) -> Result<()> {
+        self.refuse_if_corrupt()?;
         if self.alarms.no_space() {
             return Err(Error::NoSpace);
         }

@@ -55,7 +55,7 @@ pub struct EtcdServer {
     /// How long a client request may wait for raft (etcd: 5 s + 2 × election timeout).
     pub(super) request_timeout: Duration,
     /// TLS for member-to-member connections (https peer URLs).
-    peer_client_tls: Option<crate::peer::PeerClientTls>,
+    pub(super) peer_client_tls: Option<crate::peer::PeerClientTls>,
     /// A connection to the leader's peer port, for requests only the leader can answer.
     leader_conn: parking_lot::Mutex<Option<(u64, tonic::transport::Channel)>>,
 }

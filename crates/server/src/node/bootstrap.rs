@@ -32,7 +32,10 @@ pub(super) fn open_storage(cfg: &Config) -> Result<Arc<Store>> {
     let layout = cfg.layout();
     std::fs::create_dir_all(layout.snap())?;
     layout.remove_stale_scratch();
-    Ok(Arc::new(Store::open(&layout.db())?))
+    Ok(Arc::new(Store::open_with(
+        &layout.db(),
+        cfg.corrupt.verify_on_open,
+    )?))
 }
 
 /// Every bound socket, with the TLS config of the https ones.
@@ -256,6 +259,10 @@ pub(super) fn start_apply(
         )));
     }
     tasks.push(tokio::spawn(crate::etcdserver::lease_expiry::run_expiry(
+        core.clone(),
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::etcdserver::corrupt::run(
         core.clone(),
         stop_rx.clone(),
     )));

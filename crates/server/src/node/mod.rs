@@ -79,6 +79,21 @@ impl Member {
         let has_wal = ferrokv_wal::Wal::exists(&cfg.layout().wal());
         discovery::discover(&mut cfg, has_wal).await?;
         let id = identity::recover_identity(&cfg, &store).await?;
+        // etcd checks only a member that already has data (`memberInitialized`).
+        let restarting = !id.bootstrap && !id.join_existing && store.applied_index().0 > 0;
+        if cfg.corrupt.initial && restarting {
+            let checked = crate::etcdserver::corrupt::initial_check(
+                &cfg,
+                &store,
+                id.member_id,
+                id.cluster_id,
+            )
+            .await;
+            if let Err(e) = checked {
+                tracing::error!(error = %e, "checkInitialHashKV failed");
+                return Err(e);
+            }
+        }
         let listeners = bootstrap::bind_listeners(&cfg).await?;
 
         let (stop_tx, stop_rx) = watch::channel(false);

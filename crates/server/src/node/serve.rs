@@ -149,7 +149,10 @@ pub(super) fn serve_peer(
     tasks: &mut Vec<JoinHandle<()>>,
 ) {
     for (u, listener) in listeners {
+        // HTTP/1 too: etcd members ask `/members/hashkv` over HTTP/1.1.
         let router = Server::builder()
+            .accept_http1(true)
+            .layer(crate::peer::HashKvEndpoint::new(s.core.clone()))
             .layer(RpcLayer::uncounted(s.core.metrics()))
             .add_service(
                 PeerServer::new(PeerService::new(

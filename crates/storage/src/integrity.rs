@@ -1,0 +1,349 @@
+//! Integrity of the keyspace: the hashes members compare, and the checks that find local
+//! corruption.
+//!
+//! Reads at the current revision are answered from `latest`, while `history` is what every
+//! member holds identically for an identical log. Hashing `latest` itself cannot be compared
+//! across members at a given revision (a member that has applied more has moved some keys
+//! forward in `latest`), so `latest` is instead *verified against* `history`: it is derived
+//! data, and every `latest` row must be exactly the newest `history` record of its key (same
+//! header, same value), with one `latest` row per key that still has history. The check runs
+//! in the same read transaction as every HashKV, so:
+//! - a healthy member's HashKV is the CRC32 of its `history` up to the revision, equal on every
+//!   member that applied the same log;
+//! - a member whose `latest` disagrees with its `history` folds the disagreeing rows into the
+//!   hash, so its HashKV differs from its peers' and their comparison (initial, periodic,
+//!   compaction-time check) flags it, exactly as a corrupt `history` would; it also reports the
+//!   disagreement itself ([`KvHash::inconsistency`]) so the member can raise the alarm for
+//!   itself without waiting for a peer.
+
+use crate::record::{decode_latest, encode_history};
+use crate::tables::*;
+use crate::{Error, Result, Store};
+use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use std::ops::Bound;
+use std::path::Path;
+
+/// One HashKV: etcd's `KeyValueHash` plus what the `latest` check found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvHash {
+    pub hash: u32,
+    /// The revision hashed (the current one when 0 was asked for).
+    pub revision: i64,
+    /// The compacted revision of the keyspace when it was hashed (0 = never compacted).
+    pub compact_revision: i64,
+    /// The first disagreement between `latest` and `history`, when there is one: local
+    /// corruption of the data reads are served from.
+    pub inconsistency: Option<String>,
+}
+
+/// A `latest` row that is not what `history` says it must be.
+pub(crate) struct Mismatch {
+    key: Vec<u8>,
+    /// The raw `latest` row (empty when it is missing).
+    latest: Vec<u8>,
+    what: String,
+}
+
+impl Mismatch {
+    fn describe(&self) -> String {
+        format!(
+            "key {:?}: {}",
+            String::from_utf8_lossy(&self.key),
+            self.what
+        )
+    }
+}
+
+/// What [`Store::verify`] found: counts and every problem (capped).
+#[derive(Clone, Debug, Default)]
+pub struct VerifyReport {
+    pub keys: u64,
+    pub history_records: u64,
+    pub leases: u64,
+    pub problems: Vec<String>,
+    /// Problems beyond the ones listed.
+    pub more_problems: u64,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn problem(&mut self, p: String) {
+        if self.problems.len() < MAX_LISTED {
+            self.problems.push(p);
+        } else {
+            self.more_problems += 1;
+        }
+    }
+}
+
+const MAX_LISTED: usize = 50;
+
+type Latest = ReadOnlyTable<&'static [u8], &'static [u8]>;
+type Index = ReadOnlyTable<IndexKey, bool>;
+type History = ReadOnlyTable<HistoryKey, &'static [u8]>;
+
+/// Every `latest` row that disagrees with `history`/`key_index`, in key order.
+pub(crate) fn latest_mismatches(
+    latest: &Latest,
+    index: &Index,
+    history: &History,
+) -> Result<Vec<Mismatch>> {
+    let mut out = Vec::new();
+    let mut keys = 0u64;
+    // key_index is ordered by (key, main, sub): the last entry of a run is the key's newest.
+    let mut newest: Option<(Vec<u8>, u64, u32, bool)> = None;
+    for r in index.iter()? {
+        let (k, v) = r?;
+        let (key, main, sub) = k.value();
+        match &mut newest {
+            Some(n) if n.0 == key => {
+                n.1 = main;
+                n.2 = sub;
+                n.3 = v.value();
+            }
+            _ => {
+                if let Some(n) = newest.take() {
+                    keys += 1;
+                    check_key(latest, history, n, &mut out)?;
+                }
+                newest = Some((key.to_vec(), main, sub, v.value()));
+            }
+        }
+    }
+    if let Some(n) = newest.take() {
+        keys += 1;
+        check_key(latest, history, n, &mut out)?;
+    }
+    if latest.len()? != keys {
+        // Some latest rows have no history at all: find them.
+        for r in latest.iter()? {
+            let (k, v) = r?;
+            let key = k.value();
+            let lo: (&[u8], u64, u32) = (key, 0, 0);
+            let hi: (&[u8], u64, u32) = (key, u64::MAX, u32::MAX);
+            if index
+                .range((Bound::Included(lo), Bound::Included(hi)))?
+                .next()
+                .is_none()
+            {
+                out.push(Mismatch {
+                    key: key.to_vec(),
+                    latest: v.value().to_vec(),
+                    what: "latest record has no history".into(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn check_key(
+    latest: &Latest,
+    history: &History,
+    (key, main, sub, tombstone): (Vec<u8>, u64, u32, bool),
+    out: &mut Vec<Mismatch>,
+) -> Result<()> {
+    let Some(row) = latest.get(key.as_slice())? else {
+        out.push(Mismatch {
+            key,
+            latest: Vec::new(),
+            what: format!("history has revision {main} but there is no latest record"),
+        });
+        return Ok(());
+    };
+    let row = row.value();
+    let mismatch = |what: String| Mismatch {
+        key: key.clone(),
+        latest: row.to_vec(),
+        what,
+    };
+    let (h, value) = match decode_latest(row) {
+        Ok(x) => x,
+        Err(e) => {
+            out.push(mismatch(format!("undecodable latest record: {e}")));
+            return Ok(());
+        }
+    };
+    if u64::try_from(h.mod_revision).ok() != Some(main) || h.tombstone != tombstone {
+        out.push(mismatch(format!(
+            "latest record is at revision {} (tombstone {}), history's newest at {main} (tombstone {tombstone})",
+            h.mod_revision, h.tombstone
+        )));
+        return Ok(());
+    }
+    let expected = encode_history(&h, &key, value)?;
+    match history.get((main, sub))? {
+        None => out.push(mismatch(format!(
+            "history record {main}/{sub} of the latest record is missing"
+        ))),
+        Some(rec) if rec.value() != expected.as_slice() => out.push(mismatch(format!(
+            "latest value differs from its history record at revision {main}"
+        ))),
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+impl Store {
+    /// etcd's HashKV (CRC-32C over every kept key revision with main revision <= `revision`,
+    /// 0 = current, as etcd stores it; see [`Store::etcd_kv_hash`]), with `latest` verified against `history` in the same snapshot (see the
+    /// module docs): equal on members that applied the same log, different on a member whose
+    /// served data disagrees with its history.
+    pub fn kv_hash(&self, revision: i64) -> Result<KvHash> {
+        self.etcd_kv_hash(revision, |h, v, rev, compacted| {
+            let mismatches = latest_mismatches(v.latest, v.index, v.history)?;
+            for m in &mismatches {
+                h.update(&m.key);
+                h.update(&m.latest);
+            }
+            let inconsistency = mismatches.first().map(|m| {
+                format!(
+                    "{} ({} latest record(s) disagree with history)",
+                    m.describe(),
+                    mismatches.len()
+                )
+            });
+            if let Some(i) = &inconsistency {
+                tracing::error!(inconsistency = %i, "keyspace corrupt: latest disagrees with history");
+            }
+            Ok(KvHash {
+                hash: h.finish(),
+                revision: rev,
+                compact_revision: compacted,
+                inconsistency,
+            })
+        })
+    }
+
+    /// The hashes taken right after each of the last compactions, newest last (etcd keeps
+    /// them for the compaction-time check).
+    pub fn compaction_hashes(&self) -> Vec<KvHash> {
+        self.compaction_hashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn record_compaction_hash(&self, revision: i64) {
+        match self.kv_hash(revision) {
+            Ok(h) => {
+                let mut list = self
+                    .compaction_hashes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                list.push_back(h);
+                while list.len() > COMPACTION_HASHES_KEPT {
+                    list.pop_front();
+                }
+            }
+            Err(e) => tracing::warn!(revision, error = %e, "cannot hash the compacted keyspace"),
+        }
+    }
+
+    /// The logical check of the whole keyspace: `latest` against `history`, every history
+    /// record decodable and indexed, and the lease tables against `latest`.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let rtx = self.db.begin_read()?;
+        let latest = rtx.open_table(LATEST)?;
+        let index = rtx.open_table(KEY_INDEX)?;
+        let history = rtx.open_table(HISTORY)?;
+        let leases = rtx.open_table(LEASES)?;
+        let lease_keys = rtx.open_table(LEASE_KEYS)?;
+        let mut report = VerifyReport {
+            keys: latest.len()?,
+            history_records: history.len()?,
+            leases: leases.len()?,
+            ..Default::default()
+        };
+        for m in latest_mismatches(&latest, &index, &history)? {
+            report.problem(m.describe());
+        }
+        for r in history.iter()? {
+            let (k, rec) = r?;
+            let (main, sub) = k.value();
+            match crate::record::decode_history(rec.value()) {
+                Err(e) => report.problem(format!("history record {main}/{sub}: {e}")),
+                Ok((h, key, _)) => {
+                    if index.get((key, main, sub))?.map(|g| g.value()) != Some(h.tombstone) {
+                        report.problem(format!(
+                            "history record {main}/{sub} of key {:?} is not in the key index",
+                            String::from_utf8_lossy(key)
+                        ));
+                    }
+                }
+            }
+        }
+        for r in latest.iter()? {
+            let (k, v) = r?;
+            let Ok((h, _)) = decode_latest(v.value()) else {
+                continue; // reported above
+            };
+            if h.tombstone || h.lease == 0 {
+                continue;
+            }
+            let key = k.value();
+            if leases.get(h.lease)?.is_none() {
+                report.problem(format!(
+                    "key {:?} is attached to lease {:x}, which does not exist",
+                    String::from_utf8_lossy(key),
+                    h.lease
+                ));
+            }
+            if lease_keys.get((h.lease, key))?.is_none() {
+                report.problem(format!(
+                    "key {:?} is attached to lease {:x} but not in its key list",
+                    String::from_utf8_lossy(key),
+                    h.lease
+                ));
+            }
+        }
+        for r in lease_keys.iter()? {
+            let (k, _) = r?;
+            let (lease, key) = k.value();
+            if leases.get(lease)?.is_none() {
+                report.problem(format!("lease {lease:x} of key list entry does not exist"));
+            }
+            let attached = match latest.get(key)? {
+                Some(g) => decode_latest(g.value())
+                    .map(|(h, _)| !h.tombstone && h.lease == lease)
+                    .unwrap_or(false),
+                None => false,
+            };
+            if !attached {
+                report.problem(format!(
+                    "lease {lease:x} lists key {:?}, which is not attached to it",
+                    String::from_utf8_lossy(key)
+                ));
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// How many post-compaction hashes are kept (etcd: `hashStorageMaxSize` = 10).
+const COMPACTION_HASHES_KEPT: usize = 10;
+
+/// redb's own check of the file at `path`: every page checksum of the committed trees and
+/// the allocator state. Runs redb's check-and-repair, so it must be given a copy when the
+/// original must stay untouched. Ok(true) = clean, Ok(false) = redb repaired it (after an
+/// unclean shutdown that is normal: the last non-durable commits are rolled back).
+pub fn check_pages(path: &Path) -> Result<bool> {
+    let repaired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = repaired.clone();
+    let mut builder = redb::Builder::new();
+    builder
+        .set_check_integrity_on_open(true)
+        .set_repair_callback(move |_| flag.store(true, std::sync::atomic::Ordering::Relaxed));
+    match builder.open(path) {
+        Ok(_) => Ok(!repaired.load(std::sync::atomic::Ordering::Relaxed)),
+        Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(m))) => {
+            Err(Error::Corrupt(format!("redb integrity check failed: {m}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
