@@ -710,3 +710,281 @@ fn base64_decoder(input: &[u8]) -> std::io::Cursor<Vec<u8>> {
     }
     std::io::Cursor::new(out)
 }
+
+/// Encrypted backups on a TLS (`Auto`) cluster to S3 (moto): the backup succeeds, the stored
+/// object is encrypted (the manifest says so and it cannot be read without the key), and a
+/// new 3-member TLS cluster restored from it by `source.cluster` + `source.revision` with the
+/// same key holds exactly its keys at its revision on every member. A restore with the wrong key fails the seed's init
+/// container visibly (`Init:Error`, the decryption failure in its message) and serves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn encrypted_s3_backup_on_tls_restores_with_its_key_and_fails_with_another() {
+    use ferrokv_tests::objstore::ObjectServer;
+    let s3 = ObjectServer::s3(&["backups"], None)
+        .await
+        .unwrap_or_else(|e| panic!("S3 server (moto, installed by make deps): {e}"));
+    let bed = testbed().await;
+    let ns = "default";
+    let endpoint = &s3.endpoint;
+    let b64 = |bytes: &[u8]| -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    };
+    // Two 32-byte raw keys, stored as raw bytes in the Secrets (`data` is base64 of them).
+    let good_key: Vec<u8> = (0u8..32)
+        .map(|i| i.wrapping_mul(7).wrapping_add(3))
+        .collect();
+    let wrong_key: Vec<u8> = (0u8..32)
+        .map(|i| i.wrapping_mul(11).wrapping_add(5))
+        .collect();
+    let store = |prefix: &str| {
+        format!(
+            "destination: s3://backups/{prefix}
+    endpoint: {endpoint}
+    pathStyle: true
+    region: us-east-1
+    credentialsSecret: s3-creds"
+        )
+    };
+    bed.cp
+        .kubectl()
+        .apply(&format!(
+            "apiVersion: v1
+kind: Secret
+metadata: {{name: s3-creds, namespace: {ns}}}
+stringData: {{AWS_ACCESS_KEY_ID: {ak}, AWS_SECRET_ACCESS_KEY: {sk}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: backup-key, namespace: {ns}}}
+data: {{key: \"{good}\"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: other-key, namespace: {ns}}}
+data: {{key: \"{wrong}\"}}
+",
+            ak = s3.access_key,
+            sk = s3.secret_key,
+            good = b64(&good_key),
+            wrong = b64(&wrong_key),
+        ))
+        .expect("apply Secrets");
+    let src = |schedule: &str| {
+        format!(
+            "apiVersion: ferrokv.io/v1alpha1
+kind: EtcdCluster
+metadata: {{name: enc, namespace: {ns}}}
+spec:
+  replicas: 1
+  tls: {{mode: Auto}}
+  backup:
+    schedule: \"{schedule}\"
+    {store}
+    encryptionKeySecret: {{name: backup-key, key: key}}
+",
+            store = store("enc"),
+        )
+    };
+    let t = Instant::now();
+    bed.cp
+        .kubectl()
+        .apply(&src("*/5 * * * * *"))
+        .expect("apply enc");
+    bed.wait_available(ns, "enc", 1, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let keys: Vec<String> = (0..10).map(|i| format!("/enc/key{i}")).collect();
+    for k in &keys {
+        bed.etcdctl_dns(ns, "enc", "enc-0", true, &["put", k, &format!("v of {k}")])
+            .await
+            .expect("put over TLS");
+    }
+    eventually(
+        Duration::from_secs(60),
+        "BackupReady=True with an encrypted backup holding the 10 writes",
+        || async {
+            let ec = bed.cluster(ns, "enc")?;
+            let ok = condition(&ec, "BackupReady").is_some_and(|(s, _, _)| s == "True");
+            (ok && ec["status"]["lastBackup"]["revision"].as_i64()? >= 11).then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    eprintln!("encrypted backup after {:?}", t.elapsed());
+    // No more backups; a write after them the restored cluster must not have.
+    bed.cp.kubectl().apply(&src("0 0 1 1 *")).expect("yearly");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut cfg = ferrokv_backup::StoreConfig::new("s3://backups/enc");
+    cfg.endpoint = Some(endpoint.clone());
+    cfg.path_style = true;
+    cfg.region = Some("us-east-1".into());
+    cfg.credentials = [
+        ("AWS_ACCESS_KEY_ID".to_string(), s3.access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), s3.secret_key.clone()),
+    ]
+    .into();
+    let dest = ferrokv_backup::Destination::open(&cfg).expect("open");
+    let newest = ferrokv_backup::list(&dest, "default/enc")
+        .await
+        .expect("list")
+        .pop()
+        .expect("a backup of enc in the bucket");
+    assert_eq!(
+        newest.encryption.as_deref(),
+        Some(ferrokv_backup::ENCRYPTION_SCHEME),
+        "{newest:?}"
+    );
+    assert!(newest.object.ends_with(".enc"), "{newest:?}");
+    assert_ne!(newest.stored_size, newest.size, "{newest:?}");
+    let revision = newest.revision;
+    assert!(revision >= 11, "{newest:?}");
+    // Unreadable without the key, a bbolt file with it.
+    let dl = tempfile::tempdir().expect("download dir");
+    let err = ferrokv_backup::download(&dest, &newest, &dl.path().join("nokey"), None)
+        .await
+        .expect_err("an encrypted backup needs its key");
+    assert!(err.to_string().contains("encrypted"), "{err}");
+    let plain = dl.path().join("plain");
+    let key: [u8; 32] = good_key.clone().try_into().expect("32 bytes");
+    ferrokv_backup::download(
+        &dest,
+        &newest,
+        &plain,
+        Some(&ferrokv_backup::Encryption::from_key(key)),
+    )
+    .await
+    .expect("download with the key");
+    let bytes = std::fs::read(&plain).expect("plain snapshot");
+    assert_eq!(
+        bytes.get(16..20),
+        Some(&0xED0C_DAEDu32.to_le_bytes()[..]),
+        "the decrypted backup is a bbolt file"
+    );
+    bed.etcdctl_dns(ns, "enc", "enc-0", true, &["put", "/enc/late", "after"])
+        .await
+        .expect("late put");
+
+    // Restored by cluster + revision, with the key.
+    let restored = |name: &str, replicas: u32, secret: &str| {
+        format!(
+            "apiVersion: ferrokv.io/v1alpha1
+kind: EtcdCluster
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  tls: {{mode: Auto}}
+  restore:
+    {store}
+    encryptionKeySecret: {{name: {secret}, key: key}}
+    source: {{cluster: default/enc, revision: {revision}}}
+",
+            store = store("enc"),
+        )
+    };
+    let t = Instant::now();
+    bed.cp
+        .kubectl()
+        .apply(&restored("enc-r", 3, "backup-key"))
+        .expect("apply enc-r");
+    let st = bed
+        .wait_available(ns, "enc-r", 3, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let src_id = bed.cluster(ns, "enc").expect("enc")["status"]["clusterId"].clone();
+    assert_ne!(st["clusterId"], src_id, "a restore makes a new cluster id");
+    eprintln!("restored cluster available after {:?}", t.elapsed());
+    for member in ["enc-r-0", "enc-r-1", "enc-r-2"] {
+        let out = bed
+            .etcdctl_dns(
+                ns,
+                "enc-r",
+                member,
+                true,
+                &["get", "/", "--prefix", "-w", "json"],
+            )
+            .await
+            .expect("get over TLS");
+        let v: Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(
+            v["header"]["revision"].as_i64(),
+            Some(revision),
+            "{member}: the backup's revision"
+        );
+        let got: Vec<(String, String)> = v["kvs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|kv| {
+                let d = |f: &str| {
+                    use std::io::Read;
+                    let mut out = Vec::new();
+                    let _ = base64_decoder(kv[f].as_str().unwrap_or_default().as_bytes())
+                        .read_to_end(&mut out);
+                    String::from_utf8_lossy(&out).into_owned()
+                };
+                (d("key"), d("value"))
+            })
+            .collect();
+        let mut want: Vec<(String, String)> = keys
+            .iter()
+            .map(|k| (k.clone(), format!("v of {k}")))
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "{member}: exactly the backup's keys and values");
+    }
+
+    // The wrong key: the seed's init container fails, visibly, and nothing is served.
+    bed.cp
+        .kubectl()
+        .apply(&restored("enc-bad", 1, "other-key"))
+        .expect("apply enc-bad");
+    let message = eventually(
+        Duration::from_secs(60),
+        "enc-bad-0 in Init:Error",
+        || async {
+            let out = bed
+                .cp
+                .kubectl()
+                .run(&["get", "pod", "enc-bad-0", "-n", ns, "-o", "json"])
+                .ok()?;
+            let p: Value = serde_json::from_str(&out).ok()?;
+            let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+            (w["reason"] == "Init:Error")
+                .then(|| w["message"].as_str().unwrap_or_default().to_string())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    eprintln!("wrong key: {message}");
+    assert!(
+        message.contains("init container restore") && message.contains("wrong key"),
+        "the init container's failure says the key does not open the backup: {message}"
+    );
+    let ec = bed.cluster(ns, "enc-bad").expect("enc-bad");
+    eprintln!("enc-bad status: {}", ec["status"]);
+    assert!(
+        condition(&ec, "Available").is_none_or(|(s, _, _)| s != "True"),
+        "{ec}"
+    );
+    assert!(
+        bed.etcdctl_dns(ns, "enc-bad", "enc-bad-0", true, &["get", "/enc/key0"])
+            .await
+            .is_err(),
+        "a cluster restored with the wrong key serves nothing"
+    );
+}
