@@ -975,6 +975,35 @@ spec:
         message.contains("init container restore") && message.contains("wrong key"),
         "the init container's failure says the key does not open the backup: {message}"
     );
+    // Reported where users look: Degraded=True RestoreFailed with the message, and one
+    // Warning Event.
+    let degraded = eventually(
+        Duration::from_secs(60),
+        "enc-bad Degraded=True RestoreFailed",
+        || async {
+            let ec = bed.cluster(ns, "enc-bad")?;
+            condition(&ec, "Degraded")
+                .filter(|(s, r, _)| s == "True" && r == "RestoreFailed")
+                .map(|(_, _, m)| m)
+        },
+        || bed.context(ns),
+    )
+    .await;
+    assert!(degraded.contains("wrong key"), "{degraded}");
+    let note = eventually(
+        Duration::from_secs(60),
+        "a RestoreFailed Event on enc-bad",
+        || async {
+            let events = bed.events(ns, "enc-bad").await.ok()?;
+            events
+                .into_iter()
+                .find(|(r, _)| r == "RestoreFailed")
+                .map(|(_, n)| n)
+        },
+        || bed.context(ns),
+    )
+    .await;
+    assert!(note.contains("wrong key"), "{note}");
     let ec = bed.cluster(ns, "enc-bad").expect("enc-bad");
     eprintln!("enc-bad status: {}", ec["status"]);
     assert!(

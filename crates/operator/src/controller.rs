@@ -144,6 +144,11 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
             .warn(&ec, "SpecWarning", &p.warnings.join("; "))
             .await;
     }
+    // Said when it appears or its message changes; the Degraded condition keeps it in view.
+    if let Some(message) = status::new_restore_failure(ec.status.as_ref(), &plain) {
+        warn!(%message, "restore failed");
+        applier.warn(&ec, status::RESTORE_FAILED, &message).await;
+    }
     for ev in events::for_renewal(&tls.renewed)
         .into_iter()
         .chain(events::for_rotation(&tls.rotated))

@@ -8,6 +8,7 @@
 use crate::members::{ClientTls, ClusterView, MemberClient};
 use crate::plan::{Observed, ObservedPod};
 use crate::resources::{self, Names};
+use crate::restore;
 use crate::tls::{self, TlsState};
 use crate::{Error, Result};
 use ferrokv_cluster_api::EtcdCluster;
@@ -203,7 +204,54 @@ fn observe_pod(p: &Pod, now: Timestamp) -> ObservedPod {
         unready_for,
         ready: ready.is_some_and(|c| c.status == "True"),
         terminating: p.metadata.deletion_timestamp.is_some(),
+        restore_failed: restore_failure(p),
     }
+}
+
+/// Longest restore failure message carried to status and the Event: the end of the log
+/// tail, where the error is.
+const MAX_FAILURE: usize = 512;
+
+/// The message of the pod's restore init container when its last run failed: terminated
+/// with a non-zero exit code, or waiting (back-off) or running again after such a run. A run
+/// that succeeded ends it.
+fn restore_failure(p: &Pod) -> Option<String> {
+    let s = p
+        .status
+        .as_ref()?
+        .init_container_statuses
+        .as_ref()?
+        .iter()
+        .find(|s| s.name == restore::CONTAINER)?;
+    let current = s.state.as_ref().and_then(|st| st.terminated.as_ref());
+    let t = match current {
+        Some(t) if t.exit_code == 0 => return None,
+        Some(t) => t,
+        None => s.last_state.as_ref()?.terminated.as_ref()?,
+    };
+    if t.exit_code == 0 {
+        return None;
+    }
+    let message = t.message.as_deref().unwrap_or_default();
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    Some(if message.is_empty() {
+        let reason = t.reason.as_deref().unwrap_or("Error");
+        format!("exited with code {} ({reason})", t.exit_code)
+    } else {
+        tail(&message, MAX_FAILURE)
+    })
+}
+
+/// The last `max` bytes of `s` (on a character boundary), marked as cut when cut.
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut from = s.len() - max;
+    while !s.is_char_boundary(from) {
+        from += 1;
+    }
+    format!("…{}", &s[from..])
 }
 
 #[cfg(test)]
@@ -232,6 +280,127 @@ mod tests {
             got,
             BTreeSet::from(["kv-0".to_string(), "kv-2".to_string()])
         );
+    }
+
+    /// A failed restore init container is read as kubelet reports it (terminated, then
+    /// waiting in back-off with the failure as last state); a later success ends it.
+    #[test]
+    fn a_failed_restore_init_container_is_observed() {
+        let pod = |init: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "kv-0"},
+                "status": {"initContainerStatuses": [init]}}))
+            .expect("pod")
+        };
+        let failed = json!({"terminated": {"exitCode": 1, "reason": "Error",
+            "message": "restoring...\nError: wrong key: the backup does not decrypt\n"}});
+        let msg = "restoring... Error: wrong key: the backup does not decrypt";
+        let now = pod(
+            json!({"name": "restore", "image": "i", "imageID": "", "ready": false,
+            "restartCount": 0, "state": failed}),
+        );
+        assert_eq!(restore_failure(&now).as_deref(), Some(msg));
+        let backoff = pod(
+            json!({"name": "restore", "image": "i", "imageID": "", "ready": false,
+            "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": failed}),
+        );
+        assert_eq!(restore_failure(&backoff).as_deref(), Some(msg));
+        let silent = pod(
+            json!({"name": "restore", "image": "i", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}),
+        );
+        assert_eq!(
+            restore_failure(&silent).as_deref(),
+            Some("exited with code 2 (Error)")
+        );
+        let fixed = pod(
+            json!({"name": "restore", "image": "i", "imageID": "", "ready": true,
+            "restartCount": 2, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
+            "lastState": failed}),
+        );
+        assert_eq!(restore_failure(&fixed), None);
+        let other = pod(
+            json!({"name": "other", "image": "i", "imageID": "", "ready": false,
+            "restartCount": 0, "state": failed}),
+        );
+        assert_eq!(restore_failure(&other), None);
+        let long = "x".repeat(2000) + " wrong key";
+        let cut = tail(&long, MAX_FAILURE);
+        assert!(cut.starts_with('…') && cut.ends_with("wrong key"), "{cut}");
+        assert!(cut.len() <= MAX_FAILURE + '…'.len_utf8());
+    }
+
+    /// The whole pure path of a failed restore: the seed pod as kubelet reports it → the
+    /// plan waits for the restore → status says Degraded=True RestoreFailed with the
+    /// container's message → one Warning Event, again only when the message changes, and
+    /// nothing degraded once a retry succeeded.
+    #[test]
+    fn a_failed_restore_is_degraded_with_its_message_and_one_event() {
+        use crate::plan::{self, Step};
+        use crate::status;
+        use ferrokv_cluster_api::condition;
+        let now: Timestamp = "2026-01-01T00:10:00Z".parse().expect("time");
+        let seed = |exit: i32, message: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": "kv-0", "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "status": {"initContainerStatuses": [{"name": "restore", "image": "i",
+                    "imageID": "", "ready": exit == 0, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": exit, "message": message}}}]},
+            }))
+            .expect("pod")
+        };
+        let mut ec = crate::resources::fixtures::cluster("kv", 3);
+        let reconcile = |ec: &EtcdCluster, pod: Pod| {
+            let objects = ClusterObjects {
+                pods: vec![pod],
+                claims: BTreeSet::from(["kv-0".to_string()]),
+                ..ClusterObjects::default()
+            };
+            let obs = observed(ec, &objects, None, now);
+            let p = plan::plan("kv", &obs, &plan::PlanConfig::default());
+            let s = status::build(ec, None, &obs.pods, &p);
+            let event = status::new_restore_failure(ec.status.as_ref(), &s);
+            (p, s, event)
+        };
+        let cond = |s: &ferrokv_cluster_api::EtcdClusterStatus, t: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+                .expect("condition")
+        };
+
+        let wrong = "Error: wrong key: the backup does not decrypt";
+        let (p, s, event) = reconcile(&ec, seed(1, wrong));
+        assert_eq!(
+            p.step,
+            Step::Wait {
+                reason: "waiting for the restore of kv-0 to succeed".into()
+            }
+        );
+        let want = format!("the restore of seed kv-0 failed: {wrong}");
+        assert_eq!(
+            cond(&s, condition::DEGRADED),
+            ("True".into(), status::RESTORE_FAILED.into(), want.clone())
+        );
+        let (st, reason, msg) = cond(&s, condition::PROGRESSING);
+        assert_eq!((st.as_str(), reason.as_str()), ("True", "Wait"));
+        assert!(msg.contains("restore of kv-0"), "{msg}");
+        assert_eq!(event.as_deref(), Some(want.as_str()));
+
+        // The next reconcile sees the same failure in status: no second Event.
+        ec.status = Some(s);
+        let (_, s, event) = reconcile(&ec, seed(1, wrong));
+        assert_eq!(event, None);
+        // Another failure (the key fixed, the credentials wrong) is said again.
+        ec.status = Some(s);
+        let (_, s, event) = reconcile(&ec, seed(1, "Error: access denied"));
+        assert!(event.is_some_and(|e| e.contains("access denied")));
+        // The retry succeeded: Degraded clears.
+        ec.status = Some(s);
+        let (_, s, event) = reconcile(&ec, seed(0, ""));
+        assert_eq!(event, None);
+        assert_eq!(cond(&s, condition::DEGRADED).0, "False");
     }
 
     #[test]

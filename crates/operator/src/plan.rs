@@ -72,6 +72,9 @@ pub struct ObservedPod {
     pub ready: bool,
     /// Has a deletion timestamp: on its way out, but still listed.
     pub terminating: bool,
+    /// The message of its restore init container's last run, when that failed and no run
+    /// has succeeded since (a seed restoring from `spec.restore`).
+    pub restore_failed: Option<String>,
 }
 
 /// Everything the planner looks at.
@@ -335,8 +338,11 @@ fn next_step(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
                 .unwrap_or_else(|| member_name(cluster, next_ordinal));
             return out(Step::BootstrapSeed { name }, warnings, next_ordinal);
         }
+        let failed_restore = obs.pods.iter().find(|p| p.restore_failed.is_some());
         let reason = if obs.bootstrapped && obs.pods.is_empty() {
             "all members are gone; the cluster needs a restore".to_string()
+        } else if let Some(p) = failed_restore {
+            format!("waiting for the restore of {} to succeed", p.name)
         } else {
             "waiting for a member to answer".to_string()
         };
@@ -569,6 +575,7 @@ mod tests {
             unready_for: Duration::ZERO,
             ready: true,
             terminating: false,
+            restore_failed: None,
         }
     }
     fn pods(ords: &[u64]) -> Vec<ObservedPod> {

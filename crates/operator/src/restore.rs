@@ -25,6 +25,9 @@ use k8s_openapi::api::core::v1::{
     SecretVolumeSource, Volume, VolumeMount,
 };
 
+/// Name of the restore init container; `observe` reads its status to report a failed restore.
+pub const CONTAINER: &str = "restore";
+
 /// Mount path of the encryption key Secret in the init container.
 const KEY_DIR: &str = "/etc/ferrokv/restore-key";
 
@@ -126,8 +129,11 @@ pub fn init_container(
         });
     }
     let container = Container {
-        name: "restore".into(),
+        name: CONTAINER.into(),
         image: Some(resources::image(ec)),
+        // kubelet then puts the log tail of a failed restore in the container's terminated
+        // message, which the operator reports on the EtcdCluster.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         args: Some(args),
         env: Some(env),
         env_from: r.store.credentials_secret.as_ref().map(|s| {

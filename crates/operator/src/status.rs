@@ -101,8 +101,17 @@ pub fn build(
         Step::Wait { reason } => (true, reason.clone()),
         other => (true, other.label().to_string()),
     };
-    let (degraded, degraded_reason, degraded_msg) = match &p.step {
-        Step::Invalid { message } => (true, "InvalidSpec", message.clone()),
+    let restore_failure = pods
+        .iter()
+        .find_map(|p| Some((p.name.as_str(), p.restore_failed.as_deref()?)));
+    let (degraded, degraded_reason, degraded_msg) = match (&p.step, restore_failure) {
+        (Step::Invalid { message }, _) => (true, "InvalidSpec", message.clone()),
+        // Only the seed restores; until its restore succeeds there is no member to look at.
+        (_, Some((name, message))) => (
+            true,
+            RESTORE_FAILED,
+            format!("the restore of seed {name} failed: {message}"),
+        ),
         _ if members.iter().any(|m| !m.healthy && !m.learner) => {
             let down: Vec<&str> = members
                 .iter()
@@ -116,7 +125,7 @@ pub fn build(
             )
         }
         // Nothing is in flight, every member answers, yet Kubernetes does not count them.
-        Step::Steady if !not_ready.is_empty() => (
+        (Step::Steady, _) if !not_ready.is_empty() => (
             true,
             "PodsNotReady",
             format!("member pods not Ready: {}", not_ready.join(", ")),
@@ -185,6 +194,27 @@ pub fn build(
         last_backup_attempt: old.last_backup_attempt,
         last_verified_backup: old.last_verified_backup,
     }
+}
+
+/// Reason of `Degraded` when the seed's restore init container failed (`spec.restore`).
+pub const RESTORE_FAILED: &str = "RestoreFailed";
+
+/// The `Degraded` message of a failed restore that `status` says and `old` did not: the
+/// Warning Event to publish, once per failure message rather than on every reconcile.
+pub fn new_restore_failure(
+    old: Option<&EtcdClusterStatus>,
+    status: &EtcdClusterStatus,
+) -> Option<String> {
+    let failure = |s: &EtcdClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|c| {
+                c.type_ == condition::DEGRADED && c.status == "True" && c.reason == RESTORE_FAILED
+            })
+            .map(|c| c.message.clone())
+    };
+    let now = failure(status)?;
+    (old.and_then(failure).as_ref() != Some(&now)).then_some(now)
 }
 
 /// Reason of `Degraded` when the API server refused one of the operator's writes.
@@ -306,6 +336,7 @@ mod tests {
             unready_for: std::time::Duration::ZERO,
             ready,
             terminating: false,
+            restore_failed: None,
         };
         let pods = [pod("kv-0", true), pod("kv-1", true), pod("kv-2", false)];
         let s = build(&ec, Some(&view), &pods, &p);
@@ -366,6 +397,7 @@ mod tests {
             unready_for: std::time::Duration::ZERO,
             ready,
             terminating: false,
+            restore_failed: None,
         };
         let steady = plan::Plan {
             step: Step::Steady,

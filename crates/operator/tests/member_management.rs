@@ -162,6 +162,7 @@ async fn observe(
             unready_for: Duration::ZERO,
             ready: true,
             terminating: false,
+            restore_failed: None,
         })
         .collect();
     let claims: BTreeSet<String> = procs.running().map(|(n, _)| n.clone()).collect();

@@ -426,6 +426,9 @@ struct PodRun {
     waiting: Option<(String, String)>,
     /// Every init container ran to completion (once per pod, as kubelet runs them).
     init_done: bool,
+    /// `initContainerStatuses`: each init container's last run, terminated with its exit code
+    /// and, as kubelet's `FallbackToLogsOnError` gives, the log tail of a failure as message.
+    init_statuses: Vec<Value>,
     ready: bool,
     readiness: ProbeState,
     liveness: ProbeState,
@@ -599,6 +602,7 @@ impl Agent {
             completed: None,
             waiting: Some(("ContainerCreating".into(), String::new())),
             init_done: false,
+            init_statuses: Vec::new(),
             ready: false,
             readiness: ProbeState::default(),
             liveness: ProbeState::default(),
@@ -993,13 +997,39 @@ impl Agent {
             .as_ref()
             .and_then(|s| s.init_containers.clone())
             .unwrap_or_default();
-        for c in &inits {
+        for (i, c) in inits.iter().enumerate() {
             let (mut cmd, bin, args) = self.container_command(pod, c, run)?;
+            let started = now();
             let status =
                 tokio::task::block_in_place(|| cmd.status()).map_err(|source| Error::Spawn {
                     bin: bin.clone(),
                     source,
                 })?;
+            let code = exit_code(&status);
+            let restarts = run
+                .init_statuses
+                .get(i)
+                .and_then(|s| s["restartCount"].as_i64())
+                .map_or(0, |n| n + 1);
+            let mut terminated = json!({"exitCode": code,
+                "reason": if code == 0 { "Completed" } else { "Error" },
+                "startedAt": started, "finishedAt": now()});
+            if code != 0 {
+                terminated["message"] = json!(log_tail(&run.log, 5));
+            }
+            let entry = json!({
+                "name": c.name,
+                "image": c.image.clone().unwrap_or_default(),
+                "imageID": "",
+                "ready": code == 0,
+                "restartCount": restarts,
+                "state": {"terminated": terminated},
+            });
+            if i < run.init_statuses.len() {
+                run.init_statuses[i] = entry;
+            } else {
+                run.init_statuses.push(entry);
+            }
             self.note(format!(
                 "{}/{} init container {} exited {status}: {} {}",
                 run.namespace,
@@ -1265,6 +1295,7 @@ impl Agent {
             "qosClass": "BestEffort",
             "conditions": conditions,
             "containerStatuses": [cs],
+            "initContainerStatuses": run.init_statuses,
         })
     }
 
