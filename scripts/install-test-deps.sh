@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Installs what the tests need besides cargo: Debian's reference etcd server and etcdctl.
+# Installs what the tests need besides cargo: Debian's reference etcd server and etcdctl, and
+# iproute2 for the fault tests.
 # Idempotent; uses sudo only when not root.
 set -euo pipefail
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+# The fault tests (tests/tests/faults.rs): network namespaces and veths (`ip`), the disk-full
+# ballast (`fallocate`, util-linux, always there on Debian).
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -17,6 +17,7 @@ pub mod etcdctl;
 pub mod kube;
 pub mod linearizability;
 pub mod member;
+pub mod netns;
 pub mod normalize;
 pub mod objstore;
 pub mod tls;

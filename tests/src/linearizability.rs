@@ -911,8 +911,10 @@ pub enum Linearizability {
         keys: usize,
         ops: usize,
     },
+    /// Found by an exhausted search on some key: never the result of the budget running out.
     Violation(Violation),
-    /// The time budget ran out on this key before a verdict.
+    /// The time budget ran out on this key before a verdict (and no other key was found
+    /// violating): undecided, which callers must not report as a violation.
     Unknown {
         key: String,
     },
@@ -1157,15 +1159,18 @@ pub fn check_linearizable(
     }
     let mut total = 0;
     let keys = per_key.len();
+    // The first key the budget ran out on. Undecided is never a violation: only an exhausted
+    // search (`Search::Fail`) is. The other keys are still searched (each gets at least one
+    // slice of iterations past the deadline), so a violation the search can decide on another
+    // key is reported rather than hidden behind the undecided one.
+    let mut undecided: Option<&str> = None;
     for (key, mut ops) in per_key {
         ops.sort_by_key(|o| o.call);
         total += ops.len();
         match search(&ops, deadline) {
             Search::Ok => {}
             Search::Timeout => {
-                return Linearizability::Unknown {
-                    key: key.to_string(),
-                }
+                undecided.get_or_insert(key);
             }
             Search::Fail { stuck } => {
                 let idx: Vec<usize> = stuck.iter().map(|&k| ops[k].idx).collect();
@@ -1179,7 +1184,12 @@ pub fn check_linearizable(
             }
         }
     }
-    Linearizability::Ok { keys, ops: total }
+    match undecided {
+        Some(key) => Linearizability::Unknown {
+            key: key.to_string(),
+        },
+        None => Linearizability::Ok { keys, ops: total },
+    }
 }
 
 enum Search {
@@ -1755,5 +1765,69 @@ mod tests {
         h = h.ok(1, 3, 4, get("a"), rget(Some(("nobody", 40)), 40));
         let got = check_linearizable(&h.0, None, Duration::ZERO);
         assert_eq!(got, Linearizability::Unknown { key: "a".into() });
+    }
+
+    /// Key "a" needs an exhaustive search over 2^20 subsets (and has a real violation that only
+    /// that search could prove); `extra` adds ops on key "b".
+    fn hard_a(extra: impl FnOnce(H) -> H) -> History {
+        let mut h = H::new().ok(1, 0, 1, put("a", "1"), rput(2));
+        for c in 0..20u32 {
+            h = h.unknown(c + 2, 2, put("a", &format!("u{c}")));
+        }
+        h = h.ok(1, 3, 4, get("a"), rget(Some(("nobody", 40)), 40));
+        extra(h).0
+    }
+
+    #[test]
+    fn running_out_of_budget_is_never_a_violation() {
+        // A linearizable key next to the undecidable one: undecided, not a violation, not Ok.
+        let h = hard_a(|h| {
+            h.ok(30, 0, 1, put("b", "1"), rput(3))
+                .ok(30, 2, 3, get("b"), rget(Some(("1", 3)), 3))
+        });
+        let got = check_linearizable(&h, None, Duration::ZERO);
+        assert_eq!(got, Linearizability::Unknown { key: "a".into() });
+
+        // A cheap, decidable violation on "b" (a lost acknowledged write) is still reported
+        // although "a" ran out of budget first: it comes from an exhausted search on "b".
+        let h = hard_a(|h| {
+            h.ok(30, 0, 1, put("b", "1"), rput(3))
+                .ok(30, 2, 3, get("b"), rget(None, 3))
+        });
+        match check_linearizable(&h, None, Duration::ZERO) {
+            Linearizability::Violation(v) => {
+                assert_eq!(v.rule, Rule::NotLinearizable);
+                assert!(v.detail.contains("key b"), "{}", v.detail);
+            }
+            other => panic!("the violation on b was hidden: {other:?}"),
+        }
+
+        // Over every small history of the unit tests: a zero budget only ever turns a verdict
+        // into undecided, never Ok into a violation (nor a violation into Ok).
+        let small = [
+            H::new()
+                .ok(1, 0, 1, put("a", "1"), rput(2))
+                .ok(2, 2, 3, get("a"), rget(Some(("1", 2)), 2))
+                .0,
+            H::new()
+                .ok(1, 0, 1, put("a", "1"), rput(2))
+                .ok(1, 2, 3, put("a", "2"), rput(3))
+                .ok(2, 4, 5, get("a"), rget(Some(("1", 2)), 3))
+                .0,
+            H::new()
+                .ok(1, 0, 10, put("a", "x"), rput(3))
+                .ok(2, 1, 9, put("a", "y"), rput(2))
+                .unknown(3, 1, put("a", "z"))
+                .ok(3, 11, 12, get("a"), rget(Some(("x", 3)), 3))
+                .0,
+        ];
+        for h in &small {
+            let full = check_linearizable(h, None, Duration::from_secs(5));
+            assert!(!matches!(full, Linearizability::Unknown { .. }), "{full:?}");
+            match check_linearizable(h, None, Duration::ZERO) {
+                Linearizability::Unknown { .. } => {}
+                short => assert_eq!(short, full),
+            }
+        }
     }
 }
