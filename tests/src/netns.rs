@@ -67,6 +67,29 @@ fn host_has_subnet(subnet: &str) -> bool {
             .unwrap_or(true)
 }
 
+/// Namespaces left by a test process that was SIGKILLed (no Drop ran): `fkv-<pid>-...` of a
+/// pid that no longer exists. Deleting a hub also destroys the host veth paired into it.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("fkv-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = run(&["ip", "netns", "del", name]);
+        }
+    }
+}
+
 impl Net {
     /// Creates the hub, `names.len()` member namespaces (member `names[i]` at `10.X.Y.(i+1)`)
     /// and the host's veth. Needs root (`ip netns add`); fails with a clear message without.
@@ -76,6 +99,7 @@ impl Net {
                 "the `ip` tool (iproute2) is missing: run scripts/install-test-deps.sh".into(),
             ));
         }
+        remove_stale();
         let pid = std::process::id();
         let seq = SEQ.fetch_add(1, Ordering::SeqCst);
         let prefix = format!("fkv-{pid}-{seq}");
