@@ -56,11 +56,11 @@ crds:
 	$(CARGO) run -q -p ferrokv-operator -- crd etcdbackup > crds/etcdbackup.yaml
 	cp crds/etcdbackup.yaml charts/ferrokv-operator/crds/etcdbackup.yaml
 
-## make images: container images of the member and the operator (needs a docker engine).
+## make images: the member, operator and e2e images, built with no registry (a debootstrap base;
+## starts dockerd, installing docker.io, when needed). Where a registry is reachable the
+## Dockerfile builds them the ordinary way: docker build --target ferrokv|operator .
 images:
-	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "make images: no docker engine on this machine"; exit 1; }
-	docker build -f Dockerfile -t ferrokv:dev --target ferrokv .
-	docker build -f Dockerfile -t ferrokv-operator:dev --target operator .
+	scripts/build-images.sh
 
 fmt:
 	$(CARGO) fmt --all
