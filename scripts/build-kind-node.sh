@@ -46,11 +46,23 @@ key="$( {
 } | sha256sum | cut -c1-12)"
 name="ferrokv-e2e/kind-node:$k8s-$key"
 out="$E2E_CACHE/kind-node-$key"
+# import_node TAR: the node image with the config of kind's (docker import takes no STOPSIGNAL,
+# so a metadata-only build adds it: systemd shuts down on SIGRTMIN+3).
+import_node() {
+  local ctx
+  docker import --change 'ENV container=docker' \
+    --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' "$1" "$name-import" >/dev/null
+  ctx="$(mktemp -d)"
+  printf 'FROM %s\nSTOPSIGNAL SIGRTMIN+3\n' "$name-import" >"$ctx/Dockerfile"
+  DOCKER_BUILDKIT=0 docker build -q -t "$name" "$ctx" 2>&1 >/dev/null | grep -vE 'DEPRECATED|BuildKit is currently|environment-variable|^$' >&2 || true
+  rm -rf "$ctx"
+  docker rmi "$name-import" >/dev/null 2>&1 || true
+  docker image inspect "$name" >/dev/null 2>&1 || e2e_die "importing the node image failed"
+}
 if docker image inspect "$name" >/dev/null 2>&1; then echo "$name"; exit 0; fi
 if [ -s "$out/rootfs.tar" ]; then
   e2e_log "importing cached $name"
-  docker import --change 'ENV container=docker' --change 'STOPSIGNAL SIGRTMIN+3' \
-    --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' "$out/rootfs.tar" "$name" >/dev/null
+  import_node "$out/rootfs.tar"
   echo "$name"
   exit 0
 fi
@@ -144,7 +156,6 @@ mkdir -p "$out.tmp"
 tar -C "$r" --numeric-owner -cf "$out.tmp/rootfs.tar" .
 rm -rf "$out"
 mv "$out.tmp" "$out"
-docker import --change 'ENV container=docker' --change 'STOPSIGNAL SIGRTMIN+3' \
-  --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' "$out/rootfs.tar" "$name" >/dev/null
+import_node "$out/rootfs.tar"
 e2e_log "built $name"
 echo "$name"
