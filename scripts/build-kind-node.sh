@@ -126,6 +126,7 @@ rm -f "$r/etc/systemd/system/containerd-fuse-overlayfs.service"
 # Debian installs containerd in /usr/bin.
 sed -i 's|^ExecStart=/usr/local/bin/containerd|ExecStart=/usr/bin/containerd|' "$r/etc/systemd/system/containerd.service"
 cp "$node_dir/containerd-config.toml" "$r/etc/containerd/config.toml"
+install -m 0755 "$node_dir/runc-drop-caps" "$r/usr/local/bin/runc-drop-caps"
 sed -i "s|@PAUSE@|registry.k8s.io/pause:$pause_version|" "$r/etc/containerd/config.toml"
 mkdir -p "$r/opt/cni/bin" "$r/etc/cni/net.d"
 for p in "$r"/usr/lib/cni/*; do ln -sf "/usr/lib/cni/$(basename "$p")" "$r/opt/cni/bin/"; done
@@ -157,5 +158,10 @@ tar -C "$r" --numeric-owner -cf "$out.tmp/rootfs.tar" .
 rm -rf "$out"
 mv "$out.tmp" "$out"
 import_node "$out/rootfs.tar"
+# Older node images and their caches are not needed any more (each is about a gigabyte).
+for old in "$E2E_CACHE"/kind-node-*; do
+  [ "$old" = "$out" ] || [ ! -d "$old" ] || rm -rf "$old"
+done
+docker images --format '{{.Repository}}:{{.Tag}}' ferrokv-e2e/kind-node | grep -vx "$name" | xargs -r docker rmi >/dev/null 2>&1 || true
 e2e_log "built $name"
 echo "$name"

@@ -160,7 +160,9 @@ create_cluster() {
       echo "      endpoints: [\"http://$ETCD_IP:2379\"]"
     fi
   } >"$cfg"
-  kind create cluster --name "$CLUSTER" --config "$cfg" --wait 180s
+  local retain=()
+  [ "${KEEP_CLUSTER:-0}" = 1 ] && retain=(--retain)
+  kind create cluster --name "$CLUSTER" --config "$cfg" --wait 180s "${retain[@]}"
 }
 
 if [ "${E2E_UPSTREAM_IMAGES:-0}" != 1 ]; then

@@ -22,18 +22,45 @@ e2e_mirror() {
   echo "$m"
 }
 
+# Capabilities missing from this machine's bounding set (CapBnd): where there are any, every
+# --privileged container fails in runc, so dockerd gets runc-drop-caps as its default runtime.
+e2e_caps_missing() {
+  local bnd last
+  bnd=$((16#$(awk '/^CapBnd:/ {print $2}' /proc/self/status)))
+  last="$(cat /proc/sys/kernel/cap_last_cap)"
+  [ "$bnd" != $(((1 << (last + 1)) - 1)) ]
+}
+
 # Installs docker.io when missing and starts dockerd when nothing answers on its socket (no
 # systemd on these machines: dockerd runs as a plain background process, logging to
-# $E2E_CACHE/dockerd.log).
+# $E2E_CACHE/dockerd.log, its pid in $E2E_CACHE/dockerd.pid). A dockerd this started without
+# the runtime it needs is restarted; one started by someone else is left alone and the run fails.
 e2e_docker_up() {
   if ! command -v dockerd >/dev/null 2>&1; then
     e2e_log "installing docker.io"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >&2 || e2e_die "apt-get install docker.io failed"
   fi
-  if docker info >/dev/null 2>&1; then return 0; fi
-  mkdir -p "$E2E_CACHE"
-  e2e_log "starting dockerd"
-  setsid nohup dockerd >"$E2E_CACHE/dockerd.log" 2>&1 </dev/null &
+  local args=() need=0
+  mkdir -p "$E2E_CACHE/bin"
+  if e2e_caps_missing; then
+    need=1
+    install -m 0755 "$(dirname "${BASH_SOURCE[0]}")/../node/runc-drop-caps" "$E2E_CACHE/bin/runc-drop-caps"
+    args=(--add-runtime "ferrokv-e2e=$E2E_CACHE/bin/runc-drop-caps" --default-runtime ferrokv-e2e)
+  fi
+  if docker info >/dev/null 2>&1; then
+    if [ "$need" = 0 ] || [ "$(docker info --format '{{.DefaultRuntime}}')" = ferrokv-e2e ]; then return 0; fi
+    local pid
+    pid="$(cat "$E2E_CACHE/dockerd.pid" 2>/dev/null || true)"
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null ||
+      e2e_die "this machine lacks capabilities privileged containers ask for, and the running dockerd (not started by the e2e scripts) has no runtime that drops them: restart it with --add-runtime ferrokv-e2e=$E2E_CACHE/bin/runc-drop-caps --default-runtime ferrokv-e2e"
+    e2e_log "restarting dockerd $pid with the runc-drop-caps runtime"
+    kill "$pid"
+    local i
+    for i in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  fi
+  e2e_log "starting dockerd ${args[*]}"
+  setsid nohup dockerd "${args[@]}" >"$E2E_CACHE/dockerd.log" 2>&1 </dev/null &
+  echo $! >"$E2E_CACHE/dockerd.pid"
   local i
   for i in $(seq 1 60); do
     docker info >/dev/null 2>&1 && return 0
