@@ -23,14 +23,24 @@ e2e_docker_up
 # never reuses a stale base.
 base="$(e2e_base_image)"
 
-flag=()
-[ "$profile" = release ] && flag=(--release)
-e2e_log "cargo build ${flag[*]} -p ferrokv -p ferrokv-operator"
-(cd "$root" && cargo build -q "${flag[@]}" -p ferrokv -p ferrokv-operator) >&2
-bin="$root/target/$profile"
-
 ctx="$(mktemp -d)"
-trap 'rm -rf "$ctx" "$ctx.moto"' EXIT
+trap 'rm -rf "$ctx" "$ctx.moto" "$ctx.cargo.log"' EXIT
+# E2E_BIN_DIR: use the ferrokv and ferrokv-operator binaries already there, without cargo (a
+# shared machine's cargo locks can keep a no-op build waiting for minutes).
+if [ -n "${E2E_BIN_DIR:-}" ]; then
+  bin="$E2E_BIN_DIR"
+  [ -x "$bin/ferrokv" ] && [ -x "$bin/ferrokv-operator" ] || e2e_die "no ferrokv and ferrokv-operator in E2E_BIN_DIR=$bin"
+else
+  flag=()
+  [ "$profile" = release ] && flag=(--release)
+  e2e_log "cargo build ${flag[*]} -p ferrokv -p ferrokv-operator"
+  if ! (cd "$root" && cargo build "${flag[@]}" -p ferrokv -p ferrokv-operator) >"$ctx.cargo.log" 2>&1; then
+    tail -30 "$ctx.cargo.log" >&2
+    e2e_die "cargo build of ferrokv and ferrokv-operator failed"
+  fi
+  bin="$root/target/$profile"
+fi
+
 # image NAME DOCKERFILE-BODY FILE...: a throwaway context with just FILEs, no registry involved
 # (the classic builder resolves FROM against local images first).
 image() {
