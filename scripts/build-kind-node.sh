@@ -131,7 +131,7 @@ sed -i "s|@PAUSE@|registry.k8s.io/pause:$pause_version|" "$r/etc/containerd/conf
 mkdir -p "$r/opt/cni/bin" "$r/etc/cni/net.d"
 for p in "$r"/usr/lib/cni/*; do ln -sf "/usr/lib/cni/$(basename "$p")" "$r/opt/cni/bin/"; done
 cp "$node_dir/10-ferrokv-ptp.conflist" "$r/etc/cni/net.d/"
-cp "$node_dir/ferrokv-preload-images.service" "$r/etc/systemd/system/"
+cp "$node_dir/ferrokv-preload-images.service" "$node_dir/ferrokv-hostpath-perms.service" "$r/etc/systemd/system/"
 mkdir -p "$r/etc/systemd/system/kubelet.service.d"
 cp "$node_dir/20-ferrokv-preload.conf" "$r/etc/systemd/system/kubelet.service.d/"
 mkdir -p "$r/kind/manifests"
@@ -148,7 +148,7 @@ rm -f "$r"/lib/systemd/system/multi-user.target.wants/* "$r"/etc/systemd/system/
   "$r"/lib/systemd/system/sockets.target.wants/*initctl* "$r"/lib/systemd/system/basic.target.wants/*
 echo "ReadKMsg=no" >>"$r/etc/systemd/journald.conf"
 ln -sf /usr/lib/systemd/systemd "$r/sbin/init"
-chroot "$r" systemctl enable kubelet.service containerd.service undo-mount-hacks.service ferrokv-preload-images.service >/dev/null 2>&1
+chroot "$r" systemctl enable kubelet.service containerd.service undo-mount-hacks.service ferrokv-preload-images.service ferrokv-hostpath-perms.service >/dev/null 2>&1
 chroot "$r" systemctl mask systemd-binfmt.service >/dev/null 2>&1
 mkdir -p "$r/etc/kubernetes/manifests"
 rm -rf "$r/usr/share/doc" "$r/usr/share/man" "$r/var/cache/apt/archives/"*.deb

@@ -139,25 +139,31 @@ external_etcd() {
 }
 
 create_cluster() {
-  local cfg="$WORK/kind.yaml"
+  local cfg="$WORK/kind.yaml" own=0
+  case "$NODE_IMAGE" in ferrokv-e2e/kind-node:*) own=1 ;; esac
   {
     echo "kind: Cluster"
     echo "apiVersion: kind.x-k8s.io/v1alpha4"
-    if [ "${E2E_UPSTREAM_IMAGES:-0}" != 1 ] && [ -z "${E2E_NODE_IMAGE:-}" ]; then
-      # The offline node image ships kube-proxy for nftables (no iptables-wrapper to pick a
-      # backend) and a static CNI.
-      echo "networking: {kubeProxyMode: nftables}"
-    fi
+    # The offline node image ships kube-proxy for nftables (no iptables-wrapper to pick a
+    # backend) and a static CNI.
+    [ "$own" = 1 ] && echo "networking: {kubeProxyMode: nftables}"
     echo "nodes:"
     echo "- role: control-plane"
     [ -n "$NODE_IMAGE" ] && echo "  image: $NODE_IMAGE"
+    echo "kubeadmConfigPatches:"
+    echo "- |"
+    echo "  kind: ClusterConfiguration"
     if [ -n "${ETCD_IP:-}" ]; then
-      echo "kubeadmConfigPatches:"
-      echo "- |"
-      echo "  kind: ClusterConfiguration"
       echo "  etcd:"
       echo "    external:"
       echo "      endpoints: [\"http://$ETCD_IP:2379\"]"
+    fi
+    if [ "$own" = 1 ]; then
+      # The hostPath provisioner creates volume directories from inside kube-controller-manager:
+      # they must land on the node (see node/ferrokv-hostpath-perms.service).
+      echo "  controllerManager:"
+      echo "    extraVolumes:"
+      echo "    - {name: hostpath-pv, hostPath: /tmp/hostpath_pv, mountPath: /tmp/hostpath_pv, pathType: DirectoryOrCreate}"
     fi
   } >"$cfg"
   local retain=()
