@@ -44,8 +44,17 @@ fi
 # image NAME DOCKERFILE-BODY FILE...: a throwaway context with just FILEs, no registry involved
 # (the classic builder resolves FROM against local images first).
 image() {
-  local name="$1" body="$2"
+  local name="$1" body="$2" key
   shift 2
+  # Rebuilt only when an input changed: the key (base, Dockerfile body, files' contents) is a
+  # label of the image.
+  key="$( { echo "$base $body"; find "$@" -type f -print0 | sort -z | xargs -0 sha256sum | cut -d' ' -f1; } | sha256sum | cut -c1-16)"
+  if [ "$(docker image inspect -f '{{index .Config.Labels "io.ferrokv.e2e.inputs"}}' "$name" 2>/dev/null)" = "$key" ]; then
+    echo "$name"
+    return 0
+  fi
+  body="$body
+LABEL io.ferrokv.e2e.inputs=\"$key\""
   rm -rf "${ctx:?}"/*
   [ $# -gt 0 ] && cp -a "$@" "$ctx/"
   printf 'FROM %s\n%s\n' "$base" "$body" >"$ctx/Dockerfile"
