@@ -267,26 +267,45 @@ scale() {
 }
 scenario "scale 3 -> 5 -> 3" scale
 
+# until SECONDS CMD...: CMD succeeds within SECONDS (polled every second).
+until_ok() {
+  local n="$1" i
+  shift
+  for ((i = 0; i < n; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  return 1
+}
+uid_of() { k get "$1" -o jsonpath='{.metadata.uid}' 2>/dev/null; }
+uid_changed() { local u; u="$(uid_of "$1")"; [ -n "$u" ] && [ "$u" != "$2" ]; }
+not_member() { ! members | grep -qx "$1"; }
+
 pod_deleted() {
-  local victim
+  local victim uid
   victim="$(members | head -1)"
+  uid="$(uid_of "pod/$victim")"
   log "deleting member pod $victim"
-  k delete pod "$victim" --wait=true >/dev/null &&
-    k wait "pod/$victim" --for=condition=Ready --timeout="$TIMEOUT" >/dev/null &&
-    wait_members 3
+  k delete pod "$victim" --wait=true >/dev/null || return 1
+  # It comes back on its claim: the same member, a new pod.
+  until_ok 300 uid_changed "pod/$victim" "$uid" || { echo "$victim not recreated" >&2; return 1; }
+  k wait "pod/$victim" --for=condition=Ready --timeout="$TIMEOUT" >/dev/null && wait_members 3
 }
 scenario "member pod deleted and replaced" pod_deleted
 
 pvc_deleted() {
-  local victim before
-  before="$(members)"
-  victim="$(echo "$before" | tail -1)"
+  local victim uid
+  victim="$(members | tail -1)"
+  uid="$(uid_of "pvc/$victim")"
   log "deleting the PVC and pod of $victim"
   k delete pvc "$victim" --wait=false >/dev/null &&
-    k delete pod "$victim" --wait=true >/dev/null &&
-    wait_members 3 || return 1
-  # The member whose data was lost is replaced by a new one (names are never reused).
-  ! members | grep -qx "$victim"
+    k delete pod "$victim" --wait=true >/dev/null || return 1
+  # Its data is gone: a new member replaces it (member names are never reused), or the member
+  # comes back on a new, empty claim; either way the cluster returns to 3 ready members.
+  until_ok 300 bash -c "$(declare -f k members not_member uid_of uid_changed); NS=$NS; not_member $victim || uid_changed pvc/$victim $uid" ||
+    { echo "$victim neither replaced nor given a new claim" >&2; return 1; }
+  wait_members 3
+  log "members now: $(members | tr '\n' ' ')"
 }
 scenario "PVC deleted, member replaced" pvc_deleted
 
