@@ -45,7 +45,8 @@ bench: deps
 	FERROKV_BIN=$(CURDIR)/target/release/ferrokv $(CURDIR)/target/release/ferrokv-bench --rounds 3
 	$(CURDIR)/target/release/ferrokv-microbench --rounds 3
 
-## make e2e: the kind end-to-end suite (skips with a message where docker/kind are absent).
+## make e2e: the kind end-to-end suite (docs/e2e.md): images and a kind node image built offline,
+## the cluster's etcd is ferrokv; fails, never skips, when a prerequisite cannot be had.
 e2e:
 	crates/operator/e2e/run.sh
 
