@@ -348,8 +348,14 @@ apiVersion: v1
 kind: Pod
 metadata: {name: moto, namespace: $NS, labels: {app: moto}}
 spec:
+  # No MOTO_PORT=tcp://... from the Service's docker-style links: moto reads MOTO_PORT.
+  enableServiceLinks: false
   containers:
-  - {name: moto, image: $MOTO_IMAGE, imagePullPolicy: Never, ports: [{containerPort: 5000}]}
+  - name: moto
+    image: $MOTO_IMAGE
+    imagePullPolicy: Never
+    ports: [{containerPort: 5000}]
+    readinessProbe: {tcpSocket: {port: 5000}, periodSeconds: 1}
 ---
 apiVersion: v1
 kind: Service
