@@ -376,6 +376,8 @@ EOF
     sleep 1
   done
   kv put e2e/backup "before-backup" || return 1
+  # The endpoint is the Service's short name (the same namespace): moto takes a dotted host name
+  # for a virtual-hosted bucket.
   kubectl apply -f - >/dev/null <<EOF || return 1
 apiVersion: ferrokv.io/v1alpha1
 kind: EtcdBackup
@@ -384,11 +386,17 @@ spec:
   clusterName: demo
   store:
     destination: s3://etcd-backups/e2e
-    endpoint: http://moto.$NS.svc:5000
+    endpoint: http://moto:5000
     pathStyle: true
     credentialsSecret: backup-credentials
 EOF
-  k wait etcdbackup/e2e --for=jsonpath='{.status.phase}'=Succeeded --timeout="$TIMEOUT" >/dev/null || return 1
+  local phase=""
+  for i in $(seq 1 300); do
+    phase="$(k get etcdbackup e2e -o jsonpath='{.status.phase}')"
+    [ "$phase" = Succeeded ] || [ "$phase" = Failed ] && break
+    sleep 1
+  done
+  [ "$phase" = Succeeded ] || { k get etcdbackup e2e -o jsonpath='{.status.message}' >&2; return 1; }
   local uri
   uri="$(k get etcdbackup e2e -o jsonpath='{.status.backup.uri}')"
   log "backup at $uri; restoring into demo-restored"
@@ -402,7 +410,7 @@ spec:
   storage: {size: 1Gi}
   restore:
     destination: s3://etcd-backups/e2e
-    endpoint: http://moto.$NS.svc:5000
+    endpoint: http://moto:5000
     pathStyle: true
     credentialsSecret: backup-credentials
     source: {uri: "$uri"}
