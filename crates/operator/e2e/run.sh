@@ -356,6 +356,8 @@ spec:
     imagePullPolicy: Never
     ports: [{containerPort: 5000}]
     readinessProbe: {tcpSocket: {port: 5000}, periodSeconds: 1}
+    # Path-style only: otherwise moto takes the first label of a dotted Host for a bucket.
+    env: [{name: S3_IGNORE_SUBDOMAIN_BUCKETNAME, value: "true"}]
 ---
 apiVersion: v1
 kind: Service
@@ -376,8 +378,6 @@ EOF
     sleep 1
   done
   kv put e2e/backup "before-backup" || return 1
-  # The endpoint is the Service's short name (the same namespace): moto takes a dotted host name
-  # for a virtual-hosted bucket.
   kubectl apply -f - >/dev/null <<EOF || return 1
 apiVersion: ferrokv.io/v1alpha1
 kind: EtcdBackup
@@ -386,7 +386,7 @@ spec:
   clusterName: demo
   store:
     destination: s3://etcd-backups/e2e
-    endpoint: http://moto:5000
+    endpoint: http://moto.$NS.svc:5000
     pathStyle: true
     credentialsSecret: backup-credentials
 EOF
@@ -410,7 +410,7 @@ spec:
   storage: {size: 1Gi}
   restore:
     destination: s3://etcd-backups/e2e
-    endpoint: http://moto:5000
+    endpoint: http://moto.$NS.svc:5000
     pathStyle: true
     credentialsSecret: backup-credentials
     source: {uri: "$uri"}
