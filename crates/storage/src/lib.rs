@@ -111,6 +111,16 @@ pub struct LeaseRecord {
     pub remaining_ttl: i64,
 }
 
+/// One table's pages and bytes, as redb counts them ([`Store::table_stats`]).
+#[derive(Clone, Debug)]
+pub struct TableStats {
+    pub name: &'static str,
+    pub leaf_pages: u64,
+    pub branch_pages: u64,
+    pub stored_bytes: u64,
+    pub fragmented_bytes: u64,
+}
+
 /// The keyspace. `Send + Sync`: reads run concurrently with the one open `WriteBatch`.
 pub struct Store {
     /// Swapped whole by [`Store::defragment`]; a reader keeps the `Arc` it took, so a read
@@ -523,24 +533,23 @@ impl Store {
         ))
     }
 
-    /// Per table (name, leaf pages, branch pages, stored bytes, fragmented bytes), to see
-    /// where the file's bytes go.
-    pub fn table_stats(&self) -> Result<Vec<(&'static str, u64, u64, u64, u64)>> {
+    /// Per keyspace table: where the file's bytes go.
+    pub fn table_stats(&self) -> Result<Vec<TableStats>> {
         // Held while the transaction lives: a defragment may swap the file meanwhile.
         let db = self.db();
         let rtx = db.begin_read()?;
         fn st<K: redb::Key + 'static, V: redb::Value + 'static>(
             name: &'static str,
             t: &ReadOnlyTable<K, V>,
-        ) -> Result<(&'static str, u64, u64, u64, u64)> {
+        ) -> Result<TableStats> {
             let s = t.stats()?;
-            Ok((
+            Ok(TableStats {
                 name,
-                s.leaf_pages(),
-                s.branch_pages(),
-                s.stored_bytes(),
-                s.fragmented_bytes(),
-            ))
+                leaf_pages: s.leaf_pages(),
+                branch_pages: s.branch_pages(),
+                stored_bytes: s.stored_bytes(),
+                fragmented_bytes: s.fragmented_bytes(),
+            })
         }
         Ok(vec![
             st("latest", &rtx.open_table(LATEST)?)?,
