@@ -23,7 +23,7 @@ use ferrokv_bbolt::{Reader, Writer};
 use ferrokv_proto::ferrokvpb::AuthState;
 use ferrokv_proto::{authpb, etcdserverpb as pb, mvccpb};
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable};
 
 use crate::record::{decode_history, encode_history, encode_latest, Header};
 use crate::tables::*;
@@ -121,7 +121,9 @@ impl Store {
     }
 
     fn export_etcd_with_revision<W: Write + Seek>(&self, out: W) -> Result<(W, i64)> {
-        let rtx = self.db.begin_read()?;
+        // Held while the transaction lives: a defragment may swap the file meanwhile.
+        let db = self.db();
+        let rtx = db.begin_read()?;
         let history = rtx.open_table(HISTORY)?;
         let leases = rtx.open_table(LEASES)?;
         let meta = rtx.open_table(META)?;
@@ -379,7 +381,7 @@ pub fn import_etcd(db: &Reader, dest: &Path) -> Result<Imported> {
         )));
     }
     let bad = |what: &str, e: &dyn std::fmt::Display| Error::BadSnapshot(format!("{what}: {e}"));
-    let out = Database::create(dest)?;
+    let out = crate::create_db(dest)?;
     let mut wtx = out.begin_write()?;
     let mut imported = Imported {
         revision: 1,

@@ -248,7 +248,9 @@ impl Store {
     /// The logical check of the whole keyspace: `latest` against `history`, every history
     /// record decodable and indexed, and the lease tables against `latest`.
     pub fn verify(&self) -> Result<VerifyReport> {
-        let rtx = self.db.begin_read()?;
+        // Held while the transaction lives: a defragment may swap the file meanwhile.
+        let db = self.db();
+        let rtx = db.begin_read()?;
         let latest = rtx.open_table(LATEST)?;
         let index = rtx.open_table(KEY_INDEX)?;
         let history = rtx.open_table(HISTORY)?;

@@ -39,7 +39,7 @@ use span::Span;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use tables::*;
 use view::View;
 
@@ -111,9 +111,25 @@ pub struct LeaseRecord {
     pub remaining_ttl: i64,
 }
 
+/// One table's pages and bytes, as redb counts them ([`Store::table_stats`]).
+#[derive(Clone, Debug)]
+pub struct TableStats {
+    pub name: &'static str,
+    pub leaf_pages: u64,
+    pub branch_pages: u64,
+    pub stored_bytes: u64,
+    pub fragmented_bytes: u64,
+}
+
 /// The keyspace. `Send + Sync`: reads run concurrently with the one open `WriteBatch`.
 pub struct Store {
-    db: Database,
+    /// Swapped whole by [`Store::defragment`]; a reader keeps the `Arc` it took, so a read
+    /// that began before a swap finishes on the old file.
+    db: RwLock<Arc<Database>>,
+    /// Shared by every open `WriteBatch` (and `sync`), exclusive for a defragment or a
+    /// restore: a defragment waits for the batch in flight and blocks new ones until the new
+    /// file is in place, as etcd's defrag blocks writes.
+    write_gate: RwLock<()>,
     path: PathBuf,
     // Mirrors of the meta table, updated after each commit, so that hot callers (headers,
     // watch) need no read transaction.
@@ -140,7 +156,13 @@ impl Store {
         if verify && path.exists() && !check_pages(path)? {
             tracing::warn!(path = %path.display(), "redb repaired the keyspace file on open (unclean shutdown)");
         }
-        let db = Database::create(path)?;
+        // A defragment interrupted before its rename leaves its half-written copy behind.
+        let tmp = defrag_path(path);
+        if tmp.exists() {
+            tracing::warn!(path = %tmp.display(), "removing the copy of an interrupted defragment");
+            std::fs::remove_file(&tmp)?;
+        }
+        let db = create_db(path)?;
         // Create every table up front so read transactions never see a missing table.
         let txn = db.begin_write()?;
         {
@@ -159,7 +181,8 @@ impl Store {
         let applied = meta_applied(&meta)?;
         tracing::info!(path = %path.display(), revision, compacted, applied_index = applied.0, "opened keyspace");
         let store = Store {
-            db,
+            db: RwLock::new(Arc::new(db)),
+            write_gate: RwLock::new(()),
             path: path.to_path_buf(),
             revision: AtomicI64::new(revision),
             compacted: AtomicI64::new(compacted),
@@ -213,7 +236,9 @@ impl Store {
             i64,
         ) -> Result<T>,
     ) -> Result<T> {
-        let rtx = self.db.begin_read()?;
+        // Held while the transaction lives: a defragment may swap the file meanwhile.
+        let db = self.db();
+        let rtx = db.begin_read()?;
         let latest = rtx.open_table(LATEST)?;
         let index = rtx.open_table(KEY_INDEX)?;
         let history = rtx.open_table(HISTORY)?;
@@ -226,6 +251,51 @@ impl Store {
             history: &history,
         };
         f(&view, current, compacted)
+    }
+
+    /// The current database handle (changes only when a defragment swaps the file).
+    pub(crate) fn db(&self) -> Arc<Database> {
+        self.db.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// etcd's defrag: rewrites the keyspace into a new, densely packed file and swaps it in,
+    /// so the pages freed by compactions and overwrites go back to the filesystem. Writes
+    /// (and syncs) wait until it is done; reads go on against the old file, then the new one.
+    ///
+    /// Crash safety is the rename: the copy is written to `<db>.defrag`, made durable, then
+    /// renamed over the file and the directory synced. A crash before the rename leaves the
+    /// old file untouched (the copy is removed on the next open); after it, the complete copy.
+    /// Returns (file size before, file size after).
+    pub fn defragment(&self) -> Result<(u64, u64)> {
+        let _gate = self.write_gate.write().unwrap_or_else(|e| e.into_inner());
+        let before = self.file_size()?;
+        let tmp = defrag_path(&self.path);
+        if tmp.exists() {
+            std::fs::remove_file(&tmp)?;
+        }
+        {
+            let old = self.db();
+            let rtx = old.begin_read()?;
+            let mut out = create_db(&tmp)?;
+            let mut wtx = out.begin_write()?;
+            copy_tables(&rtx, &wtx)?;
+            wtx.set_durability(redb::Durability::Immediate)?;
+            wtx.commit()?;
+            // redb grows a file by doubling it, so the copy ends in free space; compacting the
+            // fresh copy (nothing else has it open) truncates that tail.
+            out.compact()
+                .map_err(|e| Error::Backend(format!("compacting the defragmented copy: {e}")))?;
+            // `out` closes here: the file is complete and synced by the durable commits.
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        let db = create_db(&self.path)?;
+        *self.db.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(db);
+        let after = self.file_size()?;
+        tracing::info!(path = %self.path.display(), before, after, "defragmented keyspace");
+        Ok((before, after))
     }
 
     /// etcd Range on a consistent snapshot; header.revision is the current revision.
@@ -303,7 +373,9 @@ impl Store {
     }
 
     pub fn leases(&self) -> Result<Vec<LeaseRecord>> {
-        let rtx = self.db.begin_read()?;
+        // Held while the transaction lives: a defragment may swap the file meanwhile.
+        let db = self.db();
+        let rtx = db.begin_read()?;
         let t = rtx.open_table(LEASES)?;
         let mut out = Vec::new();
         for r in t.iter()? {
@@ -319,7 +391,9 @@ impl Store {
     }
 
     pub fn lease(&self, id: i64) -> Result<Option<LeaseRecord>> {
-        let rtx = self.db.begin_read()?;
+        // Held while the transaction lives: a defragment may swap the file meanwhile.
+        let db = self.db();
+        let rtx = db.begin_read()?;
         let t = rtx.open_table(LEASES)?;
         Ok(t.get(id)?.map(|g| {
             let (ttl, remaining_ttl) = g.value();
@@ -333,7 +407,9 @@ impl Store {
 
     /// Keys currently attached to lease `id`, in key order.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
-        let rtx = self.db.begin_read()?;
+        // Held while the transaction lives: a defragment may swap the file meanwhile.
+        let db = self.db();
+        let rtx = db.begin_read()?;
         let t = rtx.open_table(LEASE_KEYS)?;
         write::attached_keys(&t, id)
     }
@@ -395,7 +471,9 @@ impl Store {
     /// hash the same. (etcd's Hash RPC hashes the whole bolt file, consistent index included,
     /// so it differs per member; ours is comparable.)
     pub fn hash(&self) -> Result<u32> {
-        let rtx = self.db.begin_read()?;
+        // Held while the transaction lives: a defragment may swap the file meanwhile.
+        let db = self.db();
+        let rtx = db.begin_read()?;
         let mut h = crc32fast::Hasher::new();
         fn feed<K: redb::Key + 'static, V: redb::Value + 'static>(
             h: &mut crc32fast::Hasher,
@@ -434,7 +512,9 @@ impl Store {
     /// so it never waits for the writer.
     pub fn db_size(&self) -> Result<(i64, i64)> {
         let file = std::fs::metadata(&self.path)?.len();
-        let rtx = self.db.begin_read()?;
+        // Held while the transaction lives: a defragment may swap the file meanwhile.
+        let db = self.db();
+        let rtx = db.begin_read()?;
         fn used<K: redb::Key + 'static, V: redb::Value + 'static>(
             t: &ReadOnlyTable<K, V>,
         ) -> Result<u64> {
@@ -453,9 +533,36 @@ impl Store {
         ))
     }
 
+    /// Per keyspace table: where the file's bytes go.
+    pub fn table_stats(&self) -> Result<Vec<TableStats>> {
+        // Held while the transaction lives: a defragment may swap the file meanwhile.
+        let db = self.db();
+        let rtx = db.begin_read()?;
+        fn st<K: redb::Key + 'static, V: redb::Value + 'static>(
+            name: &'static str,
+            t: &ReadOnlyTable<K, V>,
+        ) -> Result<TableStats> {
+            let s = t.stats()?;
+            Ok(TableStats {
+                name,
+                leaf_pages: s.leaf_pages(),
+                branch_pages: s.branch_pages(),
+                stored_bytes: s.stored_bytes(),
+                fragmented_bytes: s.fragmented_bytes(),
+            })
+        }
+        Ok(vec![
+            st("latest", &rtx.open_table(LATEST)?)?,
+            st("history", &rtx.open_table(HISTORY)?)?,
+            st("key_index", &rtx.open_table(KEY_INDEX)?)?,
+        ])
+    }
+
     /// A free-form metadata entry written with `WriteBatch::set_meta`.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let rtx = self.db.begin_read()?;
+        // Held while the transaction lives: a defragment may swap the file meanwhile.
+        let db = self.db();
+        let rtx = db.begin_read()?;
         let t = rtx.open_table(META)?;
         Ok(t.get(user_meta_key(key).as_str())?
             .map(|g| g.value().to_vec()))
@@ -477,8 +584,10 @@ impl Store {
                 dest.display()
             )));
         }
-        let rtx = self.db.begin_read()?;
-        let out = Database::create(dest)?;
+        // Held while the transaction lives: a defragment may swap the file meanwhile.
+        let db = self.db();
+        let rtx = db.begin_read()?;
+        let out = create_db(dest)?;
         let wtx = out.begin_write()?;
         copy_tables(&rtx, &wtx)?;
         wtx.commit()?;
@@ -495,7 +604,10 @@ impl Store {
         let bad = |e: &dyn std::fmt::Display| Error::BadSnapshot(format!("{}: {e}", src.display()));
         let from = Database::open(src).map_err(|e| bad(&e))?;
         let rtx = from.begin_read().map_err(|e| bad(&e))?;
-        let mut wtx = self.db.begin_write()?;
+        let _gate = self.write_gate.write().unwrap_or_else(|e| e.into_inner());
+        // Held while the transaction lives: a defragment may swap the file meanwhile.
+        let db = self.db();
+        let mut wtx = db.begin_write()?;
         // Deleting the tables is cheaper than removing their rows one by one.
         wtx.delete_table(LATEST)?;
         wtx.delete_table(HISTORY)?;
@@ -529,7 +641,10 @@ impl Store {
     /// Makes every commit so far durable: redb persists earlier non-durable commits with the
     /// next durable one, so an empty durable commit is enough.
     pub fn sync(&self) -> Result<()> {
-        let mut txn = self.db.begin_write()?;
+        let _gate = self.write_gate.read().unwrap_or_else(|e| e.into_inner());
+        // Held while the transaction lives: a defragment may swap the file meanwhile.
+        let db = self.db();
+        let mut txn = db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         txn.commit()?;
         Ok(())
@@ -542,6 +657,18 @@ impl Store {
             *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = a;
         }
     }
+}
+
+/// Opens or creates a keyspace file.
+pub(crate) fn create_db(path: &Path) -> Result<Database> {
+    Ok(Database::create(path)?)
+}
+
+/// Where a defragment writes its copy before renaming it over the keyspace file.
+fn defrag_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".defrag");
+    PathBuf::from(p)
 }
 
 /// Copies every table of the keyspace from `src` into `dst` (row by row: a redb file cannot

@@ -21,6 +21,10 @@ use std::ops::Bound;
 pub struct WriteBatch<'a> {
     store: &'a Store,
     txn: WriteTransaction,
+    /// Keeps a defragment from swapping the file under this transaction.
+    _gate: std::sync::RwLockReadGuard<'a, ()>,
+    /// The database `txn` belongs to, alive at least as long as the transaction.
+    _db: std::sync::Arc<redb::Database>,
     /// Current main revision including the ops applied in this batch.
     revision: i64,
     compacted: i64,
@@ -409,7 +413,9 @@ pub(crate) fn attached_keys<T: ReadableTable<(i64, &'static [u8]), ()>>(
 
 impl<'a> WriteBatch<'a> {
     pub(crate) fn begin(store: &'a Store) -> Result<WriteBatch<'a>> {
-        let txn = store.db.begin_write()?;
+        let gate = store.write_gate.read().unwrap_or_else(|e| e.into_inner());
+        let db = store.db();
+        let txn = db.begin_write()?;
         // Read the revisions inside the transaction: the store's mirrors are published just
         // after the previous commit and could still be stale here.
         let (revision, compacted) = {
@@ -422,6 +428,8 @@ impl<'a> WriteBatch<'a> {
         Ok(WriteBatch {
             store,
             txn,
+            _gate: gate,
+            _db: db,
             revision,
             compacted,
             applied: None,
