@@ -335,17 +335,25 @@ const COMPACTION_HASHES_KEPT: usize = 10;
 /// original must stay untouched. Ok(true) = clean, Ok(false) = redb repaired it (after an
 /// unclean shutdown that is normal: the last non-durable commits are rolled back).
 pub fn check_pages(path: &Path) -> Result<bool> {
+    // redb calls the repair callback on open only when the file was not closed cleanly; with
+    // `set_check_integrity_on_open` it would call it on every open, which says nothing. So the
+    // plain open tells whether the shutdown was clean, and `check_integrity` then verifies
+    // every page checksum (true = nothing needed repair).
     let repaired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = repaired.clone();
     let mut builder = redb::Builder::new();
-    builder
-        .set_check_integrity_on_open(true)
-        .set_repair_callback(move |_| flag.store(true, std::sync::atomic::Ordering::Relaxed));
-    match builder.open(path) {
-        Ok(_) => Ok(!repaired.load(std::sync::atomic::Ordering::Relaxed)),
+    builder.set_repair_callback(move |_| flag.store(true, std::sync::atomic::Ordering::Relaxed));
+    let corrupt = |m: String| Error::Corrupt(format!("redb integrity check failed: {m}"));
+    let mut db = match builder.open(path) {
+        Ok(db) => db,
         Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(m))) => {
-            Err(Error::Corrupt(format!("redb integrity check failed: {m}")))
+            return Err(corrupt(m))
         }
+        Err(e) => return Err(e.into()),
+    };
+    match db.check_integrity() {
+        Ok(clean) => Ok(clean && !repaired.load(std::sync::atomic::Ordering::Relaxed)),
+        Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(m))) => Err(corrupt(m)),
         Err(e) => Err(e.into()),
     }
 }

@@ -2340,3 +2340,18 @@ fn reads_during_a_defragment_see_the_data() {
         reader.join().unwrap();
     });
 }
+
+/// A file closed cleanly passes redb's page check as clean: the "repaired on open (unclean
+/// shutdown)" warning is kept for files that really needed a repair.
+#[test]
+fn a_cleanly_closed_file_checks_clean() {
+    let (dir, s) = open();
+    apply(&s, &base_ops());
+    drop(s);
+    let path = dir.path().join("db");
+    assert!(
+        check_pages(&path).unwrap(),
+        "clean close reported as repaired"
+    );
+    assert!(check_pages(&path).unwrap(), "second check");
+}
