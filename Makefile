@@ -4,7 +4,7 @@ CARGO ?= cargo
 MEMBERS ?= 3
 RUN_DIR ?= .run
 
-.PHONY: all build run stop test deps bench e2e crds images fmt lint clean
+.PHONY: all build run stop test deps bench e2e crds images fmt lint clean fuzz
 
 all: build
 
@@ -38,6 +38,15 @@ test: deps lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 	@scripts/e2e-available.sh || true
+
+## make fuzz: each cargo-fuzz target (fuzz/fuzz_targets) for FUZZ_SECONDS (default 120), growing
+## fuzz/corpus/<target>; stable rustc via RUSTC_BOOTSTRAP. make test replays that corpus.
+FUZZ_SECONDS ?= 120
+fuzz:
+	cd fuzz && for t in decode_request apply; do \
+	  RUSTC_BOOTSTRAP=1 "$$($(CURDIR)/scripts/install-cargo-fuzz.sh)/cargo-fuzz" run -O --fuzz-dir . $$t corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=4096 || exit 1; \
+	done
 
 ## make bench: ferrokv vs etcd on this machine, same run, alternating rounds.
 bench: deps

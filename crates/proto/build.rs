@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(grpc)
         .build_client(grpc)
+        // etcd's answers to undecodable bytes (src/codec.rs); the types are unchanged.
+        .codec_path("crate::codec::EtcdCodec")
         .file_descriptor_set_path(&descriptors)
         .compile_protos(&protos, &["proto"])?;
     #[cfg(feature = "json")]

@@ -396,3 +396,363 @@ async fn wal_corrupt_middle_ferrokv() {
         "the error does not name {name}:\n{tail}"
     );
 }
+
+/// A gRPC client that sends request bodies as given bytes, so a frame can be anything, and
+/// reads response bodies as bytes.
+mod raw {
+    use bytes::{Buf, BufMut};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::transport::Channel;
+    use tonic::{Code, Status};
+
+    #[derive(Default, Clone)]
+    pub struct BytesCodec;
+
+    pub struct BytesEncoder;
+    pub struct BytesDecoder;
+
+    impl Codec for BytesCodec {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = BytesEncoder;
+        type Decoder = BytesDecoder;
+        fn encoder(&mut self) -> BytesEncoder {
+            BytesEncoder
+        }
+        fn decoder(&mut self) -> BytesDecoder {
+            BytesDecoder
+        }
+    }
+
+    impl Encoder for BytesEncoder {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for BytesDecoder {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+            Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+        }
+    }
+
+    /// What a call ended with: `Ok(n)` after `n` response messages, or the status's code and
+    /// message.
+    pub type Ended = Result<usize, (Code, String)>;
+
+    pub async fn channel(url: &str) -> Channel {
+        tonic::transport::Endpoint::from_shared(url.to_string())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A unary call of `path` with `body` as the request message.
+    pub async fn unary(ch: &Channel, path: &'static str, body: Vec<u8>) -> Ended {
+        let mut g = tonic::client::Grpc::new(ch.clone());
+        g.ready().await.expect("ready");
+        let r = g
+            .unary(
+                tonic::Request::new(body),
+                http::uri::PathAndQuery::from_static(path),
+                BytesCodec,
+            )
+            .await;
+        match r {
+            Ok(_) => Ok(1),
+            Err(s) => Err((s.code(), s.message().to_string())),
+        }
+    }
+
+    /// A bidirectional stream of `path` sending `frames`, then waiting (up to 5 s) for the
+    /// server to end the stream; the client's side stays open, as a live client's would.
+    pub async fn streaming(ch: &Channel, path: &'static str, frames: Vec<Vec<u8>>) -> Ended {
+        let mut g = tonic::client::Grpc::new(ch.clone());
+        g.ready().await.expect("ready");
+        let out = futures::stream::iter(frames).chain(futures::stream::pending());
+        let call = async {
+            let mut resp = g
+                .streaming(
+                    tonic::Request::new(out),
+                    http::uri::PathAndQuery::from_static(path),
+                    BytesCodec,
+                )
+                .await
+                .map_err(|s| (s.code(), s.message().to_string()))?
+                .into_inner();
+            let mut n = 0;
+            loop {
+                match resp.message().await {
+                    Ok(Some(_)) => n += 1,
+                    Ok(None) => return Ok(n),
+                    Err(s) => return Err((s.code(), s.message().to_string())),
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), call)
+            .await
+            .unwrap_or(Err((
+                Code::DeadlineExceeded,
+                "stream still open after 5 s".into(),
+            )))
+    }
+
+    use futures::StreamExt as _;
+}
+
+/// Request bodies that are not valid protobuf for any message: a field number 0, a length
+/// running past the end, a varint of 11 bytes, a group end with no start.
+fn garbage_frames() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("field 0", vec![0x07, 0x01]),
+        ("truncated", vec![0x0a, 0x05, 0x01]),
+        (
+            "varint overflow",
+            vec![
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ],
+        ),
+        ("end group", vec![0x0c]),
+        (
+            "random",
+            vec![0x8b, 0x3f, 0x91, 0x00, 0xe2, 0x17, 0x5c, 0xa9],
+        ),
+    ]
+}
+
+/// Both members of a control test: etcd 3.6.16 and ferrokv, each fresh.
+async fn etcd36_and_ferrokv() -> (Member, Member) {
+    (start(Backend::Etcd36).await, start(Backend::Ferrokv).await)
+}
+
+/// Every call's outcome on etcd 3.6 and on ferrokv, by name; fails naming each difference.
+fn assert_same_outcomes(cases: &[(String, raw::Ended, raw::Ended)]) {
+    let diffs: Vec<String> = cases
+        .iter()
+        .filter(|(_, e, f)| e != f)
+        .map(|(n, e, f)| format!("- {n}\n    etcd36:  {e:?}\n    ferrokv: {f:?}"))
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "differs from etcd 3.6:\n{}",
+        diffs.join("\n")
+    );
+}
+
+/// Bytes that do not decode as the request: on the Watch and LeaseKeepAlive streams etcd ends
+/// the stream with INTERNAL "grpc: failed to unmarshal the received message: <gogo's error>",
+/// a unary RPC answers INTERNAL "grpc: error unmarshalling request: <gogo's error>". ferrokv
+/// must answer each exactly so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_bytes_as_etcd36() {
+    let (etcd, ferrokv) = etcd36_and_ferrokv().await;
+    let (ce, cf) = (
+        raw::channel(etcd.endpoint()).await,
+        raw::channel(ferrokv.endpoint()).await,
+    );
+    let streams = [
+        "/etcdserverpb.Watch/Watch",
+        "/etcdserverpb.Lease/LeaseKeepAlive",
+    ];
+    let unary = [
+        "/etcdserverpb.KV/Range",
+        "/etcdserverpb.KV/Put",
+        "/etcdserverpb.KV/Txn",
+        "/etcdserverpb.Lease/LeaseGrant",
+        "/etcdserverpb.Cluster/MemberAdd",
+        "/etcdserverpb.Maintenance/Status",
+        "/etcdserverpb.Auth/UserAdd",
+    ];
+    let mut cases = Vec::new();
+    for (name, f) in garbage_frames() {
+        for path in streams {
+            let e = raw::streaming(&ce, path, vec![f.clone()]).await;
+            // The control is meaningful only if etcd really refuses these bytes.
+            let msg = e.as_ref().err().map(|(_, m)| m.as_str()).unwrap_or("");
+            assert!(
+                msg.starts_with("grpc: failed to unmarshal the received message: "),
+                "etcd36 {path} {name}: {e:?}"
+            );
+            let r = raw::streaming(&cf, path, vec![f.clone()]).await;
+            cases.push((format!("{path} {name}"), e, r));
+        }
+        for path in unary {
+            let e = raw::unary(&ce, path, f.clone()).await;
+            let r = raw::unary(&cf, path, f.clone()).await;
+            cases.push((format!("{path} {name}"), e, r));
+        }
+    }
+    assert_same_outcomes(&cases);
+    // Both still serve.
+    let mut c = ferrokv.client().await.expect("client");
+    c.put("after", "garbage", None)
+        .await
+        .expect("put after garbage");
+}
+
+/// A `string` field holding bytes that are not UTF-8. etcd (gogoproto) does not check and its
+/// own validation answers: MemberAdd "given member URLs are invalid", the auth calls as for
+/// any unknown or new name. prost refuses such a field; ferrokv must answer as etcd does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_utf8_strings_as_etcd36() {
+    let (etcd, ferrokv) = etcd36_and_ferrokv().await;
+    let (ce, cf) = (
+        raw::channel(etcd.endpoint()).await,
+        raw::channel(ferrokv.endpoint()).await,
+    );
+    // Field `field`, length-delimited, holding 0xff 0xfe.
+    let bad = |field: u8| vec![field << 3 | 2, 2, 0xff, 0xfe];
+    let calls: Vec<(&'static str, Vec<u8>)> = vec![
+        ("/etcdserverpb.Cluster/MemberAdd", bad(1)),
+        (
+            "/etcdserverpb.Cluster/MemberAdd",
+            [vec![0x0a, 4], b"h\xc3t:".to_vec(), bad(1)].concat(),
+        ),
+        (
+            "/etcdserverpb.Auth/UserAdd",
+            [bad(1), vec![0x12, 1, b'p']].concat(),
+        ),
+        (
+            "/etcdserverpb.Auth/UserAdd",
+            [vec![0x0a, 1, b'u'], bad(2)].concat(),
+        ),
+        ("/etcdserverpb.Auth/UserGet", bad(1)),
+        ("/etcdserverpb.Auth/UserDelete", bad(1)),
+        ("/etcdserverpb.Auth/UserChangePassword", bad(1)),
+        ("/etcdserverpb.Auth/UserGrantRole", bad(1)),
+        ("/etcdserverpb.Auth/UserRevokeRole", bad(1)),
+        ("/etcdserverpb.Auth/RoleAdd", bad(1)),
+        ("/etcdserverpb.Auth/RoleGet", bad(1)),
+        ("/etcdserverpb.Auth/RoleDelete", bad(1)),
+        ("/etcdserverpb.Auth/RoleGrantPermission", bad(1)),
+        ("/etcdserverpb.Auth/RoleRevokePermission", bad(1)),
+        ("/etcdserverpb.Auth/Authenticate", bad(1)),
+    ];
+    let mut cases = Vec::new();
+    for (i, (path, body)) in calls.into_iter().enumerate() {
+        let e = raw::unary(&ce, path, body.clone()).await;
+        let r = raw::unary(&cf, path, body).await;
+        cases.push((format!("#{i} {path}"), e, r));
+    }
+    assert_eq!(
+        cases[0].1,
+        Err((
+            Code::InvalidArgument,
+            "etcdserver: given member URLs are invalid".into()
+        )),
+        "etcd 3.6's answer to non-UTF-8 peer URLs"
+    );
+    assert_same_outcomes(&cases);
+}
+
+/// A txn nested `depth` levels deep: the innermost puts `nest`, every other level's one
+/// success op is the next level's txn.
+fn nested_txn(depth: usize) -> ferrokv_proto::etcdserverpb::TxnRequest {
+    use ferrokv_proto::etcdserverpb::{request_op::Request, PutRequest, RequestOp, TxnRequest};
+    let mut t = TxnRequest {
+        success: vec![RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: b"nest".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    };
+    for _ in 1..depth {
+        t = TxnRequest {
+            success: vec![RequestOp {
+                request: Some(Request::RequestTxn(t)),
+            }],
+            ..Default::default()
+        };
+    }
+    t
+}
+
+/// A nested txn. etcd hands each nested level what is left of its 128-op budget, so 128
+/// levels (one op each) is the deepest it accepts and 129 get "too many operations in txn
+/// request"; prost's default recursion limit (100 messages) refused depth 50. Far deeper
+/// input (100,000 levels, ~600 KB) must get etcd's answer too, not overflow a stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_txn_as_etcd36() {
+    let (etcd, ferrokv) = etcd36_and_ferrokv().await;
+    let (ce, cf) = (
+        raw::channel(etcd.endpoint()).await,
+        raw::channel(ferrokv.endpoint()).await,
+    );
+    let too_many = Err((
+        Code::InvalidArgument,
+        "etcdserver: too many operations in txn request".to_string(),
+    ));
+    let mut cases = Vec::new();
+    for (depth, want) in [
+        (50, Ok(1)),
+        (128, Ok(1)),
+        (129, too_many.clone()),
+        (1000, too_many.clone()),
+        (100_000, too_many.clone()),
+    ] {
+        let body = nested_txn_bytes(depth);
+        let e = raw::unary(&ce, "/etcdserverpb.KV/Txn", body.clone()).await;
+        assert_eq!(e, want, "etcd36 at depth {depth}");
+        let r = raw::unary(&cf, "/etcdserverpb.KV/Txn", body).await;
+        cases.push((format!("depth {depth}"), e, r));
+    }
+    assert_same_outcomes(&cases);
+    // The accepted ones were applied, and the member still serves (and restarts: the WAL
+    // replay decodes them too).
+    let mut ferrokv = ferrokv;
+    ferrokv.restart().await.expect("restart after nested txns");
+    let mut c = ferrokv.client().await.expect("client");
+    let r = c.get("nest", None).await.expect("get");
+    assert_eq!(r.kvs().len(), 1);
+    assert_eq!(
+        r.kvs()[0].mod_revision(),
+        3,
+        "two accepted txns, one revision each"
+    );
+}
+
+/// [`nested_txn`]'s encoding, written directly (no recursion, so any depth): each level is a
+/// `TxnRequest` whose field 2 (success) is a `RequestOp` whose field 4 (request_txn) is the
+/// next level.
+fn nested_txn_bytes(depth: usize) -> Vec<u8> {
+    use prost::Message;
+    let inner = nested_txn(1).encode_to_vec();
+    fn varint(mut v: usize, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn varint_len(v: usize) -> usize {
+        let mut out = Vec::new();
+        varint(v, &mut out);
+        out.len()
+    }
+    // Sizes inside out: the TxnRequest of level k (1 = innermost) and the RequestOp around it.
+    let mut txn_len = vec![inner.len()];
+    let mut op_len = Vec::new();
+    for k in 1..depth {
+        let op = 1 + varint_len(txn_len[k - 1]) + txn_len[k - 1];
+        op_len.push(op);
+        txn_len.push(1 + varint_len(op) + op);
+    }
+    let mut out = Vec::with_capacity(txn_len[depth - 1]);
+    for k in (1..depth).rev() {
+        out.push(0x12);
+        varint(op_len[k - 1], &mut out);
+        out.push(0x22);
+        varint(txn_len[k - 1], &mut out);
+    }
+    out.extend_from_slice(&inner);
+    out
+}

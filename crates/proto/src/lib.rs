@@ -5,6 +5,9 @@
 //! With the default `grpc` feature the tonic client and server stubs are generated too; with
 //! `json`, serde impls in proto3's JSON mapping as etcd's gateway speaks it.
 
+#[cfg(feature = "grpc")]
+pub mod codec;
+
 pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
     #[cfg(feature = "json")]

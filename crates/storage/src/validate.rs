@@ -51,9 +51,17 @@ pub fn txn(req: &pb::TxnRequest, max_ops: usize) -> Result<()> {
 }
 
 fn check_ops(req: &pb::TxnRequest, max_ops: usize) -> Result<()> {
-    if req.compare.len() > max_ops || req.success.len() > max_ops || req.failure.len() > max_ops {
+    let opc = req
+        .compare
+        .len()
+        .max(req.success.len())
+        .max(req.failure.len());
+    if opc > max_ops {
         return Err(Error::TooManyOps);
     }
+    // etcd's checkTxnRequest hands nested txns what is left of the budget, so a txn nested
+    // deeper than max_ops levels is refused (128 levels deep is etcd 3.6's deepest).
+    let max_ops = max_ops - opc;
     for op in req.success.iter().chain(&req.failure) {
         match &op.request {
             Some(Request::RequestRange(r)) => range(r)?,

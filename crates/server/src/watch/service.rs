@@ -108,6 +108,11 @@ impl Watch for WatchService {
         debug!(stream, require_leader, "watch stream opened");
 
         let hub = self.hub.clone();
+        // The status a failed receive ends the stream with: etcd returns the receive error
+        // (for bytes that do not decode, INTERNAL "grpc: failed to unmarshal ..."), it does
+        // not end the stream as if the client had finished.
+        let failed: Arc<std::sync::OnceLock<Status>> = Arc::default();
+        let failed_rx = failed.clone();
         let receiver = tokio::spawn(async move {
             loop {
                 match inbound.message().await {
@@ -126,6 +131,7 @@ impl Watch for WatchService {
                     Ok(None) => break,
                     Err(status) => {
                         debug!(stream, %status, "watch stream receive failed");
+                        let _ = failed_rx.set(status);
                         hub.close_stream(stream);
                         break;
                     }
@@ -147,6 +153,7 @@ impl Watch for WatchService {
             leader: require_leader.then(|| self.keep_streams.clone()),
             ticker,
             done: false,
+            failed,
             _guard: StreamGuard {
                 hub: self.hub.clone(),
                 stream,
@@ -184,6 +191,8 @@ struct Sender {
     leader: Option<watch::Receiver<bool>>,
     ticker: Option<Interval>,
     done: bool,
+    /// Set by the receiver when reading the client's side failed.
+    failed: Arc<std::sync::OnceLock<Status>>,
     _guard: StreamGuard,
 }
 
@@ -216,7 +225,7 @@ impl Sender {
                 }
                 Next::Gone => {
                     self.done = true;
-                    return None;
+                    return self.failed.get().cloned().map(Err);
                 }
                 Next::Idle => {
                     let notify = self.notify.clone();
