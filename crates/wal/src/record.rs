@@ -152,7 +152,9 @@ pub(crate) fn read_frame(buf: &[u8], off: usize) -> Result<Framed<'_>, FrameErro
         (word, 0)
     };
     if word >> 63 == 1 && (word >> 59) & 0xf != 0 {
-        return Err(FrameError::Malformed(format!("bad length word {word:016x}")));
+        return Err(FrameError::Malformed(format!(
+            "bad length word {word:016x}"
+        )));
     }
     if len > MAX_RECORD || (len + pad) % 8 != 0 {
         return Err(FrameError::Malformed(format!(

@@ -307,6 +307,33 @@ impl Wal {
         Ok(())
     }
 
+    /// Writes a hard state whose only change is the commit index, WITHOUT an fsync (etcd's
+    /// `MustSync` rule: a commit index is not a promise to anyone, and the next append's
+    /// fsync makes it durable). This keeps the WAL's commitIndex current, as etcd's is, where
+    /// it would otherwise lag one append behind.
+    pub fn save_commit(&mut self, hs: &HardState) -> Result<()> {
+        self.check_usable()?;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut crc = self.crc;
+        record::put_hard_state(&mut buf, hs, &mut crc);
+        let result = match self.active.write_all(&buf) {
+            Ok(()) => {
+                self.active_len += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let err = io_err("write segment", self.active_path())(e);
+                Err(self.fail(err))
+            }
+        };
+        self.keep_buffer(buf);
+        result?;
+        self.crc = crc;
+        self.hard_state = hs.clone();
+        Ok(())
+    }
+
     /// Records a snapshot marker (fsync'd). Entries up to `marker.index` are no longer
     /// replayed; the next entry index may be at most `max(last kept entry, marker.index) + 1`.
     /// A marker older than the newest one is written but changes nothing (raft snapshots

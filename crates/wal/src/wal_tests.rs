@@ -837,4 +837,3 @@ fn random_operations_match_the_model_across_rotation_release_and_reopen() {
         model.check(&replay, seed, 300);
     }
 }
-
