@@ -28,6 +28,7 @@ stop:
 deps:
 	scripts/install-test-deps.sh
 	scripts/build-etcd36.sh >/dev/null
+	scripts/build-etcd-tools.sh >/dev/null
 	scripts/build-kube.sh >/dev/null
 	scripts/build-helm.sh >/dev/null
 	scripts/build-backup-servers.sh >/dev/null

@@ -170,6 +170,12 @@ pub fn start_with_wal_options(
     node::start(cfg, transport, wal_options)
 }
 
+/// The metadata (index, term, configuration) of the newest readable `member/snap/*.snap`
+/// file, for `ferrokv dump-logs`. Read only.
+pub fn newest_snapshot(member_dir: &Path) -> Result<Option<eraftpb::SnapshotMetadata>> {
+    snapfile::newest(&snap_dir(member_dir))
+}
+
 /// Read the WAL metadata without starting (the server needs member/cluster id on restart).
 /// `Ok(None)` when there is no WAL yet.
 pub fn read_wal_metadata(member_dir: &Path) -> Result<Option<Vec<u8>>> {

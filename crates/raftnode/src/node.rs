@@ -143,6 +143,8 @@ fn open_log(cfg: &NodeConfig, wal_options: WalOptions) -> Result<OpenedLog> {
         return bootstrap(cfg, wal_options);
     }
     let snap_dir = snap_dir(&cfg.member_dir);
+    // Files of ferrokv's previous formats become etcd's before anything else reads them.
+    snapfile::upgrade_dir(&snap_dir)?;
     let (wal, replay) = Wal::open(&wal_dir, wal_options)?;
     if replay.repaired_tail {
         tracing::warn!(dir = %wal_dir.display(), "wal: cut off a torn record at the tail");
@@ -647,7 +649,13 @@ impl RaftLoop {
         //    entries (a leader commits here once its own append counted).
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
-            self.mem.wl().mut_hard_state().set_commit(commit);
+            let hs = {
+                let mut store = self.mem.wl();
+                store.mut_hard_state().set_commit(commit);
+                store.mut_hard_state().clone()
+            };
+            // Into the WAL too (no fsync, as etcd), so its commitIndex is not one append behind.
+            self.wal.save_commit(&hard_state_to_wal(&hs))?;
         }
         self.send(light.take_messages());
         self.hand_out(light.take_committed_entries());

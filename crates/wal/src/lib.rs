@@ -1,8 +1,10 @@
 //! `ferrokv-wal`: the segmented write-ahead log of a ferrokv member.
 //!
 //! This crate owns the on-disk raft log: raft entries, the raft hard state and snapshot
-//! markers, stored as CRC-checked records in segment files named
-//! `<seq:016x>-<first_index:016x>.wal` (etcd's shape). [`Wal::append`] is the raft commit
+//! markers, stored in etcd's WAL format (`walpb.Record`s framed and chained with CRC-32C as
+//! etcd writes them, see `record.rs`) in segment files named
+//! `<seq:016x>-<first_index:016x>.wal`, so etcd's tools read a ferrokv WAL and ferrokv reads
+//! etcd's. A WAL in ferrokv's previous format (`legacy.rs`) is read and upgraded on open. [`Wal::append`] is the raft commit
 //! point: it writes every record of the call at once and issues exactly one `fdatasync`.
 //! [`Wal::open`] replays all segments, cuts off a torn tail left by a crash mid-append, and
 //! refuses to start ([`Error::Corrupt`]) on any other damage, so data is never dropped
@@ -14,6 +16,8 @@
 //! The raft node converts between `raft::eraftpb` types and the plain types here.
 
 mod fs;
+mod legacy;
+mod pb;
 mod record;
 mod replay;
 mod wal;
@@ -21,6 +25,7 @@ mod wal;
 use std::path::{Path, PathBuf};
 
 pub use crate::fs::{FaultFs, FileSystem, SegmentFile, StdFs};
+pub use crate::pb::{crc32c, decode_metadata, encode_metadata};
 pub use crate::wal::{NoObserver, Wal, WalObserver, WalOptions};
 
 /// Builds the `map_err` closure for a failed file-system step on `path`.
@@ -90,7 +95,8 @@ pub struct SnapshotMarker {
 /// What a replay of the WAL found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Replay {
-    /// Written at create (member id, cluster id, ...).
+    /// Written at create: etcd's `etcdserverpb.Metadata` (member id, cluster id), see
+    /// [`encode_metadata`]. A WAL of the previous format has its metadata converted.
     pub metadata: Vec<u8>,
     /// The last hard state saved.
     pub hard_state: HardState,

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::fs::FileSystem;
+use crate::legacy;
+use crate::pb::crc32c;
 use crate::record::{self, Record};
 use crate::{io_err, Entry, Error, HardState, Replay, Result, SnapshotMarker};
 
@@ -156,30 +158,74 @@ pub(crate) struct TornTail {
 /// Everything a full replay of the directory found.
 pub(crate) struct Loaded {
     pub replay: Replay,
+    /// The segments in etcd's format (after an upgrade, the upgraded one and later).
     pub segments: Vec<SegmentInfo>,
     pub tracker: IndexTracker,
     pub stale_tmps: Vec<PathBuf>,
     /// Length of the valid prefix of the last segment.
     pub last_valid_end: u64,
+    /// The running CRC after the last valid record (what the next record chains onto).
+    pub last_crc: u32,
     pub torn: Option<TornTail>,
+    /// Every segment is in ferrokv's previous format: `open()` upgrades the WAL.
+    pub legacy: bool,
+    /// Old-format segments an upgraded segment replaced (a crash stopped their removal).
+    pub superseded: Vec<PathBuf>,
 }
 
 /// Returns the offset of a valid record that starts after `bad` in `buf`, if any. A bad
 /// record followed by a valid one is not a torn write (a crash only damages the end of
 /// the file), so it must be reported as corruption rather than cut off.
-fn valid_record_after(buf: &[u8], bad: usize) -> Option<usize> {
+fn legacy_record_after(buf: &[u8], bad: usize) -> Option<usize> {
     // Where the bad record claims to end is the likely start of the next record; try it
     // first, then every later offset (the length field itself may be the damaged part).
     let claimed_end = buf
         .get(bad..bad + 4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .and_then(|len| bad.checked_add(record::HEADER_LEN)?.checked_add(len));
+        .and_then(|len| bad.checked_add(legacy::HEADER_LEN)?.checked_add(len));
     if let Some(end) = claimed_end {
-        if end < buf.len() && record::read_frame(buf, end).is_ok() {
+        if end < buf.len() && legacy::read_frame(buf, end).is_ok() {
             return Some(end);
         }
     }
-    (bad + 1..buf.len()).find(|&off| record::read_frame(buf, off).is_ok())
+    (bad + 1..buf.len()).find(|&off| legacy::read_frame(buf, off).is_ok())
+}
+
+/// etcd's records are 8-aligned, so only aligned offsets can start one.
+fn etcd_record_after(buf: &[u8], bad: usize) -> Option<usize> {
+    (bad + 8..buf.len())
+        .step_by(8)
+        .find(|&off| record::plausible_record_at(buf, off))
+}
+
+/// Whether a segment is in ferrokv's previous format: it starts with that format's
+/// metadata record, CRC and all (etcd's segments start with a length word and a crc record).
+fn is_legacy(buf: &[u8]) -> bool {
+    matches!(legacy::read_frame(buf, 0), Ok(f) if f.ty == legacy::RecordType::Metadata)
+}
+
+/// The metadata of the previous format was `member id ‖ cluster id` big endian; the upgraded
+/// WAL carries etcd's `etcdserverpb.Metadata` with the same ids.
+fn upgrade_metadata(m: Vec<u8>) -> Vec<u8> {
+    match <[u8; 16]>::try_from(m.as_slice()) {
+        Ok(b) => {
+            let mut id = [0u8; 8];
+            let mut cluster = [0u8; 8];
+            id.copy_from_slice(&b[..8]);
+            cluster.copy_from_slice(&b[8..]);
+            crate::pb::encode_metadata(u64::from_be_bytes(id), u64::from_be_bytes(cluster))
+        }
+        Err(_) => m,
+    }
+}
+
+fn from_legacy(r: legacy::Record) -> Record {
+    match r {
+        legacy::Record::Metadata(m) => Record::Metadata(upgrade_metadata(m)),
+        legacy::Record::Entry(e) => Record::Entry(e),
+        legacy::Record::HardState(h) => Record::HardState(h),
+        legacy::Record::Snapshot(s) => Record::Snapshot(s),
+    }
 }
 
 /// Replay state machine over the records of all segments, in order.
@@ -194,6 +240,7 @@ struct ReplayState {
 impl ReplayState {
     fn apply(&mut self, rec: Record, seg: &mut SegmentInfo, offset: u64) -> Result<()> {
         match rec {
+            Record::Crc(_) => {}
             Record::Metadata(m) => match &self.metadata {
                 None => self.metadata = Some(m),
                 Some(first) if *first == m => {}
@@ -206,6 +253,8 @@ impl ReplayState {
                 }
             },
             Record::HardState(hs) => self.hard_state = hs,
+            // etcd's empty snapshot record at the start of a new WAL: no snapshot.
+            Record::Snapshot(SnapshotMarker { index: 0, term: 0 }) => {}
             Record::Snapshot(m) => {
                 self.tracker.on_snapshot(m);
                 let upto = self.tracker.snapshot.map_or(m.index, |s| s.index);
@@ -213,6 +262,15 @@ impl ReplayState {
                 self.entries.drain(..covered);
             }
             Record::Entry(e) => {
+                // Raft entries have a term >= 1. etcd's CRC does not cover the record type, so
+                // this also catches a hard state whose type byte flipped to "entry".
+                if e.term == 0 {
+                    return Err(Error::Corrupt {
+                        path: seg.path.clone(),
+                        offset,
+                        reason: format!("entry {} has term 0", e.index),
+                    });
+                }
                 seg.max_index = Some(seg.max_index.map_or(e.index, |m| m.max(e.index)));
                 let admit = self.tracker.admit(e.index)?;
                 // Either way the record replaces the entries >= its index.
@@ -227,14 +285,157 @@ impl ReplayState {
     }
 }
 
+/// What scanning one segment found.
+struct Scanned {
+    records: Vec<(u64, Record)>,
+    torn: Option<TornTail>,
+    valid_end: u64,
+    crc: u32,
+}
+
+fn corrupt(seg: &SegmentInfo, offset: usize, reason: String) -> Error {
+    Error::Corrupt {
+        path: seg.path.clone(),
+        offset: offset as u64,
+        reason,
+    }
+}
+
+/// Scans a segment in ferrokv's previous format.
+fn scan_legacy(seg: &SegmentInfo, buf: &[u8], is_last: bool) -> Result<Scanned> {
+    let mut records = Vec::new();
+    let mut torn = None;
+    let mut off = 0usize;
+    while off < buf.len() {
+        let frame = match legacy::read_frame(buf, off) {
+            Ok(f) => f,
+            Err(reason) => {
+                let follower = if is_last {
+                    legacy_record_after(buf, off)
+                } else {
+                    None
+                };
+                if is_last && follower.is_none() {
+                    torn = Some(TornTail {
+                        path: seg.path.clone(),
+                        offset: off as u64,
+                        reason,
+                    });
+                    break;
+                }
+                let reason = match follower {
+                    Some(next) => format!("{reason}; a valid record follows at offset {next}"),
+                    None => format!("{reason}; not at the tail of the last segment"),
+                };
+                return Err(corrupt(seg, off, reason));
+            }
+        };
+        let rec = legacy::decode(&frame).map_err(|reason| corrupt(seg, off, reason))?;
+        if off == 0 && !matches!(rec, legacy::Record::Metadata(_)) {
+            return Err(corrupt(
+                seg,
+                0,
+                "segment does not start with a metadata record".into(),
+            ));
+        }
+        records.push((off as u64, from_legacy(rec)));
+        off = frame.end;
+    }
+    let valid_end = torn.as_ref().map_or(buf.len() as u64, |t| t.offset);
+    Ok(Scanned {
+        records,
+        torn,
+        valid_end,
+        crc: 0,
+    })
+}
+
+/// Scans a segment in etcd's format. `crc` is the running CRC at the end of the previous
+/// segment (None for the first one read: older segments may have been released).
+fn scan_etcd(seg: &SegmentInfo, buf: &[u8], is_last: bool, crc: Option<u32>) -> Result<Scanned> {
+    let mut records = Vec::new();
+    let mut torn = None;
+    let mut running = crc.unwrap_or(0);
+    let mut off = 0usize;
+    while off < buf.len() {
+        let checked = record::read_frame(buf, off).map_err(|e| e.reason()).and_then(|f| {
+            if f.ty == record::CRC {
+                // The crc record carries the running value; it must continue the chain
+                // (etcd skips the check only where it has no previous value).
+                if off != 0 {
+                    return Err("crc record in the middle of a segment".to_string());
+                }
+                if crc.is_some_and(|c| c != f.crc) {
+                    return Err(format!(
+                        "segment crc record {:08x} does not continue the previous segment's {running:08x}",
+                        f.crc
+                    ));
+                }
+                let c = f.crc;
+                return Ok((f, c));
+            }
+            let computed = crc32c::append(running, f.data.unwrap_or(&[]));
+            if computed != f.crc {
+                return Err(format!(
+                    "crc mismatch (stored {:08x}, computed {computed:08x})",
+                    f.crc
+                ));
+            }
+            Ok((f, computed))
+        });
+        let (frame, next_crc) = match checked {
+            Ok(x) => x,
+            Err(reason) => {
+                let rest_zero = buf[off..].iter().all(|&b| b == 0);
+                let follower = if rest_zero {
+                    None
+                } else {
+                    etcd_record_after(buf, off)
+                };
+                if is_last && follower.is_none() {
+                    torn = Some(TornTail {
+                        path: seg.path.clone(),
+                        offset: off as u64,
+                        reason,
+                    });
+                    break;
+                }
+                let reason = match follower {
+                    Some(next) => format!("{reason}; a valid record follows at offset {next}"),
+                    None => format!("{reason}; not at the tail of the last segment"),
+                };
+                return Err(corrupt(seg, off, reason));
+            }
+        };
+        let rec = record::decode(&frame).map_err(|reason| corrupt(seg, off, reason))?;
+        if off == 0 && !matches!(rec, Record::Crc(_)) {
+            return Err(corrupt(
+                seg,
+                0,
+                "segment does not start with a crc record".into(),
+            ));
+        }
+        running = next_crc;
+        records.push((off as u64, rec));
+        off = frame.end;
+    }
+    let valid_end = torn.as_ref().map_or(buf.len() as u64, |t| t.offset);
+    Ok(Scanned {
+        records,
+        torn,
+        valid_end,
+        crc: running,
+    })
+}
+
 /// Reads and checks every segment of `dir`. Never writes.
 pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Loaded> {
-    let (mut segments, stale_tmps) = list_segments(fs, dir)?;
-    if segments.is_empty() {
+    let (all, stale_tmps) = list_segments(fs, dir)?;
+    if all.is_empty() {
         return Err(Error::NotFound(dir.to_path_buf()));
     }
     // A missing segment in the middle means lost records: refuse rather than replay around it.
-    for pair in segments.windows(2) {
+    for pair in all.windows(2) {
         if pair[1].seq != pair[0].seq.wrapping_add(1) {
             return Err(Error::Corrupt {
                 path: pair[1].path.clone(),
@@ -246,77 +447,59 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Loaded> {
             });
         }
     }
-
-    // Pass 1 decodes everything; pass 2 applies the replay rules. Two passes because the
-    // newest snapshot marker can come after entries whose predecessors were in released
-    // segments (the oldest kept segment repeats an older marker in its header): only with
-    // the newest marker known up front can those entries be told apart from a real gap.
-    let mut records: Vec<(usize, u64, Record)> = Vec::new();
-    let mut torn = None;
-    let mut last_valid_end = 0u64;
-    let count = segments.len();
-    for (i, seg) in segments.iter().enumerate() {
-        let is_last = i + 1 == count;
+    let mut bufs = Vec::with_capacity(all.len());
+    for seg in &all {
         let buf = fs
             .read_file(&seg.path)
             .map_err(io_err("read segment", &seg.path))?;
-        let mut off = 0usize;
-        while off < buf.len() {
-            let frame = match record::read_frame(&buf, off) {
-                Ok(f) => f,
-                Err(reason) => {
-                    let follower = if is_last {
-                        valid_record_after(&buf, off)
-                    } else {
-                        None
-                    };
-                    if is_last && follower.is_none() {
-                        torn = Some(TornTail {
-                            path: seg.path.clone(),
-                            offset: off as u64,
-                            reason,
-                        });
-                        break;
-                    }
-                    let reason = match follower {
-                        Some(next) => {
-                            format!("{reason}; a valid record follows at offset {next}")
-                        }
-                        None => format!("{reason}; not at the tail of the last segment"),
-                    };
-                    return Err(Error::Corrupt {
-                        path: seg.path.clone(),
-                        offset: off as u64,
-                        reason,
-                    });
-                }
-            };
-            // The CRC matched, so an undecodable payload was written that way: it is not a
-            // torn write wherever it is, and dropping it could lose acknowledged data.
-            let rec = record::decode(&frame).map_err(|reason| Error::Corrupt {
-                path: seg.path.clone(),
-                offset: off as u64,
-                reason,
-            })?;
-            if off == 0 && !matches!(rec, Record::Metadata(_)) {
-                return Err(Error::Corrupt {
-                    path: seg.path.clone(),
-                    offset: 0,
-                    reason: "segment does not start with a metadata record".into(),
-                });
-            }
-            records.push((i, off as u64, rec));
-            off = frame.end;
+        bufs.push(buf);
+    }
+    // An upgrade writes one etcd-format segment after the old ones, then removes them: old
+    // segments before the first etcd-format one are superseded, and none may come after it.
+    let first_etcd = bufs.iter().position(|b| !is_legacy(b));
+    let legacy = first_etcd.is_none();
+    let skip = first_etcd.unwrap_or(0);
+    let superseded: Vec<PathBuf> = all[..skip].iter().map(|s| s.path.clone()).collect();
+    let mut segments: Vec<SegmentInfo> = all[skip..].to_vec();
+    let bufs = &bufs[skip..];
+    if !legacy {
+        if let Some(i) = bufs.iter().position(|b| is_legacy(b)) {
+            return Err(Error::Corrupt {
+                path: segments[i].path.clone(),
+                offset: 0,
+                reason: "a segment in ferrokv's old format follows one in etcd's format".into(),
+            });
         }
+    }
+
+    // Pass 1 decodes everything; pass 2 applies the replay rules. Two passes because the
+    // newest snapshot marker can come after entries whose predecessors were in released
+    // segments: only with the newest marker known up front can those entries be told apart
+    // from a real gap.
+    let mut records: Vec<(usize, u64, Record)> = Vec::new();
+    let mut torn = None;
+    let mut last_valid_end = 0u64;
+    let mut crc = None;
+    let count = segments.len();
+    for (i, seg) in segments.iter().enumerate() {
+        let is_last = i + 1 == count;
+        let scanned = if legacy {
+            scan_legacy(seg, &bufs[i], is_last)?
+        } else {
+            scan_etcd(seg, &bufs[i], is_last, crc)?
+        };
+        crc = Some(scanned.crc);
+        records.extend(scanned.records.into_iter().map(|(off, r)| (i, off, r)));
         if is_last {
-            last_valid_end = torn.as_ref().map_or(buf.len() as u64, |t| t.offset);
+            torn = scanned.torn;
+            last_valid_end = scanned.valid_end;
             if last_valid_end == 0 {
                 // Segments are renamed into place only after their header is durable, so an
                 // empty last segment is not a crash artefact we can explain: refuse.
                 return Err(Error::Corrupt {
                     path: seg.path.clone(),
                     offset: 0,
-                    reason: "last segment has no valid metadata record".into(),
+                    reason: "last segment has no valid record".into(),
                 });
             }
         }
@@ -326,7 +509,7 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Loaded> {
     let newest = records
         .iter()
         .filter_map(|(_, _, r)| match r {
-            Record::Snapshot(m) => Some(*m),
+            Record::Snapshot(m) if m.index != 0 || m.term != 0 => Some(*m),
             _ => None,
         })
         .max_by_key(|m| m.index);
@@ -349,7 +532,10 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Loaded> {
         tracker: state.tracker,
         stale_tmps,
         last_valid_end,
+        last_crc: crc.unwrap_or(0),
         torn,
+        legacy,
+        superseded,
     })
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tracing::{debug, error, info, warn};
 
 use crate::fs::{FileSystem, SegmentFile, StdFs};
-use crate::record::{self, TooLarge};
+use crate::record;
 use crate::replay::{self, IndexTracker, SegmentInfo, TMP_SUFFIX};
 use crate::{io_err, Entry, Error, HardState, Replay, Result, SnapshotMarker};
 
@@ -57,6 +57,8 @@ pub struct Wal {
     metadata: Vec<u8>,
     /// The last hard state written; repeated at the head of every new segment.
     hard_state: HardState,
+    /// The running CRC-32C of the log: every record chains onto it (etcd's format).
+    crc: u32,
     tracker: IndexTracker,
     /// Oldest first; the last one is the active segment.
     segments: Vec<SegmentInfo>,
@@ -81,31 +83,12 @@ impl fmt::Debug for Wal {
     }
 }
 
-fn too_large(path: &Path) -> impl FnOnce(TooLarge) -> Error + '_ {
-    move |TooLarge(len)| Error::Io {
-        op: "encode record",
-        path: path.to_path_buf(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("record payload of {len} bytes exceeds the 4 GiB record limit"),
-        ),
-    }
-}
-
-/// Encodes the records every segment starts with: metadata, then the current hard state and
-/// snapshot marker, so that a segment replays correctly once all older ones are deleted.
-fn segment_header(
-    buf: &mut Vec<u8>,
-    metadata: &[u8],
-    hs: &HardState,
-    snapshot: Option<SnapshotMarker>,
-) -> Result<(), TooLarge> {
-    record::put_metadata(buf, metadata)?;
-    record::put_hard_state(buf, hs)?;
-    if let Some(m) = snapshot {
-        record::put_snapshot(buf, &m)?;
-    }
-    Ok(())
+/// Encodes the records every new segment starts with, as etcd's `cut` writes them: the
+/// running crc, the metadata and the current hard state.
+fn segment_header(buf: &mut Vec<u8>, metadata: &[u8], hs: &HardState, crc: &mut u32) {
+    record::put_crc(buf, crc);
+    record::put_metadata(buf, metadata, crc);
+    record::put_hard_state(buf, hs, crc);
 }
 
 /// Writes a new segment under a temporary name, makes it durable, renames it into place and
@@ -164,7 +147,12 @@ impl Wal {
         }
         let hard_state = HardState::default();
         let mut buf = Vec::new();
-        segment_header(&mut buf, metadata, &hard_state, None).map_err(too_large(dir))?;
+        // etcd's first segment: crc 0, the metadata, an empty snapshot record (etcd's tools
+        // open a WAL at a snapshot and want its record; index 0 stands for "none").
+        let mut crc = 0;
+        record::put_crc(&mut buf, &mut crc);
+        record::put_metadata(&mut buf, metadata, &mut crc);
+        record::put_snapshot(&mut buf, &SnapshotMarker::default(), &mut crc);
         // First segment is 0-0 as in etcd: no entry index is known yet.
         let (info, active) = create_segment(fs.as_ref(), dir, 0, 0, &buf)?;
         info!(dir = %dir.display(), segment = %info.path.display(), "created wal");
@@ -175,6 +163,7 @@ impl Wal {
             segment_bytes: opts.segment_bytes,
             metadata: metadata.to_vec(),
             hard_state,
+            crc,
             tracker: IndexTracker::default(),
             segments: vec![info],
             active,
@@ -188,7 +177,20 @@ impl Wal {
     /// bad record -> [`Error::Corrupt`] (refuse to start, never drop data silently).
     pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Replay)> {
         let fs = opts.fs;
-        let loaded = replay::load(fs.as_ref(), dir)?;
+        let mut loaded = replay::load(fs.as_ref(), dir)?;
+        if loaded.legacy {
+            upgrade(fs.as_ref(), dir, &mut loaded)?;
+        }
+        if !loaded.superseded.is_empty() {
+            // Old-format segments an upgrade already replaced; oldest first, so what is on
+            // disk stays a contiguous run of segments at every point.
+            for path in &loaded.superseded {
+                fs.remove_file(path)
+                    .map_err(io_err("remove upgraded old-format segment", path))?;
+                fs.sync_dir(dir).map_err(io_err("fsync wal dir", dir))?;
+            }
+            info!(dir = %dir.display(), segments = loaded.superseded.len(), "wal: removed old-format segments after the upgrade");
+        }
         let Some(last) = loaded.segments.last() else {
             return Err(Error::NotFound(dir.to_path_buf()));
         };
@@ -233,6 +235,7 @@ impl Wal {
             segment_bytes: opts.segment_bytes,
             metadata: loaded.replay.metadata.clone(),
             hard_state: loaded.replay.hard_state.clone(),
+            crc: loaded.last_crc,
             tracker: loaded.tracker,
             segments: loaded.segments,
             active,
@@ -272,17 +275,19 @@ impl Wal {
 
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let encoded = entries
-            .iter()
-            .try_for_each(|e| record::put_entry(&mut buf, e))
-            .and_then(|()| hard_state.map_or(Ok(()), |hs| record::put_hard_state(&mut buf, hs)));
-        let result = match encoded {
-            Ok(()) => self.write_and_sync(&buf),
-            Err(e) => Err(too_large(self.active_path())(e)),
-        };
+        let mut crc = self.crc;
+        let mut scratch = Vec::new();
+        for e in entries {
+            record::put_entry(&mut buf, e, &mut crc, &mut scratch);
+        }
+        if let Some(hs) = hard_state {
+            record::put_hard_state(&mut buf, hs, &mut crc);
+        }
+        let result = self.write_and_sync(&buf);
         let written = buf.len() as u64;
         self.keep_buffer(buf);
         result?;
+        self.crc = crc;
 
         self.tracker = tracker;
         if let Some(hs) = hard_state {
@@ -302,6 +307,33 @@ impl Wal {
         Ok(())
     }
 
+    /// Writes a hard state whose only change is the commit index, WITHOUT an fsync (etcd's
+    /// `MustSync` rule: a commit index is not a promise to anyone, and the next append's
+    /// fsync makes it durable). This keeps the WAL's commitIndex current, as etcd's is, where
+    /// it would otherwise lag one append behind.
+    pub fn save_commit(&mut self, hs: &HardState) -> Result<()> {
+        self.check_usable()?;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut crc = self.crc;
+        record::put_hard_state(&mut buf, hs, &mut crc);
+        let result = match self.active.write_all(&buf) {
+            Ok(()) => {
+                self.active_len += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let err = io_err("write segment", self.active_path())(e);
+                Err(self.fail(err))
+            }
+        };
+        self.keep_buffer(buf);
+        result?;
+        self.crc = crc;
+        self.hard_state = hs.clone();
+        Ok(())
+    }
+
     /// Records a snapshot marker (fsync'd). Entries up to `marker.index` are no longer
     /// replayed; the next entry index may be at most `max(last kept entry, marker.index) + 1`.
     /// A marker older than the newest one is written but changes nothing (raft snapshots
@@ -310,15 +342,16 @@ impl Wal {
         self.check_usable()?;
         let mut next = self.tracker.clone();
         next.on_snapshot(marker);
-        self.rotate_if_full(next.next_index())?;
+        // No rotation here (as in etcd): the marker goes into the segment holding the entries
+        // it covers, whose name (first index <= marker index) is how etcd's reader finds it.
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let result = match record::put_snapshot(&mut buf, &marker) {
-            Ok(()) => self.write_and_sync(&buf),
-            Err(e) => Err(too_large(self.active_path())(e)),
-        };
+        let mut crc = self.crc;
+        record::put_snapshot(&mut buf, &marker, &mut crc);
+        let result = self.write_and_sync(&buf);
         self.keep_buffer(buf);
         result?;
+        self.crc = crc;
         self.tracker = next;
         info!(
             index = marker.index,
@@ -339,12 +372,17 @@ impl Wal {
             debug!(index, "wal: no snapshot marker yet, nothing released");
             return Ok(());
         };
-        let limit = index.min(snapshot.index.saturating_add(1));
-        // Only a prefix may go: a hole in the sequence would make open() refuse the WAL.
-        let deletable = self.segments[..self.segments.len().saturating_sub(1)]
+        let limit = index.min(snapshot.index);
+        // etcd's rule (`ReleaseLockTo`): keep the newest segment named with a first index
+        // below the snapshot's, since etcd's reader starts there to find the snapshot record;
+        // everything before it goes. Only a prefix may go: a hole in the sequence would make
+        // open() refuse the WAL.
+        let keep_from = self
+            .segments
             .iter()
-            .take_while(|s| s.max_index.is_none_or(|m| m < limit))
-            .count();
+            .rposition(|s| s.first_index < limit)
+            .unwrap_or(0);
+        let deletable = keep_from.min(self.segments.len().saturating_sub(1));
         for _ in 0..deletable {
             let seg = &self.segments[0];
             self.fs
@@ -424,15 +462,11 @@ impl Wal {
         }
         let seq = self.segments.last().map_or(0, |s| s.seq.wrapping_add(1));
         let mut header = Vec::new();
-        segment_header(
-            &mut header,
-            &self.metadata,
-            &self.hard_state,
-            self.tracker.snapshot,
-        )
-        .map_err(too_large(&self.dir))?;
+        let mut crc = self.crc;
+        segment_header(&mut header, &self.metadata, &self.hard_state, &mut crc);
         match create_segment(self.fs.as_ref(), &self.dir, seq, first_index, &header) {
             Ok((info, file)) => {
+                self.crc = crc;
                 info!(segment = %info.path.display(), previous_bytes = self.active_len, "wal: rotated segment");
                 self.segments.push(info);
                 self.active = file;
@@ -442,6 +476,40 @@ impl Wal {
             Err(e) => Err(self.fail(e)),
         }
     }
+}
+
+/// Rewrites a WAL of ferrokv's previous format in etcd's: one new segment (the next sequence
+/// number, named with the snapshot index so etcd's reader selects it) holding the metadata,
+/// the snapshot marker, the hard state and every replayed entry, made durable and renamed into
+/// place before the old segments are removed. A crash at any point leaves either the old WAL
+/// alone (the new segment was never renamed into place) or the new segment with old ones
+/// before it, which `load` reports as superseded and `open` removes.
+fn upgrade(fs: &dyn FileSystem, dir: &Path, loaded: &mut replay::Loaded) -> Result<()> {
+    let r = &loaded.replay;
+    let marker = r.snapshot.unwrap_or_default();
+    let mut buf = Vec::new();
+    let mut crc = 0;
+    record::put_crc(&mut buf, &mut crc);
+    record::put_metadata(&mut buf, &r.metadata, &mut crc);
+    record::put_snapshot(&mut buf, &marker, &mut crc);
+    record::put_hard_state(&mut buf, &r.hard_state, &mut crc);
+    let mut scratch = Vec::new();
+    for e in &r.entries {
+        record::put_entry(&mut buf, e, &mut crc, &mut scratch);
+    }
+    let seq = loaded.segments.last().map_or(0, |s| s.seq.wrapping_add(1));
+    let (mut info, file) = create_segment(fs, dir, seq, marker.index, &buf)?;
+    drop(file);
+    info.max_index = r.entries.last().map(|e| e.index);
+    info!(dir = %dir.display(), segment = %info.path.display(), entries = r.entries.len(), "wal: upgraded a wal of ferrokv's previous format to etcd's format");
+    loaded.superseded = loaded.segments.iter().map(|s| s.path.clone()).collect();
+    loaded.segments = vec![info];
+    loaded.last_valid_end = buf.len() as u64;
+    loaded.last_crc = crc;
+    // The old segments' torn tail (if any) is not in the new segment; nothing to cut.
+    loaded.torn = None;
+    loaded.legacy = false;
+    Ok(())
 }
 
 #[cfg(test)]

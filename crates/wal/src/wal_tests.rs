@@ -74,8 +74,25 @@ fn indices_terms(entries: &[Entry]) -> Vec<(u64, u64)> {
     entries.iter().map(|e| (e.index, e.term)).collect()
 }
 
-/// Byte ranges `(start, end)` of the records in a segment file.
+/// Byte ranges `(start, end)` of the records in a segment file, without their padding: etcd's
+/// format leaves the padding zeros unchecked (they carry nothing, so a flip there loses
+/// nothing and is not reported).
 fn record_spans(path: &Path) -> Vec<(usize, usize)> {
+    let buf = std::fs::read(path).unwrap();
+    let mut spans = Vec::new();
+    let mut off = 0;
+    while off < buf.len() {
+        let f = record::read_frame(&buf, off).unwrap();
+        let word = u64::from_le_bytes(buf[off..off + 8].try_into().unwrap());
+        let len = (word & 0x00ff_ffff_ffff_ffff) as usize;
+        spans.push((off, off + 8 + len, f.end));
+        off = f.end;
+    }
+    spans.into_iter().map(|(s, e, _)| (s, e)).collect()
+}
+
+/// Byte ranges `(start, end)` of the records in a segment file, padding included.
+fn padded_spans(path: &Path) -> Vec<(usize, usize)> {
     let buf = std::fs::read(path).unwrap();
     let mut spans = Vec::new();
     let mut off = 0;
@@ -392,7 +409,7 @@ fn wal_with_last_append(dir: &Path) -> (PathBuf, Vec<u8>, usize, usize) {
     wal.append(&[entry(5, 1)], Some(&hs(1, 4))).unwrap();
     drop(wal);
     let bytes = std::fs::read(&path).unwrap();
-    let spans = record_spans(&path);
+    let spans = padded_spans(&path);
     let entry_end = spans
         .iter()
         .find(|(s, _)| *s == last_start)
@@ -461,6 +478,15 @@ fn flipped_byte_in_last_record_is_repaired() {
         let mut bad = bytes.clone();
         bad[i] ^= 0x01;
         std::fs::write(&path, &bad).unwrap();
+        if i == start + 9 {
+            // The record type (state -> entry): etcd's CRC does not cover it, the payload
+            // is intact, so this is no torn write: refused, never cut off.
+            assert!(
+                matches!(Wal::open(&dir, opts()), Err(Error::Corrupt { .. })),
+                "flip at {i}"
+            );
+            continue;
+        }
         let (_wal, replay) = Wal::open(&dir, opts()).unwrap();
         assert!(replay.repaired_tail, "flip at {i}");
         assert_eq!(replay.entries.len(), 5, "flip at {i}");

@@ -91,25 +91,18 @@ fn seed_members(store: &Store, members: &[Member]) -> Result<()> {
     Ok(())
 }
 
-/// WAL metadata: who this member is, so a restart needs no flags to find out.
+/// WAL metadata: who this member is, so a restart needs no flags to find out. etcd's
+/// `etcdserverpb.Metadata` (the WAL crate converts the metadata of older ferrokv WALs).
 pub(super) fn encode_wal_metadata(member_id: u64, cluster_id: u64) -> Vec<u8> {
-    let mut v = member_id.to_be_bytes().to_vec();
-    v.extend_from_slice(&cluster_id.to_be_bytes());
-    v
+    ferrokv_wal::encode_metadata(member_id, cluster_id)
 }
 
 fn decode_wal_metadata(b: &[u8]) -> Result<(u64, u64)> {
-    if b.len() != 16 {
-        return Err(Error::Config(format!(
-            "WAL metadata has {} bytes, want 16",
-            b.len()
-        )));
+    match ferrokv_wal::decode_metadata(b) {
+        Ok((0, _)) => Err(Error::Config("WAL metadata has no member id".into())),
+        Ok(ids) => Ok(ids),
+        Err(e) => Err(Error::Config(format!("WAL metadata: {e}"))),
     }
-    let mut m = [0u8; 8];
-    let mut c = [0u8; 8];
-    m.copy_from_slice(&b[..8]);
-    c.copy_from_slice(&b[8..]);
-    Ok((u64::from_be_bytes(m), u64::from_be_bytes(c)))
 }
 
 /// For a joining member: (own id, cluster id, member list) from the first peer that answers.
@@ -169,6 +162,6 @@ mod tests {
     fn wal_metadata_round_trip() {
         let b = encode_wal_metadata(0xdead_beef, 42);
         assert_eq!(decode_wal_metadata(&b).unwrap(), (0xdead_beef, 42));
-        assert!(decode_wal_metadata(&b[..15]).is_err());
+        assert!(decode_wal_metadata(&b[..b.len() - 1]).is_err());
     }
 }
