@@ -14,6 +14,7 @@
 //! The raft node converts between `raft::eraftpb` types and the plain types here.
 
 mod fs;
+mod purge;
 mod record;
 mod replay;
 mod wal;
@@ -21,6 +22,7 @@ mod wal;
 use std::path::{Path, PathBuf};
 
 pub use crate::fs::{FaultFs, FileSystem, SegmentFile, StdFs};
+pub use crate::purge::purge_segments;
 pub use crate::wal::{NoObserver, Wal, WalObserver, WalOptions};
 
 /// Builds the `map_err` closure for a failed file-system step on `path`.
