@@ -307,6 +307,25 @@ struct MemberArgs {
     /// Number of committed transactions to trigger a snapshot to disk.
     #[arg(long = "snapshot-count")]
     snapshot_count: Option<String>,
+    /// Number of entries for a slow follower to catch up after compacting the raft storage
+    /// entries.
+    #[arg(long = "snapshot-catchup-entries")]
+    snapshot_catchup_entries: Option<String>,
+    /// Deprecated in etcd 3.6 for --snapshot-catchup-entries.
+    #[arg(long = "experimental-snapshot-catchup-entries")]
+    experimental_snapshot_catchup_entries: Option<String>,
+    /// Maximum number of snapshot files to retain (0 is unlimited).
+    #[arg(long = "max-snapshots")]
+    max_snapshots: Option<String>,
+    /// Maximum number of wal files to retain (0 is unlimited).
+    #[arg(long = "max-wals")]
+    max_wals: Option<String>,
+    /// Force to create a new one member cluster.
+    #[arg(long = "force-new-cluster", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    force_new_cluster: Option<String>,
+    /// ferrokv test knob: WAL segment size in bytes (default 64 MiB, etcd's fixed size).
+    #[arg(long = "experimental-wal-segment-bytes", hide = true)]
+    wal_segment_bytes: Option<String>,
     /// Time (in milliseconds) of a heartbeat interval.
     #[arg(long = "heartbeat-interval")]
     heartbeat_interval: Option<String>,
@@ -866,9 +885,7 @@ fn build_serve(m: MemberArgs) -> Result<Serve> {
     check_local_member(&cfg)?;
     cfg.discovery = parse_discovery(&m, &cfg)?;
 
-    if let Some(v) = &m.snapshot_count {
-        cfg.snapshot_count = parse_u64("snapshot-count", v)?;
-    }
+    parse_data_flags(&mut cfg, &m)?;
     let heartbeat_ms = match &m.heartbeat_interval {
         Some(v) => parse_u64("heartbeat-interval", v)?,
         None => cfg.heartbeat_interval.as_millis() as u64,
@@ -976,6 +993,46 @@ fn build_serve(m: MemberArgs) -> Result<Serve> {
         }
     }
     Ok(Serve { config: cfg, log })
+}
+
+/// The flags about the data dir's raft files: snapshots, their purge, the WAL, and
+/// `--force-new-cluster`.
+fn parse_data_flags(cfg: &mut Config, m: &MemberArgs) -> Result<()> {
+    if let Some(v) = &m.snapshot_count {
+        cfg.snapshot_count = parse_u64("snapshot-count", v)?;
+        if cfg.snapshot_count == 0 {
+            // etcd: "updated snapshot count to default" rather than never snapshotting.
+            cfg.snapshot_count = Config::with_defaults(&cfg.name).snapshot_count;
+        }
+    }
+    // etcd 3.6 takes the new name over the deprecated one when both are given.
+    if let Some(v) = &m.experimental_snapshot_catchup_entries {
+        cfg.snapshot_catchup_entries = parse_u64("experimental-snapshot-catchup-entries", v)?;
+    }
+    if let Some(v) = &m.snapshot_catchup_entries {
+        cfg.snapshot_catchup_entries = parse_u64("snapshot-catchup-entries", v)?;
+    }
+    if let Some(v) = &m.max_snapshots {
+        cfg.max_snapshots = usize::try_from(parse_u64("max-snapshots", v)?)
+            .map_err(|_| Error::invalid("max-snapshots", v, "value out of range"))?;
+    }
+    if let Some(v) = &m.max_wals {
+        cfg.max_wals = usize::try_from(parse_u64("max-wals", v)?)
+            .map_err(|_| Error::invalid("max-wals", v, "value out of range"))?;
+    }
+    cfg.force_new_cluster = parse_bool_flag("force-new-cluster", m.force_new_cluster.as_deref())?;
+    if let Some(v) = &m.wal_segment_bytes {
+        let n = parse_u64("experimental-wal-segment-bytes", v)?;
+        if n == 0 {
+            return Err(Error::invalid(
+                "experimental-wal-segment-bytes",
+                v,
+                "must be greater than 0",
+            ));
+        }
+        cfg.wal_segment_bytes = n;
+    }
+    Ok(())
 }
 
 /// The `--discovery*` flags with etcd 3.6's checks and messages (`embed.Config.Validate`).
@@ -1665,7 +1722,10 @@ mod tests {
         assert_eq!(c.initial_cluster, d.initial_cluster);
         assert_eq!(c.initial_cluster_state, ClusterState::New);
         assert_eq!(c.initial_cluster_token, "etcd-cluster");
-        assert_eq!(c.snapshot_count, 100_000);
+        assert_eq!(c.snapshot_count, 10_000);
+        assert_eq!(c.snapshot_catchup_entries, 5000);
+        assert_eq!((c.max_snapshots, c.max_wals), (5, 5));
+        assert!(!c.force_new_cluster);
         assert_eq!(c.heartbeat_interval, Duration::from_millis(100));
         assert_eq!(c.election_timeout, Duration::from_millis(1000));
         assert_eq!(c.quota_backend_bytes, 0);
@@ -1748,6 +1808,36 @@ mod tests {
             }),
             (&["--snapshot-count=10000"], |s| {
                 s.config.snapshot_count == 10_000
+            }),
+            (&["--snapshot-count=500"], |s| {
+                s.config.snapshot_count == 500
+            }),
+            // etcd replaces 0 with its default instead of never snapshotting.
+            (&["--snapshot-count=0"], |s| {
+                s.config.snapshot_count == 10_000
+            }),
+            (&["--snapshot-catchup-entries=7"], |s| {
+                s.config.snapshot_catchup_entries == 7
+            }),
+            (&["--experimental-snapshot-catchup-entries=8"], |s| {
+                s.config.snapshot_catchup_entries == 8
+            }),
+            (
+                &[
+                    "--snapshot-catchup-entries=7",
+                    "--experimental-snapshot-catchup-entries=8",
+                ],
+                |s| s.config.snapshot_catchup_entries == 7,
+            ),
+            (&["--max-snapshots=0", "--max-wals=2"], |s| {
+                s.config.max_snapshots == 0 && s.config.max_wals == 2
+            }),
+            (&["--force-new-cluster"], |s| s.config.force_new_cluster),
+            (&["--force-new-cluster=false"], |s| {
+                !s.config.force_new_cluster
+            }),
+            (&["--experimental-wal-segment-bytes=65536"], |s| {
+                s.config.wal_segment_bytes == 65536
             }),
             (&["--heartbeat-interval=50"], |s| {
                 s.config.heartbeat_interval == Duration::from_millis(50)
@@ -1944,6 +2034,10 @@ mod tests {
             (&["--name=n1", "--initial-cluster=n2=http://localhost:2380"], "couldn't find local name \"n1\" in the initial cluster configuration"),
             (&["--name=n1", "--initial-cluster-state=existing", "--initial-cluster=n2=http://b:2380"], "couldn't find local name \"n1\""),
             (&["--initial-cluster=default"], "\"default\" is not of the form name=url"),
+            (&["--max-wals=-1"], "invalid value \"-1\" for flag --max-wals"),
+            (&["--max-snapshots=x"], "invalid value \"x\" for flag --max-snapshots"),
+            (&["--force-new-cluster=maybe"], "--force-new-cluster"),
+            (&["--experimental-wal-segment-bytes=0"], "must be greater than 0"),
             (&["--initial-cluster==http://localhost:2380"], "has no name"),
             (&["--initial-cluster=default=localhost:2380"], "invalid value \"default=localhost:2380\" for flag --initial-cluster"),
             (&["--initial-cluster=default=http://localhost:2380,default=http://localhost:2380"], "duplicate URL"),

@@ -16,10 +16,12 @@
 #![allow(clippy::field_reassign_with_default)]
 
 mod convert;
+mod force_new;
 mod handle;
 mod logger;
 mod node;
 mod read_index;
+mod snap_purge;
 mod snapfile;
 mod store;
 
@@ -80,8 +82,20 @@ pub struct NodeConfig {
     pub election_ticks: usize,
     /// Heartbeat every this many ticks (1).
     pub heartbeat_ticks: usize,
-    /// `--snapshot-count`: durable applied entries between raft snapshots (0 = never).
+    /// `--snapshot-count`: a raft snapshot is taken at the end of the first committed batch
+    /// that puts the applied index more than this many entries past the last snapshot, as
+    /// etcd does (0 = never; the server maps etcd's 0 to its default before).
     pub snapshot_count: u64,
+    /// `--snapshot-catchup-entries`: entries kept in memory below the applied index when the
+    /// log is compacted, so a slightly lagging follower catches up without a snapshot.
+    pub snapshot_catchup_entries: u64,
+    /// `--max-snapshots`: `.snap` files kept (0 = unlimited).
+    pub max_snapshots: usize,
+    /// `--max-wals`: WAL segments kept (0 = unlimited); only released ones are purged.
+    pub max_wals: usize,
+    /// `--force-new-cluster`: on a restart from an existing WAL, become a one-member cluster
+    /// (see `force_new.rs`). Ignored on a first boot, as in etcd.
+    pub force_new_cluster: bool,
 }
 
 /// Outbound raft messages. Must not block: queue per peer, drop when full (raft retransmits).

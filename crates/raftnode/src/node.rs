@@ -19,8 +19,10 @@ use raft::{Config, RawNode, StateRole, Storage};
 use tokio::sync::{oneshot, watch};
 
 use crate::convert::{entry_from_wal, entry_to_wal, hard_state_from_wal, hard_state_to_wal};
+use crate::force_new;
 use crate::handle::{Command, RaftHandle};
 use crate::read_index::{ReadAction, ReadBatcher};
+use crate::snap_purge::Purger;
 use crate::store::LogStore;
 use crate::{
     logger, snap_dir, snapfile, wal_dir, Committed, Error, NodeConfig, RaftStatus, Result,
@@ -30,11 +32,9 @@ use crate::{
 /// Batches of committed entries the apply loop may lag behind before the raft thread waits.
 /// Waiting is the back-pressure: a node that cannot apply should not accept more.
 const COMMITTED_QUEUE: usize = 256;
-/// Entries kept in memory below a snapshot so a slightly lagging follower catches up from the
-/// log instead of needing a snapshot (etcd keeps the same number).
-const SNAPSHOT_CATCHUP_ENTRIES: u64 = 5000;
-/// `.snap` files kept after a snapshot (etcd keeps 5 by default).
-const SNAP_FILES_KEPT: usize = 5;
+/// The in-memory log is compacted once at least this many entries can go (etcd compacts at
+/// every "memory snapshot", taken every 100 applied entries).
+const MEMORY_COMPACT_STEP: u64 = 100;
 /// Readies handled back to back per loop turn: handling one may make the next one ready (a
 /// single-node leader commits as soon as its own append is durable).
 const MAX_READY_ROUNDS: usize = 8;
@@ -118,6 +118,9 @@ pub(crate) fn start(
         durable_applied: cfg.applied_index,
         last_snapshot_index: opened.snapshot_index,
         snapshot_count: cfg.snapshot_count,
+        snapshot_due: std::collections::VecDeque::new(),
+        catchup_entries: cfg.snapshot_catchup_entries,
+        purger: Purger::new(cfg.max_snapshots, cfg.max_wals),
         conf_history: Vec::new(),
         shutdown: None,
         stop: false,
@@ -189,7 +192,6 @@ fn open_log(cfg: &NodeConfig, wal_options: WalOptions) -> Result<OpenedLog> {
         expected += 1;
         entries.push(entry_from_wal(w)?);
     }
-    mem.wl().append(&entries)?;
     let last_index = expected - 1;
 
     let applied = cfg.applied_index;
@@ -217,6 +219,11 @@ fn open_log(cfg: &NodeConfig, wal_options: WalOptions) -> Result<OpenedLog> {
     // entry that was applied was committed, so the storage's applied index is a safe floor.
     hs.commit = hs.commit.max(applied).max(snap_index);
     hs.term = hs.term.max(snap_term);
+    let mut wal = wal;
+    if cfg.force_new_cluster {
+        force_new_cluster(cfg, &mut wal, &mut entries, &mut hs, &snap_conf, snap_index)?;
+    }
+    mem.wl().append(&entries)?;
     mem.wl().set_hardstate(hs);
 
     let (conf, conf_replay) = match &cfg.conf_state {
@@ -238,6 +245,58 @@ fn open_log(cfg: &NodeConfig, wal_options: WalOptions) -> Result<OpenedLog> {
         snapshot_index: snap_index,
         conf_replay,
     })
+}
+
+/// `--force-new-cluster` on an existing log (see `force_new.rs`): drops the entries after the
+/// commit index and appends, committed, the conf changes that leave this member alone.
+fn force_new_cluster(
+    cfg: &NodeConfig,
+    wal: &mut Wal,
+    entries: &mut Vec<Entry>,
+    hs: &mut raft::eraftpb::HardState,
+    snap_conf: &ConfState,
+    snap_index: u64,
+) -> Result<()> {
+    let dropped = entries.iter().filter(|e| e.index > hs.commit).count();
+    entries.retain(|e| e.index <= hs.commit);
+    // The keyspace's configuration is the one at its applied index; without one, the
+    // snapshot's configuration and every entry after it.
+    let ids = match &cfg.conf_state {
+        Some(cs) => {
+            let after: Vec<Entry> = entries
+                .iter()
+                .filter(|e| e.index > cfg.applied_index)
+                .cloned()
+                .collect();
+            force_new::effective_ids(cs, &after)?
+        }
+        None => {
+            let after: Vec<Entry> = entries
+                .iter()
+                .filter(|e| e.index > snap_index)
+                .cloned()
+                .collect();
+            force_new::effective_ids(snap_conf, &after)?
+        }
+    };
+    let old_commit = hs.commit;
+    let forced = force_new::conf_change_entries(&ids, cfg.id, hs.term, hs.commit)?;
+    if let Some(last) = forced.last() {
+        hs.commit = last.index;
+        let wal_entries: Vec<ferrokv_wal::Entry> = forced.iter().map(entry_to_wal).collect();
+        // Written at commit + 1, these replace the dropped entries in the WAL too.
+        wal.append(&wal_entries, Some(&hard_state_to_wal(hs)))?;
+    }
+    entries.extend(forced);
+    tracing::info!(
+        id = cfg.id,
+        members = ?ids,
+        wal_commit_index = old_commit,
+        commit_index = hs.commit,
+        discarded_uncommitted_entries = dropped,
+        "forcing restart member as a new one-member cluster"
+    );
+    Ok(())
 }
 
 /// First start of this member.
@@ -404,6 +463,13 @@ struct RaftLoop {
     durable_applied: u64,
     last_snapshot_index: u64,
     snapshot_count: u64,
+    /// Indexes at which a snapshot is due (etcd's trigger, evaluated at the end of each
+    /// committed batch), taken once the keyspace is durable up to them.
+    snapshot_due: std::collections::VecDeque<u64>,
+    /// `--snapshot-catchup-entries`.
+    catchup_entries: u64,
+    /// `--max-snapshots` / `--max-wals`.
+    purger: Purger,
     /// (index, configuration after that index), so a snapshot at a durable index that lags the
     /// handed-out index records the configuration of its own index.
     conf_history: Vec<(u64, ConfState)>,
@@ -486,6 +552,9 @@ impl RaftLoop {
                 return Ok(());
             }
             self.maybe_snapshot()?;
+            self.compact_log()?;
+            self.purger
+                .tick(now, &self.snap_dir, &mut self.wal, self.last_snapshot_index)?;
             self.publish_status();
         }
     }
@@ -682,6 +751,18 @@ impl RaftLoop {
                 changed = Some(cs);
             }
         }
+        // etcd's trigger (`shouldSnapshotToDisk`): after applying a batch, a snapshot when
+        // the applied index is more than `snapshot_count` past the last one.
+        if let Some(last) = entries.last().map(|e| e.index) {
+            let base = self
+                .snapshot_due
+                .back()
+                .copied()
+                .unwrap_or(self.last_snapshot_index);
+            if self.snapshot_count > 0 && last > base && last - base > self.snapshot_count {
+                self.snapshot_due.push_back(last);
+            }
+        }
         let batch = Committed {
             entries,
             conf_state: changed,
@@ -704,6 +785,8 @@ impl RaftLoop {
         })?;
         self.mem.wl().apply_snapshot(snap)?;
         self.last_snapshot_index = meta.index;
+        // etcd counts from an installed snapshot as from its own.
+        self.snapshot_due.clear();
         self.conf_history = vec![(meta.index, meta.get_conf_state().clone())];
         // The keyspace it stands for was installed by the server before raft saw the message.
         tracing::info!(
@@ -714,38 +797,36 @@ impl RaftLoop {
         Ok(())
     }
 
-    /// Snapshot-count policy: every `snapshot_count` durably applied entries, record a snapshot
-    /// and release the WAL segments before it.
+    /// Takes the snapshots that are due (see `hand_out`) once the keyspace is durable up to
+    /// their index: on restart the keyspace replays the WAL from its own applied index, so
+    /// the entries after it must still be there (etcd commits its backend first for the
+    /// same reason).
     fn maybe_snapshot(&mut self) -> Result<()> {
-        if self.snapshot_count == 0 {
-            return Ok(());
+        while let Some(&index) = self.snapshot_due.front() {
+            if index > self.durable_applied || index > self.raw.raft.raft_log.applied {
+                return Ok(());
+            }
+            self.snapshot_due.pop_front();
+            if index <= self.last_snapshot_index {
+                continue;
+            }
+            self.take_snapshot(index)?;
         }
-        // Never past what the storage made durable: on restart the keyspace replays the WAL
-        // from its own applied index, so those entries must still be there.
-        let index = self.durable_applied.min(self.raw.raft.raft_log.applied);
-        if index <= self.last_snapshot_index
-            || index - self.last_snapshot_index < self.snapshot_count
-        {
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    fn take_snapshot(&mut self, index: u64) -> Result<()> {
         let term = self.mem.term(index)?;
         let meta = snapshot_metadata(term, index, self.conf_at(index));
 
         // Each step keeps every crash point recoverable: (1) the .snap file, so the WAL marker
-        // never points at a missing file; (2) the WAL marker, fsync'd; (3) only then drop older
-        // entries from memory and release whole WAL segments before the marker.
+        // never points at a missing file; (2) the WAL marker, fsync'd; (3) only then purge
+        // old files (WAL segments only when wholly before the marker).
         snapfile::write(&self.snap_dir, &meta)?;
         self.wal.save_snapshot(SnapshotMarker { index, term })?;
-        let compact_to = index.saturating_sub(SNAPSHOT_CATCHUP_ENTRIES);
-        if compact_to > self.mem.first_index()? {
-            self.mem.wl().compact(compact_to)?;
-        }
-        self.wal.release_before(index)?;
-        if let Err(e) = snapfile::purge(&self.snap_dir, SNAP_FILES_KEPT) {
-            // Old metadata files only cost disk space; not worth stopping the member for.
-            tracing::warn!(error = %e, "could not delete old snap files");
-        }
         self.last_snapshot_index = index;
+        self.purger.purge(&self.snap_dir, &mut self.wal, index)?;
+        self.compact_log()?;
         let keep_from = self
             .conf_history
             .iter()
@@ -756,8 +837,23 @@ impl RaftLoop {
             id = self.id,
             index,
             term,
-            "raft snapshot taken, older WAL segments released"
+            snapshot_count = self.snapshot_count,
+            "saved raft snapshot"
         );
+        Ok(())
+    }
+
+    /// etcd's `compactRaftLog`: the in-memory log keeps `catchup_entries` below the applied
+    /// index, and never the entries a due snapshot still needs the term of.
+    fn compact_log(&mut self) -> Result<()> {
+        let applied = self.durable_applied.min(self.raw.raft.raft_log.applied);
+        let mut target = applied.saturating_sub(self.catchup_entries).max(1);
+        if let Some(&due) = self.snapshot_due.front() {
+            target = target.min(due);
+        }
+        if target >= self.mem.first_index()? + MEMORY_COMPACT_STEP {
+            self.mem.wl().compact(target)?;
+        }
         Ok(())
     }
 

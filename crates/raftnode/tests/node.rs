@@ -33,6 +33,10 @@ fn config(id: u64, member_dir: &Path, voters: &[u64]) -> NodeConfig {
         election_ticks: 10,
         heartbeat_ticks: 1,
         snapshot_count: 0,
+        snapshot_catchup_entries: 5000,
+        max_snapshots: 5,
+        max_wals: 5,
+        force_new_cluster: false,
     }
 }
 

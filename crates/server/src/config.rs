@@ -42,7 +42,18 @@ pub struct Config {
     pub initial_cluster: Vec<(String, Vec<url::Url>)>,
     pub initial_cluster_state: ClusterState,
     pub initial_cluster_token: String,
+    /// `--snapshot-count` (etcd 3.6's default 10000).
     pub snapshot_count: u64,
+    /// `--snapshot-catchup-entries` (`--experimental-snapshot-catchup-entries`, 5000).
+    pub snapshot_catchup_entries: u64,
+    /// `--max-snapshots`: `.snap` files kept, 0 = unlimited (5).
+    pub max_snapshots: usize,
+    /// `--max-wals`: WAL segments kept, 0 = unlimited (5).
+    pub max_wals: usize,
+    /// `--force-new-cluster`: restart an existing member as a one-member cluster.
+    pub force_new_cluster: bool,
+    /// Hidden `--experimental-wal-segment-bytes` (tests): WAL segment size, 64 MiB as etcd.
+    pub wal_segment_bytes: u64,
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
     /// 0 = the default quota (2 GiB, as etcd).
@@ -195,7 +206,12 @@ impl Config {
             initial_cluster: vec![(name.to_string(), url("http://localhost:2380"))],
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: "etcd-cluster".to_string(),
-            snapshot_count: 100_000,
+            snapshot_count: 10_000,
+            snapshot_catchup_entries: 5000,
+            max_snapshots: 5,
+            max_wals: 5,
+            force_new_cluster: false,
+            wal_segment_bytes: 64 * 1024 * 1024,
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             quota_backend_bytes: 0,

@@ -18,6 +18,7 @@
 mod fs;
 mod legacy;
 mod pb;
+mod purge;
 mod record;
 mod replay;
 mod wal;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::fs::{FaultFs, FileSystem, SegmentFile, StdFs};
 pub use crate::pb::{crc32c, decode_metadata, encode_metadata};
+pub use crate::purge::purge_segments;
 pub use crate::wal::{NoObserver, Wal, WalObserver, WalOptions};
 
 /// Builds the `map_err` closure for a failed file-system step on `path`.

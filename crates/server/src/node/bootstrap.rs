@@ -124,6 +124,11 @@ pub(super) fn start_raft(
         election_ticks,
         heartbeat_ticks: 1,
         snapshot_count: cfg.snapshot_count,
+        snapshot_catchup_entries: cfg.snapshot_catchup_entries,
+        max_snapshots: cfg.max_snapshots,
+        max_wals: cfg.max_wals,
+        // etcd: only a member restarting from its WAL; a first boot ignores the flag.
+        force_new_cluster: cfg.force_new_cluster && !id.bootstrap && !id.join_existing,
     };
     // Peers: the replicated member list once there is one, else the bootstrap flags.
     let known = membership::load(store)?;
@@ -146,6 +151,7 @@ pub(super) fn start_raft(
     ));
     let wal_options = ferrokv_wal::WalOptions {
         observer: Arc::new(WalMetrics(metrics.clone())),
+        segment_bytes: cfg.wal_segment_bytes,
         ..ferrokv_wal::WalOptions::default()
     };
     let (handle, committed, raft_thread) =

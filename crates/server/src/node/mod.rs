@@ -81,7 +81,9 @@ impl Member {
         let id = identity::recover_identity(&cfg, &store).await?;
         // etcd checks only a member that already has data (`memberInitialized`).
         let restarting = !id.bootstrap && !id.join_existing && store.applied_index().0 > 0;
-        if cfg.corrupt.initial && restarting {
+        // A forced new cluster drops the other members: their hashes say nothing about it,
+        // and waiting for them (they are usually gone) would only delay the start.
+        if cfg.corrupt.initial && restarting && !cfg.force_new_cluster {
             let checked = crate::etcdserver::corrupt::initial_check(
                 &cfg,
                 &store,
