@@ -2273,3 +2273,386 @@ async fn plain_etcd_image_members_become_ready() {
     assert_pdb_allows(&bed, ns, "et", 3, 1).await;
     eprintln!("etcd 3.6.16 image: 3 members Ready after {:?}", t.elapsed());
 }
+
+/// Flips one byte of every copy of `value` in the redb file `db` that is not inside a
+/// `history` record (those follow the key's length and the key): the `latest` rows a member
+/// serves from, as tests/tests/integrity.rs corrupts a stopped member. Returns how many.
+fn flip_served_value(db: &std::path::Path, key: &str, value: &str) -> usize {
+    let mut bytes = std::fs::read(db).unwrap_or_else(|e| panic!("reading {}: {e}", db.display()));
+    let v = value.as_bytes();
+    let mut history_prefix = u32::try_from(key.len())
+        .expect("short key")
+        .to_le_bytes()
+        .to_vec();
+    history_prefix.extend_from_slice(key.as_bytes());
+    let mut flipped = 0;
+    let mut i = 0;
+    while i + v.len() <= bytes.len() {
+        if &bytes[i..i + v.len()] == v {
+            let in_history = i >= history_prefix.len()
+                && bytes[i - history_prefix.len()..i] == history_prefix[..];
+            if !in_history {
+                bytes[i + v.len() - 1] ^= 0x40;
+                flipped += 1;
+            }
+            i += v.len();
+        } else {
+            i += 1;
+        }
+    }
+    std::fs::write(db, &bytes).unwrap_or_else(|e| panic!("writing {}: {e}", db.display()));
+    flipped
+}
+
+/// The member's keyspace file (`member/snap/db`) somewhere under a claim's directory.
+fn find_db(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(db) = find_db(&p) {
+                return Some(db);
+            }
+        } else if p.ends_with("member/snap/db") {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Every status version of `ns/name` the API server sends a watch, until the task is aborted.
+fn record_statuses(
+    client: kube::Client,
+    ns: &'static str,
+    name: &'static str,
+) -> (
+    Arc<std::sync::Mutex<Vec<Value>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use futures::StreamExt;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    use kube::runtime::watcher;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = seen.clone();
+    let task = tokio::spawn(async move {
+        let gvk = GroupVersionKind::gvk("ferrokv.io", "v1alpha1", "EtcdCluster");
+        let ar = ApiResource::from_gvk_with_plural(&gvk, "etcdclusters");
+        let api: Api<DynamicObject> = Api::namespaced_with(client, ns, &ar);
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut stream = watcher(api, cfg).boxed();
+        while let Some(ev) = stream.next().await {
+            let objs = match ev {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => vec![o],
+                _ => continue,
+            };
+            for o in objs {
+                if let Some(st) = o.data.get("status") {
+                    out.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(st.clone());
+                }
+            }
+        }
+    });
+    (seen, task)
+}
+
+/// A member whose served value is flipped on disk (stopped cleanly, flipped, restarted with
+/// the initial check and the check at open turned off by `spec.options.corruptionCheck`, so it
+/// runs on bad data) while a client writes: the leader's periodic check (every 2 s) raises
+/// CORRUPT for it and writes are refused with `etcdserver: corrupt cluster`; status shows the
+/// member corrupt (its entry, `Degraded=True MemberCorrupt` naming it) with one Warning
+/// Event; the operator replaces it (removed, its pod and claim deleted, a new member with a
+/// new name, id and claim), disarms its alarm, and writes are accepted again. Every
+/// acknowledged write reads back with its value on every member, the new one included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_member_is_replaced_and_writes_resume() {
+    const KEY: &str = "/corrupt-test/key";
+    const VALUE: &str = "corrupt-test-value-5b1e0c7d9a24f836";
+    let bed = Testbed::start().await.or_panic();
+    let ns = "default";
+    bed.cp
+        .kubectl()
+        .apply(&cluster_yaml_with(
+            ns,
+            "cr",
+            3,
+            "Disabled",
+            "  options:\n    corruptionCheck: {initial: false, verifyOnOpen: false, periodicSeconds: 2, compactHash: false}\n",
+        ))
+        .expect("apply cr");
+    let status = bed
+        .wait_available(ns, "cr", 3, Duration::from_secs(180))
+        .await
+        .or_panic();
+    let before = member_ids(&status);
+    let pods = bed.member_pods(ns, "cr").await.or_panic();
+    let urls: Vec<String> = pods
+        .iter()
+        .map(|(_, ip)| format!("http://{ip}:2379"))
+        .collect();
+    let mut kv = etcd_client::Client::connect(urls.clone(), None)
+        .await
+        .expect("client");
+    kv.put(KEY, VALUE, None).await.expect("put KEY");
+    for url in &urls {
+        eventually(
+            Duration::from_secs(20),
+            &format!("{url} serves {KEY}"),
+            || async {
+                let out = ferrokv_tests::etcdctl(url, &["get", KEY, "--consistency=s"]);
+                out.stdout.contains(VALUE).then_some(())
+            },
+            || bed.context(ns),
+        )
+        .await;
+    }
+    let (statuses, recorder) = record_statuses(bed.client.clone(), ns, "cr");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = start_writer(bed.client.clone(), ns, "cr", stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // A follower is stopped cleanly and its served value flipped before it runs again.
+    let leader = status["leader"].as_str().unwrap_or_default().to_string();
+    let victim = before
+        .keys()
+        .find(|n| **n != leader)
+        .cloned()
+        .expect("a follower");
+    let victim_id = u64::from_str_radix(&before[&victim], 16).expect("hex member id");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(bed.client.clone(), ns);
+    let claim_uid = claims
+        .get(&victim)
+        .await
+        .expect("victim's claim")
+        .metadata
+        .uid
+        .expect("uid");
+    let claim_dir = bed.agent.dir().join("claims").join(&claim_uid);
+    let db = find_db(&claim_dir)
+        .unwrap_or_else(|| panic!("no member/snap/db under {}", claim_dir.display()));
+    let t = Instant::now();
+    bed.agent.hold_restarts(ns, &victim, true);
+    bed.agent.signal(ns, &victim, "TERM").expect("SIGTERM");
+    eventually(
+        Duration::from_secs(30),
+        &format!("{victim}'s member exited"),
+        || async {
+            bed.agent
+                .pod(ns, &victim)
+                .is_some_and(|p| p.pid.is_none())
+                .then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    let flipped = flip_served_value(&db, KEY, VALUE);
+    assert!(flipped >= 1, "{VALUE} not found in {}", db.display());
+    eprintln!(
+        "{victim}: flipped {flipped} served copies in {}",
+        db.display()
+    );
+    bed.agent.hold_restarts(ns, &victim, false);
+
+    // The alarm, and writes refused under it.
+    let healthy_url = pods
+        .iter()
+        .find(|(n, _)| *n != victim)
+        .map(|(_, ip)| format!("http://{ip}:2379"))
+        .expect("a healthy member");
+    let want_alarm = format!("memberID:{victim_id} alarm:CORRUPT");
+    eventually(
+        Duration::from_secs(90),
+        &format!("the CORRUPT alarm for {victim} ({victim_id:x})"),
+        || async {
+            let out = ferrokv_tests::etcdctl(&healthy_url, &["alarm", "list"]);
+            out.stdout.contains(&want_alarm).then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    eprintln!("CORRUPT raised {:?} after the stop", t.elapsed());
+    let refused = ferrokv_tests::etcdctl(&healthy_url, &["put", "/corrupt-test/under-alarm", "x"]);
+    assert!(
+        refused.stderr.contains("etcdserver: corrupt cluster"),
+        "a write under CORRUPT: {refused:?}"
+    );
+
+    // Replaced: a new member, every member healthy, Available.
+    let after = eventually(
+        Duration::from_secs(240),
+        &format!("{victim} (corrupt) replaced by a new member"),
+        || async {
+            let ec = bed.cluster(ns, "cr")?;
+            let st = &ec["status"];
+            let ids = member_ids(st);
+            let healthy = st["members"]
+                .as_array()?
+                .iter()
+                .filter(|m| m["healthy"] == true && m["learner"] != true)
+                .count();
+            let available = st["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Available" && c["status"] == "True");
+            (ids.len() == 3 && healthy == 3 && available && !ids.contains_key(&victim))
+                .then_some(ids)
+        },
+        || bed.context(ns),
+    )
+    .await;
+    eprintln!("corrupt member replaced {:?} after the stop", t.elapsed());
+    let new: Vec<(&String, &String)> = after
+        .iter()
+        .filter(|(n, _)| !before.contains_key(*n))
+        .collect();
+    assert_eq!(new.len(), 1, "one new member: {before:?} -> {after:?}");
+    assert!(
+        !before.values().any(|id| id == new[0].1),
+        "the replacement has a new id: {before:?} -> {after:?}"
+    );
+    // Its claim is new, the corrupt one gone.
+    let mut want_claims: Vec<String> = after.keys().cloned().collect();
+    want_claims.sort();
+    eventually(
+        Duration::from_secs(60),
+        &format!("claims of exactly {want_claims:?} ({victim}'s deleted)"),
+        || async { (claim_names(&bed, ns, "cr").await == want_claims).then_some(()) },
+        || bed.context(ns),
+    )
+    .await;
+    let new_claim = claims.get(new[0].0).await.expect("new claim");
+    assert_ne!(new_claim.metadata.uid.as_deref(), Some(claim_uid.as_str()));
+    // The alarm is gone and writes are accepted again.
+    eventually(
+        Duration::from_secs(60),
+        "no alarm left and a write accepted",
+        || async {
+            let alarms = ferrokv_tests::etcdctl(&healthy_url, &["alarm", "list"]);
+            let put = ferrokv_tests::etcdctl(&healthy_url, &["put", "/corrupt-test/after", "y"]);
+            (alarms.success() && alarms.stdout.trim().is_empty() && put.success()).then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failures) = writer.await.expect("writer");
+    recorder.abort();
+
+    // Status said so while it lasted: the member's entry and Degraded=True MemberCorrupt.
+    let seen = statuses.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let marked = seen.iter().any(|st| {
+        st["members"].as_array().is_some_and(|ms| {
+            ms.iter().any(|m| {
+                m["name"] == victim.as_str()
+                    && m["corrupt"].as_str().is_some_and(|c| c.contains("CORRUPT"))
+                    && m["alarms"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| x == "CORRUPT"))
+            })
+        })
+    });
+    let degraded = seen.iter().any(|st| {
+        st["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["type"] == "Degraded"
+                    && c["status"] == "True"
+                    && c["reason"] == "MemberCorrupt"
+                    && c["message"].as_str().is_some_and(|m| m.contains(&victim))
+            })
+        })
+    });
+    assert!(
+        marked && degraded,
+        "status never showed {victim} corrupt (entry: {marked}, Degraded: {degraded}); {} \
+         statuses seen\n{}",
+        seen.len(),
+        bed.context(ns)
+    );
+    eventually(
+        Duration::from_secs(60),
+        "Degraded=False once the corrupt member is replaced",
+        || async {
+            let ec = bed.cluster(ns, "cr")?;
+            let conds = ec["status"]["conditions"].as_array()?.clone();
+            conds
+                .iter()
+                .any(|c| c["type"] == "Degraded" && c["status"] == "False")
+                .then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    let events = bed.events(ns, "cr").await.or_panic();
+    let warned: Vec<&(String, String)> = events
+        .iter()
+        .filter(|(r, _)| r == "MemberCorrupt")
+        .collect();
+    assert!(
+        warned.len() == 1 && warned[0].1.contains(&victim),
+        "one MemberCorrupt Event naming {victim}: {events:?}"
+    );
+    for (reason, words) in [
+        ("MemberRemoved", "its data is corrupt"),
+        ("AlarmDisarmed", "disarmed the CORRUPT alarm"),
+    ] {
+        assert!(
+            events.iter().any(|(r, n)| r == reason && n.contains(words)),
+            "no {reason} Event: {events:?}"
+        );
+    }
+
+    // Every acknowledged write, and KEY, on every member with its value.
+    assert!(
+        acked.len() > 50,
+        "too few writes acknowledged: {} ({failures} failed)",
+        acked.len()
+    );
+    let pods = bed.member_pods(ns, "cr").await.or_panic();
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    for (name, ip) in &pods {
+        let url = format!("http://{ip}:2379");
+        // Serializable reads: each member's own data, which a new member may still be
+        // applying for a moment.
+        let wrong = eventually(
+            Duration::from_secs(30),
+            &format!("{name} serves {KEY} and every acknowledged write"),
+            || async {
+                let mut c = etcd_client::Client::connect([url.clone()], None)
+                    .await
+                    .ok()?;
+                let ser = etcd_client::GetOptions::new().with_serializable();
+                let r = c.get(KEY, Some(ser)).await.ok()?;
+                let key_ok = r.kvs().first().and_then(|kv| kv.value_str().ok()) == Some(VALUE);
+                let all = etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_serializable();
+                let r = c.get("/writer/", Some(all)).await.ok()?;
+                let present: std::collections::BTreeMap<String, String> = r
+                    .kvs()
+                    .iter()
+                    .map(|kv| {
+                        (
+                            kv.key_str().unwrap_or_default().to_string(),
+                            kv.value_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect();
+                let wrong: Vec<String> = acked
+                    .iter()
+                    .filter(|k| present.get(k.as_str()).map(String::as_str) != Some("v"))
+                    .cloned()
+                    .collect();
+                (key_ok && wrong.is_empty()).then_some(wrong)
+            },
+            || bed.context(ns),
+        )
+        .await;
+        assert!(wrong.is_empty());
+    }
+    eprintln!(
+        "{} writes acknowledged, {failures} not, all on every member; done after {:?}",
+        acked.len(),
+        t.elapsed()
+    );
+}

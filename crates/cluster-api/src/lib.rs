@@ -280,6 +280,36 @@ pub struct MemberOptions {
     /// Automatic compaction of old revisions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_compaction: Option<AutoCompaction>,
+    /// The members' corruption checks; each unset field keeps the member's own default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corruption_check: Option<CorruptionCheck>,
+}
+
+/// The corruption checks of a member (etcd's `--experimental-*corrupt*` flags). A member
+/// found corrupt (the CORRUPT alarm names it, or it refuses to start on the initial check) is
+/// replaced by the operator when quorum allows.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CorruptionCheck {
+    /// A restarting member compares its hash with its peers' before it serves
+    /// (`--experimental-initial-corrupt-check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<bool>,
+    /// Seconds between the leader's comparisons of every member's hash; 0 turns them off
+    /// (`--experimental-corrupt-check-time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub periodic_seconds: Option<u32>,
+    /// The comparison of the hashes members take right after a compaction
+    /// (`--experimental-compact-hash-check-enabled`; etcd 3.5 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact_hash: Option<bool>,
+    /// Seconds between the compaction-time comparisons (`--experimental-compact-hash-check-time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact_hash_seconds: Option<u32>,
+    /// ferrokv only: verify the keyspace's checksums and latest/history rows when the member
+    /// opens it (`--keyspace-verify-on-open`); etcd images refuse this flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_on_open: Option<bool>,
 }
 
 /// `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -644,6 +674,13 @@ pub struct MemberStatus {
     /// Backend size in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_size: Option<i64>,
+    /// Alarms raised for this member (`AlarmList`): `CORRUPT`, `NOSPACE`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<String>,
+    /// Why its data is known to be bad (the CORRUPT alarm, or its refusal to start on the
+    /// corruption check); the operator replaces such a member when quorum allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupt: Option<String>,
 }
 
 #[cfg(test)]

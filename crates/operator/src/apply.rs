@@ -196,6 +196,10 @@ impl StepExecutor for KubeExecutor<'_> {
         self.members.remove(id).await
     }
 
+    async fn disarm_alarm(&mut self, id: u64) -> Result<()> {
+        self.members.disarm_corrupt(id).await
+    }
+
     async fn start_member(&mut self, start: &MemberStart) -> Result<()> {
         let objects = self.built.filter(|o| o.name == start.name).ok_or_else(|| {
             Error::MemberNotFound(format!("no objects were built for {}", start.name))

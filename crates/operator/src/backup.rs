@@ -1007,11 +1007,13 @@ mod tests {
                 (m(2, "kv-1"), h(2, vec!["NOSPACE".into()])),
                 (m(3, "kv-2"), h(3, vec![])),
             ],
+            alarms: vec![],
         };
         assert_eq!(pick_member(&view).as_deref(), Some("kv-2"));
         let solo = ClusterView {
             cluster_id: 1,
             members: vec![(m(1, "kv-0"), h(1, vec![]))],
+            alarms: vec![],
         };
         assert_eq!(pick_member(&solo).as_deref(), Some("kv-0"));
     }

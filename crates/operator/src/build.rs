@@ -153,6 +153,7 @@ mod tests {
                         healthy: true,
                         leader: false,
                         raft_index: None,
+                        corrupt: None,
                     })
                     .collect()
             }),
@@ -161,6 +162,7 @@ mod tests {
             empty_dir: false,
             bootstrapped: members.is_some(),
             next_ordinal: 0,
+            corrupt_alarms: vec![],
         }
     }
 

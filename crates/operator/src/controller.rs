@@ -149,6 +149,11 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
         warn!(%message, "restore failed");
         applier.warn(&ec, status::RESTORE_FAILED, &message).await;
     }
+    // Once per member, when it is first seen corrupt; Degraded keeps it in view.
+    for (member, message) in status::new_corruptions(ec.status.as_ref(), &plain) {
+        warn!(%member, %message, "member is corrupt");
+        applier.warn(&ec, status::MEMBER_CORRUPT, &message).await;
+    }
     for ev in events::for_renewal(&tls.renewed)
         .into_iter()
         .chain(events::for_rotation(&tls.rotated))

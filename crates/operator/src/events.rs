@@ -52,6 +52,12 @@ pub fn for_step(step: &Step, outcome: &StepOutcome) -> Option<StepEvent> {
             "MemberDeleted",
             format!("deleted pod and data of former member {name}"),
         ),
+        Step::DisarmAlarm { id } => (
+            "AlarmDisarmed",
+            format!(
+                "disarmed the CORRUPT alarm of removed member {id:x}; writes are accepted again"
+            ),
+        ),
         Step::Invalid { .. } | Step::Wait { .. } | Step::Steady => return None,
     };
     Some(StepEvent {
@@ -111,7 +117,11 @@ fn member_of(step: &Step) -> Option<&str> {
         | Step::PromoteLearner { name, .. }
         | Step::RemoveMember { name, .. }
         | Step::DeletePod { name } => Some(name),
-        Step::MoveLeader { .. } | Step::Invalid { .. } | Step::Wait { .. } | Step::Steady => None,
+        Step::MoveLeader { .. }
+        | Step::DisarmAlarm { .. }
+        | Step::Invalid { .. }
+        | Step::Wait { .. }
+        | Step::Steady => None,
     }
 }
 
@@ -122,6 +132,7 @@ fn why(reason: RemoveReason) -> &'static str {
         RemoveReason::DataLost => "data lost",
         RemoveReason::LearnerStuck => "learner did not catch up",
         RemoveReason::LearnerNotNeeded => "learner no longer needed",
+        RemoveReason::Corrupt => "its data is corrupt",
     }
 }
 
@@ -181,6 +192,14 @@ mod tests {
                 )),
             ),
             (
+                Step::DisarmAlarm { id: 0xab },
+                applied,
+                Some((
+                    "AlarmDisarmed",
+                    "disarmed the CORRUPT alarm of removed member ab; writes are accepted again",
+                )),
+            ),
+            (
                 Step::Wait {
                     reason: "later".into(),
                 },
@@ -218,6 +237,10 @@ mod tests {
             (
                 RemoveReason::LearnerNotNeeded,
                 "removed member kv-1 (ab): learner no longer needed",
+            ),
+            (
+                RemoveReason::Corrupt,
+                "removed member kv-1 (ab): its data is corrupt",
             ),
         ] {
             cases.push((removed(reason), applied, Some(("MemberRemoved", note))));

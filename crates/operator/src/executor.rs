@@ -38,6 +38,8 @@ pub trait StepExecutor {
     fn move_leader(&mut self, to: u64) -> impl Future<Output = Result<()>> + Send;
     /// `MemberRemove`.
     fn remove_member(&mut self, id: u64) -> impl Future<Output = Result<()>> + Send;
+    /// `AlarmDisarm` of the CORRUPT alarm raised for member `id`.
+    fn disarm_alarm(&mut self, id: u64) -> impl Future<Output = Result<()>> + Send;
     /// Starts a member with its data volume and flags.
     fn start_member(&mut self, start: &MemberStart) -> impl Future<Output = Result<()>> + Send;
     /// Deletes what ran a former member and its data; already gone is fine.
@@ -78,6 +80,10 @@ pub async fn execute<E: StepExecutor>(
             exec.delete_member(name).await?;
             StepOutcome::Applied
         }
+        Step::DisarmAlarm { id } => {
+            exec.disarm_alarm(*id).await?;
+            StepOutcome::Applied
+        }
         Step::Invalid { .. } | Step::Wait { .. } | Step::Steady => StepOutcome::Idle,
     };
     if outcome != StepOutcome::Idle {
@@ -114,6 +120,10 @@ mod tests {
             self.0.push(format!("remove {id}"));
             Ok(())
         }
+        async fn disarm_alarm(&mut self, id: u64) -> Result<()> {
+            self.0.push(format!("disarm {id}"));
+            Ok(())
+        }
         async fn start_member(&mut self, start: &MemberStart) -> Result<()> {
             self.0.push(format!(
                 "start {} {:?} {:?}",
@@ -142,6 +152,7 @@ mod tests {
                         healthy: !learner,
                         leader: i == 0,
                         raft_index: None,
+                        corrupt: None,
                     })
                     .collect(),
             ),
@@ -150,6 +161,7 @@ mod tests {
             empty_dir: false,
             bootstrapped: true,
             next_ordinal: 2,
+            corrupt_alarms: vec![],
         }
     }
 
@@ -205,6 +217,11 @@ mod tests {
             (
                 Step::DeletePod { name: name() },
                 "delete kv-1".into(),
+                StepOutcome::Applied,
+            ),
+            (
+                Step::DisarmAlarm { id: 7 },
+                "disarm 7".into(),
                 StepOutcome::Applied,
             ),
             (Step::Steady, String::new(), StepOutcome::Idle),

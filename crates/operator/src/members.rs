@@ -7,7 +7,10 @@
 use crate::plan::ObservedMember;
 use crate::resources::member_from_peer_url;
 use crate::{Error, Result};
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, MemberAddOptions, TlsOptions};
+use etcd_client::{
+    AlarmAction, AlarmOptions, AlarmType, Certificate, Client, ConnectOptions, Identity,
+    MemberAddOptions, TlsOptions,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tracing::{debug, info};
@@ -46,11 +49,45 @@ pub struct MemberHealth {
     pub errors: Vec<String>,
 }
 
+impl MemberHealth {
+    /// Answered and reports no error of its own. `Status` lists every raised alarm among its
+    /// errors (`memberID:N alarm:CORRUPT `, on every member alike, as etcd does); those are
+    /// read from `AlarmList` instead, so an alarm does not make every member look down.
+    pub fn ok(&self) -> bool {
+        self.errors.iter().all(|e| is_alarm_error(e))
+    }
+}
+
+/// Whether a `Status` error is one of the raised alarms (etcd's `AlarmMember` text).
+pub fn is_alarm_error(e: &str) -> bool {
+    e.starts_with("memberID:") && e.contains(" alarm:")
+}
+
+/// etcd's name of an alarm type, as `etcdctl alarm list` prints it.
+pub fn alarm_name(a: AlarmType) -> &'static str {
+    match a {
+        AlarmType::None => "NONE",
+        AlarmType::Nospace => "NOSPACE",
+        AlarmType::Corrupt => "CORRUPT",
+    }
+}
+
+/// One raised alarm: the member it names (0 = the whole cluster) and its type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alarm {
+    pub member_id: u64,
+    pub alarm: &'static str,
+}
+
+pub const CORRUPT: &str = "CORRUPT";
+
 /// The whole cluster as seen in one observation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterView {
     pub cluster_id: u64,
     pub members: Vec<(MemberInfo, Option<MemberHealth>)>,
+    /// `AlarmList` from a member that answered (empty when none answered it).
+    pub alarms: Vec<Alarm>,
 }
 
 impl ClusterView {
@@ -76,6 +113,13 @@ impl ClusterView {
             .unwrap_or_default()
     }
 
+    /// Whether alarm `alarm` is raised for member `id`.
+    pub fn alarmed(&self, id: u64, alarm: &str) -> bool {
+        self.alarms
+            .iter()
+            .any(|a| a.member_id == id && a.alarm == alarm)
+    }
+
     /// The planner's input.
     pub fn observed(&self) -> Vec<ObservedMember> {
         let leader = self.leader().map(|l| l.id);
@@ -86,9 +130,12 @@ impl ClusterView {
                 name: Self::name_of(m),
                 learner: m.learner,
                 started: !m.name.is_empty(),
-                healthy: h.as_ref().is_some_and(|h| h.errors.is_empty()),
+                healthy: h.as_ref().is_some_and(MemberHealth::ok),
                 leader: Some(m.id) == leader,
                 raft_index: h.as_ref().map(|h| h.raft_index),
+                corrupt: self
+                    .alarmed(m.id, CORRUPT)
+                    .then(|| "the CORRUPT alarm is raised for it".to_string()),
             })
             .collect()
     }
@@ -278,6 +325,13 @@ impl MemberClient {
                 return None;
             }
         };
+        let alarms = match self.alarms_via(&answered).await {
+            Ok(a) => a,
+            Err(e) => {
+                debug!(error = %e, "no member answered the alarm list");
+                Vec::new()
+            }
+        };
         // A member's answer is matched by the id it reports, so it counts whichever of its
         // URLs (DNS name, override) it was reached by.
         let members = list
@@ -290,7 +344,37 @@ impl MemberClient {
         Some(ClusterView {
             cluster_id,
             members,
+            alarms,
         })
+    }
+
+    /// `AlarmList` from the first of `endpoints` that answers.
+    async fn alarms_via(&self, endpoints: &[String]) -> Result<Vec<Alarm>> {
+        self.first_ok("AlarmList", endpoints, |mut c| async move {
+            let r = c.alarm(AlarmAction::Get, AlarmType::None, None).await?;
+            Ok(r.alarms()
+                .iter()
+                .map(|a| Alarm {
+                    member_id: a.member_id(),
+                    alarm: alarm_name(a.alarm()),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Disarms the CORRUPT alarm raised for member `id`.
+    pub async fn disarm_corrupt(&self, id: u64) -> Result<()> {
+        self.first_ok("AlarmDisarm", &self.endpoints, |mut c| async move {
+            let mut o = AlarmOptions::new();
+            o.with_member(id);
+            c.alarm(AlarmAction::Deactivate, AlarmType::Corrupt, Some(o))
+                .await?;
+            Ok(())
+        })
+        .await?;
+        info!(id = format_args!("{id:x}"), "disarmed the CORRUPT alarm");
+        Ok(())
     }
 
     /// `MemberAdd` as a learner; returns its id.
@@ -399,6 +483,7 @@ mod tests {
                     health(3, 1, 49),
                 ),
             ],
+            alarms: vec![],
         };
         let got = view.observed();
         let rows: Vec<(&str, bool, bool, bool, bool)> = got

@@ -5,7 +5,7 @@
 //! `Observed`. It must not write anything, to Kubernetes or to the members: a reconcile that
 //! fails here has changed nothing.
 
-use crate::members::{ClientTls, ClusterView, MemberClient};
+use crate::members::{ClientTls, ClusterView, MemberClient, CORRUPT};
 use crate::plan::{Observed, ObservedPod};
 use crate::resources::{self, Names};
 use crate::restore;
@@ -169,15 +169,122 @@ fn observed(
     view: Option<&ClusterView>,
     now: Timestamp,
 ) -> Observed {
+    let pods: Vec<ObservedPod> = objects.pods.iter().map(|p| observe_pod(p, now)).collect();
+    let members = view.map(|v| {
+        let corrupt = corrupt_members(v, &pods);
+        let mut ms = v.observed();
+        for m in &mut ms {
+            m.corrupt = corrupt.get(&m.id).cloned();
+        }
+        ms
+    });
     Observed {
         replicas: ec.spec.replicas,
-        members: view.map(ClusterView::observed),
-        pods: objects.pods.iter().map(|p| observe_pod(p, now)).collect(),
+        members,
+        pods,
         claims: objects.claims.clone(),
         empty_dir: ec.spec.storage.empty_dir,
         bootstrapped: ec.status.as_ref().is_some_and(|s| s.cluster_id.is_some()),
         next_ordinal: ec.status.as_ref().map_or(0, |s| s.next_ordinal),
+        corrupt_alarms: view.map_or_else(Vec::new, |v| {
+            v.alarms
+                .iter()
+                .filter(|a| a.alarm == CORRUPT)
+                .map(|a| a.member_id)
+                .collect()
+        }),
     }
+}
+
+/// What a member says in its log when it refuses to start on its own bad data, whatever its
+/// peers hold: ferrokv's checks at open and its local latest/history check.
+const LOCAL_CORRUPTION: &[&str] = &[
+    "found local data inconsistency",
+    "redb integrity check failed",
+    "latest value differs from its history record",
+];
+
+/// What ferrokv and etcd say when the initial check finds the member's hash differs from
+/// a peer's (`checkInitialHashKV failed`).
+const PEER_MISMATCH: &str = "found data inconsistency with peers";
+
+/// The members whose data is known to be bad, by id, with why: the CORRUPT alarm names it,
+/// or it refuses to start on a corruption check and is the odd one out. A member whose
+/// initial check found a mismatch is blamed only when it differs from a majority of the other
+/// voters (ferrokv names each differing peer `peer <id> has hash`, etcd logs
+/// `"remote-peer-id":"<id>"` on each `found different hash values` line): a good member
+/// restarting beside one bad peer refuses to start too, and must not be the one replaced.
+pub fn corrupt_members(view: &ClusterView, pods: &[ObservedPod]) -> BTreeMap<u64, String> {
+    let voters: Vec<u64> = view
+        .members
+        .iter()
+        .filter(|(m, _)| !m.learner)
+        .map(|(m, _)| m.id)
+        .collect();
+    let mut out = BTreeMap::new();
+    for (m, _) in &view.members {
+        if view.alarmed(m.id, CORRUPT) {
+            out.insert(m.id, "the CORRUPT alarm is raised for it".to_string());
+            continue;
+        }
+        let name = ClusterView::name_of(m);
+        let Some(msg) = pods
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| p.start_refused.as_deref())
+        else {
+            continue;
+        };
+        let blamed = if LOCAL_CORRUPTION.iter().any(|l| msg.contains(l)) {
+            true
+        } else if msg.contains(PEER_MISMATCH) {
+            let differing = differing_peers(msg);
+            let others: Vec<u64> = voters.iter().copied().filter(|&v| v != m.id).collect();
+            let n = others.iter().filter(|o| differing.contains(o)).count();
+            !others.is_empty() && n >= crate::plan::quorum(others.len())
+        } else {
+            false
+        };
+        if blamed {
+            out.insert(
+                m.id,
+                format!(
+                    "it refuses to start on its corruption check: {}",
+                    tail(msg, MAX_CORRUPT_MESSAGE)
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// Longest start refusal carried to status and the Event.
+const MAX_CORRUPT_MESSAGE: usize = 300;
+
+/// The peer ids a refusal message names as holding another hash.
+fn differing_peers(msg: &str) -> BTreeSet<u64> {
+    let hex = |s: &str| {
+        let id: String = s.chars().take_while(char::is_ascii_hexdigit).collect();
+        u64::from_str_radix(&id, 16).ok()
+    };
+    let mut ids = BTreeSet::new();
+    // ferrokv: "..., peer 8e9e05c52164694d has hash 1234, ..."
+    for part in msg.split("peer ").skip(1) {
+        let id: String = part.chars().take_while(char::is_ascii_hexdigit).collect();
+        if part[id.len()..].starts_with(" has hash") {
+            ids.extend(hex(&id));
+        }
+    }
+    // etcd: one JSON line per differing peer.
+    for line in msg.lines() {
+        if !line.contains("found different hash values from remote peer") {
+            continue;
+        }
+        if let Some(rest) = line.split("\"remote-peer-id\":\"").nth(1) {
+            ids.extend(hex(rest));
+        }
+    }
+    ids
 }
 
 fn seconds_since(t: Option<&Time>, now: Timestamp) -> Duration {
@@ -205,7 +312,31 @@ fn observe_pod(p: &Pod, now: Timestamp) -> ObservedPod {
         ready: ready.is_some_and(|c| c.status == "True"),
         terminating: p.metadata.deletion_timestamp.is_some(),
         restore_failed: restore_failure(p),
+        start_refused: start_refusal(p),
     }
+}
+
+/// The member container's termination message when its last run exited non-zero on a
+/// corruption check (the pod's `FallbackToLogsOnError` makes it the log tail) and it has not
+/// become Ready since: running again (a crash loop) keeps it, Ready ends it.
+fn start_refusal(p: &Pod) -> Option<String> {
+    let s = p.status.as_ref()?;
+    let c = s
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == resources::MEMBER_CONTAINER)?;
+    if c.ready {
+        return None;
+    }
+    let current = c.state.as_ref().and_then(|st| st.terminated.as_ref());
+    let last = c.last_state.as_ref().and_then(|st| st.terminated.as_ref());
+    let t = current.or(last)?;
+    let message = t.message.as_deref()?;
+    let refused = t.exit_code != 0
+        && (message.contains(PEER_MISMATCH)
+            || LOCAL_CORRUPTION.iter().any(|l| message.contains(l)));
+    refused.then(|| message.to_string())
 }
 
 /// Longest restore failure message carried to status and the Event: the end of the log
@@ -401,6 +532,117 @@ mod tests {
         let (_, s, event) = reconcile(&ec, seed(0, ""));
         assert_eq!(event, None);
         assert_eq!(cond(&s, condition::DEGRADED).0, "False");
+    }
+
+    /// The CORRUPT alarm names a member; a member refusing to start is blamed when its own
+    /// data is bad, or when its initial check differs from a majority of the other voters
+    /// (ferrokv's and etcd's words), never when it differs from one bad peer only.
+    #[test]
+    fn corrupt_members_from_alarms_and_start_refusals() {
+        use crate::members::{Alarm, MemberHealth, MemberInfo};
+        let info = |id: u64, name: &str| MemberInfo {
+            id,
+            name: name.into(),
+            peer_urls: vec![],
+            client_urls: vec![],
+            learner: false,
+        };
+        let health = |id| {
+            Some(MemberHealth {
+                member_id: id,
+                leader: 0xa,
+                raft_index: 5,
+                version: "3.6.0".into(),
+                db_size: 1,
+                errors: vec![format!("memberID:{id} alarm:CORRUPT ")],
+            })
+        };
+        let mut view = ClusterView {
+            cluster_id: 1,
+            members: vec![
+                (info(0xa, "kv-0"), health(0xa)),
+                (info(0xb, "kv-1"), None),
+                (info(0xc, "kv-2"), health(0xc)),
+            ],
+            alarms: vec![Alarm {
+                member_id: 0xc,
+                alarm: CORRUPT,
+            }],
+        };
+        let pod = |name: &str, refused: Option<&str>| ObservedPod {
+            name: name.into(),
+            age: Duration::from_secs(60),
+            unready_for: Duration::ZERO,
+            ready: refused.is_none(),
+            terminating: false,
+            restore_failed: None,
+            start_refused: refused.map(str::to_string),
+        };
+        let ferrokv_both = "fatal error: b found data inconsistency with peers: local hash 1 at \
+            revision 9 (compact revision -1), peer a has hash 2, peer c has hash 2";
+        let ferrokv_one = "fatal error: b found data inconsistency with peers: local hash 1 at \
+            revision 9 (compact revision -1), peer c has hash 3";
+        let etcd_both = concat!(
+            r#"{"level":"warn","msg":"found different hash values from remote peer","remote-peer-id":"a"}"#,
+            "\n",
+            r#"{"level":"warn","msg":"found different hash values from remote peer","remote-peer-id":"c"}"#,
+            "\n",
+            r#"{"level":"fatal","msg":"checkInitialHashKV failed","error":"b found data inconsistency with peers"}"#
+        );
+        let local = "fatal error: storage: redb integrity check failed: page 7";
+        let blamed = |view: &ClusterView, msg: Option<&str>| {
+            let pods = [pod("kv-0", None), pod("kv-1", msg), pod("kv-2", None)];
+            corrupt_members(view, &pods)
+        };
+        // The alarm alone: kv-2, and the alarm text in Status does not make members unhealthy.
+        let got = blamed(&view, None);
+        assert_eq!(got.keys().copied().collect::<Vec<_>>(), [0xc]);
+        assert!(got[&0xc].contains("CORRUPT alarm"));
+        assert!(
+            view.observed()[0].healthy,
+            "alarms are not a member's own error"
+        );
+        view.alarms.clear();
+        for (msg, want) in [
+            (ferrokv_both, true),
+            (etcd_both, true),
+            (local, true),
+            // Differs from one of the two others only: maybe that peer is the bad one.
+            (ferrokv_one, false),
+            ("fatal error: bind: address in use", false),
+        ] {
+            let got = blamed(&view, Some(msg));
+            assert_eq!(got.contains_key(&0xb), want, "{msg}");
+            if want {
+                assert!(
+                    got[&0xb].starts_with("it refuses to start"),
+                    "{:?}",
+                    got[&0xb]
+                );
+            }
+        }
+    }
+
+    /// The member container's termination message (FallbackToLogsOnError) while it crash
+    /// loops; a run that became Ready ends it; other failures are not corruption.
+    #[test]
+    fn a_start_refusal_is_read_from_the_member_container() {
+        let pod = |ready: bool, state: serde_json::Value, last: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "kv-1"},
+                "status": {"containerStatuses": [{"name": "member", "image": "i", "imageID": "",
+                    "ready": ready, "restartCount": 2, "state": state, "lastState": last}]}}))
+            .expect("pod")
+        };
+        let refused = json!({"terminated": {"exitCode": 1, "reason": "Error",
+            "message": "x found data inconsistency with peers: peer a has hash 2"}});
+        let backoff = json!({"waiting": {"reason": "CrashLoopBackOff"}});
+        let p = pod(false, backoff.clone(), refused.clone());
+        assert!(start_refusal(&p).is_some_and(|m| m.contains("peer a has hash 2")));
+        let running = json!({"running": {"startedAt": "2026-01-01T00:00:00Z"}});
+        assert!(start_refusal(&pod(false, running.clone(), refused.clone())).is_some());
+        assert_eq!(start_refusal(&pod(true, running, refused)), None);
+        let other = json!({"terminated": {"exitCode": 1, "message": "bind: address in use"}});
+        assert_eq!(start_refusal(&pod(false, backoff, other)), None);
     }
 
     #[test]

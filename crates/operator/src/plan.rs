@@ -58,6 +58,9 @@ pub struct ObservedMember {
     pub leader: bool,
     /// Raft index from `Status`, to judge whether a learner has caught up.
     pub raft_index: Option<u64>,
+    /// Why its data is known to be bad: the CORRUPT alarm names it, or it refuses to start
+    /// on the corruption check and is the odd one out (`observe::corrupt_members`).
+    pub corrupt: Option<String>,
 }
 
 /// One member pod (and its claim) as seen in Kubernetes.
@@ -75,6 +78,9 @@ pub struct ObservedPod {
     /// The message of its restore init container's last run, when that failed and no run
     /// has succeeded since (a seed restoring from `spec.restore`).
     pub restore_failed: Option<String>,
+    /// The termination message of its member container's last run, when that exited
+    /// refusing to start on a corruption check and the container is not Ready since.
+    pub start_refused: Option<String>,
 }
 
 /// Everything the planner looks at.
@@ -93,6 +99,8 @@ pub struct Observed {
     pub bootstrapped: bool,
     /// `status.nextOrdinal`.
     pub next_ordinal: u64,
+    /// Member ids the raised CORRUPT alarms name (0: the whole cluster, no member known).
+    pub corrupt_alarms: Vec<u64>,
 }
 
 /// The one next action.
@@ -118,6 +126,9 @@ pub enum Step {
     },
     /// Delete the pod and claim of a name that is no longer a member.
     DeletePod { name: String },
+    /// `AlarmDisarm` of the CORRUPT alarm of a member that is no longer in the cluster (it was
+    /// replaced), so that writes are accepted again.
+    DisarmAlarm { id: u64 },
     /// Nothing safe to do now; look again later.
     Wait { reason: String },
     /// Members match the spec.
@@ -136,6 +147,7 @@ impl Step {
             Step::MoveLeader { .. } => "MoveLeader",
             Step::RemoveMember { .. } => "RemoveMember",
             Step::DeletePod { .. } => "DeletePod",
+            Step::DisarmAlarm { .. } => "DisarmAlarm",
             Step::Wait { .. } => "Wait",
             Step::Steady => "Steady",
         }
@@ -150,6 +162,8 @@ pub enum RemoveReason {
     DataLost,
     LearnerStuck,
     LearnerNotNeeded,
+    /// Its data is corrupt: replaced at once (no grace), never on its old data.
+    Corrupt,
 }
 
 /// The planner's answer.
@@ -290,7 +304,11 @@ pub fn is_quantity(s: &str) -> bool {
 /// Decides the next step.
 pub fn plan(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
     let mut p = next_step(cluster, obs, cfg);
-    let acts = !matches!(p.step, Step::Steady | Step::Invalid { .. });
+    // Disarming an alarm touches no pod, so it does not race with one going away.
+    let acts = !matches!(
+        p.step,
+        Step::Steady | Step::Invalid { .. } | Step::DisarmAlarm { .. }
+    );
     if acts && obs.pods.iter().any(|p| p.terminating) {
         // A pod on its way out would make the next step race with its deletion.
         p.step = Step::Wait {
@@ -382,6 +400,18 @@ fn next_step(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
         }
     };
 
+    // 0. The CORRUPT alarm of a member that was removed (replaced) is disarmed, so writes are
+    //    accepted again. etcd keeps an alarm after its member is removed and disarms by
+    //    (member, type) whatever the member list says; only alarms of former members are
+    //    disarmed here: one of a current member stays until that member is replaced.
+    if let Some(&id) = obs
+        .corrupt_alarms
+        .iter()
+        .find(|&&id| id != 0 && !members.iter().any(|m| m.id == id))
+    {
+        return out(Step::DisarmAlarm { id }, warnings, next_ordinal);
+    }
+
     // 1. Pods whose member is gone (removed, or a seed/learner that never joined): clean up.
     let member_names: BTreeSet<&str> = members.iter().map(|m| m.name.as_str()).collect();
     let orphan = obs
@@ -421,6 +451,13 @@ fn next_step(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
         };
         if lost {
             let step = remove_or_wait(m, RemoveReason::DataLost, "lost its data");
+            return out(step, warnings, next_ordinal);
+        }
+    }
+
+    // 3b. A corrupt member is replaced at once, when that is safe.
+    if let Some(m) = members.iter().find(|m| m.corrupt.is_some()) {
+        if let Some(step) = replace_corrupt(cluster, m, &voters, &learners, desired) {
             return out(step, warnings, next_ordinal);
         }
     }
@@ -535,6 +572,62 @@ fn next_step(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
     out(Step::Steady, warnings, next_ordinal)
 }
 
+/// The step for corrupt member `m`: its removal (leadership moved off it first), or a wait
+/// that says why not; `None` while a replacement or scale-up is in flight, which goes on first
+/// (its learner is added, started and promoted under the alarm: membership changes are not
+/// refused).
+fn replace_corrupt(
+    cluster: &str,
+    m: &ObservedMember,
+    voters: &[&ObservedMember],
+    learners: &[&ObservedMember],
+    desired: usize,
+) -> Option<Step> {
+    let remove = Step::RemoveMember {
+        id: m.id,
+        name: m.name.clone(),
+        reason: RemoveReason::Corrupt,
+    };
+    if m.learner {
+        return Some(remove);
+    }
+    let wait = |why: String| {
+        Some(Step::Wait {
+            reason: format!("member {} is corrupt; {why}", m.name),
+        })
+    };
+    if !learners.is_empty() || voters.len() < desired {
+        // A replacement (or a scale-up) is under way: it finishes first, one change at a time.
+        return None;
+    }
+    // The members that stay must keep a quorum of their own: healthy and not corrupt, since a
+    // new member catches up from the leader's snapshot, which must be good data.
+    let remaining = voters.len().saturating_sub(1);
+    let good_after = voters
+        .iter()
+        .filter(|v| v.id != m.id && v.healthy && v.corrupt.is_none())
+        .count();
+    let healthy_now = voters.iter().filter(|v| v.healthy).count();
+    if remaining == 0 || good_after < quorum(remaining) || healthy_now < quorum(voters.len()) {
+        return wait(format!(
+            "removing it would leave {good_after} healthy member(s) of {remaining}, short of a \
+             quorum of {}: it is kept until more members are healthy",
+            quorum(remaining.max(1))
+        ));
+    }
+    if m.leader {
+        let target = voters
+            .iter()
+            .filter(|v| v.id != m.id && v.healthy && v.corrupt.is_none())
+            .min_by_key(|v| ordinal_of(cluster, &v.name));
+        return target.map(|t| Step::MoveLeader {
+            from: m.id,
+            to: t.id,
+        });
+    }
+    Some(remove)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,6 +643,7 @@ mod tests {
             healthy: true,
             leader,
             raft_index: Some(1000),
+            corrupt: None,
         }
     }
     fn learner(ord: u64, started: bool, index: Option<u64>) -> ObservedMember {
@@ -561,6 +655,7 @@ mod tests {
             healthy: started,
             leader: false,
             raft_index: index,
+            corrupt: None,
         }
     }
     fn down(mut m: ObservedMember) -> ObservedMember {
@@ -576,6 +671,7 @@ mod tests {
             ready: true,
             terminating: false,
             restore_failed: None,
+            start_refused: None,
         }
     }
     fn pods(ords: &[u64]) -> Vec<ObservedPod> {
@@ -595,6 +691,7 @@ mod tests {
             pods,
             empty_dir: false,
             next_ordinal: next,
+            corrupt_alarms: vec![],
         }
     }
     fn unready(mut p: ObservedPod, secs: u64) -> ObservedPod {
@@ -1047,6 +1144,304 @@ mod tests {
         }
     }
 
+    fn corrupt(mut m: ObservedMember) -> ObservedMember {
+        m.corrupt = Some("the CORRUPT alarm is raised for it".into());
+        m
+    }
+
+    /// A corrupt member is replaced at once when the others keep a quorum, and only then;
+    /// the alarm of a removed member is disarmed; a scale or replacement in flight goes first.
+    #[test]
+    fn corrupt_members_are_replaced_only_when_quorum_allows() {
+        use RemoveReason::*;
+        let cfg = PlanConfig::default();
+        let n = |o: u64| member_name(C, o);
+        let with_alarms = |mut o: Observed, ids: &[u64]| {
+            o.corrupt_alarms = ids.to_vec();
+            o
+        };
+        let three = |m1: ObservedMember| Some(vec![voter(0, true), m1, voter(2, false)]);
+        let mut crash_looping = down(corrupt(voter(1, false)));
+        crash_looping.corrupt = Some("it refuses to start on its corruption check".into());
+        let cases: Vec<(&str, Observed, Step)> = vec![
+            (
+                "corrupt follower, the other two healthy: removed at once",
+                with_alarms(
+                    obs(3, three(corrupt(voter(1, false))), pods(&[0, 1, 2]), 3),
+                    &[101],
+                ),
+                remove(1, Corrupt),
+            ),
+            (
+                "corrupt member refusing to start (unhealthy, no grace waited): removed",
+                obs(
+                    3,
+                    three(crash_looping.clone()),
+                    vec![pod(0), unready(pod(1), 5), pod(2)],
+                    3,
+                ),
+                remove(1, Corrupt),
+            ),
+            (
+                "corrupt leader: leadership moves to a good member first",
+                with_alarms(
+                    obs(
+                        3,
+                        Some(vec![
+                            voter(0, false),
+                            corrupt(voter(1, true)),
+                            voter(2, false),
+                        ]),
+                        pods(&[0, 1, 2]),
+                        3,
+                    ),
+                    &[101],
+                ),
+                Step::MoveLeader { from: 101, to: 100 },
+            ),
+            (
+                "two of three unhealthy (one corrupt, one down): not removed",
+                with_alarms(
+                    obs(
+                        3,
+                        Some(vec![
+                            voter(0, true),
+                            corrupt(voter(1, false)),
+                            down(voter(2, false)),
+                        ]),
+                        vec![pod(0), pod(1), unready(pod(2), 900)],
+                        3,
+                    ),
+                    &[101],
+                ),
+                wait(),
+            ),
+            (
+                "two of three corrupt: neither removed",
+                with_alarms(
+                    obs(
+                        3,
+                        Some(vec![
+                            voter(0, true),
+                            corrupt(voter(1, false)),
+                            corrupt(voter(2, false)),
+                        ]),
+                        pods(&[0, 1, 2]),
+                        3,
+                    ),
+                    &[101, 102],
+                ),
+                wait(),
+            ),
+            (
+                "removed: its alarm is disarmed first",
+                with_alarms(
+                    obs(
+                        3,
+                        Some(vec![voter(0, true), voter(2, false)]),
+                        pods(&[0, 1, 2]),
+                        3,
+                    ),
+                    &[101],
+                ),
+                Step::DisarmAlarm { id: 101 },
+            ),
+            (
+                "alarm disarmed: the pod and claim of the removed member go",
+                obs(
+                    3,
+                    Some(vec![voter(0, true), voter(2, false)]),
+                    pods(&[0, 1, 2]),
+                    3,
+                ),
+                Step::DeletePod { name: n(1) },
+            ),
+            (
+                "an alarm for the whole cluster (member 0) names nobody: nothing is disarmed",
+                with_alarms(obs(3, three(voter(1, false)), pods(&[0, 1, 2]), 3), &[0]),
+                Step::Steady,
+            ),
+            (
+                "a learner in flight goes first: it is promoted, the corrupt member waits",
+                with_alarms(
+                    obs(
+                        3,
+                        Some(vec![
+                            voter(0, true),
+                            corrupt(voter(1, false)),
+                            voter(2, false),
+                            learner(3, true, Some(1000)),
+                        ]),
+                        pods(&[0, 1, 2, 3]),
+                        4,
+                    ),
+                    &[101],
+                ),
+                Step::RemoveMember {
+                    id: 103,
+                    name: n(3),
+                    reason: LearnerNotNeeded,
+                },
+            ),
+            (
+                "growing 3 -> 5: the learner is promoted before the corrupt member goes",
+                with_alarms(
+                    obs(
+                        5,
+                        Some(vec![
+                            voter(0, true),
+                            corrupt(voter(1, false)),
+                            voter(2, false),
+                            learner(3, true, Some(1000)),
+                        ]),
+                        pods(&[0, 1, 2, 3]),
+                        4,
+                    ),
+                    &[101],
+                ),
+                Step::PromoteLearner {
+                    id: 103,
+                    name: n(3),
+                },
+            ),
+            (
+                "a corrupt learner is removed",
+                obs(
+                    3,
+                    Some(vec![
+                        voter(0, true),
+                        voter(1, false),
+                        corrupt(learner(2, true, Some(1000))),
+                    ]),
+                    pods(&[0, 1, 2]),
+                    3,
+                ),
+                remove(2, Corrupt),
+            ),
+        ];
+        for (name, o, want) in cases {
+            let got = plan(C, &o, &cfg);
+            assert!(
+                same(&got.step, &want),
+                "{name}: got {:?}, want {:?}",
+                got.step,
+                want
+            );
+        }
+        // The wait says why.
+        let o = with_alarms(
+            obs(
+                3,
+                Some(vec![
+                    voter(0, true),
+                    corrupt(voter(1, false)),
+                    down(voter(2, false)),
+                ]),
+                vec![pod(0), pod(1), unready(pod(2), 900)],
+                3,
+            ),
+            &[101],
+        );
+        let Step::Wait { reason } = plan(C, &o, &cfg).step else {
+            panic!("not a wait");
+        };
+        assert!(
+            reason.contains("member kv-1 is corrupt")
+                && reason.contains("1 healthy member(s) of 2")
+                && reason.contains("quorum of 2"),
+            "{reason}"
+        );
+        // A terminating pod holds every membership step, but not the disarm.
+        let mut o = with_alarms(
+            obs(
+                3,
+                Some(vec![voter(0, true), voter(2, false)]),
+                pods(&[0, 1, 2]),
+                3,
+            ),
+            &[101],
+        );
+        o.pods[1].terminating = true;
+        assert_eq!(plan(C, &o, &cfg).step, Step::DisarmAlarm { id: 101 });
+    }
+
+    /// The whole replacement of a corrupt member against a simulated cluster: removed,
+    /// alarm disarmed, pod and claim deleted, a new member under a new name added, started,
+    /// promoted; quorum kept throughout and the corrupt member's name never comes back.
+    #[test]
+    fn a_corrupt_member_is_replaced_end_to_end() {
+        let cfg = PlanConfig::default();
+        let mut members = vec![voter(0, true), corrupt(voter(1, false)), voter(2, false)];
+        let mut pods_ = pods(&[0, 1, 2]);
+        let mut claims: BTreeSet<String> = pods_.iter().map(|p| p.name.clone()).collect();
+        let mut alarms = vec![101];
+        let mut next = 3;
+        let mut steps = Vec::new();
+        for _ in 0..20 {
+            let o = Observed {
+                replicas: 3,
+                members: Some(members.clone()),
+                pods: pods_.clone(),
+                claims: claims.clone(),
+                empty_dir: false,
+                bootstrapped: true,
+                next_ordinal: next,
+                corrupt_alarms: alarms.clone(),
+            };
+            let p = plan(C, &o, &cfg);
+            next = p.next_ordinal;
+            steps.push(p.step.label());
+            match p.step {
+                Step::RemoveMember { id, .. } => {
+                    members.retain(|m| m.id != id);
+                    let healthy = members.iter().filter(|m| m.healthy).count();
+                    assert!(healthy >= quorum(members.len()), "quorum lost");
+                }
+                Step::DisarmAlarm { id } => alarms.retain(|a| *a != id),
+                Step::DeletePod { name } => {
+                    pods_.retain(|p| p.name != name);
+                    claims.remove(&name);
+                }
+                Step::AddLearner { name } => {
+                    assert_ne!(name, member_name(C, 1), "a corrupt member's name came back");
+                    let ord = ordinal_of(C, &name).unwrap_or(0);
+                    members.push(learner(ord, false, None));
+                }
+                Step::CreatePod { name } => {
+                    claims.insert(name.clone());
+                    pods_.push(pod(ordinal_of(C, &name).unwrap_or(0)));
+                    for m in members.iter_mut().filter(|m| m.name == name) {
+                        m.started = true;
+                        m.healthy = true;
+                        m.raft_index = Some(1000);
+                    }
+                }
+                Step::PromoteLearner { id, .. } => {
+                    for m in members.iter_mut().filter(|m| m.id == id) {
+                        m.learner = false;
+                    }
+                }
+                Step::Steady => break,
+                other => panic!("unexpected {other:?} after {steps:?}"),
+            }
+        }
+        assert_eq!(
+            steps,
+            [
+                "RemoveMember",
+                "DisarmAlarm",
+                "DeletePod",
+                "AddLearner",
+                "CreatePod",
+                "PromoteLearner",
+                "Steady"
+            ]
+        );
+        let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["kv-0", "kv-2", "kv-3"]);
+        assert!(alarms.is_empty());
+    }
+
     #[test]
     fn grace_periods_come_from_the_spec_with_documented_defaults() {
         let d = PlanConfig::default();
@@ -1173,6 +1568,7 @@ mod tests {
                     claims: claims.clone(),
                     empty_dir: false,
                     next_ordinal: next,
+                    corrupt_alarms: vec![],
                 };
                 let p = plan(C, &o, &cfg);
                 next = p.next_ordinal;

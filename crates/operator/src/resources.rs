@@ -299,6 +299,9 @@ pub fn image(ec: &EtcdCluster) -> String {
     }
 }
 
+/// Name of the member pod's container.
+pub const MEMBER_CONTAINER: &str = "member";
+
 /// The member's flags; etcd's names, so the same pod works with an etcd image.
 pub fn member_args(ec: &EtcdCluster, p: &MemberPod<'_>) -> Result<Vec<String>> {
     let names = Names::of(ec)?;
@@ -356,6 +359,24 @@ pub fn member_args(ec: &EtcdCluster, p: &MemberPod<'_>) -> Result<Vec<String>> {
         };
         a.push(format!("--auto-compaction-mode={mode}"));
         a.push(format!("--auto-compaction-retention={}", c.retention));
+    }
+    if let Some(c) = &o.corruption_check {
+        // The `--experimental-` names: etcd 3.4 to 3.6 and ferrokv all take them.
+        if let Some(v) = c.initial {
+            a.push(format!("--experimental-initial-corrupt-check={v}"));
+        }
+        if let Some(v) = c.periodic_seconds {
+            a.push(format!("--experimental-corrupt-check-time={v}s"));
+        }
+        if let Some(v) = c.compact_hash {
+            a.push(format!("--experimental-compact-hash-check-enabled={v}"));
+        }
+        if let Some(v) = c.compact_hash_seconds {
+            a.push(format!("--experimental-compact-hash-check-time={v}s"));
+        }
+        if let Some(v) = c.verify_on_open {
+            a.push(format!("--keyspace-verify-on-open={v}"));
+        }
     }
     if ec.spec.tls.mode != TlsMode::Disabled {
         a.extend([
@@ -534,7 +555,7 @@ pub fn member_pod(ec: &EtcdCluster, p: &MemberPod<'_>) -> Result<Pod> {
     }
     let (readiness_path, liveness_path) = MemberImage::of(&image(ec)).probe_paths();
     let container = Container {
-        name: "member".into(),
+        name: MEMBER_CONTAINER.into(),
         image: Some(image(ec)),
         args: Some(member_args(ec, p)?),
         ports: Some(vec![
@@ -560,6 +581,10 @@ pub fn member_pod(ec: &EtcdCluster, p: &MemberPod<'_>) -> Result<Pod> {
         resources: ec.spec.resources.clone(),
         volume_mounts: Some(mounts),
         security_context: Some(member_container_security()),
+        // A member that refuses to start (its corruption check failed) says why in its last
+        // log lines; this makes them the container's termination message, where `observe`
+        // reads them.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     };
     // A cluster restored from a backup: the seed's first pod restores it first.
@@ -668,6 +693,44 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// `options.corruptionCheck` becomes etcd's `--experimental-` flags (and ferrokv's check
+    /// at open); unset fields add nothing.
+    #[test]
+    fn corruption_check_options_become_flags() {
+        let mut ec = fixtures::cluster("kv", 3);
+        ec.spec.options.corruption_check = Some(ferrokv_cluster_api::CorruptionCheck {
+            initial: Some(false),
+            periodic_seconds: Some(2),
+            compact_hash: Some(true),
+            compact_hash_seconds: None,
+            verify_on_open: Some(false),
+        });
+        let p = MemberPod {
+            member: "kv-0",
+            initial_members: vec!["kv-0".into()],
+            state: InitialState::New,
+            config_hash: "",
+        };
+        let args = member_args(&ec, &p).expect("args");
+        let got: Vec<&str> = args
+            .iter()
+            .map(String::as_str)
+            .filter(|a| a.contains("corrupt") || a.contains("hash-check") || a.contains("verify"))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "--experimental-initial-corrupt-check=false",
+                "--experimental-corrupt-check-time=2s",
+                "--experimental-compact-hash-check-enabled=true",
+                "--keyspace-verify-on-open=false"
+            ]
+        );
+        ec.spec.options.corruption_check = None;
+        let args = member_args(&ec, &p).expect("args");
+        assert!(!args.iter().any(|a| a.contains("corrupt")), "{args:?}");
+    }
+
     #[test]
     fn member_pod_is_exact() {
         let mut ec = cluster("kv", 3);
@@ -736,6 +799,7 @@ mod tests {
                         "runAsNonRoot": true,
                         "seccompProfile": {"type": "RuntimeDefault"}
                     },
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
                     "volumeMounts": [
                         {"name": "data", "mountPath": "/var/lib/ferrokv"},
                         {"name": "server-tls", "mountPath": "/etc/ferrokv/server-tls", "readOnly": true},

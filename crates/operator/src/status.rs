@@ -6,7 +6,7 @@
 //! here decides a step.
 
 use crate::apply::Applier;
-use crate::members::ClusterView;
+use crate::members::{ClusterView, MemberHealth, CORRUPT};
 use crate::plan::{self, ObservedPod, Step};
 use crate::resources;
 use crate::Result;
@@ -54,6 +54,7 @@ pub fn build(
     let members: Vec<MemberStatus> = view
         .map(|v| {
             let leader = v.leader().map(|l| l.id);
+            let corrupt = crate::observe::corrupt_members(v, pods);
             v.members
                 .iter()
                 .map(|(m, h)| MemberStatus {
@@ -61,10 +62,30 @@ pub fn build(
                     id: format!("{:x}", m.id),
                     learner: m.learner,
                     leader: Some(m.id) == leader,
-                    healthy: h.as_ref().is_some_and(|h| h.errors.is_empty()),
+                    healthy: h.as_ref().is_some_and(MemberHealth::ok),
                     version: h.as_ref().map(|h| h.version.clone()),
                     db_size: h.as_ref().map(|h| h.db_size),
+                    alarms: v
+                        .alarms
+                        .iter()
+                        .filter(|a| a.member_id == m.id)
+                        .map(|a| a.alarm.to_string())
+                        .collect(),
+                    corrupt: corrupt.get(&m.id).cloned(),
                 })
+                .collect()
+        })
+        .unwrap_or_default();
+    // CORRUPT alarms no current member carries: a replaced member's (disarmed next), or one
+    // for the whole cluster (member 0) that names no member to replace.
+    let stray_corrupt: Vec<u64> = view
+        .map(|v| {
+            v.alarms
+                .iter()
+                .filter(|a| {
+                    a.alarm == CORRUPT && !v.members.iter().any(|(m, _)| m.id == a.member_id)
+                })
+                .map(|a| a.member_id)
                 .collect()
         })
         .unwrap_or_default();
@@ -112,6 +133,39 @@ pub fn build(
             RESTORE_FAILED,
             format!("the restore of seed {name} failed: {message}"),
         ),
+        _ if members.iter().any(|m| m.corrupt.is_some()) => {
+            let what: Vec<String> = members
+                .iter()
+                .filter_map(|m| {
+                    Some(format!(
+                        "member {} ({}) is corrupt: {}",
+                        m.name,
+                        m.id,
+                        m.corrupt.as_ref()?
+                    ))
+                })
+                .collect();
+            let next = match &p.step {
+                Step::Wait { reason } => reason.clone(),
+                Step::RemoveMember { .. } | Step::MoveLeader { .. } => "replacing it".to_string(),
+                other => format!("replacing it after {}", other.label()),
+            };
+            (true, MEMBER_CORRUPT, format!("{}; {next}", what.join("; ")))
+        }
+        _ if !stray_corrupt.is_empty() => {
+            let ids: Vec<String> = stray_corrupt.iter().map(|id| format!("{id:x}")).collect();
+            let msg = if stray_corrupt.contains(&0) {
+                "the CORRUPT alarm is raised for the whole cluster (member 0): no member is known \
+                 to be corrupt, writes are refused until a human disarms it"
+                    .to_string()
+            } else {
+                format!(
+                    "the CORRUPT alarm of removed member(s) {} is still raised; disarming it",
+                    ids.join(", ")
+                )
+            };
+            (true, MEMBER_CORRUPT, msg)
+        }
         _ if members.iter().any(|m| !m.healthy && !m.learner) => {
             let down: Vec<&str> = members
                 .iter()
@@ -194,6 +248,34 @@ pub fn build(
         last_backup_attempt: old.last_backup_attempt,
         last_verified_backup: old.last_verified_backup,
     }
+}
+
+/// Reason of `Degraded` while a member is corrupt (or its CORRUPT alarm is still raised).
+pub const MEMBER_CORRUPT: &str = "MemberCorrupt";
+
+/// The members `status` reports corrupt that `old` did not, as (member, Warning Event note):
+/// each is said once, when it is first seen corrupt.
+pub fn new_corruptions(
+    old: Option<&EtcdClusterStatus>,
+    status: &EtcdClusterStatus,
+) -> Vec<(String, String)> {
+    let was =
+        |id: &str| old.is_some_and(|o| o.members.iter().any(|m| m.id == id && m.corrupt.is_some()));
+    status
+        .members
+        .iter()
+        .filter(|m| !was(&m.id))
+        .filter_map(|m| {
+            let why = m.corrupt.as_ref()?;
+            Some((
+                m.name.clone(),
+                format!(
+                    "member {} ({}) is corrupt: {why}; it is replaced when quorum allows",
+                    m.name, m.id
+                ),
+            ))
+        })
+        .collect()
 }
 
 /// Reason of `Degraded` when the seed's restore init container failed (`spec.restore`).
@@ -322,6 +404,7 @@ mod tests {
                 (info(2, "kv-1"), h(2)),
                 (info(3, "kv-2"), None),
             ],
+            alarms: vec![],
         };
         let p = plan::Plan {
             step: Step::Wait {
@@ -337,6 +420,7 @@ mod tests {
             ready,
             terminating: false,
             restore_failed: None,
+            start_refused: None,
         };
         let pods = [pod("kv-0", true), pod("kv-1", true), pod("kv-2", false)];
         let s = build(&ec, Some(&view), &pods, &p);
@@ -390,6 +474,7 @@ mod tests {
         let view = ClusterView {
             cluster_id: 1,
             members: vec![member(1, "kv-0"), member(2, "kv-1")],
+            alarms: vec![],
         };
         let pod = |name: &str, ready: bool| ObservedPod {
             name: name.into(),
@@ -398,6 +483,7 @@ mod tests {
             ready,
             terminating: false,
             restore_failed: None,
+            start_refused: None,
         };
         let steady = plan::Plan {
             step: Step::Steady,
@@ -428,6 +514,135 @@ mod tests {
             &steady,
         );
         assert_eq!((s.ready_members, s.phase), (2, Some(ClusterPhase::Running)));
+    }
+
+    /// A member the CORRUPT alarm names: its entry says so, Degraded=True MemberCorrupt names
+    /// it with what the plan does about it, the Warning is new once; after its removal the
+    /// alarm still raised is said until disarmed, then Degraded clears.
+    #[test]
+    fn a_corrupt_member_is_reported_once_and_cleared() {
+        use crate::members::{Alarm, MemberHealth, MemberInfo};
+        let mut ec = cluster("kv", 3);
+        let member = |id: u64, name: &str| {
+            (
+                MemberInfo {
+                    id,
+                    name: name.into(),
+                    peer_urls: vec![],
+                    client_urls: vec![],
+                    learner: false,
+                },
+                Some(MemberHealth {
+                    member_id: id,
+                    leader: 1,
+                    raft_index: 10,
+                    version: "3.6.0".into(),
+                    db_size: 1,
+                    // Status lists every raised alarm on every member.
+                    errors: vec!["memberID:2 alarm:CORRUPT ".into()],
+                }),
+            )
+        };
+        let alarm = vec![Alarm {
+            member_id: 2,
+            alarm: CORRUPT,
+        }];
+        let mut view = ClusterView {
+            cluster_id: 1,
+            members: vec![member(1, "kv-0"), member(2, "kv-1"), member(3, "kv-2")],
+            alarms: alarm,
+        };
+        let pod = |name: &str| ObservedPod {
+            name: name.into(),
+            age: std::time::Duration::from_secs(60),
+            unready_for: std::time::Duration::ZERO,
+            ready: true,
+            terminating: false,
+            restore_failed: None,
+            start_refused: None,
+        };
+        let pods = [pod("kv-0"), pod("kv-1"), pod("kv-2")];
+        let step = |step| plan::Plan {
+            step,
+            warnings: vec![],
+            next_ordinal: 3,
+        };
+        let degraded = |s: &EtcdClusterStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Degraded")
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+                .expect("Degraded")
+        };
+        let removing = step(Step::RemoveMember {
+            id: 2,
+            name: "kv-1".into(),
+            reason: plan::RemoveReason::Corrupt,
+        });
+        let s = build(&ec, Some(&view), &pods, &removing);
+        assert!(
+            s.members.iter().all(|m| m.healthy),
+            "alarms are not member errors"
+        );
+        assert_eq!(s.members[1].alarms, ["CORRUPT"]);
+        assert_eq!(
+            s.members[1].corrupt.as_deref(),
+            Some("the CORRUPT alarm is raised for it")
+        );
+        let (st, reason, msg) = degraded(&s);
+        assert_eq!((st.as_str(), reason.as_str()), ("True", MEMBER_CORRUPT));
+        assert_eq!(
+            msg,
+            "member kv-1 (2) is corrupt: the CORRUPT alarm is raised for it; replacing it"
+        );
+        let events = new_corruptions(ec.status.as_ref(), &s);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].0, "kv-1");
+        assert!(
+            events[0].1.contains("member kv-1 (2) is corrupt"),
+            "{:?}",
+            events
+        );
+        // Seen before: no second Event, and a wait says why.
+        ec.status = Some(s);
+        let waiting = step(Step::Wait {
+            reason: "member kv-1 is corrupt; removing it would lose quorum".into(),
+        });
+        let s = build(&ec, Some(&view), &pods, &waiting);
+        assert!(new_corruptions(ec.status.as_ref(), &s).is_empty());
+        assert!(degraded(&s).2.ends_with("removing it would lose quorum"));
+        // Removed, the alarm not yet disarmed.
+        view.members.remove(1);
+        let s = build(
+            &ec,
+            Some(&view),
+            &pods[..],
+            &step(Step::DisarmAlarm { id: 2 }),
+        );
+        let (st, reason, msg) = degraded(&s);
+        assert_eq!((st.as_str(), reason.as_str()), ("True", MEMBER_CORRUPT));
+        assert!(msg.contains("removed member(s) 2 is still raised"), "{msg}");
+        // Disarmed: nothing degraded.
+        view.alarms.clear();
+        let s = build(
+            &ec,
+            Some(&view),
+            &[pod("kv-0"), pod("kv-2")],
+            &step(Step::Steady),
+        );
+        assert_eq!(degraded(&s).0, "False");
+        // An alarm for member 0 names nobody and stays Degraded.
+        view.alarms = vec![Alarm {
+            member_id: 0,
+            alarm: CORRUPT,
+        }];
+        let s = build(
+            &ec,
+            Some(&view),
+            &[pod("kv-0"), pod("kv-2")],
+            &step(Step::Steady),
+        );
+        assert!(degraded(&s).2.contains("whole cluster"));
     }
 
     #[test]

@@ -163,6 +163,7 @@ async fn observe(
             ready: true,
             terminating: false,
             restore_failed: None,
+            start_refused: None,
         })
         .collect();
     let claims: BTreeSet<String> = procs.running().map(|(n, _)| n.clone()).collect();
@@ -174,6 +175,7 @@ async fn observe(
         empty_dir: false,
         bootstrapped: next_ordinal > 0,
         next_ordinal,
+        corrupt_alarms: vec![],
     };
     (o, view)
 }
@@ -195,6 +197,10 @@ impl StepExecutor for Processes {
 
     async fn remove_member(&mut self, id: u64) -> ferrokv_operator::Result<()> {
         self.client().remove(id).await
+    }
+
+    async fn disarm_alarm(&mut self, id: u64) -> ferrokv_operator::Result<()> {
+        self.client().disarm_corrupt(id).await
     }
 
     async fn start_member(&mut self, start: &MemberStart) -> ferrokv_operator::Result<()> {

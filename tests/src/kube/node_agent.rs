@@ -128,6 +128,8 @@ struct Shared {
     journal: Vec<String>,
     /// Pods (`namespace/name`) whose liveness probe the agent no longer runs.
     liveness_off: BTreeSet<String>,
+    /// Pods (`namespace/name`) whose exited container the agent does not start again yet.
+    held: BTreeSet<String>,
 }
 
 impl Shared {
@@ -271,6 +273,22 @@ impl NodeAgent {
         ));
     }
 
+    /// While `hold` is true, the container of pod `namespace/name` is not started again once it
+    /// exits (a test changes its data directory in between); `false` lets it restart.
+    pub fn hold_restarts(&self, namespace: &str, name: &str, hold: bool) {
+        let mut shared = lock(&self.shared);
+        let key = format!("{namespace}/{name}");
+        if hold {
+            shared.held.insert(key);
+        } else {
+            shared.held.remove(&key);
+        }
+        shared.note(format!(
+            "{namespace}/{name}: restarts {} by the test",
+            if hold { "held" } else { "released" }
+        ));
+    }
+
     /// Everything the agent knows, with each pod's log tail, for failure messages.
     pub fn describe(&self) -> String {
         let s = lock(&self.shared);
@@ -402,6 +420,9 @@ struct Terminated {
     exit_code: i32,
     started: Value,
     finished: Value,
+    /// kubelet's `FallbackToLogsOnError`: the log tail of a failed run, when the container
+    /// asks for it (the agent writes no termination message file).
+    message: Option<String>,
 }
 
 /// The agent's record of one pod it runs.
@@ -671,10 +692,13 @@ impl Agent {
                     .unwrap_or((Duration::ZERO, Value::Null));
                 run.child = None;
                 lock(&self.shared).pids.remove(&run.uid);
+                let fallback = container.termination_message_policy.as_deref()
+                    == Some("FallbackToLogsOnError");
                 run.last_terminated = Some(Terminated {
                     exit_code: code,
                     started,
                     finished: now(),
+                    message: (fallback && code != 0).then(|| termination_log(&run.log)),
                 });
                 run.ready = false;
                 run.readiness = ProbeState::default();
@@ -703,7 +727,10 @@ impl Agent {
                 .waiting
                 .as_ref()
                 .is_none_or(|w| w.0 != "ContainerCreating")
-            && run.backoff_until.is_none_or(|t| Instant::now() >= t);
+            && run.backoff_until.is_none_or(|t| Instant::now() >= t)
+            && !lock(&self.shared)
+                .held
+                .contains(&format!("{}/{}", run.namespace, run.name));
         if may_start && !run.init_done {
             match self.run_init_containers(pod, run) {
                 Ok(()) => run.init_done = true,
@@ -1244,8 +1271,12 @@ impl Agent {
         let state = if let (true, Some((_, at))) = (running, &run.started_at) {
             json!({"running": {"startedAt": at}})
         } else if let (Some(code), Some(t)) = (run.completed, &run.last_terminated) {
-            json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
-                "startedAt": t.started, "finishedAt": t.finished}})
+            let mut s = json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                "startedAt": t.started, "finishedAt": t.finished}});
+            if let Some(m) = &t.message {
+                s["terminated"]["message"] = json!(m);
+            }
+            s
         } else if let Some((reason, message)) = &run.waiting {
             json!({"waiting": {"reason": reason, "message": message}})
         } else {
@@ -1265,6 +1296,9 @@ impl Agent {
         if let Some(t) = &run.last_terminated {
             cs["lastState"] = json!({"terminated": {"exitCode": t.exit_code,
                 "reason": "Error", "startedAt": t.started, "finishedAt": t.finished}});
+            if let Some(m) = &t.message {
+                cs["lastState"]["terminated"]["message"] = json!(m);
+            }
         }
         let initialized = run
             .waiting
@@ -1506,6 +1540,17 @@ fn rewrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.set_len(u64::try_from(bytes.len()).unwrap_or(u64::MAX))?;
     f.sync_data()
+}
+
+/// kubelet's fallback termination message: the log's last 80 lines, at most its last 2048
+/// bytes.
+fn termination_log(log: &Path) -> String {
+    let tail = log_tail(log, 80);
+    let mut from = tail.len().saturating_sub(2048);
+    while !tail.is_char_boundary(from) {
+        from += 1;
+    }
+    tail[from..].to_string()
 }
 
 fn uid(meta: &ObjectMeta) -> String {
