@@ -301,6 +301,30 @@ fn corrupt(seg: &SegmentInfo, offset: usize, reason: String) -> Error {
     }
 }
 
+/// A record that fails its checks is a torn write only at the very end of the last segment,
+/// with nothing valid after it (a crash damages only what was being written); anywhere else
+/// it is corruption, reported with where the next valid record starts if one does.
+fn torn_or_corrupt(
+    seg: &SegmentInfo,
+    off: usize,
+    reason: String,
+    is_last: bool,
+    follower: Option<usize>,
+) -> Result<TornTail> {
+    if is_last && follower.is_none() {
+        return Ok(TornTail {
+            path: seg.path.clone(),
+            offset: off as u64,
+            reason,
+        });
+    }
+    let reason = match follower {
+        Some(next) => format!("{reason}; a valid record follows at offset {next}"),
+        None => format!("{reason}; not at the tail of the last segment"),
+    };
+    Err(corrupt(seg, off, reason))
+}
+
 /// Scans a segment in ferrokv's previous format.
 fn scan_legacy(seg: &SegmentInfo, buf: &[u8], is_last: bool) -> Result<Scanned> {
     let mut records = Vec::new();
@@ -315,19 +339,8 @@ fn scan_legacy(seg: &SegmentInfo, buf: &[u8], is_last: bool) -> Result<Scanned> 
                 } else {
                     None
                 };
-                if is_last && follower.is_none() {
-                    torn = Some(TornTail {
-                        path: seg.path.clone(),
-                        offset: off as u64,
-                        reason,
-                    });
-                    break;
-                }
-                let reason = match follower {
-                    Some(next) => format!("{reason}; a valid record follows at offset {next}"),
-                    None => format!("{reason}; not at the tail of the last segment"),
-                };
-                return Err(corrupt(seg, off, reason));
+                torn = Some(torn_or_corrupt(seg, off, reason, is_last, follower)?);
+                break;
             }
         };
         let rec = legacy::decode(&frame).map_err(|reason| corrupt(seg, off, reason))?;
@@ -392,19 +405,8 @@ fn scan_etcd(seg: &SegmentInfo, buf: &[u8], is_last: bool, crc: Option<u32>) -> 
                 } else {
                     etcd_record_after(buf, off)
                 };
-                if is_last && follower.is_none() {
-                    torn = Some(TornTail {
-                        path: seg.path.clone(),
-                        offset: off as u64,
-                        reason,
-                    });
-                    break;
-                }
-                let reason = match follower {
-                    Some(next) => format!("{reason}; a valid record follows at offset {next}"),
-                    None => format!("{reason}; not at the tail of the last segment"),
-                };
-                return Err(corrupt(seg, off, reason));
+                torn = Some(torn_or_corrupt(seg, off, reason, is_last, follower)?);
+                break;
             }
         };
         let rec = record::decode(&frame).map_err(|reason| corrupt(seg, off, reason))?;
