@@ -372,37 +372,56 @@ async fn check_one_cluster(members: &mut [Proc]) {
     }
 }
 
-/// The registry after a bootstrap: the size key, then one `members/<id hex>` per member with
-/// `name=peer-url`, the ids being the members' ids in the cluster they formed.
+/// The registry after a bootstrap: the size key (`3`) and one `member_key(id)` per member
+/// with `name=peer-url`, the ids being the members' ids in the cluster they formed, and
+/// nothing else. The v3 and v2 registries differ only in their key layout.
 fn check_registry_shape(
     reg: &[(String, String)],
-    token: &str,
+    size_key: &str,
+    member_key: impl Fn(u64) -> String,
     members: &[Proc],
     ids: &[(String, u64, Vec<String>)],
 ) {
-    let prefix = format!("/_etcd/registry/{token}/");
-    assert_eq!(
-        reg.first(),
-        Some(&(format!("{prefix}_config/size"), "3".to_string())),
-        "{reg:?}"
-    );
-    let regs: BTreeMap<&str, &str> = reg[1..]
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    assert_eq!(regs.len(), members.len(), "{reg:?}");
+    let regs: BTreeMap<&str, &str> = reg.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(regs.get(size_key).copied(), Some("3"), "{reg:?}");
+    assert_eq!(regs.len(), members.len() + 1, "{reg:?}");
     for m in members {
         let (_, id, _) = ids
             .iter()
             .find(|(n, _, _)| *n == m.name)
             .expect("member in list");
-        let key = format!("{prefix}members/{id:x}");
+        let key = member_key(*id);
         assert_eq!(
             regs.get(key.as_str()).copied(),
             Some(format!("{}={}", m.name, m.peer_url).as_str()),
             "{key} in {reg:?}"
         );
     }
+}
+
+/// A fourth member with the same discovery flags stops with etcd's "cluster is full",
+/// bootstraps nothing and registers nothing (`registry` reads the registry again).
+async fn fourth_is_refused(
+    backend: Backend,
+    flags: &[String],
+    before: &[(String, String)],
+    registry: impl AsyncFnOnce() -> Vec<(String, String)>,
+) {
+    let mut extra = Proc::spawn(backend, "n4", flags, &[]);
+    let status = extra.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success(), "{}", extra.log());
+    assert!(
+        extra
+            .log()
+            .contains("failed to join discovery cluster (discovery: cluster is full)"),
+        "{}",
+        extra.log()
+    );
+    assert!(
+        !extra.wal_dir().exists(),
+        "a refused member must not have bootstrapped anything"
+    );
+    assert_eq!(registry().await, before, "the refused member registered");
 }
 
 /// 3 members of `backend` via v3 discovery against a `service` discovery member, then a
@@ -424,24 +443,19 @@ async fn v3_bootstrap(service_backend: Backend, backend: Backend) {
     check_one_cluster(&mut members).await;
     let (_, ids) = member_list(&members[0]);
     let reg = registry(&service, &token).await;
-    check_registry_shape(&reg, &token, &members, &ids);
-
-    let mut extra = Proc::spawn(backend, "n4", &flags, &[]);
-    let status = extra.wait_exit(Duration::from_secs(30)).await;
-    assert!(!status.success(), "{}", extra.log());
-    assert!(
-        extra
-            .log()
-            .contains("failed to join discovery cluster (discovery: cluster is full)"),
-        "{}",
-        extra.log()
+    let prefix = format!("/_etcd/registry/{token}/");
+    assert_eq!(reg[0].0, format!("{prefix}_config/size"), "size key first");
+    check_registry_shape(
+        &reg,
+        &format!("{prefix}_config/size"),
+        |id| format!("{prefix}members/{id:x}"),
+        &members,
+        &ids,
     );
-    assert!(
-        !extra.wal_dir().exists(),
-        "a refused member must not have bootstrapped anything"
-    );
-    // Refused before registering: the registry is unchanged.
-    assert_eq!(registry(&service, &token).await, reg);
+    fourth_is_refused(backend, &flags, &reg, async || {
+        registry(&service, &token).await
+    })
+    .await;
 
     // A restart reads the WAL: the discovery flags are ignored (the discovery member is
     // gone by now) and the member rejoins its cluster.
@@ -850,26 +864,14 @@ async fn v2_bootstrap(backend: Backend) {
     check_one_cluster(&mut members).await;
     let (_, ids) = member_list(&members[0]);
     let reg = server.keys_under(&dir);
-    assert_eq!(reg.len(), 4, "{reg:?}");
-    for m in &members {
-        let (_, id, _) = ids.iter().find(|(n, _, _)| *n == m.name).expect("listed");
-        let key = format!("{dir}/{id:x}");
-        assert!(
-            reg.contains(&(key.clone(), format!("{}={}", m.name, m.peer_url))),
-            "{key} in {reg:?}"
-        );
-    }
-    let mut extra = Proc::spawn(backend, "n4", &flag, &[]);
-    let status = extra.wait_exit(Duration::from_secs(30)).await;
-    assert!(!status.success());
-    assert!(
-        extra
-            .log()
-            .contains("failed to join discovery cluster (discovery: cluster is full)"),
-        "{}",
-        extra.log()
+    check_registry_shape(
+        &reg,
+        &format!("{dir}/_config/size"),
+        |id| format!("{dir}/{id:x}"),
+        &members,
+        &ids,
     );
-    assert_eq!(server.keys_under(&dir), reg);
+    fourth_is_refused(backend, &flag, &reg, async || server.keys_under(&dir)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

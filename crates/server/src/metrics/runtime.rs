@@ -67,6 +67,11 @@ mod tests {
     #[tokio::test]
     async fn renders_the_three_families_with_real_values() {
         let _keep = vec![0u8; 1 << 20];
+        // The test body itself runs in `block_on`, not as a task: one spawned task to count.
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = rx.await;
+        });
         let mut out = String::new();
         super::render(&mut out);
         let value = |name: &str| -> f64 {
@@ -79,5 +84,7 @@ mod tests {
         assert!(value("go_memstats_alloc_bytes") >= (1 << 20) as f64);
         assert!(value("go_threads") >= 1.0);
         assert!(out.contains("# TYPE go_goroutines gauge"));
+        let _ = tx.send(());
+        let _ = task.await;
     }
 }
