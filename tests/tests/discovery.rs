@@ -1255,6 +1255,20 @@ async fn srv_bootstrap(backend: Backend) -> (u64, Vec<(String, u64, Vec<String>)
         "{}: looked up the service without its name: {asked:?}",
         backend.name()
     );
+    // An initialized member restarts from its WAL without an SRV lookup (its peers' host
+    // names still resolve: the DNS server stays).
+    let before = member_list(&members[1]);
+    let srv_queries = |d: &DnsServer| d.asked().iter().filter(|(_, t)| *t == 33).count();
+    let queried = srv_queries(&dns);
+    members[1].restart();
+    members[1].wait_ready(Duration::from_secs(60)).await;
+    assert_eq!(member_list(&members[1]), before);
+    assert_eq!(
+        srv_queries(&dns),
+        queried,
+        "{}: SRV lookups on a restart",
+        backend.name()
+    );
     drop(members);
     list
 }

@@ -73,6 +73,11 @@ pub(super) async fn discover(cfg: &mut Config, has_wal: bool) -> Result<()> {
     let Some(discovery) = cfg.discovery.clone() else {
         return Ok(());
     };
+    if has_wal && matches!(discovery, Discovery::Srv { .. }) {
+        // etcd skips the SRV lookup for an initialized member without a word (its "discovery
+        // token is ignored" warning is for the v2/v3 services only).
+        return Ok(());
+    }
     if has_wal {
         tracing::warn!(
             wal_dir = %cfg.layout().wal().display(),
