@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod dns;
 pub mod etcd_tools;
 pub mod etcdctl;
 pub mod kube;

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
+use ferrokv_tests::dns::{DnsServer, IsolatedNetns, Zone};
 use ferrokv_tests::etcdctl::{run_with, Ctl};
+use ferrokv_tests::member::etcd36_dir;
 use ferrokv_tests::{free_port, Backend, Member, MemberOpts};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,12 +25,33 @@ struct Proc {
     backend: Backend,
     name: String,
     client_url: String,
+    /// The advertised peer URL.
     peer_url: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
     /// How it was started, for `restart`.
     cmd: Vec<String>,
     env: Vec<(String, String)>,
+    /// The network namespace it runs in (`ip netns exec`), if not the test's own.
+    netns: Option<String>,
+}
+
+/// A member's URLs.
+struct Urls {
+    client: String,
+    listen_peer: String,
+    advertise_peer: String,
+}
+
+impl Urls {
+    fn local(peer_port: u16) -> Urls {
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        Urls {
+            client: format!("http://127.0.0.1:{}", free_port()),
+            listen_peer: peer.clone(),
+            advertise_peer: peer,
+        }
+    }
 }
 
 impl Proc {
@@ -46,29 +69,42 @@ impl Proc {
         extra: &[String],
         env: &[(&str, &str)],
     ) -> Proc {
+        Proc::launch(backend, name, Urls::local(peer_port), extra, env, None)
+    }
+
+    fn launch(
+        backend: Backend,
+        name: &str,
+        urls: Urls,
+        extra: &[String],
+        env: &[(&str, &str)],
+        netns: Option<&IsolatedNetns>,
+    ) -> Proc {
         let bin = backend.binary().expect("member binary");
         let dir = tempfile::Builder::new()
             .prefix(&format!("disc-{}-{name}-", backend.name()))
             .tempdir()
             .expect("tempdir");
-        let client_url = format!("http://127.0.0.1:{}", free_port());
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let mut args = vec![
+        let mut args = Vec::new();
+        if let Some(ns) = netns {
+            args.extend(["ip", "netns", "exec", ns.name()].map(String::from));
+        }
+        args.extend([
             bin.display().to_string(),
             format!("--name={name}"),
             format!("--data-dir={}", dir.path().join("data").display()),
-            format!("--listen-client-urls={client_url}"),
-            format!("--advertise-client-urls={client_url}"),
-            format!("--listen-peer-urls={peer_url}"),
-            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--listen-client-urls={}", urls.client),
+            format!("--advertise-client-urls={}", urls.client),
+            format!("--listen-peer-urls={}", urls.listen_peer),
+            format!("--initial-advertise-peer-urls={}", urls.advertise_peer),
             "--log-level=info".to_string(),
-        ];
+        ]);
         args.extend(extra.iter().cloned());
         let mut p = Proc {
             backend,
             name: name.to_string(),
-            client_url,
-            peer_url,
+            client_url: urls.client,
+            peer_url: urls.advertise_peer,
             dir,
             child: None,
             cmd: args,
@@ -76,6 +112,7 @@ impl Proc {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            netns: netns.map(|n| n.name().to_string()),
         };
         p.start();
         p
@@ -145,13 +182,26 @@ impl Proc {
                 self.name,
                 self.log()
             );
-            let probe = async {
-                let mut c = etcd_client::Client::connect([self.client_url.as_str()], None).await?;
-                c.status().await
-            };
-            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
-                if s.leader() != 0 {
+            if self.netns.is_some() {
+                // Out of the test's reach but through etcdctl in the namespace.
+                let out = self.ctl36(&["endpoint", "status", "-w", "json"]);
+                let leader = serde_json::from_str::<Value>(&out.stdout)
+                    .ok()
+                    .and_then(|v| v[0]["Status"]["leader"].as_u64())
+                    .unwrap_or(0);
+                if leader != 0 {
                     return;
+                }
+            } else {
+                let probe = async {
+                    let mut c =
+                        etcd_client::Client::connect([self.client_url.as_str()], None).await?;
+                    c.status().await
+                };
+                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
+                    if s.leader() != 0 {
+                        return;
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -179,7 +229,24 @@ impl Proc {
     fn ctl36(&self, args: &[&str]) -> ferrokv_tests::CtlOutput {
         let mut all = vec![format!("--endpoints={}", self.client_url)];
         all.extend(args.iter().map(|s| s.to_string()));
-        run_with(Ctl::V36, &all, None)
+        match &self.netns {
+            None => run_with(Ctl::V36, &all, None),
+            Some(ns) => {
+                let bin = etcd36_dir().expect("etcd 3.6 build").join("etcdctl");
+                let out = Command::new("ip")
+                    .args(["netns", "exec", ns])
+                    .arg(bin)
+                    .args(["--dial-timeout=3s", "--command-timeout=10s"])
+                    .args(&all)
+                    .output()
+                    .expect("etcdctl in the namespace");
+                ferrokv_tests::CtlOutput {
+                    status: Some(out.status),
+                    stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                }
+            }
+        }
     }
 }
 
@@ -305,37 +372,56 @@ async fn check_one_cluster(members: &mut [Proc]) {
     }
 }
 
-/// The registry after a bootstrap: the size key, then one `members/<id hex>` per member with
-/// `name=peer-url`, the ids being the members' ids in the cluster they formed.
+/// The registry after a bootstrap: the size key (`3`) and one `member_key(id)` per member
+/// with `name=peer-url`, the ids being the members' ids in the cluster they formed, and
+/// nothing else. The v3 and v2 registries differ only in their key layout.
 fn check_registry_shape(
     reg: &[(String, String)],
-    token: &str,
+    size_key: &str,
+    member_key: impl Fn(u64) -> String,
     members: &[Proc],
     ids: &[(String, u64, Vec<String>)],
 ) {
-    let prefix = format!("/_etcd/registry/{token}/");
-    assert_eq!(
-        reg.first(),
-        Some(&(format!("{prefix}_config/size"), "3".to_string())),
-        "{reg:?}"
-    );
-    let regs: BTreeMap<&str, &str> = reg[1..]
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    assert_eq!(regs.len(), members.len(), "{reg:?}");
+    let regs: BTreeMap<&str, &str> = reg.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(regs.get(size_key).copied(), Some("3"), "{reg:?}");
+    assert_eq!(regs.len(), members.len() + 1, "{reg:?}");
     for m in members {
         let (_, id, _) = ids
             .iter()
             .find(|(n, _, _)| *n == m.name)
             .expect("member in list");
-        let key = format!("{prefix}members/{id:x}");
+        let key = member_key(*id);
         assert_eq!(
             regs.get(key.as_str()).copied(),
             Some(format!("{}={}", m.name, m.peer_url).as_str()),
             "{key} in {reg:?}"
         );
     }
+}
+
+/// A fourth member with the same discovery flags stops with etcd's "cluster is full",
+/// bootstraps nothing and registers nothing (`registry` reads the registry again).
+async fn fourth_is_refused(
+    backend: Backend,
+    flags: &[String],
+    before: &[(String, String)],
+    registry: impl AsyncFnOnce() -> Vec<(String, String)>,
+) {
+    let mut extra = Proc::spawn(backend, "n4", flags, &[]);
+    let status = extra.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success(), "{}", extra.log());
+    assert!(
+        extra
+            .log()
+            .contains("failed to join discovery cluster (discovery: cluster is full)"),
+        "{}",
+        extra.log()
+    );
+    assert!(
+        !extra.wal_dir().exists(),
+        "a refused member must not have bootstrapped anything"
+    );
+    assert_eq!(registry().await, before, "the refused member registered");
 }
 
 /// 3 members of `backend` via v3 discovery against a `service` discovery member, then a
@@ -357,24 +443,19 @@ async fn v3_bootstrap(service_backend: Backend, backend: Backend) {
     check_one_cluster(&mut members).await;
     let (_, ids) = member_list(&members[0]);
     let reg = registry(&service, &token).await;
-    check_registry_shape(&reg, &token, &members, &ids);
-
-    let mut extra = Proc::spawn(backend, "n4", &flags, &[]);
-    let status = extra.wait_exit(Duration::from_secs(30)).await;
-    assert!(!status.success(), "{}", extra.log());
-    assert!(
-        extra
-            .log()
-            .contains("failed to join discovery cluster (discovery: cluster is full)"),
-        "{}",
-        extra.log()
+    let prefix = format!("/_etcd/registry/{token}/");
+    assert_eq!(reg[0].0, format!("{prefix}_config/size"), "size key first");
+    check_registry_shape(
+        &reg,
+        &format!("{prefix}_config/size"),
+        |id| format!("{prefix}members/{id:x}"),
+        &members,
+        &ids,
     );
-    assert!(
-        !extra.wal_dir().exists(),
-        "a refused member must not have bootstrapped anything"
-    );
-    // Refused before registering: the registry is unchanged.
-    assert_eq!(registry(&service, &token).await, reg);
+    fourth_is_refused(backend, &flags, &reg, async || {
+        registry(&service, &token).await
+    })
+    .await;
 
     // A restart reads the WAL: the discovery flags are ignored (the discovery member is
     // gone by now) and the member rejoins its cluster.
@@ -783,26 +864,14 @@ async fn v2_bootstrap(backend: Backend) {
     check_one_cluster(&mut members).await;
     let (_, ids) = member_list(&members[0]);
     let reg = server.keys_under(&dir);
-    assert_eq!(reg.len(), 4, "{reg:?}");
-    for m in &members {
-        let (_, id, _) = ids.iter().find(|(n, _, _)| *n == m.name).expect("listed");
-        let key = format!("{dir}/{id:x}");
-        assert!(
-            reg.contains(&(key.clone(), format!("{}={}", m.name, m.peer_url))),
-            "{key} in {reg:?}"
-        );
-    }
-    let mut extra = Proc::spawn(backend, "n4", &flag, &[]);
-    let status = extra.wait_exit(Duration::from_secs(30)).await;
-    assert!(!status.success());
-    assert!(
-        extra
-            .log()
-            .contains("failed to join discovery cluster (discovery: cluster is full)"),
-        "{}",
-        extra.log()
+    check_registry_shape(
+        &reg,
+        &format!("{dir}/_config/size"),
+        |id| format!("{dir}/{id:x}"),
+        &members,
+        &ids,
     );
-    assert_eq!(server.keys_under(&dir), reg);
+    fourth_is_refused(backend, &flag, &reg, async || server.keys_under(&dir)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -881,8 +950,8 @@ async fn v2_requests_ids_and_errors_equal_etcds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_bootstrap_env_vars_stop_the_member() {
     for (var, value, says) in [
-        // etcd's flag, which ferrokv refuses rather than ignores.
-        ("ETCD_DISCOVERY_SRV", "example.com", "--discovery-srv"),
+        // A service name without a domain: etcd ignores it and bootstraps alone; refused.
+        ("ETCD_DISCOVERY_SRV_NAME", "prod", "--discovery-srv-name"),
         // No such flag at all (etcd would only warn).
         (
             "ETCD_DISCOVERY_URL",
@@ -1092,5 +1161,160 @@ async fn v3_unanswering_discovery_member_is_retried() {
             "{}",
             members[0].log()
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// DNS SRV discovery: the members run in a network namespace of the test's own whose
+// resolv.conf names the test's DNS server (tests/src/dns.rs). Needs root, as faults.rs.
+
+const DNS_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 53);
+
+fn member_ip(i: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, 10 + i)
+}
+
+/// Member `i` of an SRV cluster: listens on 127.0.0.(10+i), advertises `m<i>.fkv.test`.
+fn srv_urls(i: u8) -> Urls {
+    let ip = member_ip(i);
+    Urls {
+        client: format!("http://{ip}:2379"),
+        listen_peer: format!("http://{ip}:2380"),
+        advertise_peer: format!("http://m{i}.fkv.test:2380"),
+    }
+}
+
+fn srv_net(zone: Zone) -> (IsolatedNetns, DnsServer) {
+    let ns = IsolatedNetns::new(DNS_IP).unwrap_or_else(|e| panic!("{e}"));
+    let dns = DnsServer::start(&ns, DNS_IP, zone).unwrap_or_else(|e| panic!("{e}"));
+    (ns, dns)
+}
+
+/// The `error` of the first log line with message `msg`, from etcd's zap JSON or ferrokv's
+/// tracing JSON.
+fn logged_error(log: &str, msg: &str) -> Option<String> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|v| {
+            if v["msg"] == msg {
+                v["error"].as_str().map(str::to_string)
+            } else if v["fields"]["message"] == msg {
+                v["fields"]["error"].as_str().map(str::to_string)
+            } else {
+                None
+            }
+        })
+}
+
+/// 3 members of `backend` bootstrapped from `_etcd-server-prod._tcp.fkv.test` (one of them
+/// configured through `ETCD_DISCOVERY_SRV`/`ETCD_DISCOVERY_SRV_NAME`); a decoy record under
+/// the plain `_etcd-server` name must not be used. Returns the member list and cluster id.
+async fn srv_bootstrap(backend: Backend) -> (u64, Vec<(String, u64, Vec<String>)>) {
+    let mut zone = Zone::default()
+        .srv("_etcd-server._tcp.fkv.test", 2380, "decoy.fkv.test.")
+        .a("decoy.fkv.test", member_ip(9));
+    for i in 1..=3u8 {
+        zone = zone
+            .srv(
+                "_etcd-server-prod._tcp.fkv.test",
+                2380,
+                &format!("m{i}.fkv.test."),
+            )
+            .a(&format!("m{i}.fkv.test"), member_ip(i));
+    }
+    let (ns, dns) = srv_net(zone);
+    let flags = vec![
+        "--discovery-srv=fkv.test".to_string(),
+        "--discovery-srv-name=prod".to_string(),
+    ];
+    let env = [
+        ("ETCD_DISCOVERY_SRV", "fkv.test"),
+        ("ETCD_DISCOVERY_SRV_NAME", "prod"),
+    ];
+    let mut members = vec![
+        Proc::launch(backend, "n1", srv_urls(1), &flags, &[], Some(&ns)),
+        Proc::launch(backend, "n2", srv_urls(2), &flags, &[], Some(&ns)),
+        Proc::launch(backend, "n3", srv_urls(3), &[], &env, Some(&ns)),
+    ];
+    check_one_cluster(&mut members).await;
+    let list = member_list(&members[0]);
+    assert_eq!(list.1.len(), 3, "{list:?}");
+    let asked = dns.asked();
+    for name in [
+        "_etcd-server-ssl-prod._tcp.fkv.test",
+        "_etcd-server-prod._tcp.fkv.test",
+    ] {
+        assert!(
+            asked.iter().any(|(n, t)| n == name && *t == 33),
+            "{}: never asked for {name}: {asked:?}",
+            backend.name()
+        );
+    }
+    assert!(
+        !asked.iter().any(|(n, _)| n == "_etcd-server._tcp.fkv.test"),
+        "{}: looked up the service without its name: {asked:?}",
+        backend.name()
+    );
+    // An initialized member restarts from its WAL without an SRV lookup (its peers' host
+    // names still resolve: the DNS server stays).
+    let before = member_list(&members[1]);
+    let srv_queries = |d: &DnsServer| d.asked().iter().filter(|(_, t)| *t == 33).count();
+    let queried = srv_queries(&dns);
+    members[1].restart();
+    members[1].wait_ready(Duration::from_secs(60)).await;
+    assert_eq!(member_list(&members[1]), before);
+    assert_eq!(
+        srv_queries(&dns),
+        queried,
+        "{}: SRV lookups on a restart",
+        backend.name()
+    );
+    drop(members);
+    list
+}
+
+/// etcd 3.6 and ferrokv each form a 3-member cluster from the same SRV records, with the
+/// same member ids and cluster id (they derive from the peer URLs and the cluster token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_discovery_bootstraps_three_members_as_etcd() {
+    let etcd = srv_bootstrap(Backend::Etcd36).await;
+    let ferrokv = srv_bootstrap(Backend::Ferrokv).await;
+    assert_eq!(ferrokv, etcd, "(cluster id, members): ferrokv vs etcd 3.6");
+}
+
+/// The failures, each with etcd 3.6's exact error: a member whose advertised peer URL is
+/// not among the SRV targets, and a domain without any SRV records (both lookups fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_discovery_errors_equal_etcds() {
+    let zone = Zone::default()
+        .srv("_etcd-server._tcp.fkv.test", 2380, "m1.fkv.test.")
+        .srv("_etcd-server._tcp.fkv.test", 2380, "m2.fkv.test.")
+        .a("m1.fkv.test", member_ip(1))
+        .a("m2.fkv.test", member_ip(2))
+        .a("m9.fkv.test", member_ip(9));
+    let (ns, _dns) = srv_net(zone);
+    let cases: [(&str, &[&str]); 2] = [
+        ("not listed", &["--discovery-srv=fkv.test"]),
+        ("no records", &["--discovery-srv=empty.test"]),
+    ];
+    for (case, flags) in cases {
+        let mut errors = Vec::new();
+        for backend in [Backend::Etcd36, Backend::Ferrokv] {
+            let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+            let mut m = Proc::launch(backend, "n9", srv_urls(9), &flags, &[], Some(&ns));
+            let status = m.wait_exit(Duration::from_secs(30)).await;
+            assert!(!status.success(), "{case}: {}", m.log());
+            assert!(!m.wal_dir().exists(), "{case}: bootstrapped anyway");
+            let e = logged_error(&m.log(), "discovery failed").unwrap_or_else(|| {
+                panic!(
+                    "{case}, {}: no \"discovery failed\": {}",
+                    backend.name(),
+                    m.log()
+                )
+            });
+            errors.push(e);
+        }
+        eprintln!("{case}: {:?}", errors[0]);
+        assert_eq!(errors[1], errors[0], "{case}: ferrokv vs etcd 3.6");
     }
 }

@@ -2,7 +2,9 @@
 //! format is parsed and compared family by family — every family etcd's Grafana dashboard and
 //! the etcd mixin's alerts use must be present in both with the same TYPE, HELP, label names
 //! and histogram buckets — and ferrokv's values must be plausible (a leader, counters that
-//! count the load). Also `--metrics basic` against `extensive`, `--listen-metrics-urls`, and
+//! count the load). Every selector of etcd 3.6's mixin (alerts and dashboard) must select
+//! series on both, from families of etcd's type and labels (`MIXIN_SELECTORS`).
+//! Also `--metrics basic` against `extensive`, `--listen-metrics-urls`, and
 //! a 3-member cluster (one leader, the per-peer network families, send failures to a dead
 //! peer).
 
@@ -61,6 +63,11 @@ const REQUIRED: &[&str] = &[
     "etcd_server_health_success",
     "etcd_server_read_indexes_failed_total",
     "etcd_disk_wal_write_duration_seconds",
+    "process_virtual_memory_max_bytes",
+    "process_network_receive_bytes_total",
+    "process_network_transmit_bytes_total",
+    "os_fd_used",
+    "os_fd_limit",
 ];
 
 /// The per-peer families etcd exports once a member has peers.
@@ -71,6 +78,134 @@ const PEER_FAMILIES: &[&str] = &[
     "etcd_network_peer_sent_bytes_total",
     "etcd_network_peer_received_bytes_total",
 ];
+
+/// The selectors of etcd's mixin (etcd 3.6 `contrib/mixin`: alerts and dashboard panels),
+/// each reduced to `metric{matchers}` without the job/cluster selector, and the label
+/// names their `by`/`without` clauses group on. Each must select series on etcd 3.6 (the
+/// control that the list is right) and on ferrokv, from a family of etcd's type with etcd's
+/// label names.
+const MIXIN_SELECTORS: &[&str] = &[
+    "etcd_server_has_leader",
+    "etcd_server_leader_changes_seen_total",
+    r#"grpc_server_handled_total{grpc_type="unary"}"#,
+    r#"grpc_server_handled_total{grpc_code="OK"}"#,
+    r#"grpc_server_started_total{grpc_type="unary"}"#,
+    r#"grpc_server_started_total{grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}"#,
+    r#"grpc_server_handled_total{grpc_service="etcdserverpb.Lease",grpc_type="unary"}"#,
+    "etcd_server_proposals_failed_total",
+    "etcd_server_proposals_pending",
+    "etcd_server_proposals_committed_total",
+    "etcd_server_proposals_applied_total",
+    "etcd_disk_wal_fsync_duration_seconds_bucket",
+    "etcd_disk_backend_commit_duration_seconds_bucket",
+    "etcd_mvcc_db_total_size_in_bytes",
+    "etcd_mvcc_db_total_size_in_use_in_bytes",
+    "etcd_server_quota_backend_bytes",
+    "process_resident_memory_bytes",
+    "etcd_network_client_grpc_received_bytes_total",
+    "etcd_network_client_grpc_sent_bytes_total",
+    // Beyond the mixin: what the usual Grafana etcd dashboards also plot.
+    "go_goroutines",
+    "go_memstats_alloc_bytes",
+    "etcd_debugging_mvcc_keys_total",
+];
+/// Needs `--metrics extensive`.
+const MIXIN_EXTENSIVE: &[&str] =
+    &[r#"grpc_server_handling_seconds_bucket{grpc_method!="Defragment",grpc_type="unary"}"#];
+/// Needs peers.
+const MIXIN_PEERS: &[&str] = &[
+    "etcd_network_peer_round_trip_time_seconds_bucket",
+    "etcd_network_peer_sent_bytes_total",
+    "etcd_network_peer_received_bytes_total",
+];
+/// Label names the mixin's aggregations use, per family.
+const MIXIN_GROUPING: &[(&str, &[&str])] = &[
+    (
+        "grpc_server_handled_total",
+        &["grpc_type", "grpc_code", "grpc_method", "grpc_service"],
+    ),
+    (
+        "grpc_server_handling_seconds",
+        &["grpc_type", "grpc_method"],
+    ),
+];
+
+/// `metric{a="x",b!="y",c=~"p|q"}` into the metric and its matchers.
+fn parse_selector(sel: &str) -> (String, Vec<(String, String, String)>) {
+    let (name, rest) = sel.split_once('{').unwrap_or((sel, ""));
+    let mut matchers = Vec::new();
+    for m in rest
+        .trim_end_matches('}')
+        .split(',')
+        .filter(|m| !m.is_empty())
+    {
+        let op = ["!=", "=~", "="]
+            .into_iter()
+            .find(|op| m.contains(op))
+            .expect("matcher op");
+        let (k, v) = m.split_once(op).expect("matcher");
+        matchers.push((
+            k.to_string(),
+            op.to_string(),
+            v.trim_matches('"').to_string(),
+        ));
+    }
+    (name.to_string(), matchers)
+}
+
+/// The samples `sel` selects, and the family they belong to.
+fn select<'a>(s: &'a Scrape, sel: &str) -> (Option<&'a Family>, usize) {
+    let (name, matchers) = parse_selector(sel);
+    let family = s.get(&name).or_else(|| {
+        ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|x| s.get(name.strip_suffix(x)?))
+    });
+    let n = family.map_or(0, |f| {
+        f.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                *n == name
+                    && matchers.iter().all(|(k, op, v)| {
+                        let got = l.get(k).map(String::as_str).unwrap_or("");
+                        match op.as_str() {
+                            "=" => got == v,
+                            "!=" => got != v,
+                            _ => v.split('|').any(|alt| alt == got),
+                        }
+                    })
+            })
+            .count()
+    });
+    (family, n)
+}
+
+/// Every selector selects something on etcd 3.6 and on ferrokv, from families of the same
+/// type and label names; the mixin's grouping labels exist.
+fn mixin_selectors_match(etcd: &Scrape, ours: &Scrape, selectors: &[&str]) {
+    for sel in selectors {
+        let (ef, en) = select(etcd, sel);
+        let (of, on) = select(ours, sel);
+        assert!(en > 0, "etcd 3.6 has nothing for the mixin's {sel}");
+        assert!(
+            on > 0,
+            "ferrokv has nothing for the mixin's {sel} (etcd: {en} series)"
+        );
+        let (ef, of) = (ef.expect("etcd family"), of.expect("ferrokv family"));
+        assert_eq!(of.kind, ef.kind, "TYPE behind {sel}");
+        assert_eq!(
+            of.label_names(),
+            ef.label_names(),
+            "label names behind {sel}"
+        );
+    }
+    for (family, labels) in MIXIN_GROUPING {
+        let Some(o) = ours.get(*family) else { continue };
+        for l in *labels {
+            assert!(o.label_names().contains(*l), "{family} lacks {l}");
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct Family {
@@ -339,6 +474,10 @@ async fn one_member_families_match_etcd36() {
     ] {
         same_grpc_series(&etcd, &ours, name);
     }
+    mixin_selectors_match(&etcd, &ours, MIXIN_SELECTORS);
+    // The go_* stand-ins are real measurements.
+    assert!(gauge(&ours, "go_goroutines") >= 1.0);
+    assert!(gauge(&ours, "go_memstats_alloc_bytes") > 1e5);
     // Basic level: no handling-time histograms on either.
     assert!(!etcd.contains_key("grpc_server_handling_seconds"));
     assert!(!ours.contains_key("grpc_server_handling_seconds"));
@@ -485,6 +624,8 @@ async fn metrics_extensive_adds_grpc_handling_seconds_as_etcd36() {
     for family in REQUIRED {
         same_family(&etcd, &ours, family);
     }
+    mixin_selectors_match(&etcd, &ours, MIXIN_SELECTORS);
+    mixin_selectors_match(&etcd, &ours, MIXIN_EXTENSIVE);
 }
 
 /// A 3-member cluster: scraped on every member after the load.
@@ -534,6 +675,8 @@ async fn three_members_match_etcd36() {
         for family in REQUIRED.iter().chain(PEER_FAMILIES) {
             same_family(e, o, family);
         }
+        mixin_selectors_match(e, o, MIXIN_SELECTORS);
+        mixin_selectors_match(e, o, MIXIN_PEERS);
         assert_eq!(gauge(o, "etcd_server_has_leader"), 1.0, "{name}");
         // Two peers each, both active.
         let active = &o["etcd_network_active_peers"];

@@ -432,10 +432,10 @@ struct MemberArgs {
     /// HTTP proxy to use for traffic to the v2 discovery service.
     #[arg(long = "discovery-proxy")]
     discovery_proxy: Option<String>,
-    /// DNS SRV discovery: refused (ferrokv does not resolve SRV records).
+    /// DNS domain used to bootstrap initial cluster.
     #[arg(long = "discovery-srv")]
     discovery_srv: Option<String>,
-    /// Service name for DNS SRV discovery: refused like --discovery-srv.
+    /// Service name to query when using DNS discovery.
     #[arg(long = "discovery-srv-name")]
     discovery_srv_name: Option<String>,
     /// V3 discovery: comma-separated gRPC endpoints of the discovery service.
@@ -1141,10 +1141,11 @@ fn parse_discovery(m: &MemberArgs, cfg: &Config) -> Result<Option<Discovery>> {
             "--discovery-endpoints must not contain empty endpoints".into(),
         ));
     }
-    if srv.is_some() || srv_name.is_some() {
-        // Refused rather than ignored: ignoring it would bootstrap a one-member cluster.
+    if srv.is_none() && srv_name.is_some() {
+        // etcd ignores a service name without a domain; that would bootstrap a one-member
+        // cluster where a multi-member one was meant, so it is refused.
         return Err(Error::Conflict(
-            "DNS SRV discovery (--discovery-srv, --discovery-srv-name) is not supported by ferrokv; use --initial-cluster or --discovery-endpoints".into(),
+            "--discovery-srv-name is set without --discovery-srv".into(),
         ));
     }
     if v3.cert_file.is_some() != v3.key_file.is_some() {
@@ -1171,6 +1172,12 @@ fn parse_discovery(m: &MemberArgs, cfg: &Config) -> Result<Option<Discovery>> {
         return Ok(Some(Discovery::V2 {
             url,
             proxy: non_empty(&m.discovery_proxy),
+        }));
+    }
+    if let Some(domain) = srv {
+        return Ok(Some(Discovery::Srv {
+            domain,
+            service_name: srv_name,
         }));
     }
     if v3.endpoints.is_empty() {
@@ -2389,7 +2396,7 @@ mod tests {
             (&["--discovery-fallback=x"], "invalid value \"x\" for flag --discovery-fallback"),
             (&["--discovery-dial-timeout=5"], "invalid value \"5\" for flag --discovery-dial-timeout"),
             (&["--discovery-insecure-transport=maybe"], "invalid value \"maybe\" for flag --discovery-insecure-transport"),
-            (&["--discovery-srv=example.com"], "DNS SRV discovery (--discovery-srv, --discovery-srv-name) is not supported by ferrokv"),
+            (&["--discovery-srv-name=x"], "--discovery-srv-name is set without --discovery-srv"),
             (&["--discovery-endpoints=a:1", "--discovery-token=t", "--discovery-cert=c"], "--discovery-cert and --discovery-key must be given together"),
             (&["--discovery=http://a:1/x", "--initial-cluster-state=existing"], "discovery URL should not be set when joining existing initial cluster"),
             (&["--discovery=discovery.etcd.io/x"], "invalid value \"discovery.etcd.io/x\" for flag --discovery"),

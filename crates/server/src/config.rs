@@ -94,6 +94,12 @@ pub enum Discovery {
         /// `--discovery-proxy`: an HTTP proxy for the requests to `url`.
         proxy: Option<String>,
     },
+    /// DNS SRV records (`--discovery-srv DOMAIN`, `--discovery-srv-name NAME`):
+    /// `_etcd-server-ssl[-NAME]._tcp.DOMAIN` and `_etcd-server[-NAME]._tcp.DOMAIN`.
+    Srv {
+        domain: String,
+        service_name: Option<String>,
+    },
 }
 
 /// etcd's `v3discovery.DiscoveryConfig` (the `--discovery-*` flags).

@@ -145,9 +145,17 @@ impl EtcdServer {
     }
 
     pub async fn member_update(&self, req: MemberUpdateRequest) -> Result<MemberUpdateResponse> {
+        // etcd 3.6's order (`ValidateConfigurationChange` for ConfChangeUpdateNode): an
+        // unknown id first, then URLs another member has. etcd does not check the URLs
+        // themselves at all: a malformed one is committed and every other member panics in
+        // `rafthttp.Transport.UpdatePeer` ("failed NewURLs"); ferrokv refuses it instead, with
+        // MemberAdd's error, after the id check so an unknown id reads as on etcd.
+        let existing = self.current_members().await?;
+        if !existing.iter().any(|m| m.id == req.id) {
+            return Err(Error::MemberNotFound);
+        }
         let mut urls = normalized(&req.peer_ur_ls)?;
         urls.sort();
-        let existing = self.current_members().await?;
         if existing
             .iter()
             .any(|m| m.id != req.id && m.peer_ur_ls.iter().any(|u| urls.contains(u)))

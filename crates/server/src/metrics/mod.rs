@@ -4,7 +4,8 @@
 //!
 //! Counters are atomics bumped where the work happens (the gRPC layer, the apply loop, the
 //! WAL through [`ferrokv_wal::WalObserver`], the peer transport); point-in-time values (raft
-//! state, db size) are read at scrape time into [`Gauges`]; `process_*` comes from `/proc`.
+//! state, db size) are read at scrape time into [`Gauges`]; `process_*` comes from `/proc`;
+//! three `go_*` families have honest runtime counterparts (`runtime.rs`).
 //! No lock is taken on a request path: the only lock guards the per-peer table, touched when
 //! a peer is added and at scrape time.
 
@@ -12,6 +13,7 @@ mod grpc;
 mod histogram;
 mod mvcc;
 mod process;
+mod runtime;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -268,6 +270,7 @@ impl Metrics {
         self.render_network(&mut out, g);
         self.grpc.render(&mut out);
         process::render(&mut out);
+        runtime::render(&mut out);
         out
     }
 

@@ -18,6 +18,11 @@ pub struct ProcessSample {
     pub start_time_seconds: f64,
     pub open_fds: Option<f64>,
     pub max_fds: Option<f64>,
+    /// `RLIMIT_AS` (u64::MAX when unlimited, as Go's collector reports it).
+    pub virtual_max_bytes: Option<f64>,
+    /// IpExt InOctets/OutOctets of `/proc/self/net/netstat`: the network namespace's
+    /// totals, which is what Prometheus' Go process collector reports too.
+    pub network_rx_tx: Option<(f64, f64)>,
 }
 
 /// Parses `/proc/<pid>/stat` (fields after the parenthesised command name, which may hold
@@ -34,6 +39,8 @@ pub fn parse_stat(stat: &str, boot_time: f64) -> Option<ProcessSample> {
         resident_bytes: num(24)? * PAGE_BYTES,
         open_fds: None,
         max_fds: None,
+        virtual_max_bytes: None,
+        network_rx_tx: None,
     })
 }
 
@@ -44,13 +51,29 @@ fn boot_time(proc_stat: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The soft limit of one `/proc/self/limits` row; "unlimited" is RLIM_INFINITY.
+fn soft_limit(limits: &str, row: &str) -> Option<f64> {
+    let line = limits.lines().find(|l| l.starts_with(row))?;
+    match line.trim_start_matches(row).split_whitespace().next()? {
+        "unlimited" => Some(u64::MAX as f64),
+        v => v.parse().ok(),
+    }
+}
+
 fn max_open_files(limits: &str) -> Option<f64> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.trim_start_matches("Max open files")
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    soft_limit(limits, "Max open files")
+}
+
+/// InOctets and OutOctets from the `IpExt:` header/value line pair of `/proc/<pid>/net/netstat`.
+fn ip_ext_octets(netstat: &str) -> Option<(f64, f64)> {
+    let mut lines = netstat.lines().filter(|l| l.starts_with("IpExt:"));
+    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let get = |n: &str| {
+        let at = names.iter().position(|x| *x == n)?;
+        values.get(at)?.parse::<f64>().ok()
+    };
+    Some((get("InOctets")?, get("OutOctets")?))
 }
 
 pub fn sample() -> Option<ProcessSample> {
@@ -63,9 +86,12 @@ pub fn sample() -> Option<ProcessSample> {
     s.open_fds = std::fs::read_dir("/proc/self/fd")
         .ok()
         .map(|d| d.count() as f64);
-    s.max_fds = std::fs::read_to_string("/proc/self/limits")
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    s.max_fds = max_open_files(&limits);
+    s.virtual_max_bytes = soft_limit(&limits, "Max address space");
+    s.network_rx_tx = std::fs::read_to_string("/proc/self/net/netstat")
         .ok()
-        .and_then(|l| max_open_files(&l));
+        .and_then(|n| ip_ext_octets(&n));
     Some(s)
 }
 
@@ -100,6 +126,22 @@ pub fn render(out: &mut String) {
             v,
         );
     }
+    if let Some((rx, tx)) = s.network_rx_tx {
+        one(
+            out,
+            "process_network_receive_bytes_total",
+            "Number of bytes received by the process over the network.",
+            "counter",
+            rx,
+        );
+        one(
+            out,
+            "process_network_transmit_bytes_total",
+            "Number of bytes sent by the process over the network.",
+            "counter",
+            tx,
+        );
+    }
     one(
         out,
         "process_resident_memory_bytes",
@@ -121,6 +163,29 @@ pub fn render(out: &mut String) {
         "gauge",
         s.virtual_bytes,
     );
+    if let Some(v) = s.virtual_max_bytes {
+        one(
+            out,
+            "process_virtual_memory_max_bytes",
+            "Maximum amount of virtual memory available in bytes.",
+            "gauge",
+            v,
+        );
+    }
+    // etcd's own file descriptor gauges (etcdserver's monitorFileDescriptor): the same
+    // numbers as process_open_fds and process_max_fds.
+    if let Some(v) = s.open_fds {
+        one(
+            out,
+            "os_fd_used",
+            "The number of used file descriptors.",
+            "gauge",
+            v,
+        );
+    }
+    if let Some(v) = s.max_fds {
+        one(out, "os_fd_limit", "The file descriptor limit.", "gauge", v);
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +204,14 @@ mod tests {
         assert_eq!(boot_time("cpu 1 2\nbtime 1700000000\n"), Some(1.7e9));
         let limits = "Limit Soft Hard Units\nMax open files            1024                 4096                 files\n";
         assert_eq!(max_open_files(limits), Some(1024.0));
+        let limits = "Max address space         unlimited            unlimited            bytes\n";
+        assert_eq!(
+            soft_limit(limits, "Max address space"),
+            Some(u64::MAX as f64)
+        );
+        let netstat =
+            "TcpExt: A B\nTcpExt: 1 2\nIpExt: InNoRoutes InOctets OutOctets\nIpExt: 0 1500 900\n";
+        assert_eq!(ip_ext_octets(netstat), Some((1500.0, 900.0)));
     }
 
     #[test]

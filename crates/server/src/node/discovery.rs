@@ -7,6 +7,8 @@
 //!   `/_etcd/registry/<token>/members/<member id in hex>` = `name=peer-url,...`.
 //! - v2 (`--discovery URL`, deprecated in etcd 3.6 but still served): the same registry through
 //!   a v2 keys-API style HTTP service: `<url>/_config/size`, `<url>/<member id in hex>`.
+//! - DNS SRV (`--discovery-srv DOMAIN`, `--discovery-srv-name`): the initial cluster from
+//!   `_etcd-server[-ssl][-NAME]._tcp.DOMAIN` (`super::srv`); no registry, no waiting.
 //!
 //! Either way the member computes its id from its advertised peer URLs and the discovery
 //! token (v3) or URL (v2), exactly as etcd does, so etcd and ferrokv members can share one
@@ -71,12 +73,24 @@ pub(super) async fn discover(cfg: &mut Config, has_wal: bool) -> Result<()> {
     let Some(discovery) = cfg.discovery.clone() else {
         return Ok(());
     };
+    if has_wal && matches!(discovery, Discovery::Srv { .. }) {
+        // etcd skips the SRV lookup for an initialized member without a word (its "discovery
+        // token is ignored" warning is for the v2/v3 services only).
+        return Ok(());
+    }
     if has_wal {
         tracing::warn!(
             wal_dir = %cfg.layout().wal().display(),
             "discovery token is ignored since cluster already initialized; valid logs are found"
         );
         return Ok(());
+    }
+    if let Discovery::Srv {
+        domain,
+        service_name,
+    } = &discovery
+    {
+        return discover_srv(cfg, domain, service_name.as_deref()).await;
     }
     let own_urls: Vec<String> = cfg
         .initial_advertise_peer_urls
@@ -96,6 +110,7 @@ pub(super) async fn discover(cfg: &mut Config, has_wal: bool) -> Result<()> {
             let id = ids::member_id(&own_urls, &d.token);
             (d.token.clone(), join_v3(d, id, &contents).await)
         }
+        Discovery::Srv { .. } => return Ok(()),
         Discovery::V2 { url, proxy } => {
             tracing::warn!("V2 discovery is deprecated!");
             let id = ids::member_id(&own_urls, url);
@@ -132,11 +147,56 @@ pub(super) async fn discover(cfg: &mut Config, has_wal: bool) -> Result<()> {
     Ok(())
 }
 
+/// etcd's `PeerURLsMapAndToken` for `--discovery-srv`: the initial cluster from the SRV
+/// records; the cluster token stays `--initial-cluster-token`. Errors are etcd's, wrapped as
+/// `embed.StartEtcd` wraps them (`error setting up initial cluster: ...`) and logged under
+/// etcdmain's "discovery failed".
+async fn discover_srv(cfg: &mut Config, domain: &str, service_name: Option<&str>) -> Result<()> {
+    let fail = |e: String| {
+        let e = format!("error setting up initial cluster: {e}");
+        tracing::error!(error = %e, "discovery failed");
+        Err(Error::Config(e))
+    };
+    let (found, err) = super::srv::dns_cluster_names(
+        &cfg.name,
+        domain,
+        service_name,
+        &cfg.initial_advertise_peer_urls,
+    )
+    .await;
+    if let Some(e) = &err {
+        tracing::warn!(error = %e, "failed to resolve during SRV discovery");
+    }
+    if found.is_empty() {
+        // Go returns the joined lookup errors; with none (every record skipped without an
+        // error) etcd would go on with an empty cluster and fail later, so say what happened.
+        return fail(err.unwrap_or_else(|| format!("no SRV records found for {domain}")));
+    }
+    for node in &found {
+        tracing::info!(node = %node, "got bootstrap from DNS for etcd-server");
+    }
+    let joined = found.join(",");
+    let parsed = match parse_cluster(&joined) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    if !parsed.iter().any(|(n, _)| *n == cfg.name) {
+        return fail(format!(
+            "cannot find local etcd member {:?} in SRV records",
+            cfg.name
+        ));
+    }
+    tracing::info!(cluster = %joined, "initial cluster from DNS SRV discovery");
+    cfg.initial_cluster = parsed;
+    Ok(())
+}
+
 /// What etcdmain logs before exiting on a discovery error.
 fn log_failure(name: &str, discovery: &Discovery, e: &DiscoveryError) {
     let token = match discovery {
         Discovery::V3(d) => d.token.as_str(),
         Discovery::V2 { url, .. } => url.as_str(),
+        Discovery::Srv { domain, .. } => domain.as_str(),
     };
     tracing::error!(error = %e, discovery_token = token, "discovery failed to join cluster");
     match e {

@@ -19,6 +19,7 @@ mod discovery;
 mod identity;
 mod seams;
 mod serve;
+mod srv;
 
 use std::sync::Arc;
 use std::time::Duration;
