@@ -46,10 +46,11 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         self.server.reject_learner()?;
         // etcd: revoking deletes the lease's keys, so the caller must be allowed to write them.
-        self.server
+        let who = self
+            .server
             .authorize_lease_keys(&Caller::of(&req), req.get_ref().id, true)?;
         Ok(Response::new(
-            self.server.lease_revoke(req.into_inner()).await?,
+            self.server.lease_revoke(req.into_inner(), &who).await?,
         ))
     }
 

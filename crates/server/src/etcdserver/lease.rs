@@ -11,6 +11,7 @@ use ferrokv_proto::etcdserverpb::{
 };
 
 use super::EtcdServer;
+use crate::apply::AuthInfo;
 use crate::error::{Error, Result};
 
 /// etcd's `MaxLeaseTTL`.
@@ -35,11 +36,15 @@ impl EtcdServer {
             // Positive, and unique per member (the generator is prefixed with our id).
             req.id = (self.ids.next() & (i64::MAX as u64)) as i64;
         }
-        Ok(self.stamped(self.propose_within_quota(req).await?))
+        Ok(self.stamped(self.propose_within_quota(req, &AuthInfo::default()).await?))
     }
 
-    pub async fn lease_revoke(&self, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
-        Ok(self.stamped(self.propose_write(req).await?))
+    pub async fn lease_revoke(
+        &self,
+        req: LeaseRevokeRequest,
+        who: &AuthInfo,
+    ) -> Result<LeaseRevokeResponse> {
+        Ok(self.stamped(self.propose_write(req, who).await?))
     }
 
     /// One keep-alive: renews on the leader, forwarded there from a follower.
