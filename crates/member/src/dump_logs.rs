@@ -18,7 +18,6 @@ use ferrokv_proto::etcdserverpb::{
 use ferrokv_proto::ferrokvpb::{internal_raft_request::Request, InternalRaftRequest};
 use ferrokv_raftnode::eraftpb::{ConfChange, ConfChangeType, EntryType, SnapshotMetadata};
 use ferrokv_wal::{Entry, Replay, Wal};
-use prost::Message as _;
 use protobuf::ProtobufEnum as _;
 
 use crate::error::{Error, Result};
@@ -445,6 +444,7 @@ mod tests {
     use ferrokv_raftnode::eraftpb::ConfChangeSingle;
     use ferrokv_raftnode::eraftpb::ConfChangeV2;
     use ferrokv_wal::{HardState, SnapshotMarker, WalOptions};
+    use prost::Message as _;
 
     fn normal(index: u64, term: u64, req: Option<Request>) -> Entry {
         let data = match req {
