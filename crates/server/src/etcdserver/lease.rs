@@ -27,7 +27,11 @@ pub fn min_ttl(election_timeout: Duration) -> i64 {
 }
 
 impl EtcdServer {
-    pub async fn lease_grant(&self, mut req: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+    pub async fn lease_grant(
+        &self,
+        mut req: LeaseGrantRequest,
+        who: &AuthInfo,
+    ) -> Result<LeaseGrantResponse> {
         if req.ttl > MAX_LEASE_TTL {
             return Err(Error::LeaseTtlTooLarge);
         }
@@ -36,7 +40,7 @@ impl EtcdServer {
             // Positive, and unique per member (the generator is prefixed with our id).
             req.id = (self.ids.next() & (i64::MAX as u64)) as i64;
         }
-        Ok(self.stamped(self.propose_within_quota(req, &AuthInfo::default()).await?))
+        Ok(self.stamped(self.propose_within_quota(req, who).await?))
     }
 
     pub async fn lease_revoke(
