@@ -261,15 +261,14 @@ impl Applier {
                     if entry.data.is_empty() {
                         continue;
                     }
-                    let (req, format) =
+                    let decoded =
                         ferrokv_proto::entry::decode(entry.data.as_ref()).map_err(|e| {
                             tracing::error!(index = entry.index, error = %e, "undecodable raft entry");
                             Error::Fatal(format!("entry {} does not decode: {e}", entry.index))
                         })?;
                     replies.push(self.apply_request(
                         &mut batch,
-                        req,
-                        format,
+                        decoded,
                         &mut events,
                         &mut after,
                         &mut members,
@@ -346,13 +345,12 @@ impl Applier {
         Ok(())
     }
 
-    /// Executes one request in the batch; returns the reply for its proposer (if it is
-    /// waiting on this member).
+    /// Executes one request in the batch (with the format it was decoded from); returns the
+    /// reply for its proposer (if it is waiting on this member).
     fn apply_request(
         &self,
         batch: &mut WriteBatch<'_>,
-        req: InternalRaftRequest,
-        format: Format,
+        (req, format): (InternalRaftRequest, Format),
         events: &mut Vec<mvccpb::Event>,
         after: &mut Vec<AfterCommit>,
         members: &mut Option<Vec<pb::Member>>,
