@@ -718,3 +718,36 @@ async fn revoke_races_writers(b: Backend) {
 }
 
 etcd36_and_ferrokv!(revoke_races_writers);
+
+/// With auth on, an expired lease still takes its keys with it: the member revokes it as root
+/// (etcd's `WithRoot`), so the apply-time check of the lease's keys passes.
+async fn expired_lease_keys_go_with_auth_on(b: Backend) {
+    let m = start(b, &[]).await;
+    let mut c = m.client().await.unwrap();
+    setup_auth(&mut c).await;
+    let mut alice = connect_as(&m, "alice", "alicepw").await.unwrap();
+    let lease = alice.lease_grant(3, None).await.unwrap().id();
+    alice
+        .put(
+            "a/leased",
+            "v",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = alice.get("a/leased", None).await.unwrap().kvs().len();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: the key of an expired lease is still there",
+            b.name()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+etcd36_and_ferrokv!(expired_lease_keys_go_with_auth_on);
