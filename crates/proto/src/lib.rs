@@ -7,6 +7,7 @@
 
 #[cfg(feature = "grpc")]
 pub mod codec;
+pub mod entry;
 
 pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));

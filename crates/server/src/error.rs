@@ -88,6 +88,9 @@ pub enum Error {
     InvalidAuthToken,
     #[error("{}", self.etcd_text())]
     InvalidAuthMgmt,
+    /// A request checked against an auth revision older than the store's when applied.
+    #[error("{}", self.etcd_text())]
+    AuthOldRevision,
     #[error("{}", self.etcd_text())]
     RootUserNotExist,
     #[error("{}", self.etcd_text())]
@@ -266,6 +269,10 @@ impl Error {
             Error::InvalidAuthMgmt => {
                 (Code::InvalidArgument, "etcdserver: invalid auth management")
             }
+            Error::AuthOldRevision => (
+                Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+            ),
             Error::RootUserNotExist => (
                 Code::FailedPrecondition,
                 "etcdserver: root user does not exist",
@@ -549,6 +556,11 @@ mod tests {
                 Error::InvalidAuthMgmt,
                 Code::InvalidArgument,
                 "etcdserver: invalid auth management",
+            ),
+            (
+                Error::AuthOldRevision,
+                Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
             ),
             (
                 Error::RootUserNotExist,

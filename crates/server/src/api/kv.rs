@@ -38,11 +38,12 @@ impl Kv for KvService {
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         self.server.reject_learner()?;
-        self.server
+        let who = self
+            .server
             .authorize(&Caller::of(&req), |v| v.put(req.get_ref()))?;
         let req = req.into_inner();
         validate::put(&req).map_err(Error::from)?;
-        Ok(Response::new(self.server.put(req).await?))
+        Ok(Response::new(self.server.put(req, &who).await?))
     }
 
     async fn delete_range(
@@ -50,19 +51,21 @@ impl Kv for KvService {
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         self.server.reject_learner()?;
-        self.server
+        let who = self
+            .server
             .authorize(&Caller::of(&req), |v| v.delete(req.get_ref()))?;
         let req = req.into_inner();
         validate::delete_range(&req).map_err(Error::from)?;
-        Ok(Response::new(self.server.delete_range(req).await?))
+        Ok(Response::new(self.server.delete_range(req, &who).await?))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        self.server
+        let who = self
+            .server
             .authorize(&Caller::of(&req), |v| v.txn(req.get_ref()))?;
         let req = req.into_inner();
         validate::txn(&req, MAX_TXN_OPS).map_err(Error::from)?;
-        Ok(Response::new(self.server.txn(req).await?))
+        Ok(Response::new(self.server.txn(req, &who).await?))
     }
 
     async fn compact(
@@ -71,7 +74,9 @@ impl Kv for KvService {
     ) -> Result<Response<CompactionResponse>, Status> {
         self.server.reject_learner()?;
         // etcd 3.6 lets only the root role compact.
-        self.server.authorize_admin(&Caller::of(&req))?;
-        Ok(Response::new(self.server.compact(req.into_inner()).await?))
+        let who = self.server.authorize_admin(&Caller::of(&req))?;
+        Ok(Response::new(
+            self.server.compact(req.into_inner(), &who).await?,
+        ))
     }
 }

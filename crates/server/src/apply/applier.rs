@@ -15,8 +15,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferrokv_proto::etcdserverpb::{self as pb, LeaseGrantResponse, LeaseRevokeResponse};
-use ferrokv_proto::ferrokvpb::{internal_request::Request, ConfChangeContext, InternalRequest};
+use ferrokv_proto::entry::Format;
+use ferrokv_proto::etcdserverpb::{
+    self as pb, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
+    TxnResponse,
+};
+use ferrokv_proto::ferrokvpb::{
+    internal_raft_request::Request, ConfChangeContext, InternalRaftRequest, RequestHeader,
+};
 use ferrokv_proto::mvccpb;
 use ferrokv_raftnode::eraftpb::{ConfChangeType, EntryType};
 use ferrokv_raftnode::{eraftpb, Committed};
@@ -24,7 +30,7 @@ use ferrokv_storage::{Store, WriteBatch};
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::auth::{AuthData, AuthStore, AUTH_META_KEY};
+use super::auth::{AuthData, AuthStore, AuthView, AUTH_META_KEY};
 use super::seams::{DurableIndexSink, EventSink, PeerDirectory};
 use super::{membership, Alarms, ApplyResult, AuthResult, DbSize, Lessor, Waiters};
 use crate::error::{Error, Result};
@@ -80,11 +86,19 @@ type Reply = Box<dyn FnOnce(&Waiters) + Send>;
 
 /// The reply to request `id`, typed by what applying it yielded; storage failures that mean
 /// the keyspace cannot be trusted end the loop instead (fail-stop).
-fn reply<R: Send + 'static>(id: u64, result: ApplyResult<R>) -> Result<Reply> {
+fn reply<R: Send + 'static, E: Into<Error>>(
+    id: u64,
+    result: std::result::Result<R, E>,
+) -> Result<Reply> {
+    let result: ApplyResult<R> = result.map_err(Into::into);
     match result {
-        Err(e @ (ferrokv_storage::Error::Backend(_) | ferrokv_storage::Error::Corrupt(_))) => {
+        Err(
+            e @ Error::Storage(
+                ferrokv_storage::Error::Backend(_) | ferrokv_storage::Error::Corrupt(_),
+            ),
+        ) => {
             tracing::error!(error = %e, "storage failed while applying; stopping the member");
-            Err(Error::Storage(e))
+            Err(e)
         }
         result => Ok(Box::new(move |w: &Waiters| w.complete(id, result))),
     }
@@ -247,13 +261,14 @@ impl Applier {
                     if entry.data.is_empty() {
                         continue;
                     }
-                    let req = InternalRequest::decode(entry.data.as_ref()).map_err(|e| {
-                        tracing::error!(index = entry.index, error = %e, "undecodable raft entry");
-                        Error::Fatal(format!("entry {} does not decode: {e}", entry.index))
-                    })?;
+                    let decoded =
+                        ferrokv_proto::entry::decode(entry.data.as_ref()).map_err(|e| {
+                            tracing::error!(index = entry.index, error = %e, "undecodable raft entry");
+                            Error::Fatal(format!("entry {} does not decode: {e}", entry.index))
+                        })?;
                     replies.push(self.apply_request(
                         &mut batch,
-                        req,
+                        decoded,
                         &mut events,
                         &mut after,
                         &mut members,
@@ -330,21 +345,28 @@ impl Applier {
         Ok(())
     }
 
-    /// Executes one request in the batch; returns the reply for its proposer (if it is
-    /// waiting on this member).
+    /// Executes one request in the batch (with the format it was decoded from); returns the
+    /// reply for its proposer (if it is waiting on this member).
     fn apply_request(
         &self,
         batch: &mut WriteBatch<'_>,
-        req: InternalRequest,
+        (req, format): (InternalRaftRequest, Format),
         events: &mut Vec<mvccpb::Event>,
         after: &mut Vec<AfterCommit>,
         members: &mut Option<Vec<pb::Member>>,
         auth: &mut AuthBatch,
     ) -> Result<Reply> {
-        let id = req.id;
+        let header = req.header.unwrap_or_default();
+        let id = header.id;
         let Some(request) = req.request else {
-            return reply(id, Ok(()));
+            return reply(id, Ok::<(), Error>(()));
         };
+        // Entries of ferrokv's earlier format carry no user: they were checked when proposed.
+        if format == Format::Etcd {
+            if let Some(e) = self.denied(auth, &header, &request) {
+                return denial(id, &request, e);
+            }
+        }
         match request {
             Request::Put(r) => reply(
                 id,
@@ -400,15 +422,25 @@ impl Applier {
                     .iter()
                     .try_for_each(|cp| batch.lease_checkpoint(cp.id, cp.remaining_ttl)),
             ),
-            Request::Alarm(r) => reply(id, Ok(self.alarms.apply(&r))),
-            Request::MemberAttributes(attr) => {
+            Request::Alarm(r) => reply(id, Ok::<_, Error>(self.alarms.apply(&r))),
+            Request::ClusterMemberAttrSet(attr) => {
                 let list = match members.take() {
                     Some(l) => l,
                     None => membership::load(&self.store).map_err(Error::Storage)?,
                 };
                 *members = Some(membership::with_attributes(list, &attr));
-                reply(id, Ok(()))
+                reply(id, Ok::<(), Error>(()))
             }
+            // etcd's entries that change nothing ferrokv keeps (its linearizable auth reads,
+            // the cluster version, downgrades): found only in an etcd data dir's log.
+            Request::Range(_)
+            | Request::AuthStatus(_)
+            | Request::AuthUserGet(_)
+            | Request::AuthUserList(_)
+            | Request::AuthRoleList(_)
+            | Request::AuthRoleGet(_)
+            | Request::ClusterVersionSet(_)
+            | Request::DowngradeInfoSet(_) => reply(id, Ok::<(), Error>(())),
             Request::AuthEnable(_) => self.auth_op(id, auth, |d| {
                 d.enable().map(|()| pb::AuthEnableResponse::default())
             }),
@@ -430,7 +462,7 @@ impl Applier {
                         token: r.simple_token,
                     })
                 };
-                reply(id, Ok(out))
+                reply(id, Ok::<_, Error>(out))
             }
             Request::AuthUserAdd(r) => self.auth_op(id, auth, |d| {
                 d.user_add(&r).map(|()| pb::AuthUserAddResponse::default())
@@ -487,7 +519,78 @@ impl Applier {
         if out.is_ok() {
             auth.changed = true;
         }
-        reply(id, Ok(out))
+        reply(id, Ok::<_, Error>(out))
+    }
+
+    /// etcd's auth applier: with auth enabled (as of this point of the batch), the request is
+    /// checked again as the user in its header. Admin requests need the root role; writes
+    /// need the permissions, checked at an auth revision no older than the store's (so a
+    /// revoke that committed after the serving member's check wins); a lease revoke (and a put
+    /// onto a lease) needs write permission on every key of the lease.
+    fn denied(&self, auth: &AuthBatch, header: &RequestHeader, req: &Request) -> Option<Error> {
+        let enabled = match &auth.data {
+            Some(d) => d.enabled,
+            None => self.auth.is_enabled(),
+        };
+        if !enabled {
+            return None;
+        }
+        let installed;
+        let data = match &auth.data {
+            Some(d) => d,
+            None => {
+                installed = self.auth.data();
+                &*installed
+            }
+        };
+        let view = AuthView {
+            data,
+            user: &header.username,
+        };
+        // etcd's `isOpPermitted`: no revision means no user; an older one, a stale check.
+        let fresh = || {
+            if header.auth_revision == 0 {
+                Err(Error::UserEmpty)
+            } else if header.auth_revision < data.revision {
+                Err(Error::AuthOldRevision)
+            } else {
+                Ok(())
+            }
+        };
+        let lease_keys = |lease: i64| -> crate::error::Result<()> {
+            if lease == 0 || view.is_admin() {
+                return Ok(());
+            }
+            let keys = self.store.lease_keys(lease).unwrap_or_default();
+            keys.iter().try_for_each(|k| {
+                fresh()?;
+                view.write(k, &[])
+            })
+        };
+        let checked = match req {
+            Request::Put(r) => fresh()
+                .and_then(|()| view.put(r))
+                .and_then(|()| lease_keys(r.lease)),
+            Request::DeleteRange(r) => fresh().and_then(|()| view.delete(r)),
+            Request::Txn(r) => fresh().and_then(|()| view.txn(r)),
+            Request::LeaseRevoke(r) => lease_keys(r.id),
+            Request::AuthEnable(_)
+            | Request::AuthDisable(_)
+            | Request::AuthStatus(_)
+            | Request::AuthUserAdd(_)
+            | Request::AuthUserDelete(_)
+            | Request::AuthUserChangePassword(_)
+            | Request::AuthUserGrantRole(_)
+            | Request::AuthUserRevokeRole(_)
+            | Request::AuthUserList(_)
+            | Request::AuthRoleAdd(_)
+            | Request::AuthRoleDelete(_)
+            | Request::AuthRoleGrantPermission(_)
+            | Request::AuthRoleRevokePermission(_)
+            | Request::AuthRoleList(_) => view.admin(),
+            _ => Ok(()),
+        };
+        checked.err()
     }
 
     /// Raft has already changed its configuration; here the member list follows it.
@@ -566,6 +669,38 @@ fn count_live_keys(store: &ferrokv_storage::Store) -> i64 {
         ..Default::default()
     };
     store.range(&all).map_or(0, |r| r.count)
+}
+
+/// The reply to a request the auth applier refused, typed as its proposer's waiter expects.
+fn denial(id: u64, req: &Request, e: Error) -> Result<Reply> {
+    match req {
+        Request::Put(_) => reply::<PutResponse, _>(id, Err(e)),
+        Request::DeleteRange(_) => reply::<DeleteRangeResponse, _>(id, Err(e)),
+        Request::Txn(_) => reply::<TxnResponse, _>(id, Err(e)),
+        Request::LeaseRevoke(_) => reply::<LeaseRevokeResponse, _>(id, Err(e)),
+        Request::AuthEnable(_) => refused::<pb::AuthEnableResponse>(id, e),
+        Request::AuthDisable(_) => refused::<pb::AuthDisableResponse>(id, e),
+        Request::AuthUserAdd(_) => refused::<pb::AuthUserAddResponse>(id, e),
+        Request::AuthUserDelete(_) => refused::<pb::AuthUserDeleteResponse>(id, e),
+        Request::AuthUserChangePassword(_) => refused::<pb::AuthUserChangePasswordResponse>(id, e),
+        Request::AuthUserGrantRole(_) => refused::<pb::AuthUserGrantRoleResponse>(id, e),
+        Request::AuthUserRevokeRole(_) => refused::<pb::AuthUserRevokeRoleResponse>(id, e),
+        Request::AuthRoleAdd(_) => refused::<pb::AuthRoleAddResponse>(id, e),
+        Request::AuthRoleDelete(_) => refused::<pb::AuthRoleDeleteResponse>(id, e),
+        Request::AuthRoleGrantPermission(_) => {
+            refused::<pb::AuthRoleGrantPermissionResponse>(id, e)
+        }
+        Request::AuthRoleRevokePermission(_) => {
+            refused::<pb::AuthRoleRevokePermissionResponse>(id, e)
+        }
+        // Never refused (see `denied`), or never waited on by a ferrokv proposer.
+        _ => reply(id, Err::<(), _>(e)),
+    }
+}
+
+/// An auth request's refusal travels inside its `AuthResult`, like the auth store's own.
+fn refused<R: Send + 'static>(id: u64, e: Error) -> Result<Reply> {
+    reply(id, Ok::<AuthResult<R>, Error>(Err(e)))
 }
 
 fn fatal(e: ferrokv_storage::Error) -> Error {

@@ -3,7 +3,7 @@
 //! only by applied raft entries (conf changes, member attributes).
 
 use ferrokv_proto::etcdserverpb::{Member, MemberListResponse};
-use ferrokv_proto::ferrokvpb::{ConfChangeContext, MemberAttributes};
+use ferrokv_proto::ferrokvpb::{ClusterMemberAttrSetRequest, ConfChangeContext};
 use ferrokv_raftnode::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
 use ferrokv_storage::Store;
 use prost::Message as _;
@@ -92,10 +92,13 @@ pub fn url_string(u: &url::Url) -> String {
     }
 }
 
-pub fn with_attributes(mut list: Vec<Member>, attr: &MemberAttributes) -> Vec<Member> {
+pub fn with_attributes(mut list: Vec<Member>, attr: &ClusterMemberAttrSetRequest) -> Vec<Member> {
+    let Some(a) = &attr.member_attributes else {
+        return list;
+    };
     if let Some(m) = list.iter_mut().find(|m| m.id == attr.member_id) {
-        m.name = attr.name.clone();
-        m.client_ur_ls = attr.client_urls.clone();
+        m.name = a.name.clone();
+        m.client_ur_ls = a.client_urls.clone();
     }
     list
 }
@@ -150,6 +153,7 @@ pub fn with_conf_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferrokv_proto::ferrokvpb::Attributes;
 
     fn cfg(name: &str, cluster: &[(&str, &str)]) -> Config {
         let mut c = Config::with_defaults(name);
@@ -196,10 +200,12 @@ mod tests {
         assert!(!l[1].is_learner);
         let l = with_attributes(
             l,
-            &MemberAttributes {
+            &ClusterMemberAttrSetRequest {
                 member_id: 2,
-                name: "b".into(),
-                client_urls: vec!["http://x:1".into()],
+                member_attributes: Some(Attributes {
+                    name: "b".into(),
+                    client_urls: vec!["http://x:1".into()],
+                }),
             },
         );
         assert_eq!(l[1].name, "b");

@@ -20,7 +20,7 @@ mod tests;
 
 pub use alarms::Alarms;
 pub use applier::{Applier, InstallRequest};
-pub use auth::{AuthData, AuthStore, AuthView};
+pub use auth::{AuthData, AuthInfo, AuthStore, AuthView};
 pub use db_size::DbSize;
 pub use lessor::Lessor;
 pub use proposal::{ApplyResult, AuthResult, Proposal, Waiters};

@@ -18,12 +18,15 @@ use ferrokv_proto::etcdserverpb::{
     DeleteRangeResponse, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
     LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
-use ferrokv_proto::ferrokvpb::{internal_request::Request, InternalAuthenticate, MemberAttributes};
+use ferrokv_proto::ferrokvpb::{
+    internal_raft_request::Request, ClusterMemberAttrSetRequest, InternalAuthenticateRequest,
+};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-/// A per-request failure is the storage error etcd would return for that request.
-pub type ApplyResult<R> = std::result::Result<R, ferrokv_storage::Error>;
+/// A per-request failure: the storage error etcd would return for that request, or the auth
+/// store's refusal of a request re-checked when applied (etcd's auth applier).
+pub type ApplyResult<R> = std::result::Result<R, crate::error::Error>;
 
 /// A request that is replicated through raft, and the response applying it yields.
 pub trait Proposal: Send + 'static {
@@ -52,12 +55,12 @@ proposals! {
     AlarmRequest => AlarmResponse, Alarm;
     // Requests whose only answer is "done".
     LeaseCheckpointRequest => (), LeaseCheckpoint;
-    MemberAttributes => (), MemberAttributes;
+    ClusterMemberAttrSetRequest => (), ClusterMemberAttrSet;
     // Auth requests: an auth store refusal (user exists, role not found, ...) is the
     // request's answer, not a storage failure, so it travels inside the response.
     pb::AuthEnableRequest => AuthResult<pb::AuthEnableResponse>, AuthEnable;
     pb::AuthDisableRequest => AuthResult<pb::AuthDisableResponse>, AuthDisable;
-    InternalAuthenticate => AuthResult<pb::AuthenticateResponse>, Authenticate;
+    InternalAuthenticateRequest => AuthResult<pb::AuthenticateResponse>, Authenticate;
     pb::AuthUserAddRequest => AuthResult<pb::AuthUserAddResponse>, AuthUserAdd;
     pb::AuthUserDeleteRequest => AuthResult<pb::AuthUserDeleteResponse>, AuthUserDelete;
     pb::AuthUserChangePasswordRequest =>
@@ -140,8 +143,8 @@ mod tests {
             Request::LeaseGrant(_)
         ));
         assert!(matches!(
-            MemberAttributes::default().into_request(),
-            Request::MemberAttributes(_)
+            ClusterMemberAttrSetRequest::default().into_request(),
+            Request::ClusterMemberAttrSet(_)
         ));
     }
 
@@ -159,11 +162,18 @@ mod tests {
                 ..Default::default()
             }),
         );
-        w.complete::<PutResponse>(1, Err(ferrokv_storage::Error::LeaseNotFound));
+        w.complete::<PutResponse>(
+            1,
+            Err(crate::error::Error::Storage(
+                ferrokv_storage::Error::LeaseNotFound,
+            )),
+        );
         assert_eq!(grant.await.unwrap().unwrap().id, 7);
         assert!(matches!(
             put.await.unwrap(),
-            Err(ferrokv_storage::Error::LeaseNotFound)
+            Err(crate::error::Error::Storage(
+                ferrokv_storage::Error::LeaseNotFound
+            ))
         ));
         assert!(w.is_empty());
     }

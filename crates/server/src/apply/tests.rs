@@ -9,7 +9,7 @@ use ferrokv_proto::etcdserverpb::{
     compare, request_op, AlarmRequest, CompactionRequest, Compare, DeleteRangeRequest,
     LeaseGrantRequest, LeaseRevokeRequest, Member, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
-use ferrokv_proto::ferrokvpb::InternalRequest;
+use ferrokv_proto::ferrokvpb::{InternalRaftRequest, LegacyInternalRequest, RequestHeader};
 use ferrokv_proto::mvccpb::{event::EventType, Event};
 use ferrokv_raftnode::eraftpb::{self, ConfChangeType, EntryType};
 use ferrokv_raftnode::Committed;
@@ -98,20 +98,35 @@ fn fixture() -> Fixture {
     }
 }
 
-/// One normal entry carrying `p` under request id `id`.
+/// One normal entry carrying `p` under request id `id`, proposed with auth disabled.
 fn entry<P: Proposal>(index: u64, id: u64, p: P) -> eraftpb::Entry {
+    entry_as(index, id, p, "", 0)
+}
+
+/// One normal entry carrying `p`, proposed by `user` checked at auth revision `rev`.
+fn entry_as<P: Proposal>(index: u64, id: u64, p: P, user: &str, rev: u64) -> eraftpb::Entry {
+    normal_entry(
+        index,
+        InternalRaftRequest {
+            header: Some(RequestHeader {
+                id,
+                username: user.into(),
+                auth_revision: rev,
+            }),
+            request: Some(p.into_request()),
+        }
+        .encode_to_vec(),
+    )
+}
+
+fn normal_entry(index: u64, data: Vec<u8>) -> eraftpb::Entry {
     let mut e = eraftpb::Entry {
         index,
         term: 1,
         ..Default::default()
     };
     e.set_entry_type(EntryType::EntryNormal);
-    e.data = InternalRequest {
-        id,
-        request: Some(p.into_request()),
-    }
-    .encode_to_vec()
-    .into();
+    e.data = data.into();
     e
 }
 
@@ -152,6 +167,32 @@ impl Fixture {
 
     fn one<P: Proposal>(&mut self, p: P) -> ApplyResult<P::Response> {
         self.apply(vec![p]).pop().unwrap()
+    }
+
+    /// Applies one entry (its own batch) and returns what its waiter got.
+    fn one_entry<P: Proposal>(
+        &mut self,
+        make: impl FnOnce(u64, u64) -> eraftpb::Entry,
+    ) -> ApplyResult<P::Response> {
+        let (index, id) = (self.next_index, 1000 + self.next_index);
+        self.next_index += 1;
+        let mut rx = self.applier.waiters.register::<P>(id);
+        self.applier
+            .apply_batch(Committed {
+                entries: vec![make(index, id)],
+                conf_state: None,
+            })
+            .unwrap();
+        rx.try_recv().expect("completed after the batch")
+    }
+
+    /// `p` as `user` at auth revision `rev`.
+    fn one_as<P: Proposal>(&mut self, p: P, user: &str, rev: u64) -> ApplyResult<P::Response> {
+        self.one_entry::<P>(|index, id| entry_as(index, id, p, user, rev))
+    }
+
+    fn auth_revision(&self) -> u64 {
+        self.applier.auth.data().revision
     }
 
     fn conf(&mut self, kind: ConfChangeType, member: Member) {
@@ -272,7 +313,12 @@ fn a_failed_request_fails_alone() {
         lease: 99,
         ..put("a", "1")
     });
-    assert!(matches!(r, Err(ferrokv_storage::Error::LeaseNotFound)));
+    assert!(matches!(
+        r,
+        Err(crate::error::Error::Storage(
+            ferrokv_storage::Error::LeaseNotFound
+        ))
+    ));
     assert_eq!(f.store.current_revision(), 1, "nothing written");
     assert_eq!(*f.applied.borrow(), 1, "the entry is still applied");
     assert!(f.one(put("b", "2")).is_ok());
@@ -306,7 +352,9 @@ fn lease_grant_expiry_and_revoke() {
     );
     assert!(matches!(
         f.one(LeaseRevokeRequest { id: 7 }),
-        Err(ferrokv_storage::Error::LeaseNotFound)
+        Err(crate::error::Error::Storage(
+            ferrokv_storage::Error::LeaseNotFound
+        ))
     ));
 }
 
@@ -325,7 +373,9 @@ fn compaction_and_alarms() {
             revision: 3,
             physical: false
         }),
-        Err(ferrokv_storage::Error::Compacted)
+        Err(crate::error::Error::Storage(
+            ferrokv_storage::Error::Compacted
+        ))
     ));
     let raised = f
         .one(AlarmRequest {
@@ -385,4 +435,178 @@ fn entries_already_applied_are_skipped() {
         .unwrap();
     assert!(rx.try_recv().is_err(), "not applied twice");
     assert_eq!(f.store.current_revision(), 2);
+}
+
+/// An entry as ferrokv wrote them before they took etcd's format: still applied, and, having
+/// no user in it, not re-checked (it was checked when proposed).
+#[test]
+fn a_legacy_entry_applies_even_with_auth_enabled() {
+    use ferrokv_proto::ferrokvpb::legacy_internal_request::Request as Legacy;
+    let mut f = fixture();
+    enable_auth_with_alice(&mut f);
+    let r = f.one_entry::<PutRequest>(|index, id| {
+        normal_entry(
+            index,
+            LegacyInternalRequest {
+                id,
+                request: Some(Legacy::Put(put("zzz", "old"))),
+            }
+            .encode_to_vec(),
+        )
+    });
+    assert!(r.is_ok(), "{r:?}");
+    assert!(f.keys().contains(&"zzz".to_string()));
+}
+
+/// root (root role) and alice (readwrite on "a"..."b"), auth enabled.
+fn enable_auth_with_alice(f: &mut Fixture) {
+    use ferrokv_proto::authpb::{permission::Type, Permission, UserAddOptions};
+    use ferrokv_proto::etcdserverpb as pb;
+    let no_pw = Some(UserAddOptions { no_password: true });
+    for name in ["root", "alice"] {
+        f.one(pb::AuthUserAddRequest {
+            name: name.into(),
+            options: no_pw,
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+    }
+    f.one(pb::AuthRoleAddRequest {
+        name: "root".into(),
+    })
+    .unwrap()
+    .unwrap();
+    f.one(pb::AuthRoleAddRequest { name: "rw".into() })
+        .unwrap()
+        .unwrap();
+    f.one(pb::AuthRoleGrantPermissionRequest {
+        name: "rw".into(),
+        perm: Some(Permission {
+            perm_type: Type::Readwrite as i32,
+            key: b"a".to_vec(),
+            range_end: b"b".to_vec(),
+        }),
+    })
+    .unwrap()
+    .unwrap();
+    for (user, role) in [("root", "root"), ("alice", "rw")] {
+        f.one(pb::AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        })
+        .unwrap()
+        .unwrap();
+    }
+    f.one(pb::AuthEnableRequest {}).unwrap().unwrap();
+}
+
+/// etcd's auth applier: a write is re-checked when applied, as the user in its header and
+/// at the auth revision the serving member checked it at.
+#[test]
+fn writes_are_checked_again_when_applied() {
+    use crate::error::Error;
+    use ferrokv_proto::etcdserverpb as pb;
+    let mut f = fixture();
+    enable_auth_with_alice(&mut f);
+    let rev = f.auth_revision();
+    assert!(f.one_as(put("a1", "x"), "alice", rev).is_ok());
+    // Outside alice's range.
+    assert!(matches!(
+        f.one_as(put("c", "x"), "alice", rev),
+        Err(Error::PermissionDenied)
+    ));
+    // No user (proposed while auth was disabled, or without a token).
+    assert!(matches!(f.one(put("a2", "x")), Err(Error::UserEmpty)));
+    // The permission is revoked between the serving member's check and the apply.
+    f.one_as(
+        pb::AuthRoleRevokePermissionRequest {
+            role: "rw".into(),
+            key: b"a".to_vec(),
+            range_end: b"b".to_vec(),
+        },
+        "root",
+        rev,
+    )
+    .unwrap()
+    .unwrap();
+    assert!(f.auth_revision() > rev);
+    for r in [
+        f.one_as(put("a3", "x"), "alice", rev),
+        f.one_as(put("a3", "x"), "root", rev),
+    ] {
+        assert!(matches!(r, Err(Error::AuthOldRevision)), "{r:?}");
+    }
+    let del = DeleteRangeRequest {
+        key: b"a1".to_vec(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        f.one_as(del.clone(), "alice", rev),
+        Err(Error::AuthOldRevision)
+    ));
+    let txn = TxnRequest {
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(put("a4", "x"))),
+        }],
+        ..Default::default()
+    };
+    assert!(matches!(
+        f.one_as(txn.clone(), "alice", rev),
+        Err(Error::AuthOldRevision)
+    ));
+    // Checked again at the new revision: denied, root still allowed.
+    let now = f.auth_revision();
+    assert!(matches!(
+        f.one_as(put("a3", "x"), "alice", now),
+        Err(Error::PermissionDenied)
+    ));
+    assert!(matches!(
+        f.one_as(txn, "alice", now),
+        Err(Error::PermissionDenied)
+    ));
+    assert!(f.one_as(put("a3", "x"), "root", now).is_ok());
+    assert!(f.one_as(del, "root", now).is_ok());
+    let keys = f.keys();
+    assert!(!keys.contains(&"a2".to_string()), "{keys:?}");
+    assert!(!keys.contains(&"a4".to_string()), "{keys:?}");
+    assert!(!keys.contains(&"a1".to_string()), "{keys:?}");
+    // Admin requests need the root role when applied.
+    let r = f.one_as(pb::AuthRoleAddRequest { name: "x".into() }, "alice", now);
+    assert!(matches!(r, Ok(Err(Error::PermissionDenied))), "{r:?}");
+    let r = f.one_as(pb::AuthRoleAddRequest { name: "x".into() }, "root", now);
+    assert!(matches!(r, Ok(Ok(_))), "{r:?}");
+}
+
+/// A lease revoke needs write permission on every key attached to the lease.
+#[test]
+fn a_lease_revoke_is_checked_against_the_leases_keys() {
+    use crate::error::Error;
+    let mut f = fixture();
+    f.one(LeaseGrantRequest { ttl: 600, id: 7 }).unwrap();
+    f.one(PutRequest {
+        lease: 7,
+        ..put("c", "1")
+    })
+    .unwrap();
+    enable_auth_with_alice(&mut f);
+    let rev = f.auth_revision();
+    assert!(matches!(
+        f.one_as(LeaseRevokeRequest { id: 7 }, "alice", rev),
+        Err(Error::PermissionDenied)
+    ));
+    // Nor may alice attach a key she may write to that lease.
+    assert!(matches!(
+        f.one_as(
+            PutRequest {
+                lease: 7,
+                ..put("a1", "1")
+            },
+            "alice",
+            rev
+        ),
+        Err(Error::PermissionDenied)
+    ));
+    assert!(f.one_as(LeaseRevokeRequest { id: 7 }, "root", rev).is_ok());
+    assert!(!f.keys().contains(&"c".to_string()));
 }

@@ -7,18 +7,19 @@
 //! proposes only the user name and the token it chose, so every member learns the token.
 //!
 //! Permissions are checked on the serving member against its applied auth state before a
-//! request is served or proposed. etcd also re-checks writes at apply time when the auth
-//! revision in the entry's header is older than the store's; ferrokv does not yet, so a
-//! write proposed just before a revoke commits can still apply.
+//! request is served or proposed, and the proposal's header carries the user and the auth
+//! revision of that check. The apply loop checks again as etcd's auth applier does: a write
+//! checked at a revision older than the store's fails with "revision of auth store is old",
+//! so a write proposed just before a revoke commits cannot apply after it.
 
 use ferrokv_proto::etcdserverpb as pb;
-use ferrokv_proto::ferrokvpb::InternalAuthenticate;
+use ferrokv_proto::ferrokvpb::InternalAuthenticateRequest;
 use rand::distr::{Alphanumeric, SampleString};
 use tonic::metadata::MetadataMap;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::EtcdServer;
-use crate::apply::{AuthResult, AuthView, Proposal};
+use crate::apply::{AuthInfo, AuthResult, AuthView, Proposal};
 use crate::error::{Error, Result};
 
 /// Metadata keys etcd reads the token from (clientv3, then grpc-gateway).
@@ -101,25 +102,42 @@ impl EtcdServer {
     }
 
     /// Runs `check` as the caller; with auth disabled this is one atomic load and nothing else.
+    /// Returns who was checked at which auth revision, for the proposal's header.
     pub fn authorize(
         &self,
         caller: &Caller<'_>,
         check: impl FnOnce(&AuthView<'_>) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<AuthInfo> {
         if !self.auth.is_enabled() {
-            return Ok(());
+            return Ok(AuthInfo::default());
         }
         let user = self.caller(caller)?;
         let data = self.auth.data();
         check(&AuthView {
             data: &data,
             user: &user,
+        })?;
+        Ok(AuthInfo {
+            username: user,
+            revision: data.revision,
         })
     }
 
     /// etcd's `IsAdminPermitted` for the caller (maintenance and membership operations).
-    pub fn authorize_admin(&self, caller: &Caller<'_>) -> Result<()> {
+    pub fn authorize_admin(&self, caller: &Caller<'_>) -> Result<AuthInfo> {
         self.authorize(caller, |v| v.admin())
+    }
+
+    /// Who the member's own lease revokes run as: etcd revokes expired leases as root
+    /// (`WithRoot`), so the auth applier's key check passes.
+    pub(super) fn as_root(&self) -> AuthInfo {
+        if !self.auth.is_enabled() {
+            return AuthInfo::default();
+        }
+        AuthInfo {
+            username: crate::apply::auth::ROOT_USER.to_string(),
+            revision: self.auth.data().revision,
+        }
     }
 
     /// Checks a lease revoke as etcd does: the caller must be allowed to write every key
@@ -129,9 +147,9 @@ impl EtcdServer {
         caller: &Caller<'_>,
         id: i64,
         want_write: bool,
-    ) -> Result<()> {
+    ) -> Result<AuthInfo> {
         if !self.auth.is_enabled() {
-            return Ok(());
+            return Ok(AuthInfo::default());
         }
         let keys = self.store.lease_keys(id).unwrap_or_default();
         self.authorize(caller, |v| {
@@ -148,12 +166,12 @@ impl EtcdServer {
         })
     }
 
-    async fn propose_auth<P, R>(&self, req: P) -> Result<R>
+    async fn propose_auth<P, R>(&self, req: P, who: &AuthInfo) -> Result<R>
     where
         P: Proposal<Response = AuthResult<R>>,
     {
         self.reject_learner()?;
-        self.propose(req).await?
+        self.propose_as(req, who).await?
     }
 
     pub async fn auth_status(&self, caller: &Caller<'_>) -> Result<pb::AuthStatusResponse> {
@@ -167,15 +185,15 @@ impl EtcdServer {
     }
 
     pub async fn auth_enable(&self, caller: &Caller<'_>) -> Result<pb::AuthEnableResponse> {
-        self.authorize_admin(caller)?;
-        let mut r = self.propose_auth(pb::AuthEnableRequest {}).await?;
+        let who = self.authorize_admin(caller)?;
+        let mut r = self.propose_auth(pb::AuthEnableRequest {}, &who).await?;
         r.header = Some(self.header_now());
         Ok(r)
     }
 
     pub async fn auth_disable(&self, caller: &Caller<'_>) -> Result<pb::AuthDisableResponse> {
-        self.authorize_admin(caller)?;
-        let mut r = self.propose_auth(pb::AuthDisableRequest {}).await?;
+        let who = self.authorize_admin(caller)?;
+        let mut r = self.propose_auth(pb::AuthDisableRequest {}, &who).await?;
         r.header = Some(self.header_now());
         Ok(r)
     }
@@ -219,22 +237,30 @@ impl EtcdServer {
             self.ids.next()
         );
         let mut r = self
-            .propose_auth(InternalAuthenticate {
-                name: req.name,
-                simple_token: token,
-            })
+            .propose_auth(
+                InternalAuthenticateRequest {
+                    name: req.name,
+                    password: String::new(),
+                    simple_token: token,
+                },
+                // etcd's Authenticate entry carries no user in its header.
+                &AuthInfo::default(),
+            )
             .await?;
         r.header = Some(self.header_now());
         Ok(r)
     }
 
-    /// bcrypt of `password` at `--bcrypt-cost`, on a blocking thread.
+    /// bcrypt of `password` at `--bcrypt-cost`, on a blocking thread, in base64 as etcd
+    /// 3.5+ puts it in the `hashedPassword` of its log entries.
     async fn hash_password(&self, password: String) -> Result<String> {
+        use base64::Engine as _;
         let cost = self.cfg.bcrypt_cost;
-        tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
+        let hash = tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
             .await
             .map_err(|e| Error::Fatal(format!("bcrypt task: {e}")))?
-            .map_err(|e| Error::Config(format!("bcrypt: {e}")))
+            .map_err(|e| Error::Config(format!("bcrypt: {e}")))?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(hash))
     }
 
     pub async fn user_add(
@@ -242,7 +268,7 @@ impl EtcdServer {
         caller: &Caller<'_>,
         mut req: pb::AuthUserAddRequest,
     ) -> Result<pb::AuthUserAddResponse> {
-        self.authorize_admin(caller)?;
+        let who = self.authorize_admin(caller)?;
         if req.name.is_empty() {
             return Err(Error::UserEmpty);
         }
@@ -253,7 +279,7 @@ impl EtcdServer {
                 .await?;
         }
         req.password.clear();
-        let mut r = self.propose_auth(req).await?;
+        let mut r = self.propose_auth(req, &who).await?;
         r.header = Some(self.header_now());
         Ok(r)
     }
@@ -263,7 +289,7 @@ impl EtcdServer {
         caller: &Caller<'_>,
         mut req: pb::AuthUserChangePasswordRequest,
     ) -> Result<pb::AuthUserChangePasswordResponse> {
-        self.authorize_admin(caller)?;
+        let who = self.authorize_admin(caller)?;
         if req.name.is_empty() {
             return Err(Error::UserEmpty);
         }
@@ -273,7 +299,7 @@ impl EtcdServer {
                 .await?;
         }
         req.password.clear();
-        let mut r = self.propose_auth(req).await?;
+        let mut r = self.propose_auth(req, &who).await?;
         r.header = Some(self.header_now());
         Ok(r)
     }
@@ -345,8 +371,8 @@ macro_rules! admin_proposals {
     ($($fn:ident: $req:ty => $resp:ty;)*) => {
         impl EtcdServer {
             $(pub async fn $fn(&self, caller: &Caller<'_>, req: $req) -> Result<$resp> {
-                self.authorize_admin(caller)?;
-                let mut r = self.propose_auth(req).await?;
+                let who = self.authorize_admin(caller)?;
+                let mut r = self.propose_auth(req, &who).await?;
                 r.header = Some(self.header_now());
                 Ok(r)
             })*

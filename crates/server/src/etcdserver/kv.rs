@@ -8,6 +8,7 @@ use ferrokv_proto::etcdserverpb::{
 };
 
 use super::EtcdServer;
+use crate::apply::AuthInfo;
 use crate::error::{Error, Result};
 use crate::metrics::MvccOps;
 
@@ -24,16 +25,20 @@ impl EtcdServer {
         Ok(self.filled(resp))
     }
 
-    pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
-        Ok(self.filled(self.propose_within_quota(req).await?))
+    pub async fn put(&self, req: PutRequest, who: &AuthInfo) -> Result<PutResponse> {
+        Ok(self.filled(self.propose_within_quota(req, who).await?))
     }
 
-    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+    pub async fn delete_range(
+        &self,
+        req: DeleteRangeRequest,
+        who: &AuthInfo,
+    ) -> Result<DeleteRangeResponse> {
         // A delete never grows the store, so it passes even under NOSPACE (etcd's rule).
-        Ok(self.filled(self.propose_write(req).await?))
+        Ok(self.filled(self.propose_write(req, who).await?))
     }
 
-    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+    pub async fn txn(&self, req: TxnRequest, who: &AuthInfo) -> Result<TxnResponse> {
         let read_only = txn_is_read_only(&req);
         let serializable = txn_is_serializable(&req);
         if !(read_only && serializable) {
@@ -56,12 +61,16 @@ impl EtcdServer {
             self.metrics.mvcc(ops);
             return Ok(self.filled(resp));
         }
-        Ok(self.filled(self.propose_within_quota(req).await?))
+        Ok(self.filled(self.propose_within_quota(req, who).await?))
     }
 
-    pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
+    pub async fn compact(
+        &self,
+        req: CompactionRequest,
+        who: &AuthInfo,
+    ) -> Result<CompactionResponse> {
         // Storage compacts synchronously while applying, so `physical` needs no extra wait.
-        Ok(self.filled(self.propose_write(req).await?))
+        Ok(self.filled(self.propose_write(req, who).await?))
     }
 }
 

@@ -11,6 +11,7 @@ use ferrokv_proto::etcdserverpb::{
 };
 
 use super::EtcdServer;
+use crate::apply::AuthInfo;
 use crate::error::{Error, Result};
 
 /// etcd's `MaxLeaseTTL`.
@@ -26,7 +27,11 @@ pub fn min_ttl(election_timeout: Duration) -> i64 {
 }
 
 impl EtcdServer {
-    pub async fn lease_grant(&self, mut req: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+    pub async fn lease_grant(
+        &self,
+        mut req: LeaseGrantRequest,
+        who: &AuthInfo,
+    ) -> Result<LeaseGrantResponse> {
         if req.ttl > MAX_LEASE_TTL {
             return Err(Error::LeaseTtlTooLarge);
         }
@@ -35,11 +40,15 @@ impl EtcdServer {
             // Positive, and unique per member (the generator is prefixed with our id).
             req.id = (self.ids.next() & (i64::MAX as u64)) as i64;
         }
-        Ok(self.stamped(self.propose_within_quota(req).await?))
+        Ok(self.stamped(self.propose_within_quota(req, who).await?))
     }
 
-    pub async fn lease_revoke(&self, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
-        Ok(self.stamped(self.propose_write(req).await?))
+    pub async fn lease_revoke(
+        &self,
+        req: LeaseRevokeRequest,
+        who: &AuthInfo,
+    ) -> Result<LeaseRevokeResponse> {
+        Ok(self.stamped(self.propose_write(req, who).await?))
     }
 
     /// One keep-alive: renews on the leader, forwarded there from a follower.

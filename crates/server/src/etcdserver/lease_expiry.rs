@@ -62,7 +62,10 @@ pub async fn run_expiry(core: Arc<EtcdServer>, mut stop: watch::Receiver<bool>) 
             let core = core.clone();
             tokio::spawn(async move {
                 tracing::info!(lease = id, "lease expired; revoking");
-                match core.propose(LeaseRevokeRequest { id }).await {
+                match core
+                    .propose_as(LeaseRevokeRequest { id }, &core.as_root())
+                    .await
+                {
                     Ok(_) | Err(Error::Storage(ferrokv_storage::Error::LeaseNotFound)) => {
                         core.lessor.revoked(id)
                     }

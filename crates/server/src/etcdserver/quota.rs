@@ -5,7 +5,7 @@
 use ferrokv_proto::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
 
 use super::{EtcdServer, DEFAULT_QUOTA_BYTES};
-use crate::apply::Proposal;
+use crate::apply::{AuthInfo, Proposal};
 use crate::error::{Error, Result};
 
 impl EtcdServer {
@@ -18,16 +18,24 @@ impl EtcdServer {
     }
 
     /// Proposes a write that can grow the store, unless the quota refuses it.
-    pub(super) async fn propose_within_quota<P: Proposal>(&self, p: P) -> Result<P::Response> {
+    pub(super) async fn propose_within_quota<P: Proposal>(
+        &self,
+        p: P,
+        who: &AuthInfo,
+    ) -> Result<P::Response> {
         self.check_quota().await?;
-        self.propose(p).await
+        self.propose_as(p, who).await
     }
 
     /// Proposes a write that cannot grow the store (delete, compaction, lease revoke):
     /// refused only under a CORRUPT alarm, as etcd's corrupt applier refuses it.
-    pub(super) async fn propose_write<P: Proposal>(&self, p: P) -> Result<P::Response> {
+    pub(super) async fn propose_write<P: Proposal>(
+        &self,
+        p: P,
+        who: &AuthInfo,
+    ) -> Result<P::Response> {
         self.refuse_if_corrupt()?;
-        self.propose(p).await
+        self.propose_as(p, who).await
     }
 
     /// etcd refuses Put, DeleteRange, Txn, Compaction, LeaseGrant and LeaseRevoke while any

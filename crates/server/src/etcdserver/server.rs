@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrokv_proto::etcdserverpb::{AlarmMember, ResponseHeader};
-use ferrokv_proto::ferrokvpb::{InternalRequest, MemberAttributes};
+use ferrokv_proto::ferrokvpb::{ClusterMemberAttrSetRequest, InternalRaftRequest, RequestHeader};
 use ferrokv_raftnode::{RaftHandle, RaftStatus};
 use ferrokv_storage::Store;
 use prost::Message as _;
 use tokio::sync::watch;
 
-use crate::apply::{Alarms, AuthData, AuthStore, DbSize, Lessor, Proposal, Waiters};
+use crate::apply::{Alarms, AuthData, AuthInfo, AuthStore, DbSize, Lessor, Proposal, Waiters};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::header::HeaderSource;
@@ -201,11 +201,27 @@ impl EtcdServer {
         }
     }
 
-    /// Replicates `proposal` through raft and waits for the response applying it yielded.
+    /// Replicates `proposal` through raft and waits for the response applying it yielded. A
+    /// proposal of the member itself (no user).
     pub(super) async fn propose<P: Proposal>(&self, proposal: P) -> Result<P::Response> {
+        self.propose_as(proposal, &AuthInfo::default()).await
+    }
+
+    /// Replicates `proposal` as sent by `who`: the entry's header names the user and the auth
+    /// revision its permissions were checked at, and the apply loop checks them again (etcd's
+    /// auth applier), so a permission revoked in between is not bypassed.
+    pub(super) async fn propose_as<P: Proposal>(
+        &self,
+        proposal: P,
+        who: &AuthInfo,
+    ) -> Result<P::Response> {
         let id = self.ids.next();
-        let data = InternalRequest {
-            id,
+        let data = InternalRaftRequest {
+            header: Some(RequestHeader {
+                id,
+                username: who.username.clone(),
+                auth_revision: who.revision,
+            }),
             request: Some(proposal.into_request()),
         }
         .encode_to_vec();
@@ -242,8 +258,8 @@ impl EtcdServer {
         })
         .await;
         match outcome {
-            // Applied: a storage error is the request's answer, not a failed proposal.
-            Ok(Ok(result)) => result.map_err(Error::Storage),
+            // Applied: a storage or auth error is the request's answer, not a failed proposal.
+            Ok(Ok(result)) => result,
             Ok(Err(e)) => {
                 pending.failed = true;
                 Err(e)
@@ -267,7 +283,7 @@ impl EtcdServer {
     }
 
     /// Publishes this member's name and client URLs through raft (into every member list).
-    pub async fn publish_attributes(&self, attr: MemberAttributes) -> Result<()> {
+    pub async fn publish_attributes(&self, attr: ClusterMemberAttrSetRequest) -> Result<()> {
         self.propose(attr).await
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::net::tls::Acceptor;
-use ferrokv_proto::ferrokvpb::MemberAttributes;
+use ferrokv_proto::ferrokvpb::{Attributes, ClusterMemberAttrSetRequest};
 use ferrokv_raftnode::{Committed, NodeConfig, RaftHandle};
 use ferrokv_storage::Store;
 use tokio::net::TcpListener;
@@ -371,10 +371,12 @@ pub(super) fn publish_attributes(
             .map(membership::url_string)
             .collect()
     };
-    let attr = MemberAttributes {
+    let attr = ClusterMemberAttrSetRequest {
         member_id: core.member_id(),
-        name: cfg.name.clone(),
-        client_urls: advertised,
+        member_attributes: Some(Attributes {
+            name: cfg.name.clone(),
+            client_urls: advertised,
+        }),
     };
     tokio::spawn(async move {
         loop {

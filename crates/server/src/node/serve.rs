@@ -217,13 +217,15 @@ fn watch_authorizer(core: Arc<EtcdServer>) -> crate::watch::WatchAuthorizer {
         let core = core.clone();
         Box::new(move |key: &[u8], end: &[u8]| {
             let caller = Caller::with_cn(&md, cn.as_deref());
-            core.authorize(&caller, |v| v.range(key, end)).map_err(|_| {
-                let denied = tonic::Status::from(crate::error::Error::PermissionDenied);
-                format!(
-                    "rpc error: code = PermissionDenied desc = {}",
-                    denied.message()
-                )
-            })
+            core.authorize(&caller, |v| v.range(key, end))
+                .map(|_| ())
+                .map_err(|_| {
+                    let denied = tonic::Status::from(crate::error::Error::PermissionDenied);
+                    format!(
+                        "rpc error: code = PermissionDenied desc = {}",
+                        denied.message()
+                    )
+                })
         })
     })
 }

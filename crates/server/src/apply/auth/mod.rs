@@ -31,6 +31,28 @@ use crate::error::{Error, Result};
 
 pub use perms::AuthView;
 
+/// Who proposed a request: the user and the auth revision its permissions were checked at
+/// (etcd's `AuthInfo`, carried in the entry's `RequestHeader`). Default: nobody, revision 0
+/// (auth disabled when proposed, or a member's own request).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthInfo {
+    pub username: String,
+    pub revision: u64,
+}
+
+/// The bcrypt hash as it is kept from the `hashedPassword` of an entry: etcd 3.5+ logs it in
+/// base64 (and so does ferrokv now); ferrokv's earlier entries carry the bcrypt text itself,
+/// whose `$` is no base64 character, so the two never mix up.
+fn stored_hash(hashed: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    if hashed.starts_with('$') {
+        return hashed.as_bytes().to_vec();
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(hashed)
+        .unwrap_or_else(|_| hashed.as_bytes().to_vec())
+}
+
 /// The meta entry that holds the encoded [`AuthState`].
 pub const AUTH_META_KEY: &str = "auth";
 /// etcd's names: the user that must exist to enable auth and the role that grants everything.
@@ -135,7 +157,7 @@ impl AuthData {
         let password = if options.no_password {
             Vec::new()
         } else {
-            r.hashed_password.as_bytes().to_vec()
+            stored_hash(&r.hashed_password)
         };
         self.users.insert(
             r.name.clone(),
@@ -163,7 +185,7 @@ impl AuthData {
 
     pub fn user_change_password(&mut self, name: &str, hashed: &str) -> Result<()> {
         let user = self.users.get_mut(name).ok_or(Error::UserNotFound)?;
-        user.password = hashed.as_bytes().to_vec();
+        user.password = stored_hash(hashed);
         self.bump();
         Ok(())
     }

@@ -170,3 +170,24 @@ fn state_round_trips_and_tokens_follow_it() {
     std::thread::sleep(Duration::from_millis(5));
     assert_eq!(short.token_user("t"), None, "tokens expire after the TTL");
 }
+
+/// `hashedPassword` as etcd 3.5+ logs it (base64 of the bcrypt text) and as ferrokv's earlier
+/// entries carry it (the bcrypt text) are kept as the same bcrypt bytes.
+#[test]
+fn hashed_passwords_of_both_encodings_are_kept_as_bcrypt() {
+    use base64::Engine as _;
+    let bcrypt = "$2b$04$abcdefghijklmnopqrstuuWn4mIq0H9J8Fq1u2GkQ0bB8N0l6pC5e";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bcrypt);
+    assert_eq!(stored_hash(&b64), bcrypt.as_bytes());
+    assert_eq!(stored_hash(bcrypt), bcrypt.as_bytes());
+    let mut d = AuthData::default();
+    d.user_add(&AuthUserAddRequest {
+        name: "u".into(),
+        hashed_password: b64,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(d.users["u"].password, bcrypt.as_bytes());
+    d.user_change_password("u", bcrypt).unwrap();
+    assert_eq!(d.users["u"].password, bcrypt.as_bytes());
+}
