@@ -2188,7 +2188,7 @@ fn kv_hash_covers_latest_and_verify_finds_corruption() {
     assert_eq!(good.inconsistency, None);
     assert!(s2.verify().unwrap().ok(), "{:?}", s2.verify().unwrap());
     assert_eq!(s1.hash().unwrap(), s2.hash().unwrap(), "Hash is comparable");
-    // A flipped value byte in `latest` only: history still says the old value.
+    // A flipped byte in `latest` only (its create revision): history still says the old one.
     let key = s2
         .range(&pb::RangeRequest {
             key: vec![0],
@@ -2200,8 +2200,7 @@ fn kv_hash_covers_latest_and_verify_finds_corruption() {
         .key
         .clone();
     tamper_latest(&s2, &key, |row| {
-        let last = row.len() - 1;
-        row[last] ^= 0x20;
+        row[1] ^= 0x20;
     });
     let bad = s2.kv_hash(0).unwrap();
     assert_ne!(bad.hash, good.hash, "a corrupt latest changes HashKV");
@@ -2209,7 +2208,7 @@ fn kv_hash_covers_latest_and_verify_finds_corruption() {
         .inconsistency
         .as_deref()
         .unwrap()
-        .contains("latest value differs from its history record"));
+        .contains("latest record differs from its history record"));
     let report = s2.verify().unwrap();
     assert_eq!(report.problems.len(), 1, "{report:?}");
     let path = d2.path().join("db");

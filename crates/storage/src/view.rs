@@ -1,25 +1,28 @@
 //! Reads over the keyspace tables, shared by read transactions (`Store::range`) and by the
 //! write path (txn compares, ranges inside a txn that must see the txn's own writes).
 
-use crate::record::{decode_history, decode_latest, to_kv, Header};
+use crate::record::{decode_history, decode_latest, to_kv, Body, Header};
 use crate::span::Span;
-use crate::tables::{HistoryKey, IndexKey};
+use crate::tables::{ChunkKey, HistoryKey, IndexKey};
 use crate::{Error, Result};
 use ferrokv_proto::{etcdserverpb as pb, mvccpb};
 use pb::compare::{CompareResult, CompareTarget, TargetUnion};
 use pb::range_request::{SortOrder, SortTarget};
 use redb::ReadableTable;
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::ops::Bound;
 
-/// Called with (key, header, value) per key of a scan; returns false to stop.
+/// Called with (key, header, value) per key of a scan; returns false to stop. The value is
+/// empty when the scan was asked for no values.
 pub(crate) type Visitor<'f> = dyn FnMut(&[u8], &Header, &[u8]) -> Result<bool> + 'f;
 
-/// Borrowed handles of the three keyspace tables, from either kind of redb transaction.
-pub(crate) struct View<'a, L, I, H> {
+/// Borrowed handles of the four keyspace tables, from either kind of redb transaction.
+pub(crate) struct View<'a, L, I, H, C> {
     pub latest: &'a L,
     pub index: &'a I,
     pub history: &'a H,
+    pub chunks: &'a C,
 }
 
 /// A key revision as found by a read.
@@ -28,25 +31,85 @@ pub(crate) struct Found {
     pub value: Vec<u8>,
 }
 
-impl<L, I, H> View<'_, L, I, H>
+/// The whole value of a history record: borrowed when inline, assembled from its chunks
+/// otherwise.
+pub(crate) fn assemble<'b, C: ReadableTable<ChunkKey, &'static [u8]>>(
+    chunks: &C,
+    main: u64,
+    sub: u32,
+    body: Body<'b>,
+) -> Result<Cow<'b, [u8]>> {
+    let (len, n, tail) = match body {
+        Body::Inline(v) => return Ok(Cow::Borrowed(v)),
+        Body::Chunked { len, chunks, tail } => (len, chunks, tail),
+    };
+    let mut out = Vec::with_capacity(len);
+    let mut seen = 0usize;
+    for r in chunks.range((main, sub, 0u32)..=(main, sub, u32::MAX))? {
+        let (_, c) = r?;
+        out.extend_from_slice(c.value());
+        seen += 1;
+    }
+    out.extend_from_slice(tail);
+    if seen != n || out.len() != len {
+        return Err(Error::Corrupt(format!(
+            "history record {main}/{sub}: {seen} of {n} chunks, {} of {len} value bytes",
+            out.len()
+        )));
+    }
+    Ok(Cow::Owned(out))
+}
+
+impl<L, I, H, C> View<'_, L, I, H, C>
 where
     L: ReadableTable<&'static [u8], &'static [u8]>,
     I: ReadableTable<IndexKey, bool>,
     H: ReadableTable<HistoryKey, &'static [u8]>,
+    C: ReadableTable<ChunkKey, &'static [u8]>,
 {
+    /// The header (as the history record says), key and value of history record (m, s).
+    pub(crate) fn record(&self, m: u64, s: u32) -> Result<(Header, Vec<u8>, Vec<u8>)> {
+        let g = self.history.get((m, s))?.ok_or_else(|| missing_history(m, s))?;
+        let (h, key, body) = decode_history(m, s, g.value())?;
+        let value = assemble(self.chunks, m, s, body)?.into_owned();
+        Ok((h, key.to_vec(), value))
+    }
+
+    /// The value of the revision `h` names.
+    pub(crate) fn value_of(&self, h: &Header) -> Result<Vec<u8>> {
+        let (m, s) = h.history_key();
+        let g = self.history.get((m, s))?.ok_or_else(|| missing_history(m, s))?;
+        let (_, _, body) = decode_history(m, s, g.value())?;
+        Ok(assemble(self.chunks, m, s, body)?.into_owned())
+    }
+
+    /// Calls `f` with the value of the revision `h` names, without copying an inline one.
+    fn with_value<T>(&self, h: &Header, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+        let (m, s) = h.history_key();
+        let g = self.history.get((m, s))?.ok_or_else(|| missing_history(m, s))?;
+        let (_, _, body) = decode_history(m, s, g.value())?;
+        let v = assemble(self.chunks, m, s, body)?;
+        f(&v)
+    }
+
     /// The live (not deleted) newest revision of `key`.
     pub(crate) fn live(&self, key: &[u8]) -> Result<Option<Found>> {
+        let Some(header) = self.live_header(key)? else {
+            return Ok(None);
+        };
+        Ok(Some(Found {
+            value: self.value_of(&header)?,
+            header,
+        }))
+    }
+
+    /// The header of the live newest revision of `key`, without its value.
+    pub(crate) fn live_header(&self, key: &[u8]) -> Result<Option<Header>> {
         let Some(g) = self.latest.get(key)? else {
             return Ok(None);
         };
-        let (header, value) = decode_latest(g.value())?;
-        if header.tombstone {
-            return Ok(None);
-        }
-        Ok(Some(Found {
-            header,
-            value: value.to_vec(),
-        }))
+        let header = decode_latest(g.value())?;
+        Ok((!header.tombstone).then_some(header))
     }
 
     /// Newest index entry of `key` at or below `rev`: (main, sub, tombstone).
@@ -86,16 +149,14 @@ where
             return Ok(None);
         }
         let (_, m, s) = k.value();
-        let g = self
-            .history
-            .get((m, s))?
-            .ok_or_else(|| missing_history(m, s))?;
-        let (h, key, value) = decode_history(g.value())?;
-        Ok(Some(to_kv(key, &h, value)))
+        let (h, key, value) = self.record(m, s)?;
+        Ok(Some(to_kv(&key, &h, &value)))
     }
 
     /// Calls `f(key, header, value)` for every live key of `span` at revision `at` (None =
-    /// newest) in key order (reversed when `reverse`), until `f` returns false.
+    /// newest) in key order (reversed when `reverse`), until `f` returns false. Without
+    /// `values` the value given is empty and no history record is read at the newest
+    /// revision (counting, keys-only, compares on revisions).
     ///
     /// At an older revision the `latest` table still drives the walk (it holds every key that
     /// has history, tombstones included, until compaction), and only keys changed after `at`
@@ -105,24 +166,31 @@ where
         span: &Span,
         at: Option<i64>,
         reverse: bool,
+        values: bool,
         f: &mut Visitor<'_>,
     ) -> Result<()> {
         let mut visit = |key: &[u8], rec: &[u8]| -> Result<bool> {
-            let (h, value) = decode_latest(rec)?;
-            match at {
+            let h = decode_latest(rec)?;
+            let h = match at {
                 Some(rev) if h.mod_revision > rev => match self.index_at(key, rev)? {
-                    None | Some((_, _, true)) => Ok(true),
+                    None | Some((_, _, true)) => return Ok(true),
                     Some((m, s, false)) => {
-                        let g = self
-                            .history
-                            .get((m, s))?
-                            .ok_or_else(|| missing_history(m, s))?;
-                        let (h, _, value) = decode_history(g.value())?;
-                        f(key, &h, value)
+                        let g = self.history.get((m, s))?.ok_or_else(|| missing_history(m, s))?;
+                        let (h, _, body) = decode_history(m, s, g.value())?;
+                        if !values {
+                            return f(key, &h, &[]);
+                        }
+                        let v = assemble(self.chunks, m, s, body)?;
+                        return f(key, &h, &v);
                     }
                 },
-                _ if h.tombstone => Ok(true),
-                _ => f(key, &h, value),
+                _ if h.tombstone => return Ok(true),
+                _ => h,
+            };
+            if values {
+                self.with_value(&h, |v| f(key, &h, v))
+            } else {
+                f(key, &h, &[])
             }
         };
         match span {
@@ -177,39 +245,57 @@ where
         let mut count: i64 = 0;
         let mut kvs: Vec<mvccpb::KeyValue> = Vec::new();
         let mut more = false;
+        // Values are fetched (from history) only for the kvs that are returned: counted keys
+        // beyond `limit` and filtered-out keys never cost a value read.
+        let mut kept: Vec<Header> = Vec::new();
         if req.count_only {
-            self.scan(&span, at, false, &mut |_, _, _| {
+            self.scan(&span, at, false, false, &mut |_, _, _| {
                 count += 1;
                 Ok(true)
             })?;
         } else if !filtered && target == SortTarget::Key {
             // Key order is the table order: walk it (backwards for DESCEND), keep `limit`
-            // entries and only count the rest without copying values.
+            // entries and only count the rest.
             let reverse = order == SortOrder::Descend;
-            self.scan(&span, at, reverse, &mut |k, h, v| {
+            self.scan(&span, at, reverse, false, &mut |k, h, _| {
                 count += 1;
                 if limit == 0 || kvs.len() < limit {
-                    kvs.push(to_kv(k, h, if req.keys_only { &[] } else { v }));
+                    kvs.push(to_kv(k, h, &[]));
+                    kept.push(*h);
                 }
                 Ok(true)
             })?;
             more = (kvs.len() as i64) < count;
         } else {
-            let keep_value = !req.keys_only || target == SortTarget::Value;
-            self.scan(&span, at, false, &mut |k, h, v| {
+            // Sorting by value needs every value; any other order only the kept ones'.
+            let by_value = target == SortTarget::Value;
+            let mut rows: Vec<(mvccpb::KeyValue, Header)> = Vec::new();
+            self.scan(&span, at, false, by_value, &mut |k, h, v| {
                 count += 1;
                 if passes_filters(req, h) {
-                    kvs.push(to_kv(k, h, if keep_value { v } else { &[] }));
+                    rows.push((to_kv(k, h, v), *h));
                 }
                 Ok(true)
             })?;
-            sort_kvs(&mut kvs, order, target);
-            if limit > 0 && kvs.len() > limit {
-                kvs.truncate(limit);
+            sort_rows(&mut rows, order, target);
+            if limit > 0 && rows.len() > limit {
+                rows.truncate(limit);
                 more = true;
             }
-            if req.keys_only {
-                kvs.iter_mut().for_each(|kv| kv.value.clear());
+            if by_value {
+                if req.keys_only {
+                    rows.iter_mut().for_each(|(kv, _)| kv.value.clear());
+                }
+                kvs = rows.into_iter().map(|(kv, _)| kv).collect();
+            } else {
+                (kvs, kept) = rows.into_iter().unzip();
+            }
+        }
+        if !req.keys_only {
+            for (kv, h) in kvs.iter_mut().zip(&kept) {
+                if !h.tombstone {
+                    kv.value = self.value_of(h)?;
+                }
             }
         }
         Ok(pb::RangeResponse {
@@ -225,7 +311,8 @@ where
         let span = Span::new(&c.key, &c.range_end);
         let mut any = false;
         let mut all = true;
-        self.scan(&span, None, false, &mut |_, h, v| {
+        let values = c.target == CompareTarget::Value as i32;
+        self.scan(&span, None, false, values, &mut |_, h, v| {
             any = true;
             if !compare_kv(c, h, v) {
                 all = false;
@@ -279,9 +366,9 @@ fn passes_filters(req: &pb::RangeRequest, h: &Header) -> bool {
         && (req.max_create_revision == 0 || h.create_revision <= req.max_create_revision)
 }
 
-/// Sorts key-ordered kvs. A stable sort keeps key order among equal targets.
-fn sort_kvs(kvs: &mut [mvccpb::KeyValue], order: SortOrder, target: SortTarget) {
-    let by = |a: &mvccpb::KeyValue, b: &mvccpb::KeyValue| -> Ordering {
+/// Sorts key-ordered rows. A stable sort keeps key order among equal targets.
+fn sort_rows(rows: &mut [(mvccpb::KeyValue, Header)], order: SortOrder, target: SortTarget) {
+    let by = |(a, _): &(mvccpb::KeyValue, Header), (b, _): &(mvccpb::KeyValue, Header)| -> Ordering {
         match target {
             SortTarget::Key => a.key.cmp(&b.key),
             SortTarget::Version => a.version.cmp(&b.version),
@@ -294,10 +381,10 @@ fn sort_kvs(kvs: &mut [mvccpb::KeyValue], order: SortOrder, target: SortTarget) 
         // A non-KEY target with NONE sorts ascending, as etcd does.
         SortOrder::None | SortOrder::Ascend => {
             if target != SortTarget::Key {
-                kvs.sort_by(by);
+                rows.sort_by(by);
             }
         }
-        SortOrder::Descend => kvs.sort_by(|a, b| by(b, a)),
+        SortOrder::Descend => rows.sort_by(|a, b| by(b, a)),
     }
 }
 
