@@ -32,7 +32,7 @@ pub(crate) type LatestView<'a> = view::View<
     ReadOnlyTable<&'static [u8], &'static [u8]>,
     ReadOnlyTable<tables::IndexKey, bool>,
     ReadOnlyTable<tables::HistoryKey, &'static [u8]>,
-    ReadOnlyTable<tables::ChunkKey, &'static [u8]>,
+    view::LazyChunks<'a>,
 >;
 
 use ferrokv_proto::{etcdserverpb as pb, mvccpb};
@@ -236,7 +236,7 @@ impl Store {
                 ReadOnlyTable<&'static [u8], &'static [u8]>,
                 ReadOnlyTable<IndexKey, bool>,
                 ReadOnlyTable<HistoryKey, &'static [u8]>,
-                ReadOnlyTable<ChunkKey, &'static [u8]>,
+                view::LazyChunks<'_>,
             >,
             i64,
             i64,
@@ -248,7 +248,10 @@ impl Store {
         let latest = rtx.open_table(LATEST)?;
         let index = rtx.open_table(KEY_INDEX)?;
         let history = rtx.open_table(HISTORY)?;
-        let chunks = rtx.open_table(CHUNKS)?;
+        let chunks = view::LazyChunks {
+            txn: &rtx,
+            table: Default::default(),
+        };
         let meta = rtx.open_table(META)?;
         let current = meta_i64(&meta, META_REVISION)?.unwrap_or(1);
         let compacted = meta_i64(&meta, META_COMPACTED)?.unwrap_or(0);
@@ -682,8 +685,37 @@ impl Store {
     }
 }
 
-/// Opens or creates a keyspace file.
+/// The empty keyspace file every new one starts from: a redb database with 4 MiB regions
+/// (`scripts/gen-redb-template.sh` writes it). redb grows a file by doubling it within a
+/// region and by one region at a time past the first, and its default region is 4 GiB: a
+/// file made by `Database::create` is up to twice its data. One made from this stays within
+/// two regions (8 MiB) of it, as etcd's bbolt file grows in 16 MiB steps.
+static EMPTY_DB: &[u8] = include_bytes!("empty.redb");
+
+/// Opens or creates a keyspace file; a new one (missing or empty) starts as [`EMPTY_DB`].
 pub(crate) fn create_db(path: &Path) -> Result<Database> {
+    let fresh = match std::fs::metadata(path) {
+        Ok(m) => m.len() == 0,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(e.into()),
+    };
+    if fresh {
+        // Written aside and renamed, so a crash never leaves a half-written template that
+        // the next open would refuse as a damaged file.
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".init");
+        let tmp = PathBuf::from(tmp);
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(EMPTY_DB)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
     Ok(Database::create(path)?)
 }
 
@@ -752,3 +784,6 @@ fn meta_applied(meta: &MetaTable) -> Result<(u64, u64)> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod migrate_tests;

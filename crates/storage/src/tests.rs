@@ -2354,3 +2354,38 @@ fn a_cleanly_closed_file_checks_clean() {
     );
     assert!(check_pages(&path).unwrap(), "second check");
 }
+
+/// A new keyspace starts from the small-region template (`empty.redb`), so its file grows in
+/// region steps instead of doubling: after 40 MB of values it is within two 4 MiB regions of
+/// what its tables use. (A file of redb's default geometry would be 64 MiB here.)
+#[test]
+fn a_new_keyspace_file_stays_within_two_regions_of_its_data() {
+    let (_d, s) = open();
+    let mut seed = 1u64;
+    for batch in 0..40 {
+        let mut b = s.write_batch().unwrap();
+        for i in 0..100 {
+            let value: Vec<u8> = (0..10_000)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (seed >> 33) as u8
+                })
+                .collect();
+            b.put(&pb::PutRequest {
+                key: format!("k/{batch:02}/{i:03}").into(),
+                value,
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        b.commit(true).unwrap();
+    }
+    let (file, in_use) = s.db_size().unwrap();
+    assert!(in_use > 40_000_000, "in use {in_use}");
+    assert!(
+        file <= in_use + 2 * (4 << 20),
+        "file {file} B for {in_use} B in use: the template's regions are not in effect \
+         (regenerate it with scripts/gen-redb-template.sh)"
+    );
+    assert_eq!(s.range(&range_req("k/", "k0")).unwrap().count, 4000);
+}

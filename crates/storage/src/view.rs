@@ -31,9 +31,63 @@ pub(crate) struct Found {
     pub value: Vec<u8>,
 }
 
+/// Where the chunks of large values are read from: the `chunks` table itself, or a read
+/// transaction that opens it only when a large value is met, so reads of small values do not
+/// pay for opening it.
+pub(crate) trait ChunkSource {
+    /// Appends the chunks of history record (main, sub) to `out`; returns how many.
+    fn read_chunks(&self, main: u64, sub: u32, out: &mut Vec<u8>) -> Result<usize>;
+}
+
+fn read_from<C: ReadableTable<ChunkKey, &'static [u8]>>(
+    t: &C,
+    main: u64,
+    sub: u32,
+    out: &mut Vec<u8>,
+) -> Result<usize> {
+    let mut n = 0;
+    for r in t.range((main, sub, 0u32)..=(main, sub, u32::MAX))? {
+        let (_, c) = r?;
+        out.extend_from_slice(c.value());
+        n += 1;
+    }
+    Ok(n)
+}
+
+impl ChunkSource for redb::Table<'_, ChunkKey, &'static [u8]> {
+    fn read_chunks(&self, main: u64, sub: u32, out: &mut Vec<u8>) -> Result<usize> {
+        read_from(self, main, sub, out)
+    }
+}
+
+impl ChunkSource for redb::ReadOnlyTable<ChunkKey, &'static [u8]> {
+    fn read_chunks(&self, main: u64, sub: u32, out: &mut Vec<u8>) -> Result<usize> {
+        read_from(self, main, sub, out)
+    }
+}
+
+/// The `chunks` table of a read transaction, opened on first use.
+pub(crate) struct LazyChunks<'t> {
+    pub txn: &'t redb::ReadTransaction,
+    pub table: std::cell::OnceCell<redb::ReadOnlyTable<ChunkKey, &'static [u8]>>,
+}
+
+impl ChunkSource for LazyChunks<'_> {
+    fn read_chunks(&self, main: u64, sub: u32, out: &mut Vec<u8>) -> Result<usize> {
+        let t = match self.table.get() {
+            Some(t) => t,
+            None => {
+                let t = self.txn.open_table(crate::tables::CHUNKS)?;
+                self.table.get_or_init(|| t)
+            }
+        };
+        read_from(t, main, sub, out)
+    }
+}
+
 /// The whole value of a history record: borrowed when inline, assembled from its chunks
 /// otherwise.
-pub(crate) fn assemble<'b, C: ReadableTable<ChunkKey, &'static [u8]>>(
+pub(crate) fn assemble<'b, C: ChunkSource + ?Sized>(
     chunks: &C,
     main: u64,
     sub: u32,
@@ -44,12 +98,7 @@ pub(crate) fn assemble<'b, C: ReadableTable<ChunkKey, &'static [u8]>>(
         Body::Chunked { len, chunks, tail } => (len, chunks, tail),
     };
     let mut out = Vec::with_capacity(len);
-    let mut seen = 0usize;
-    for r in chunks.range((main, sub, 0u32)..=(main, sub, u32::MAX))? {
-        let (_, c) = r?;
-        out.extend_from_slice(c.value());
-        seen += 1;
-    }
+    let seen = chunks.read_chunks(main, sub, &mut out)?;
     out.extend_from_slice(tail);
     if seen != n || out.len() != len {
         return Err(Error::Corrupt(format!(
@@ -65,7 +114,7 @@ where
     L: ReadableTable<&'static [u8], &'static [u8]>,
     I: ReadableTable<IndexKey, bool>,
     H: ReadableTable<HistoryKey, &'static [u8]>,
-    C: ReadableTable<ChunkKey, &'static [u8]>,
+    C: ChunkSource,
 {
     /// The header (as the history record says), key and value of history record (m, s).
     pub(crate) fn record(&self, m: u64, s: u32) -> Result<(Header, Vec<u8>, Vec<u8>)> {

@@ -228,7 +228,7 @@ where
     L: ReadableTable<&'static [u8], &'static [u8]>,
     I: ReadableTable<IndexKey, bool>,
     H: ReadableTable<HistoryKey, &'static [u8]>,
-    C: ReadableTable<ChunkKey, &'static [u8]>,
+    C: crate::view::ChunkSource,
 {
     let mut succeeded = true;
     for c in &req.compare {
@@ -349,7 +349,7 @@ where
     L: ReadableTable<&'static [u8], &'static [u8]>,
     I: ReadableTable<IndexKey, bool>,
     H: ReadableTable<HistoryKey, &'static [u8]>,
-    C: ReadableTable<ChunkKey, &'static [u8]>,
+    C: crate::view::ChunkSource,
 {
     let plan = plan(view, req)?;
     let mut resp = exec_read_only(view, req, &plan, current, compacted)?;
@@ -368,7 +368,7 @@ where
     L: ReadableTable<&'static [u8], &'static [u8]>,
     I: ReadableTable<IndexKey, bool>,
     H: ReadableTable<HistoryKey, &'static [u8]>,
-    C: ReadableTable<ChunkKey, &'static [u8]>,
+    C: crate::view::ChunkSource,
 {
     let ops = if plan.succeeded {
         &req.success
