@@ -26,8 +26,8 @@ use prost::Message;
 use redb::{ReadableDatabase, ReadableTable};
 
 use crate::record::{decode_history, encode_history, encode_latest, Header};
-use crate::view::assemble;
 use crate::tables::*;
+use crate::view::assemble;
 use crate::{meta_applied, meta_i64, Error, Result, Store};
 
 /// The storage version etcd 3.6 writes, and the cluster version we present.

@@ -37,9 +37,9 @@ pub(crate) type LatestView<'a> = view::View<
 
 use ferrokv_proto::{etcdserverpb as pb, mvccpb};
 use record::decode_history;
-use std::borrow::Cow;
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use span::Span;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -449,10 +449,16 @@ impl Store {
             // would keep (each key's newest revision <= rev, unless a delete), and everything
             // when that set is empty.
             let mut any_live = false;
-            v.scan(&Span::new(&[0], &[0]), Some(rev), false, false, &mut |_, _, _| {
-                any_live = true;
-                Ok(false)
-            })?;
+            v.scan(
+                &Span::new(&[0], &[0]),
+                Some(rev),
+                false,
+                false,
+                &mut |_, _, _| {
+                    any_live = true;
+                    Ok(false)
+                },
+            )?;
             let mut h = etcd_snapshot::Crc32c::default();
             h.update(b"key");
             for r in v.history.range(..=(view::rev_u64(rev), u32::MAX))? {

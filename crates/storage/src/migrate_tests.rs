@@ -6,7 +6,15 @@ use crate::legacy::{HISTORY_V1, LATEST_V1};
 use std::process::{Command, Stdio};
 
 /// Everything a reader can see of a store, for comparing two of them.
-fn content(s: &Store) -> (Vec<mvccpb::KeyValue>, Vec<mvccpb::Event>, KvHash, u32, Vec<LeaseRecord>) {
+fn content(
+    s: &Store,
+) -> (
+    Vec<mvccpb::KeyValue>,
+    Vec<mvccpb::Event>,
+    KvHash,
+    u32,
+    Vec<LeaseRecord>,
+) {
     let all = s
         .range(&pb::RangeRequest {
             key: vec![0],
@@ -18,7 +26,13 @@ fn content(s: &Store) -> (Vec<mvccpb::KeyValue>, Vec<mvccpb::Event>, KvHash, u32
     let events = s
         .events_since(s.compacted_revision().max(1), &[0], &[0], true, usize::MAX)
         .unwrap();
-    (all, events, s.kv_hash(0).unwrap(), s.hash().unwrap(), s.leases().unwrap())
+    (
+        all,
+        events,
+        s.kv_hash(0).unwrap(),
+        s.hash().unwrap(),
+        s.leases().unwrap(),
+    )
 }
 
 /// A store with small and chunk-sized values, overwrites, deletes, a lease and a compaction.
@@ -91,7 +105,11 @@ fn write_v1(src: &Store, dest: &Path) {
         for r in view_l.iter().unwrap() {
             let (k, rec) = r.unwrap();
             let h = record::decode_latest(rec.value()).unwrap();
-            let value = if h.tombstone { Vec::new() } else { v.value_of(&h).unwrap() };
+            let value = if h.tombstone {
+                Vec::new()
+            } else {
+                v.value_of(&h).unwrap()
+            };
             latest
                 .insert(k.value(), legacy::encode_latest(&h, &value).as_slice())
                 .unwrap();
@@ -131,7 +149,10 @@ fn a_schema_1_file_opens_migrated_with_nothing_lost() {
     let got = Store::open_with(&v1, true).unwrap();
     assert_eq!(content(&got), content(&want));
     assert_eq!(got.applied_index(), want.applied_index());
-    assert_eq!(got.meta("members").unwrap().as_deref(), Some(b"m".as_slice()));
+    assert_eq!(
+        got.meta("members").unwrap().as_deref(),
+        Some(b"m".as_slice())
+    );
     assert!(got.verify().unwrap().ok());
     drop(got);
     assert_eq!(file_schema(&v1), SCHEMA);
@@ -193,7 +214,12 @@ fn sigkill_during_migration_leaves_an_openable_file() {
         let path = dir.path().join(format!("v1.{delay_ms}"));
         std::fs::copy(&master, &path).unwrap();
         let mut child = Command::new(&exe)
-            .args(["--exact", "migrate_tests::migration_child", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "migrate_tests::migration_child",
+                "--ignored",
+                "--nocapture",
+            ])
             .env(CHILD_ENV, &path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -182,9 +182,7 @@ pub(crate) fn encode_history<'v>(
     let (chunks, tail) = split(value.len());
     let chunked = chunks > 0;
     let mut out = Vec::with_capacity(16 + key.len() + tail);
-    out.push(
-        if h.tombstone { FLAG_TOMBSTONE } else { 0 } | if chunked { FLAG_CHUNKED } else { 0 },
-    );
+    out.push(if h.tombstone { FLAG_TOMBSTONE } else { 0 } | if chunked { FLAG_CHUNKED } else { 0 });
     put_ivarint(&mut out, h.create_revision);
     put_ivarint(&mut out, h.version);
     put_ivarint(&mut out, h.lease);
@@ -326,7 +324,11 @@ mod tests {
                     assert!(chunks.is_empty());
                     v.to_vec()
                 }
-                Body::Chunked { len, chunks: n, tail } => {
+                Body::Chunked {
+                    len,
+                    chunks: n,
+                    tail,
+                } => {
                     assert_eq!((len, n), (value.len(), chunks.len()));
                     assert!(chunks.iter().all(|c| c.len() <= CHUNK));
                     [chunks.concat().as_slice(), tail].concat()
@@ -351,7 +353,9 @@ mod tests {
                 b[0] = 0x80;
                 b
             },
-            vec![0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+            vec![
+                0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ],
             [chunked.as_slice(), b"x"].concat(),
         ];
         for c in cases {
@@ -360,6 +364,9 @@ mod tests {
                 "{c:?}"
             );
         }
-        assert!(decode_latest(&[0, 2, 2, 0, 2, 0, 9]).is_err(), "trailing bytes");
+        assert!(
+            decode_latest(&[0, 2, 2, 0, 2, 0, 9]).is_err(),
+            "trailing bytes"
+        );
     }
 }

@@ -118,7 +118,10 @@ where
 {
     /// The header (as the history record says), key and value of history record (m, s).
     pub(crate) fn record(&self, m: u64, s: u32) -> Result<(Header, Vec<u8>, Vec<u8>)> {
-        let g = self.history.get((m, s))?.ok_or_else(|| missing_history(m, s))?;
+        let g = self
+            .history
+            .get((m, s))?
+            .ok_or_else(|| missing_history(m, s))?;
         let (h, key, body) = decode_history(m, s, g.value())?;
         let value = assemble(self.chunks, m, s, body)?.into_owned();
         Ok((h, key.to_vec(), value))
@@ -127,7 +130,10 @@ where
     /// The value of the revision `h` names.
     pub(crate) fn value_of(&self, h: &Header) -> Result<Vec<u8>> {
         let (m, s) = h.history_key();
-        let g = self.history.get((m, s))?.ok_or_else(|| missing_history(m, s))?;
+        let g = self
+            .history
+            .get((m, s))?
+            .ok_or_else(|| missing_history(m, s))?;
         let (_, _, body) = decode_history(m, s, g.value())?;
         Ok(assemble(self.chunks, m, s, body)?.into_owned())
     }
@@ -135,7 +141,10 @@ where
     /// Calls `f` with the value of the revision `h` names, without copying an inline one.
     fn with_value<T>(&self, h: &Header, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
         let (m, s) = h.history_key();
-        let g = self.history.get((m, s))?.ok_or_else(|| missing_history(m, s))?;
+        let g = self
+            .history
+            .get((m, s))?
+            .ok_or_else(|| missing_history(m, s))?;
         let (_, _, body) = decode_history(m, s, g.value())?;
         let v = assemble(self.chunks, m, s, body)?;
         f(&v)
@@ -224,7 +233,10 @@ where
                 Some(rev) if h.mod_revision > rev => match self.index_at(key, rev)? {
                     None | Some((_, _, true)) => return Ok(true),
                     Some((m, s, false)) => {
-                        let g = self.history.get((m, s))?.ok_or_else(|| missing_history(m, s))?;
+                        let g = self
+                            .history
+                            .get((m, s))?
+                            .ok_or_else(|| missing_history(m, s))?;
                         let (h, _, body) = decode_history(m, s, g.value())?;
                         if !values {
                             return f(key, &h, &[]);
@@ -417,15 +429,16 @@ fn passes_filters(req: &pb::RangeRequest, h: &Header) -> bool {
 
 /// Sorts key-ordered rows. A stable sort keeps key order among equal targets.
 fn sort_rows(rows: &mut [(mvccpb::KeyValue, Header)], order: SortOrder, target: SortTarget) {
-    let by = |(a, _): &(mvccpb::KeyValue, Header), (b, _): &(mvccpb::KeyValue, Header)| -> Ordering {
-        match target {
-            SortTarget::Key => a.key.cmp(&b.key),
-            SortTarget::Version => a.version.cmp(&b.version),
-            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
-            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
-            SortTarget::Value => a.value.cmp(&b.value),
-        }
-    };
+    let by =
+        |(a, _): &(mvccpb::KeyValue, Header), (b, _): &(mvccpb::KeyValue, Header)| -> Ordering {
+            match target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+            }
+        };
     match order {
         // A non-KEY target with NONE sorts ascending, as etcd does.
         SortOrder::None | SortOrder::Ascend => {
