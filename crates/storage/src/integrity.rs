@@ -207,7 +207,7 @@ impl Store {
     /// served data disagrees with its history.
     pub fn kv_hash(&self, revision: i64) -> Result<KvHash> {
         self.etcd_kv_hash(revision, |h, v, rev, compacted| {
-            let mismatches = latest_mismatches(v.latest, v.index, v.history)?;
+            let mismatches = latest_mismatches(v.latest, crate::view::IndexSource::index(v.index)?, v.history)?;
             for m in &mismatches {
                 h.update(&m.key);
                 h.update(&m.latest);

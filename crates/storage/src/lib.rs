@@ -30,7 +30,7 @@ pub use write::WriteBatch;
 pub(crate) type LatestView<'a> = view::View<
     'a,
     ReadOnlyTable<&'static [u8], &'static [u8]>,
-    ReadOnlyTable<tables::IndexKey, bool>,
+    view::LazyIndex<'a>,
     ReadOnlyTable<tables::HistoryKey, &'static [u8]>,
     view::LazyChunks<'a>,
 >;
@@ -234,7 +234,7 @@ impl Store {
             &View<
                 '_,
                 ReadOnlyTable<&'static [u8], &'static [u8]>,
-                ReadOnlyTable<IndexKey, bool>,
+                view::LazyIndex<'_>,
                 ReadOnlyTable<HistoryKey, &'static [u8]>,
                 view::LazyChunks<'_>,
             >,
@@ -246,7 +246,10 @@ impl Store {
         let db = self.db();
         let rtx = db.begin_read()?;
         let latest = rtx.open_table(LATEST)?;
-        let index = rtx.open_table(KEY_INDEX)?;
+        let index = view::LazyIndex {
+            txn: &rtx,
+            table: Default::default(),
+        };
         let history = rtx.open_table(HISTORY)?;
         let chunks = view::LazyChunks {
             txn: &rtx,

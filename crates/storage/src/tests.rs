@@ -2389,3 +2389,38 @@ fn a_new_keyspace_file_stays_within_two_regions_of_its_data() {
     );
     assert_eq!(s.range(&range_req("k/", "k0")).unwrap().count, 4000);
 }
+
+/// A page's values come from one walk over `history` when their revisions lie together and
+/// from one lookup each otherwise; both give every key its own value.
+#[test]
+fn range_values_match_point_gets_dense_and_scattered() {
+    let (_d, s) = open();
+    let mut b = s.write_batch().unwrap();
+    for i in 0..200 {
+        b.put(&put_req(&format!("k{i:03}"), &format!("v{i}")))
+            .unwrap();
+    }
+    b.commit(false).unwrap();
+    let check = |s: &Store| {
+        let all = s.range(&range_req("k", "l")).unwrap().kvs;
+        assert_eq!(all.len(), 200);
+        for kv in &all {
+            let k = String::from_utf8(kv.key.clone()).unwrap();
+            assert_eq!(get(s, &k).unwrap().value, kv.value, "{k}");
+        }
+    };
+    check(&s);
+    // Rewrite every 7th key much later, with filler revisions in between: scattered.
+    for round in 0..3 {
+        let mut b = s.write_batch().unwrap();
+        for i in (round..200).step_by(7) {
+            b.put(&put_req(&format!("k{i:03}"), &format!("w{i}/{round}")))
+                .unwrap();
+            for f in 0..20 {
+                b.put(&put_req(&format!("filler{f}"), "x")).unwrap();
+            }
+        }
+        b.commit(false).unwrap();
+        check(&s);
+    }
+}

@@ -85,6 +85,44 @@ impl ChunkSource for LazyChunks<'_> {
     }
 }
 
+/// Where the key index is read from: the table itself, or a read transaction that opens it
+/// on first use (reads at the current revision never need it; opening a table is a lookup).
+pub(crate) trait IndexSource {
+    type T: ReadableTable<IndexKey, bool>;
+    fn index(&self) -> Result<&Self::T>;
+}
+
+impl<'t> IndexSource for redb::Table<'t, IndexKey, bool> {
+    type T = redb::Table<'t, IndexKey, bool>;
+    fn index(&self) -> Result<&Self::T> {
+        Ok(self)
+    }
+}
+
+impl IndexSource for redb::ReadOnlyTable<IndexKey, bool> {
+    type T = redb::ReadOnlyTable<IndexKey, bool>;
+    fn index(&self) -> Result<&Self::T> {
+        Ok(self)
+    }
+}
+
+/// The key index of a read transaction, opened on first use.
+pub(crate) struct LazyIndex<'t> {
+    pub txn: &'t redb::ReadTransaction,
+    pub table: std::cell::OnceCell<redb::ReadOnlyTable<IndexKey, bool>>,
+}
+
+impl IndexSource for LazyIndex<'_> {
+    type T = redb::ReadOnlyTable<IndexKey, bool>;
+    fn index(&self) -> Result<&Self::T> {
+        if let Some(t) = self.table.get() {
+            return Ok(t);
+        }
+        let t = self.txn.open_table(crate::tables::KEY_INDEX)?;
+        Ok(self.table.get_or_init(|| t))
+    }
+}
+
 /// The whole value of a history record: borrowed when inline, assembled from its chunks
 /// otherwise.
 pub(crate) fn assemble<'b, C: ChunkSource + ?Sized>(
@@ -112,7 +150,7 @@ pub(crate) fn assemble<'b, C: ChunkSource + ?Sized>(
 impl<L, I, H, C> View<'_, L, I, H, C>
 where
     L: ReadableTable<&'static [u8], &'static [u8]>,
-    I: ReadableTable<IndexKey, bool>,
+    I: IndexSource,
     H: ReadableTable<HistoryKey, &'static [u8]>,
     C: ChunkSource,
 {
@@ -150,6 +188,50 @@ where
         f(&v)
     }
 
+    /// Sets the value of each kv from the history record its header names. When the records
+    /// lie close together in revision order (keys loaded or rewritten together, the common
+    /// case for a page of a list) one walk over that stretch of `history` reads them all,
+    /// instead of one tree descent per key.
+    fn fill_values(&self, kvs: &mut [mvccpb::KeyValue], kept: &[Header]) -> Result<()> {
+        let mut want: Vec<(HistoryKey, usize)> = kept
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| !h.tombstone)
+            .map(|(i, h)| (h.history_key(), i))
+            .collect();
+        want.sort_unstable();
+        let dense = match (want.first(), want.last()) {
+            (Some(lo), Some(hi)) => want.len() >= 16 && hi.0 .0 - lo.0 .0 < 4 * want.len() as u64,
+            _ => false,
+        };
+        if !dense {
+            for (_, i) in want {
+                kvs[i].value = self.value_of(&kept[i])?;
+            }
+            return Ok(());
+        }
+        let (lo, hi) = (want[0].0, want[want.len() - 1].0);
+        let mut next = want.iter().peekable();
+        for r in self.history.range(lo..=hi)? {
+            let (k, rec) = r?;
+            let at = k.value();
+            let Some(&&(w, i)) = next.peek() else { break };
+            if at < w {
+                continue;
+            }
+            if at > w {
+                return Err(missing_history(w.0, w.1));
+            }
+            let (_, _, body) = decode_history(at.0, at.1, rec.value())?;
+            kvs[i].value = assemble(self.chunks, at.0, at.1, body)?.into_owned();
+            next.next();
+        }
+        match next.next() {
+            Some(&(w, _)) => Err(missing_history(w.0, w.1)),
+            None => Ok(()),
+        }
+    }
+
     /// The live (not deleted) newest revision of `key`.
     pub(crate) fn live(&self, key: &[u8]) -> Result<Option<Found>> {
         let Some(header) = self.live_header(key)? else {
@@ -176,6 +258,7 @@ where
         let hi: (&[u8], u64, u32) = (key, rev_u64(rev), u32::MAX);
         let mut it = self
             .index
+            .index()?
             .range((Bound::Included(lo), Bound::Included(hi)))?;
         match it.next_back() {
             Some(r) => {
@@ -198,6 +281,7 @@ where
         let hi: (&[u8], u64, u32) = (key, main, sub);
         let mut it = self
             .index
+            .index()?
             .range((Bound::Included(lo), Bound::Excluded(hi)))?;
         let Some(r) = it.next_back() else {
             return Ok(None);
@@ -353,11 +437,7 @@ where
             }
         }
         if !req.keys_only {
-            for (kv, h) in kvs.iter_mut().zip(&kept) {
-                if !h.tombstone {
-                    kv.value = self.value_of(h)?;
-                }
-            }
+            self.fill_values(&mut kvs, &kept)?;
         }
         Ok(pb::RangeResponse {
             header: Some(header(current)),

@@ -226,7 +226,7 @@ struct Plan {
 fn plan<L, I, H, C>(view: &View<'_, L, I, H, C>, req: &pb::TxnRequest) -> Result<Plan>
 where
     L: ReadableTable<&'static [u8], &'static [u8]>,
-    I: ReadableTable<IndexKey, bool>,
+    I: crate::view::IndexSource,
     H: ReadableTable<HistoryKey, &'static [u8]>,
     C: crate::view::ChunkSource,
 {
@@ -347,7 +347,7 @@ pub(crate) fn read_only_txn<L, I, H, C>(
 ) -> Result<pb::TxnResponse>
 where
     L: ReadableTable<&'static [u8], &'static [u8]>,
-    I: ReadableTable<IndexKey, bool>,
+    I: crate::view::IndexSource,
     H: ReadableTable<HistoryKey, &'static [u8]>,
     C: crate::view::ChunkSource,
 {
@@ -366,7 +366,7 @@ fn exec_read_only<L, I, H, C>(
 ) -> Result<pb::TxnResponse>
 where
     L: ReadableTable<&'static [u8], &'static [u8]>,
-    I: ReadableTable<IndexKey, bool>,
+    I: crate::view::IndexSource,
     H: ReadableTable<HistoryKey, &'static [u8]>,
     C: crate::view::ChunkSource,
 {
