@@ -103,4 +103,22 @@ fn main() {
         "range limit 100: {:.2} us/op",
         t.elapsed().as_secs_f64() * 1e6 / pages as f64
     );
+    // Ranges of exactly 1000 keys with their values (no counting past the page).
+    let t = Instant::now();
+    let spans = 200;
+    for j in 0..spans {
+        let i = (j * 7919) % n.saturating_sub(1000).max(1);
+        let r = store
+            .range(&pb::RangeRequest {
+                key: key(i),
+                range_end: key(i + 1000),
+                ..Default::default()
+            })
+            .expect("range");
+        assert_eq!(r.kvs.len(), 1000.min(n));
+    }
+    println!(
+        "range of 1000 keys: {:.2} us/op",
+        t.elapsed().as_secs_f64() * 1e6 / spans as f64
+    );
 }

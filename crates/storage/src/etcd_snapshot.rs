@@ -27,6 +27,7 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use crate::record::{decode_history, encode_history, encode_latest, Header};
 use crate::tables::*;
+use crate::view::assemble;
 use crate::{meta_applied, meta_i64, Error, Result, Store};
 
 /// The storage version etcd 3.6 writes, and the cluster version we present.
@@ -125,6 +126,7 @@ impl Store {
         let db = self.db();
         let rtx = db.begin_read()?;
         let history = rtx.open_table(HISTORY)?;
+        let chunks = rtx.open_table(CHUNKS)?;
         let leases = rtx.open_table(LEASES)?;
         let meta = rtx.open_table(META)?;
         let compacted = meta_i64(&meta, META_COMPACTED)?.unwrap_or(0);
@@ -157,10 +159,11 @@ impl Store {
         for r in history.iter()? {
             let (k, rec) = r?;
             let (main, sub) = k.value();
-            let (h, key, value) = decode_history(rec.value())?;
+            let (h, key, body) = decode_history(main, sub, rec.value())?;
+            let value = assemble(&chunks, main, sub, body)?;
             b.put(
                 &revision_key(main, u64::from(sub), h.tombstone),
-                &etcd_value(&h, key, value),
+                &etcd_value(&h, key, &value),
             )?;
         }
         b.finish()?;
@@ -383,6 +386,7 @@ pub fn import_etcd(db: &Reader, dest: &Path) -> Result<Imported> {
     let bad = |what: &str, e: &dyn std::fmt::Display| Error::BadSnapshot(format!("{what}: {e}"));
     let out = crate::create_db(dest)?;
     let mut wtx = out.begin_write()?;
+    crate::migrate::to_current(&wtx)?;
     let mut imported = Imported {
         revision: 1,
         compacted: 0,
@@ -393,6 +397,7 @@ pub fn import_etcd(db: &Reader, dest: &Path) -> Result<Imported> {
     {
         let mut latest = wtx.open_table(LATEST)?;
         let mut history = wtx.open_table(HISTORY)?;
+        let mut chunks = wtx.open_table(CHUNKS)?;
         let mut index = wtx.open_table(KEY_INDEX)?;
         let mut leases = wtx.open_table(LEASES)?;
         let mut lease_keys = wtx.open_table(LEASE_KEYS)?;
@@ -405,12 +410,13 @@ pub fn import_etcd(db: &Reader, dest: &Path) -> Result<Imported> {
                 .map_err(|_| bad("key bucket", &format!("sub revision {sub} too large")))?;
             let mut kv = mvccpb::KeyValue::decode(v).map_err(|e| bad("key bucket value", &e))?;
             let h = if tombstone {
-                Header::tombstone(main as i64)
+                Header::tombstone(main as i64, sub)
             } else {
                 Header {
                     tombstone: false,
                     create_revision: kv.create_revision,
                     mod_revision: main as i64,
+                    sub,
                     version: kv.version,
                     lease: kv.lease,
                 }
@@ -419,10 +425,14 @@ pub fn import_etcd(db: &Reader, dest: &Path) -> Result<Imported> {
             if key.is_empty() {
                 return Err(bad("key bucket", &format!("revision {main}: empty key")));
             }
-            history.insert((main, sub), encode_history(&h, &key, &kv.value)?.as_slice())?;
+            let (rec, pieces) = encode_history(&h, &key, &kv.value);
+            history.insert((main, sub), rec.as_slice())?;
+            for (n, c) in pieces.iter().enumerate() {
+                chunks.insert((main, sub, n as u32), *c)?;
+            }
             index.insert((key.as_slice(), main, sub), tombstone)?;
             // Revisions arrive in order, so the last write of a key is its newest state.
-            latest.insert(key.as_slice(), encode_latest(&h, &kv.value).as_slice())?;
+            latest.insert(key.as_slice(), encode_latest(&h).as_slice())?;
             last_main = main;
             imported.key_revisions += 1;
             Ok(())
@@ -442,7 +452,7 @@ pub fn import_etcd(db: &Reader, dest: &Path) -> Result<Imported> {
         // etcd reattaches each live key to its lease when it loads the keyspace.
         for r in latest.iter()? {
             let (k, rec) = r?;
-            let (h, _) = crate::record::decode_latest(rec.value())?;
+            let h = crate::record::decode_latest(rec.value())?;
             if !h.tombstone && h.lease != 0 && leases.get(h.lease)?.is_some() {
                 lease_keys.insert((h.lease, k.value()), ())?;
             }

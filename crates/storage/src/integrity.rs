@@ -16,7 +16,7 @@
 //!   disagreement itself ([`KvHash::inconsistency`]) so the member can raise the alarm for
 //!   itself without waiting for a peer.
 
-use crate::record::{decode_latest, encode_history};
+use crate::record::decode_latest;
 use crate::tables::*;
 use crate::{Error, Result, Store};
 use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -160,7 +160,7 @@ fn check_key(
         latest: row.to_vec(),
         what,
     };
-    let (h, value) = match decode_latest(row) {
+    let h = match decode_latest(row) {
         Ok(x) => x,
         Err(e) => {
             out.push(mismatch(format!("undecodable latest record: {e}")));
@@ -174,15 +174,28 @@ fn check_key(
         )));
         return Ok(());
     }
-    let expected = encode_history(&h, &key, value)?;
+    if h.sub != sub {
+        out.push(mismatch(format!(
+            "latest record names history record {main}/{}, the key index {main}/{sub}",
+            h.sub
+        )));
+        return Ok(());
+    }
+    // The value lives only in history; what `latest` holds (the header) must be exactly
+    // what the history record says.
     match history.get((main, sub))? {
         None => out.push(mismatch(format!(
             "history record {main}/{sub} of the latest record is missing"
         ))),
-        Some(rec) if rec.value() != expected.as_slice() => out.push(mismatch(format!(
-            "latest value differs from its history record at revision {main}"
-        ))),
-        Some(_) => {}
+        Some(rec) => match crate::record::decode_history(main, sub, rec.value()) {
+            Ok((hh, hk, _)) if hh == h && hk == key.as_slice() => {}
+            Ok(_) => out.push(mismatch(format!(
+                "latest record differs from its history record at revision {main}"
+            ))),
+            Err(e) => out.push(mismatch(format!(
+                "history record {main}/{sub} of the latest record: {e}"
+            ))),
+        },
     }
     Ok(())
 }
@@ -194,7 +207,7 @@ impl Store {
     /// served data disagrees with its history.
     pub fn kv_hash(&self, revision: i64) -> Result<KvHash> {
         self.etcd_kv_hash(revision, |h, v, rev, compacted| {
-            let mismatches = latest_mismatches(v.latest, v.index, v.history)?;
+            let mismatches = latest_mismatches(v.latest, crate::view::IndexSource::index(v.index)?, v.history)?;
             for m in &mismatches {
                 h.update(&m.key);
                 h.update(&m.latest);
@@ -254,6 +267,7 @@ impl Store {
         let latest = rtx.open_table(LATEST)?;
         let index = rtx.open_table(KEY_INDEX)?;
         let history = rtx.open_table(HISTORY)?;
+        let chunks = rtx.open_table(CHUNKS)?;
         let leases = rtx.open_table(LEASES)?;
         let lease_keys = rtx.open_table(LEASE_KEYS)?;
         let mut report = VerifyReport {
@@ -268,9 +282,12 @@ impl Store {
         for r in history.iter()? {
             let (k, rec) = r?;
             let (main, sub) = k.value();
-            match crate::record::decode_history(rec.value()) {
+            match crate::record::decode_history(main, sub, rec.value()) {
                 Err(e) => report.problem(format!("history record {main}/{sub}: {e}")),
-                Ok((h, key, _)) => {
+                Ok((h, key, body)) => {
+                    if let Err(e) = crate::view::assemble(&chunks, main, sub, body) {
+                        report.problem(format!("history record {main}/{sub}: {e}"));
+                    }
                     if index.get((key, main, sub))?.map(|g| g.value()) != Some(h.tombstone) {
                         report.problem(format!(
                             "history record {main}/{sub} of key {:?} is not in the key index",
@@ -282,7 +299,7 @@ impl Store {
         }
         for r in latest.iter()? {
             let (k, v) = r?;
-            let Ok((h, _)) = decode_latest(v.value()) else {
+            let Ok(h) = decode_latest(v.value()) else {
                 continue; // reported above
             };
             if h.tombstone || h.lease == 0 {
@@ -312,7 +329,7 @@ impl Store {
             }
             let attached = match latest.get(key)? {
                 Some(g) => decode_latest(g.value())
-                    .map(|(h, _)| !h.tombstone && h.lease == lease)
+                    .map(|h| !h.tombstone && h.lease == lease)
                     .unwrap_or(false),
                 None => false,
             };

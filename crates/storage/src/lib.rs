@@ -11,6 +11,8 @@
 
 mod etcd_snapshot;
 mod integrity;
+mod legacy;
+mod migrate;
 mod record;
 mod span;
 mod tables;
@@ -28,14 +30,16 @@ pub use write::WriteBatch;
 pub(crate) type LatestView<'a> = view::View<
     'a,
     ReadOnlyTable<&'static [u8], &'static [u8]>,
-    ReadOnlyTable<tables::IndexKey, bool>,
+    view::LazyIndex<'a>,
     ReadOnlyTable<tables::HistoryKey, &'static [u8]>,
+    view::LazyChunks<'a>,
 >;
 
 use ferrokv_proto::{etcdserverpb as pb, mvccpb};
 use record::decode_history;
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use span::Span;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -163,17 +167,18 @@ impl Store {
             std::fs::remove_file(&tmp)?;
         }
         let db = create_db(path)?;
-        // Create every table up front so read transactions never see a missing table.
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(LATEST)?;
-            txn.open_table(HISTORY)?;
-            txn.open_table(KEY_INDEX)?;
-            txn.open_table(LEASES)?;
-            txn.open_table(LEASE_KEYS)?;
-            txn.open_table(META)?;
+        // Create every table up front so read transactions never see a missing table, and
+        // bring a file of an older layout to the current one (one transaction: a crash in
+        // the middle leaves the old file as it was, and the next open migrates again).
+        let mut txn = db.begin_write()?;
+        let migrated = migrate::to_current(&txn)?;
+        if migrated.is_some() {
+            txn.set_durability(redb::Durability::Immediate)?;
         }
         txn.commit()?;
+        if let Some(m) = migrated {
+            tracing::info!(path = %path.display(), records = m.records, keys = m.keys, "migrated the keyspace to schema {SCHEMA}");
+        }
         let rtx = db.begin_read()?;
         let meta = rtx.open_table(META)?;
         let revision = meta_i64(&meta, META_REVISION)?.unwrap_or(1);
@@ -229,8 +234,9 @@ impl Store {
             &View<
                 '_,
                 ReadOnlyTable<&'static [u8], &'static [u8]>,
-                ReadOnlyTable<IndexKey, bool>,
+                view::LazyIndex<'_>,
                 ReadOnlyTable<HistoryKey, &'static [u8]>,
+                view::LazyChunks<'_>,
             >,
             i64,
             i64,
@@ -240,8 +246,15 @@ impl Store {
         let db = self.db();
         let rtx = db.begin_read()?;
         let latest = rtx.open_table(LATEST)?;
-        let index = rtx.open_table(KEY_INDEX)?;
+        let index = view::LazyIndex {
+            txn: &rtx,
+            table: Default::default(),
+        };
         let history = rtx.open_table(HISTORY)?;
+        let chunks = view::LazyChunks {
+            txn: &rtx,
+            table: Default::default(),
+        };
         let meta = rtx.open_table(META)?;
         let current = meta_i64(&meta, META_REVISION)?.unwrap_or(1);
         let compacted = meta_i64(&meta, META_COMPACTED)?.unwrap_or(0);
@@ -249,6 +262,7 @@ impl Store {
             latest: &latest,
             index: &index,
             history: &history,
+            chunks: &chunks,
         };
         f(&view, current, compacted)
     }
@@ -341,10 +355,11 @@ impl Store {
             for r in v.history.range((start, 0u32)..=(end, u32::MAX))? {
                 let (k, rec) = r?;
                 let (main, sub) = k.value();
-                let (h, key, value) = decode_history(rec.value())?;
+                let (h, key, body) = decode_history(main, sub, rec.value())?;
                 if !span.contains(key) {
                     continue;
                 }
+                let value = view::assemble(v.chunks, main, sub, body)?;
                 if last_rev != Some(main) {
                     if revisions == max_revisions {
                         break;
@@ -364,7 +379,7 @@ impl Store {
                 };
                 events.push(mvccpb::Event {
                     r#type: kind as i32,
-                    kv: Some(record::to_kv(key, &h, value)),
+                    kv: Some(record::to_kv(key, &h, &value)),
                     prev_kv: prev,
                 });
             }
@@ -437,16 +452,22 @@ impl Store {
             // would keep (each key's newest revision <= rev, unless a delete), and everything
             // when that set is empty.
             let mut any_live = false;
-            v.scan(&Span::new(&[0], &[0]), Some(rev), false, &mut |_, _, _| {
-                any_live = true;
-                Ok(false)
-            })?;
+            v.scan(
+                &Span::new(&[0], &[0]),
+                Some(rev),
+                false,
+                false,
+                &mut |_, _, _| {
+                    any_live = true;
+                    Ok(false)
+                },
+            )?;
             let mut h = etcd_snapshot::Crc32c::default();
             h.update(b"key");
             for r in v.history.range(..=(view::rev_u64(rev), u32::MAX))? {
                 let (k, rec) = r?;
                 let (main, sub) = k.value();
-                let (hd, key, value) = decode_history(rec.value())?;
+                let (hd, key, body) = decode_history(main, sub, rec.value())?;
                 if any_live
                     && main <= view::rev_u64(compacted)
                     && v.index_at(key, rev)? != Some((main, sub, false))
@@ -458,7 +479,8 @@ impl Store {
                     u64::from(sub),
                     hd.tombstone,
                 ));
-                h.update(&etcd_snapshot::etcd_value(&hd, key, value));
+                let value: Cow<'_, [u8]> = view::assemble(v.chunks, main, sub, body)?;
+                h.update(&etcd_snapshot::etcd_value(&hd, key, &value));
             }
             then(&mut h, v, rev, compacted)
         })
@@ -488,6 +510,7 @@ impl Store {
         }
         feed(&mut h, &rtx.open_table(LATEST)?)?;
         feed(&mut h, &rtx.open_table(HISTORY)?)?;
+        feed(&mut h, &rtx.open_table(CHUNKS)?)?;
         feed(&mut h, &rtx.open_table(KEY_INDEX)?)?;
         feed(&mut h, &rtx.open_table(LEASES)?)?;
         feed(&mut h, &rtx.open_table(LEASE_KEYS)?)?;
@@ -523,6 +546,7 @@ impl Store {
         }
         let in_use = used(&rtx.open_table(LATEST)?)?
             + used(&rtx.open_table(HISTORY)?)?
+            + used(&rtx.open_table(CHUNKS)?)?
             + used(&rtx.open_table(KEY_INDEX)?)?
             + used(&rtx.open_table(LEASES)?)?
             + used(&rtx.open_table(LEASE_KEYS)?)?
@@ -554,6 +578,7 @@ impl Store {
         Ok(vec![
             st("latest", &rtx.open_table(LATEST)?)?,
             st("history", &rtx.open_table(HISTORY)?)?,
+            st("chunks", &rtx.open_table(CHUNKS)?)?,
             st("key_index", &rtx.open_table(KEY_INDEX)?)?,
         ])
     }
@@ -611,11 +636,21 @@ impl Store {
         // Deleting the tables is cheaper than removing their rows one by one.
         wtx.delete_table(LATEST)?;
         wtx.delete_table(HISTORY)?;
+        wtx.delete_table(CHUNKS)?;
         wtx.delete_table(KEY_INDEX)?;
         wtx.delete_table(LEASES)?;
         wtx.delete_table(LEASE_KEYS)?;
         wtx.delete_table(META)?;
-        copy_tables(&rtx, &wtx)?;
+        wtx.delete_table(legacy::LATEST_V1)?;
+        wtx.delete_table(legacy::HISTORY_V1)?;
+        // A member of an older version sends a schema 1 file: take its tables as they are,
+        // then migrate them here, in the same transaction.
+        if migrate::schema_of(&rtx)? < SCHEMA {
+            migrate::copy_v1_tables(&rtx, &wtx)?;
+            migrate::to_current(&wtx)?;
+        } else {
+            copy_tables(&rtx, &wtx)?;
+        }
         let (revision, compacted, applied) = {
             // The same rows as just copied, read from the source.
             let meta = rtx.open_table(META)?;
@@ -659,8 +694,37 @@ impl Store {
     }
 }
 
-/// Opens or creates a keyspace file.
+/// The empty keyspace file every new one starts from: a redb database with 4 MiB regions
+/// (`scripts/gen-redb-template.sh` writes it). redb grows a file by doubling it within a
+/// region and by one region at a time past the first, and its default region is 4 GiB: a
+/// file made by `Database::create` is up to twice its data. One made from this stays within
+/// two regions (8 MiB) of it, as etcd's bbolt file grows in 16 MiB steps.
+static EMPTY_DB: &[u8] = include_bytes!("empty.redb");
+
+/// Opens or creates a keyspace file; a new one (missing or empty) starts as [`EMPTY_DB`].
 pub(crate) fn create_db(path: &Path) -> Result<Database> {
+    let fresh = match std::fs::metadata(path) {
+        Ok(m) => m.len() == 0,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(e.into()),
+    };
+    if fresh {
+        // Written aside and renamed, so a crash never leaves a half-written template that
+        // the next open would refuse as a damaged file.
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".init");
+        let tmp = PathBuf::from(tmp);
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(EMPTY_DB)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
     Ok(Database::create(path)?)
 }
 
@@ -671,28 +735,31 @@ fn defrag_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Copies one table from `src` into `dst`, row by row.
+pub(crate) fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    src: &redb::ReadTransaction,
+    dst: &redb::WriteTransaction,
+    def: redb::TableDefinition<K, V>,
+) -> Result<()> {
+    let from = src.open_table(def)?;
+    let mut to = dst.open_table(def)?;
+    for r in from.iter()? {
+        let (k, v) = r?;
+        to.insert(k.value(), v.value())?;
+    }
+    Ok(())
+}
+
 /// Copies every table of the keyspace from `src` into `dst` (row by row: a redb file cannot
 /// be copied byte for byte while it is being written).
 fn copy_tables(src: &redb::ReadTransaction, dst: &redb::WriteTransaction) -> Result<()> {
-    fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
-        src: &redb::ReadTransaction,
-        dst: &redb::WriteTransaction,
-        def: redb::TableDefinition<K, V>,
-    ) -> Result<()> {
-        let from = src.open_table(def)?;
-        let mut to = dst.open_table(def)?;
-        for r in from.iter()? {
-            let (k, v) = r?;
-            to.insert(k.value(), v.value())?;
-        }
-        Ok(())
-    }
-    copy(src, dst, LATEST)?;
-    copy(src, dst, HISTORY)?;
-    copy(src, dst, KEY_INDEX)?;
-    copy(src, dst, LEASES)?;
-    copy(src, dst, LEASE_KEYS)?;
-    copy(src, dst, META)
+    copy_table(src, dst, LATEST)?;
+    copy_table(src, dst, HISTORY)?;
+    copy_table(src, dst, CHUNKS)?;
+    copy_table(src, dst, KEY_INDEX)?;
+    copy_table(src, dst, LEASES)?;
+    copy_table(src, dst, LEASE_KEYS)?;
+    copy_table(src, dst, META)
 }
 
 pub(crate) fn meta_i64<M: ReadableTable<&'static str, &'static [u8]>>(
@@ -726,3 +793,6 @@ fn meta_applied(meta: &MetaTable) -> Result<(u64, u64)> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod migrate_tests;

@@ -1,25 +1,28 @@
 //! Reads over the keyspace tables, shared by read transactions (`Store::range`) and by the
 //! write path (txn compares, ranges inside a txn that must see the txn's own writes).
 
-use crate::record::{decode_history, decode_latest, to_kv, Header};
+use crate::record::{decode_history, decode_latest, to_kv, Body, Header};
 use crate::span::Span;
-use crate::tables::{HistoryKey, IndexKey};
+use crate::tables::{ChunkKey, HistoryKey, IndexKey};
 use crate::{Error, Result};
 use ferrokv_proto::{etcdserverpb as pb, mvccpb};
 use pb::compare::{CompareResult, CompareTarget, TargetUnion};
 use pb::range_request::{SortOrder, SortTarget};
 use redb::ReadableTable;
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::ops::Bound;
 
-/// Called with (key, header, value) per key of a scan; returns false to stop.
+/// Called with (key, header, value) per key of a scan; returns false to stop. The value is
+/// empty when the scan was asked for no values.
 pub(crate) type Visitor<'f> = dyn FnMut(&[u8], &Header, &[u8]) -> Result<bool> + 'f;
 
-/// Borrowed handles of the three keyspace tables, from either kind of redb transaction.
-pub(crate) struct View<'a, L, I, H> {
+/// Borrowed handles of the four keyspace tables, from either kind of redb transaction.
+pub(crate) struct View<'a, L, I, H, C> {
     pub latest: &'a L,
     pub index: &'a I,
     pub history: &'a H,
+    pub chunks: &'a C,
 }
 
 /// A key revision as found by a read.
@@ -28,25 +31,225 @@ pub(crate) struct Found {
     pub value: Vec<u8>,
 }
 
-impl<L, I, H> View<'_, L, I, H>
+/// Where the chunks of large values are read from: the `chunks` table itself, or a read
+/// transaction that opens it only when a large value is met, so reads of small values do not
+/// pay for opening it.
+pub(crate) trait ChunkSource {
+    /// Appends the chunks of history record (main, sub) to `out`; returns how many.
+    fn read_chunks(&self, main: u64, sub: u32, out: &mut Vec<u8>) -> Result<usize>;
+}
+
+fn read_from<C: ReadableTable<ChunkKey, &'static [u8]>>(
+    t: &C,
+    main: u64,
+    sub: u32,
+    out: &mut Vec<u8>,
+) -> Result<usize> {
+    let mut n = 0;
+    for r in t.range((main, sub, 0u32)..=(main, sub, u32::MAX))? {
+        let (_, c) = r?;
+        out.extend_from_slice(c.value());
+        n += 1;
+    }
+    Ok(n)
+}
+
+impl ChunkSource for redb::Table<'_, ChunkKey, &'static [u8]> {
+    fn read_chunks(&self, main: u64, sub: u32, out: &mut Vec<u8>) -> Result<usize> {
+        read_from(self, main, sub, out)
+    }
+}
+
+impl ChunkSource for redb::ReadOnlyTable<ChunkKey, &'static [u8]> {
+    fn read_chunks(&self, main: u64, sub: u32, out: &mut Vec<u8>) -> Result<usize> {
+        read_from(self, main, sub, out)
+    }
+}
+
+/// The `chunks` table of a read transaction, opened on first use.
+pub(crate) struct LazyChunks<'t> {
+    pub txn: &'t redb::ReadTransaction,
+    pub table: std::cell::OnceCell<redb::ReadOnlyTable<ChunkKey, &'static [u8]>>,
+}
+
+impl ChunkSource for LazyChunks<'_> {
+    fn read_chunks(&self, main: u64, sub: u32, out: &mut Vec<u8>) -> Result<usize> {
+        let t = match self.table.get() {
+            Some(t) => t,
+            None => {
+                let t = self.txn.open_table(crate::tables::CHUNKS)?;
+                self.table.get_or_init(|| t)
+            }
+        };
+        read_from(t, main, sub, out)
+    }
+}
+
+/// Where the key index is read from: the table itself, or a read transaction that opens it
+/// on first use (reads at the current revision never need it; opening a table is a lookup).
+pub(crate) trait IndexSource {
+    type T: ReadableTable<IndexKey, bool>;
+    fn index(&self) -> Result<&Self::T>;
+}
+
+impl<'t> IndexSource for redb::Table<'t, IndexKey, bool> {
+    type T = redb::Table<'t, IndexKey, bool>;
+    fn index(&self) -> Result<&Self::T> {
+        Ok(self)
+    }
+}
+
+impl IndexSource for redb::ReadOnlyTable<IndexKey, bool> {
+    type T = redb::ReadOnlyTable<IndexKey, bool>;
+    fn index(&self) -> Result<&Self::T> {
+        Ok(self)
+    }
+}
+
+/// The key index of a read transaction, opened on first use.
+pub(crate) struct LazyIndex<'t> {
+    pub txn: &'t redb::ReadTransaction,
+    pub table: std::cell::OnceCell<redb::ReadOnlyTable<IndexKey, bool>>,
+}
+
+impl IndexSource for LazyIndex<'_> {
+    type T = redb::ReadOnlyTable<IndexKey, bool>;
+    fn index(&self) -> Result<&Self::T> {
+        if let Some(t) = self.table.get() {
+            return Ok(t);
+        }
+        let t = self.txn.open_table(crate::tables::KEY_INDEX)?;
+        Ok(self.table.get_or_init(|| t))
+    }
+}
+
+/// The whole value of a history record: borrowed when inline, assembled from its chunks
+/// otherwise.
+pub(crate) fn assemble<'b, C: ChunkSource + ?Sized>(
+    chunks: &C,
+    main: u64,
+    sub: u32,
+    body: Body<'b>,
+) -> Result<Cow<'b, [u8]>> {
+    let (len, n, tail) = match body {
+        Body::Inline(v) => return Ok(Cow::Borrowed(v)),
+        Body::Chunked { len, chunks, tail } => (len, chunks, tail),
+    };
+    let mut out = Vec::with_capacity(len);
+    let seen = chunks.read_chunks(main, sub, &mut out)?;
+    out.extend_from_slice(tail);
+    if seen != n || out.len() != len {
+        return Err(Error::Corrupt(format!(
+            "history record {main}/{sub}: {seen} of {n} chunks, {} of {len} value bytes",
+            out.len()
+        )));
+    }
+    Ok(Cow::Owned(out))
+}
+
+impl<L, I, H, C> View<'_, L, I, H, C>
 where
     L: ReadableTable<&'static [u8], &'static [u8]>,
-    I: ReadableTable<IndexKey, bool>,
+    I: IndexSource,
     H: ReadableTable<HistoryKey, &'static [u8]>,
+    C: ChunkSource,
 {
+    /// The header (as the history record says), key and value of history record (m, s).
+    pub(crate) fn record(&self, m: u64, s: u32) -> Result<(Header, Vec<u8>, Vec<u8>)> {
+        let g = self
+            .history
+            .get((m, s))?
+            .ok_or_else(|| missing_history(m, s))?;
+        let (h, key, body) = decode_history(m, s, g.value())?;
+        let value = assemble(self.chunks, m, s, body)?.into_owned();
+        Ok((h, key.to_vec(), value))
+    }
+
+    /// The value of the revision `h` names.
+    pub(crate) fn value_of(&self, h: &Header) -> Result<Vec<u8>> {
+        let (m, s) = h.history_key();
+        let g = self
+            .history
+            .get((m, s))?
+            .ok_or_else(|| missing_history(m, s))?;
+        let (_, _, body) = decode_history(m, s, g.value())?;
+        Ok(assemble(self.chunks, m, s, body)?.into_owned())
+    }
+
+    /// Calls `f` with the value of the revision `h` names, without copying an inline one.
+    fn with_value<T>(&self, h: &Header, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+        let (m, s) = h.history_key();
+        let g = self
+            .history
+            .get((m, s))?
+            .ok_or_else(|| missing_history(m, s))?;
+        let (_, _, body) = decode_history(m, s, g.value())?;
+        let v = assemble(self.chunks, m, s, body)?;
+        f(&v)
+    }
+
+    /// Sets the value of each kv from the history record its header names. When the records
+    /// lie close together in revision order (keys loaded or rewritten together, the common
+    /// case for a page of a list) one walk over that stretch of `history` reads them all,
+    /// instead of one tree descent per key.
+    fn fill_values(&self, kvs: &mut [mvccpb::KeyValue], kept: &[Header]) -> Result<()> {
+        let mut want: Vec<(HistoryKey, usize)> = kept
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| !h.tombstone)
+            .map(|(i, h)| (h.history_key(), i))
+            .collect();
+        want.sort_unstable();
+        let dense = match (want.first(), want.last()) {
+            (Some(lo), Some(hi)) => want.len() >= 16 && hi.0 .0 - lo.0 .0 < 4 * want.len() as u64,
+            _ => false,
+        };
+        if !dense {
+            for (_, i) in want {
+                kvs[i].value = self.value_of(&kept[i])?;
+            }
+            return Ok(());
+        }
+        let (lo, hi) = (want[0].0, want[want.len() - 1].0);
+        let mut next = want.iter().peekable();
+        for r in self.history.range(lo..=hi)? {
+            let (k, rec) = r?;
+            let at = k.value();
+            let Some(&&(w, i)) = next.peek() else { break };
+            if at < w {
+                continue;
+            }
+            if at > w {
+                return Err(missing_history(w.0, w.1));
+            }
+            let (_, _, body) = decode_history(at.0, at.1, rec.value())?;
+            kvs[i].value = assemble(self.chunks, at.0, at.1, body)?.into_owned();
+            next.next();
+        }
+        match next.next() {
+            Some(&(w, _)) => Err(missing_history(w.0, w.1)),
+            None => Ok(()),
+        }
+    }
+
     /// The live (not deleted) newest revision of `key`.
     pub(crate) fn live(&self, key: &[u8]) -> Result<Option<Found>> {
+        let Some(header) = self.live_header(key)? else {
+            return Ok(None);
+        };
+        Ok(Some(Found {
+            value: self.value_of(&header)?,
+            header,
+        }))
+    }
+
+    /// The header of the live newest revision of `key`, without its value.
+    pub(crate) fn live_header(&self, key: &[u8]) -> Result<Option<Header>> {
         let Some(g) = self.latest.get(key)? else {
             return Ok(None);
         };
-        let (header, value) = decode_latest(g.value())?;
-        if header.tombstone {
-            return Ok(None);
-        }
-        Ok(Some(Found {
-            header,
-            value: value.to_vec(),
-        }))
+        let header = decode_latest(g.value())?;
+        Ok((!header.tombstone).then_some(header))
     }
 
     /// Newest index entry of `key` at or below `rev`: (main, sub, tombstone).
@@ -55,6 +258,7 @@ where
         let hi: (&[u8], u64, u32) = (key, rev_u64(rev), u32::MAX);
         let mut it = self
             .index
+            .index()?
             .range((Bound::Included(lo), Bound::Included(hi)))?;
         match it.next_back() {
             Some(r) => {
@@ -77,6 +281,7 @@ where
         let hi: (&[u8], u64, u32) = (key, main, sub);
         let mut it = self
             .index
+            .index()?
             .range((Bound::Included(lo), Bound::Excluded(hi)))?;
         let Some(r) = it.next_back() else {
             return Ok(None);
@@ -86,16 +291,14 @@ where
             return Ok(None);
         }
         let (_, m, s) = k.value();
-        let g = self
-            .history
-            .get((m, s))?
-            .ok_or_else(|| missing_history(m, s))?;
-        let (h, key, value) = decode_history(g.value())?;
-        Ok(Some(to_kv(key, &h, value)))
+        let (h, key, value) = self.record(m, s)?;
+        Ok(Some(to_kv(&key, &h, &value)))
     }
 
     /// Calls `f(key, header, value)` for every live key of `span` at revision `at` (None =
-    /// newest) in key order (reversed when `reverse`), until `f` returns false.
+    /// newest) in key order (reversed when `reverse`), until `f` returns false. Without
+    /// `values` the value given is empty and no history record is read at the newest
+    /// revision (counting, keys-only, compares on revisions).
     ///
     /// At an older revision the `latest` table still drives the walk (it holds every key that
     /// has history, tombstones included, until compaction), and only keys changed after `at`
@@ -105,24 +308,34 @@ where
         span: &Span,
         at: Option<i64>,
         reverse: bool,
+        values: bool,
         f: &mut Visitor<'_>,
     ) -> Result<()> {
         let mut visit = |key: &[u8], rec: &[u8]| -> Result<bool> {
-            let (h, value) = decode_latest(rec)?;
-            match at {
+            let h = decode_latest(rec)?;
+            let h = match at {
                 Some(rev) if h.mod_revision > rev => match self.index_at(key, rev)? {
-                    None | Some((_, _, true)) => Ok(true),
+                    None | Some((_, _, true)) => return Ok(true),
                     Some((m, s, false)) => {
                         let g = self
                             .history
                             .get((m, s))?
                             .ok_or_else(|| missing_history(m, s))?;
-                        let (h, _, value) = decode_history(g.value())?;
-                        f(key, &h, value)
+                        let (h, _, body) = decode_history(m, s, g.value())?;
+                        if !values {
+                            return f(key, &h, &[]);
+                        }
+                        let v = assemble(self.chunks, m, s, body)?;
+                        return f(key, &h, &v);
                     }
                 },
-                _ if h.tombstone => Ok(true),
-                _ => f(key, &h, value),
+                _ if h.tombstone => return Ok(true),
+                _ => h,
+            };
+            if values {
+                self.with_value(&h, |v| f(key, &h, v))
+            } else {
+                f(key, &h, &[])
             }
         };
         match span {
@@ -177,40 +390,54 @@ where
         let mut count: i64 = 0;
         let mut kvs: Vec<mvccpb::KeyValue> = Vec::new();
         let mut more = false;
+        // Values are fetched (from history) only for the kvs that are returned: counted keys
+        // beyond `limit` and filtered-out keys never cost a value read.
+        let mut kept: Vec<Header> = Vec::new();
         if req.count_only {
-            self.scan(&span, at, false, &mut |_, _, _| {
+            self.scan(&span, at, false, false, &mut |_, _, _| {
                 count += 1;
                 Ok(true)
             })?;
         } else if !filtered && target == SortTarget::Key {
             // Key order is the table order: walk it (backwards for DESCEND), keep `limit`
-            // entries and only count the rest without copying values.
+            // entries and only count the rest.
             let reverse = order == SortOrder::Descend;
-            self.scan(&span, at, reverse, &mut |k, h, v| {
+            self.scan(&span, at, reverse, false, &mut |k, h, _| {
                 count += 1;
                 if limit == 0 || kvs.len() < limit {
-                    kvs.push(to_kv(k, h, if req.keys_only { &[] } else { v }));
+                    kvs.push(to_kv(k, h, &[]));
+                    kept.push(*h);
                 }
                 Ok(true)
             })?;
             more = (kvs.len() as i64) < count;
         } else {
-            let keep_value = !req.keys_only || target == SortTarget::Value;
-            self.scan(&span, at, false, &mut |k, h, v| {
+            // Sorting by value needs every value; any other order only the kept ones'.
+            let by_value = target == SortTarget::Value;
+            let mut rows: Vec<(mvccpb::KeyValue, Header)> = Vec::new();
+            self.scan(&span, at, false, by_value, &mut |k, h, v| {
                 count += 1;
                 if passes_filters(req, h) {
-                    kvs.push(to_kv(k, h, if keep_value { v } else { &[] }));
+                    rows.push((to_kv(k, h, v), *h));
                 }
                 Ok(true)
             })?;
-            sort_kvs(&mut kvs, order, target);
-            if limit > 0 && kvs.len() > limit {
-                kvs.truncate(limit);
+            sort_rows(&mut rows, order, target);
+            if limit > 0 && rows.len() > limit {
+                rows.truncate(limit);
                 more = true;
             }
-            if req.keys_only {
-                kvs.iter_mut().for_each(|kv| kv.value.clear());
+            if by_value {
+                if req.keys_only {
+                    rows.iter_mut().for_each(|(kv, _)| kv.value.clear());
+                }
+                kvs = rows.into_iter().map(|(kv, _)| kv).collect();
+            } else {
+                (kvs, kept) = rows.into_iter().unzip();
             }
+        }
+        if !req.keys_only {
+            self.fill_values(&mut kvs, &kept)?;
         }
         Ok(pb::RangeResponse {
             header: Some(header(current)),
@@ -225,7 +452,8 @@ where
         let span = Span::new(&c.key, &c.range_end);
         let mut any = false;
         let mut all = true;
-        self.scan(&span, None, false, &mut |_, h, v| {
+        let values = c.target == CompareTarget::Value as i32;
+        self.scan(&span, None, false, values, &mut |_, h, v| {
             any = true;
             if !compare_kv(c, h, v) {
                 all = false;
@@ -279,25 +507,26 @@ fn passes_filters(req: &pb::RangeRequest, h: &Header) -> bool {
         && (req.max_create_revision == 0 || h.create_revision <= req.max_create_revision)
 }
 
-/// Sorts key-ordered kvs. A stable sort keeps key order among equal targets.
-fn sort_kvs(kvs: &mut [mvccpb::KeyValue], order: SortOrder, target: SortTarget) {
-    let by = |a: &mvccpb::KeyValue, b: &mvccpb::KeyValue| -> Ordering {
-        match target {
-            SortTarget::Key => a.key.cmp(&b.key),
-            SortTarget::Version => a.version.cmp(&b.version),
-            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
-            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
-            SortTarget::Value => a.value.cmp(&b.value),
-        }
-    };
+/// Sorts key-ordered rows. A stable sort keeps key order among equal targets.
+fn sort_rows(rows: &mut [(mvccpb::KeyValue, Header)], order: SortOrder, target: SortTarget) {
+    let by =
+        |(a, _): &(mvccpb::KeyValue, Header), (b, _): &(mvccpb::KeyValue, Header)| -> Ordering {
+            match target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+            }
+        };
     match order {
         // A non-KEY target with NONE sorts ascending, as etcd does.
         SortOrder::None | SortOrder::Ascend => {
             if target != SortTarget::Key {
-                kvs.sort_by(by);
+                rows.sort_by(by);
             }
         }
-        SortOrder::Descend => kvs.sort_by(|a, b| by(b, a)),
+        SortOrder::Descend => rows.sort_by(|a, b| by(b, a)),
     }
 }
 

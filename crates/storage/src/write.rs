@@ -5,7 +5,7 @@
 //! table, so an `Err` other than `Corrupt`/`Backend` leaves the batch as it was. Those two are
 //! fail-stop for the caller (the batch must be dropped, which aborts it).
 
-use crate::record::{decode_history, encode_history, encode_latest, to_kv, Header};
+use crate::record::{decode_history, decode_latest, encode_history, encode_latest, to_kv, Header};
 use crate::span::Span;
 use crate::tables::*;
 use crate::view::{check_revision, header, rev_u64, View};
@@ -37,6 +37,7 @@ pub struct WriteBatch<'a> {
 struct Tables<'t> {
     latest: Table<'t, &'static [u8], &'static [u8]>,
     history: Table<'t, HistoryKey, &'static [u8]>,
+    chunks: Table<'t, ChunkKey, &'static [u8]>,
     index: Table<'t, IndexKey, bool>,
     leases: Table<'t, i64, (i64, i64)>,
     lease_keys: Table<'t, (i64, &'static [u8]), ()>,
@@ -47,6 +48,7 @@ type WView<'v, 't> = View<
     Table<'t, &'static [u8], &'static [u8]>,
     Table<'t, IndexKey, bool>,
     Table<'t, HistoryKey, &'static [u8]>,
+    Table<'t, ChunkKey, &'static [u8]>,
 >;
 
 impl<'t> Tables<'t> {
@@ -54,6 +56,7 @@ impl<'t> Tables<'t> {
         Ok(Tables {
             latest: txn.open_table(LATEST)?,
             history: txn.open_table(HISTORY)?,
+            chunks: txn.open_table(CHUNKS)?,
             index: txn.open_table(KEY_INDEX)?,
             leases: txn.open_table(LEASES)?,
             lease_keys: txn.open_table(LEASE_KEYS)?,
@@ -65,17 +68,38 @@ impl<'t> Tables<'t> {
             latest: &self.latest,
             index: &self.index,
             history: &self.history,
+            chunks: &self.chunks,
         }
     }
 
-    /// Writes one key revision to all three keyspace tables.
-    fn write_record(&mut self, key: &[u8], h: &Header, value: &[u8], sub: u32) -> Result<()> {
-        let main = rev_u64(h.mod_revision);
-        self.latest
-            .insert(key, encode_latest(h, value).as_slice())?;
-        self.history
-            .insert((main, sub), encode_history(h, key, value)?.as_slice())?;
+    /// Writes one key revision to the keyspace tables: its header to `latest`, the one copy
+    /// of its value to `history` (and `chunks`), and its index entry.
+    fn write_record(&mut self, key: &[u8], h: &Header, value: &[u8]) -> Result<()> {
+        let (main, sub) = h.history_key();
+        self.latest.insert(key, encode_latest(h).as_slice())?;
+        let (rec, chunks) = encode_history(h, key, value);
+        self.history.insert((main, sub), rec.as_slice())?;
+        for (n, c) in chunks.iter().enumerate() {
+            let n = u32::try_from(n).map_err(|_| Error::Backend("value too large".into()))?;
+            self.chunks.insert((main, sub, n), *c)?;
+        }
         self.index.insert((key, main, sub), h.tombstone)?;
+        Ok(())
+    }
+
+    /// Removes history record (main, sub) and its chunks.
+    fn remove_history(&mut self, main: u64, sub: u32) -> Result<()> {
+        let chunked = match self.history.remove((main, sub))? {
+            Some(g) => matches!(
+                decode_history(main, sub, g.value())?.2,
+                crate::record::Body::Chunked { .. }
+            ),
+            None => false,
+        };
+        if chunked {
+            self.chunks
+                .retain_in((main, sub, 0u32)..=(main, sub, u32::MAX), |_, _| false)?;
+        }
         Ok(())
     }
 
@@ -94,7 +118,7 @@ impl<'t> Tables<'t> {
 
     /// Checks that can fail a put, against the state before the op (or txn) runs.
     fn check_put(&self, req: &pb::PutRequest) -> Result<()> {
-        if (req.ignore_value || req.ignore_lease) && self.view().live(&req.key)?.is_none() {
+        if (req.ignore_value || req.ignore_lease) && self.view().live_header(&req.key)?.is_none() {
             return Err(Error::KeyNotFound);
         }
         if !req.ignore_lease && req.lease != 0 && self.leases.get(req.lease)?.is_none() {
@@ -124,10 +148,11 @@ impl<'t> Tables<'t> {
             tombstone: false,
             create_revision: prev.as_ref().map_or(rev, |p| p.header.create_revision),
             mod_revision: rev,
+            sub: *sub,
             version: prev.as_ref().map_or(1, |p| p.header.version + 1),
             lease,
         };
-        self.write_record(&req.key, &h, value, *sub)?;
+        self.write_record(&req.key, &h, value)?;
         *sub += 1;
         self.move_lease(&req.key, old_lease, lease)?;
         let prev_kv = prev.as_ref().map(|p| to_kv(&req.key, &p.header, &p.value));
@@ -151,7 +176,7 @@ impl<'t> Tables<'t> {
     ) -> Result<(pb::DeleteRangeResponse, Vec<mvccpb::Event>)> {
         let span = Span::new(&req.key, &req.range_end);
         let mut victims: Vec<(Vec<u8>, Header, Vec<u8>)> = Vec::new();
-        self.view().scan(&span, None, false, &mut |k, h, v| {
+        self.view().scan(&span, None, false, true, &mut |k, h, v| {
             victims.push((k.to_vec(), *h, v.to_vec()));
             Ok(true)
         })?;
@@ -179,8 +204,8 @@ impl<'t> Tables<'t> {
         rev: i64,
         sub: &mut u32,
     ) -> Result<mvccpb::Event> {
-        let tomb = Header::tombstone(rev);
-        self.write_record(key, &tomb, &[], *sub)?;
+        let tomb = Header::tombstone(rev, *sub);
+        self.write_record(key, &tomb, &[])?;
         *sub += 1;
         self.move_lease(key, prev.lease, 0)?;
         Ok(mvccpb::Event {
@@ -198,11 +223,12 @@ struct Plan {
     nested: Vec<Option<Plan>>,
 }
 
-fn plan<L, I, H>(view: &View<'_, L, I, H>, req: &pb::TxnRequest) -> Result<Plan>
+fn plan<L, I, H, C>(view: &View<'_, L, I, H, C>, req: &pb::TxnRequest) -> Result<Plan>
 where
     L: ReadableTable<&'static [u8], &'static [u8]>,
-    I: ReadableTable<IndexKey, bool>,
+    I: crate::view::IndexSource,
     H: ReadableTable<HistoryKey, &'static [u8]>,
+    C: crate::view::ChunkSource,
 {
     let mut succeeded = true;
     for c in &req.compare {
@@ -313,16 +339,17 @@ fn exec_txn(
 /// A txn of ranges only (nested read-only txns included), evaluated on any view, so that it
 /// can run in a read transaction: the same branch choice, the same responses and headers as
 /// [`WriteBatch::txn`] gives it, and no revision bump (it writes nothing).
-pub(crate) fn read_only_txn<L, I, H>(
-    view: &View<'_, L, I, H>,
+pub(crate) fn read_only_txn<L, I, H, C>(
+    view: &View<'_, L, I, H, C>,
     req: &pb::TxnRequest,
     current: i64,
     compacted: i64,
 ) -> Result<pb::TxnResponse>
 where
     L: ReadableTable<&'static [u8], &'static [u8]>,
-    I: ReadableTable<IndexKey, bool>,
+    I: crate::view::IndexSource,
     H: ReadableTable<HistoryKey, &'static [u8]>,
+    C: crate::view::ChunkSource,
 {
     let plan = plan(view, req)?;
     let mut resp = exec_read_only(view, req, &plan, current, compacted)?;
@@ -330,8 +357,8 @@ where
     Ok(resp)
 }
 
-fn exec_read_only<L, I, H>(
-    view: &View<'_, L, I, H>,
+fn exec_read_only<L, I, H, C>(
+    view: &View<'_, L, I, H, C>,
     req: &pb::TxnRequest,
     plan: &Plan,
     current: i64,
@@ -339,8 +366,9 @@ fn exec_read_only<L, I, H>(
 ) -> Result<pb::TxnResponse>
 where
     L: ReadableTable<&'static [u8], &'static [u8]>,
-    I: ReadableTable<IndexKey, bool>,
+    I: crate::view::IndexSource,
     H: ReadableTable<HistoryKey, &'static [u8]>,
+    C: crate::view::ChunkSource,
 {
     let ops = if plan.succeeded {
         &req.success
@@ -506,8 +534,9 @@ impl<'a> WriteBatch<'a> {
         let to = rev_u64(revision);
         let mut keys: BTreeSet<Vec<u8>> = BTreeSet::new();
         for r in t.history.range((from, 0u32)..=(to, u32::MAX))? {
-            let (_, rec) = r?;
-            let (_, key, _) = decode_history(rec.value())?;
+            let (k, rec) = r?;
+            let (m, s) = k.value();
+            let (_, key, _) = decode_history(m, s, rec.value())?;
             keys.insert(key.to_vec());
         }
         let mut removed = 0u64;
@@ -529,14 +558,14 @@ impl<'a> WriteBatch<'a> {
             }
             for (m, s, _) in &doomed {
                 t.index.remove((key.as_slice(), *m, *s))?;
-                t.history.remove((*m, *s))?;
+                t.remove_history(*m, *s)?;
                 removed += 1;
             }
             if newest_is_delete {
                 // The key is gone at every readable revision; forget it unless rewritten later.
                 let drop_latest = match t.latest.get(key.as_slice())? {
                     Some(g) => {
-                        let h = Header::read(g.value())?;
+                        let h = decode_latest(g.value())?;
                         h.tombstone && rev_u64(h.mod_revision) == nm
                     }
                     None => false,
