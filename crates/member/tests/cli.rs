@@ -294,7 +294,7 @@ fn member_serves_snapshots_and_stops_on_sigterm() {
     let rest: Vec<String> = logs.try_iter().collect();
     assert_eq!(status.code(), Some(0), "{rest:#?}");
 
-    // The WAL it left behind dumps, and shows the puts.
+    // The WAL it left behind dumps, and shows the puts as etcd-dump-logs prints them.
     let out = run(&["dump-logs", data_dir.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -304,7 +304,7 @@ fn member_serves_snapshots_and_stops_on_sigterm() {
     );
     for i in 0..5 {
         assert!(
-            stdout.contains(&format!("put key=\"key-{i}\" value_len=5")),
+            stdout.contains(&format!("put:<key:\"key-{i}\" value:\"value\" >")),
             "{stdout}"
         );
     }
