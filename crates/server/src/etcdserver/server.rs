@@ -203,6 +203,7 @@ impl EtcdServer {
 
     /// Replicates `proposal` through raft and waits for the response applying it yielded.
     pub(super) async fn propose<P: Proposal>(&self, proposal: P) -> Result<P::Response> {
+        let started = std::time::Instant::now();
         let id = self.ids.next();
         let data = InternalRequest {
             id,
@@ -243,7 +244,10 @@ impl EtcdServer {
         .await;
         match outcome {
             // Applied: a storage error is the request's answer, not a failed proposal.
-            Ok(Ok(result)) => result.map_err(Error::Storage),
+            Ok(Ok(result)) => {
+                crate::metrics::stages::PROPOSE.observe(started.elapsed());
+                result.map_err(Error::Storage)
+            }
             Ok(Err(e)) => {
                 pending.failed = true;
                 Err(e)
@@ -277,6 +281,7 @@ impl EtcdServer {
         self.wait_leader().await?;
         let mut applied = self.applied.clone();
         let outcome = tokio::time::timeout(self.request_timeout, async {
+            let asked = std::time::Instant::now();
             let index = loop {
                 match self.raft.read_index().await {
                     Ok(i) => break i,
@@ -288,10 +293,13 @@ impl EtcdServer {
                     Err(e) => return Err(e.into()),
                 }
             };
+            let indexed = std::time::Instant::now();
+            crate::metrics::stages::READ_INDEX.observe(indexed - asked);
             applied
                 .wait_for(|a| *a >= index)
                 .await
                 .map_err(|_| Error::Stopped)?;
+            crate::metrics::stages::READ_APPLY_WAIT.observe(indexed.elapsed());
             Ok::<(), Error>(())
         })
         .await;

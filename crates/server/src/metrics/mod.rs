@@ -12,6 +12,7 @@ mod grpc;
 mod histogram;
 mod mvcc;
 mod process;
+pub mod stages;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
