@@ -768,7 +768,19 @@ impl RaftLoop {
             self.reads.resolve(&rs.request_ctx, rs.index);
         }
 
-        // 3. Entries and hard state in ONE append with ONE fsync: the commit point. Raft may
+        // 3. Committed entries go to the apply loop (conf changes applied to raft first)
+        //    BEFORE this Ready's own append, so applying them overlaps its fsync instead of
+        //    waiting for it (etcd's raft loop hands `apply` its committed entries before the
+        //    WAL save, too). This is safe, and stricter than etcd: raft-rs hands out only
+        //    entries that are both committed by a quorum and already persisted in this
+        //    member's own WAL (`RaftLog::next_entries_since` stops at min(committed,
+        //    persisted)), which an earlier Ready's fsync made durable. The entries and hard
+        //    state being appended below are the new ones; no client hears about them until a
+        //    later Ready hands them out after this fsync and the quorum's. Nothing is lost on
+        //    a crash that an acknowledged client was told about.
+        self.hand_out(rd.take_committed_entries());
+
+        // 4. Entries and hard state in ONE append with ONE fsync: the commit point. Raft may
         //    only see them as stable (MemStorage) once the WAL holds them.
         let hs = rd.hs().cloned();
         if !rd.entries().is_empty() || hs.is_some() {
@@ -791,11 +803,8 @@ impl RaftLoop {
             }
         }
 
-        // 4. Votes and append responses promise persisted state: only after the fsync.
+        // 5. Votes and append responses promise persisted state: only after the fsync.
         self.send(rd.take_persisted_messages());
-
-        // 5. Committed entries go to the apply loop (conf changes applied to raft first).
-        self.hand_out(rd.take_committed_entries());
 
         // 6. Advance, then the light ready: its commit index, messages and newly committed
         //    entries (a leader commits here once its own append counted).
