@@ -37,6 +37,19 @@ struct Args {
     /// etcd binary (default: ETCD_BIN, else etcd 3.6.16 from scripts/build-etcd36.sh).
     #[arg(long, env = "ETCD_BIN")]
     etcd_bin: Option<PathBuf>,
+    /// Compare with this ferrokv binary (a build before a change) instead of etcd: the
+    /// before/after numbers of one change, from alternating rounds of one run.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
+}
+
+/// What a load sends.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Put,
+    TxnPut,
+    RangeLinearizable,
+    RangeSerializable,
 }
 
 /// One load the `benchmark` tool runs.
@@ -45,38 +58,59 @@ struct Load {
     label: &'static str,
     clients: usize,
     conns: usize,
-    put: bool,
+    kind: Kind,
 }
 
-const LOADS: [Load; 4] = [
-    Load {
-        label: "put, 1 client",
-        clients: 1,
-        conns: 1,
-        put: true,
-    },
-    Load {
-        label: "put, 64 clients / 8 conns",
-        clients: 64,
-        conns: 8,
-        put: true,
-    },
-    Load {
-        label: "range linearizable, 1 client",
-        clients: 1,
-        conns: 1,
-        put: false,
-    },
-    Load {
-        label: "range linearizable, 64 clients / 8 conns",
-        clients: 64,
-        conns: 8,
-        put: false,
-    },
+impl Load {
+    const fn new(label: &'static str, clients: usize, conns: usize, kind: Kind) -> Self {
+        Load {
+            label,
+            clients,
+            conns,
+            kind,
+        }
+    }
+
+    fn writes(self) -> bool {
+        matches!(self.kind, Kind::Put | Kind::TxnPut)
+    }
+}
+
+/// The 1-client and 64-client loads are the breakdown's; the others are `make bench`'s rows
+/// of the table (3 members, etcd's own client).
+const LOADS: [Load; 8] = [
+    Load::new("put, 1 client", 1, 1, Kind::Put),
+    Load::new("put, 64 clients / 8 conns", 64, 8, Kind::Put),
+    Load::new("put, 256 clients / 16 conns", 256, 16, Kind::Put),
+    Load::new("txn-put, 64 clients / 8 conns", 64, 8, Kind::TxnPut),
+    Load::new(
+        "range linearizable, 1 client",
+        1,
+        1,
+        Kind::RangeLinearizable,
+    ),
+    Load::new(
+        "range linearizable, 64 clients / 8 conns",
+        64,
+        8,
+        Kind::RangeLinearizable,
+    ),
+    Load::new(
+        "range serializable, 64 clients / 8 conns",
+        64,
+        8,
+        Kind::RangeSerializable,
+    ),
+    Load::new(
+        "range linearizable, 256 clients / 16 conns",
+        256,
+        16,
+        Kind::RangeLinearizable,
+    ),
 ];
 
 /// (stage histogram family, what the row says), in the order a request passes them.
-const PUT_STAGES: [(&str, &str); 11] = [
+const PUT_STAGES: [(&str, &str); 12] = [
     (
         "ferrokv_debug_server_propose_seconds",
         "server: encode → applied response (all below)",
@@ -92,6 +126,10 @@ const PUT_STAGES: [(&str, &str); 11] = [
     (
         "ferrokv_debug_raft_wal_append_leader_seconds",
         "leader WAL append + fsync (per Ready)",
+    ),
+    (
+        "etcd_disk_wal_fsync_duration_seconds",
+        "  of which fdatasync (leader and followers)",
     ),
     (
         "ferrokv_debug_raft_append_to_commit_seconds",
@@ -290,13 +328,20 @@ fn run_tool(tool: &Path, endpoint: &str, load: Load, total: u64) -> Result<ToolR
     cmd.arg(format!("--endpoints={endpoint}"))
         .arg(format!("--conns={}", load.conns))
         .arg(format!("--clients={}", load.clients));
-    if load.put {
-        cmd.args(["put", "--key-size=8", "--sequential-keys", "--val-size=256"])
-            .arg(format!("--total={total}"));
-    } else {
-        cmd.args(["range", "breakdown/read", "--consistency=l"])
-            .arg(format!("--total={total}"));
-    }
+    let total = format!("--total={total}");
+    match load.kind {
+        Kind::Put => cmd.args(["put", "--key-size=8", "--sequential-keys", "--val-size=256"]),
+        Kind::TxnPut => cmd.args([
+            "txn-put",
+            "--txn-ops=1",
+            "--key-size=8",
+            "--key-space-size=100000",
+            "--val-size=256",
+        ]),
+        Kind::RangeLinearizable => cmd.args(["range", "breakdown/read", "--consistency=l"]),
+        Kind::RangeSerializable => cmd.args(["range", "breakdown/read", "--consistency=s"]),
+    };
+    cmd.arg(total);
     let out = cmd
         .output()
         .with_context(|| format!("running {}", tool.display()))?;
@@ -409,9 +454,10 @@ async fn main() -> Result<()> {
             ferrokv.display()
         );
     }
-    let etcd = match &a.etcd_bin {
-        Some(p) => p.clone(),
-        None => Backend::Etcd36.binary()?,
+    let (base_name, base_backend, etcd) = match (&a.baseline_bin, &a.etcd_bin) {
+        (Some(p), _) => ("before", Backend::Ferrokv, p.clone()),
+        (None, Some(p)) => ("etcd", Backend::Etcd36, p.clone()),
+        (None, None) => ("etcd", Backend::Etcd36, Backend::Etcd36.binary()?),
     };
     let tool = etcd_tools::benchmark()?;
     if !tool.is_file() {
@@ -424,15 +470,14 @@ async fn main() -> Result<()> {
         // [side][round][load]
         let mut sides: [Vec<Vec<Measured>>; 2] = [Vec::new(), Vec::new()];
         for round in 0..a.rounds {
-            for (side, backend, bin) in
-                [(0, Backend::Etcd36, &etcd), (1, Backend::Ferrokv, &ferrokv)]
+            for (side, backend, bin) in [(0, base_backend, &etcd), (1, Backend::Ferrokv, &ferrokv)]
             {
                 let m = measure(backend, bin, size, &tool, a.total).await?;
                 for (load, r) in LOADS.iter().zip(&m) {
                     eprintln!(
                         "{size} member(s) round {} {:8} {:42} {:>8.0} req/s avg {:>7.3} ms p99 {:>7.3} ms  load {}",
                         round + 1,
-                        backend.name(),
+                        if side == 0 { base_name } else { "ferrokv" },
                         load.label,
                         r.tool.rps,
                         r.tool.avg_ms,
@@ -444,7 +489,7 @@ async fn main() -> Result<()> {
             }
         }
         println!(
-            "### {size} member(s): stage breakdown, ferrokv last round; client view every round"
+            "### {size} member(s): stage breakdown of the last round; client view of every round ({base_name} vs ferrokv)"
         );
         println!();
         for (li, load) in LOADS.iter().enumerate() {
@@ -453,12 +498,12 @@ async fn main() -> Result<()> {
                 load.label, a.total
             );
             println!();
-            println!("| round | etcd req/s | etcd avg ms | etcd p99 ms | ferrokv req/s | ferrokv avg ms | ferrokv p99 ms | load avg (etcd / ferrokv) |");
-            println!("|---|---:|---:|---:|---:|---:|---:|---|");
-            for r in 0..a.rounds {
-                let (e, f) = (&sides[0][r][li], &sides[1][r][li]);
+            println!("| round | {base_name} req/s | {base_name} avg ms | {base_name} p99 ms | ferrokv req/s | ferrokv avg ms | ferrokv p99 ms | ratio req/s | load avg ({base_name} / ferrokv) |");
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+            for (r, (base_round, our_round)) in sides[0].iter().zip(&sides[1]).enumerate() {
+                let (e, f) = (&base_round[li], &our_round[li]);
                 println!(
-                    "| {} | {:.0} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {} / {} |",
+                    "| {} | {:.0} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.2} | {} / {} |",
                     r + 1,
                     e.tool.rps,
                     e.tool.avg_ms,
@@ -466,6 +511,7 @@ async fn main() -> Result<()> {
                     f.tool.rps,
                     f.tool.avg_ms,
                     f.tool.p99_ms,
+                    f.tool.rps / e.tool.rps,
                     e.load_avg,
                     f.load_avg
                 );
@@ -479,15 +525,28 @@ async fn main() -> Result<()> {
             };
             println!("| stage (summed over members) | mean ms | p50 ≤ ms | p99 ≤ ms | samples |");
             println!("|---|---:|---:|---:|---:|");
-            let rows: &[(&str, &str)] = if load.put { &PUT_STAGES } else { &READ_STAGES };
+            let rows: &[(&str, &str)] = if load.writes() {
+                &PUT_STAGES
+            } else {
+                &READ_STAGES
+            };
             for (family, what) in rows {
                 println!("| ferrokv: {what} | {} |", cell(last.stages.get(*family)));
             }
-            for (family, what) in ETCD_STAGES {
-                println!(
-                    "| etcd 3.6: {what} | {} |",
-                    cell(etcd_last.stages.get(family))
-                );
+            if base_name == "etcd" {
+                for (family, what) in ETCD_STAGES {
+                    println!(
+                        "| etcd 3.6: {what} | {} |",
+                        cell(etcd_last.stages.get(family))
+                    );
+                }
+            } else {
+                for (family, what) in rows {
+                    println!(
+                        "| before: {what} | {} |",
+                        cell(etcd_last.stages.get(*family))
+                    );
+                }
             }
             println!();
         }
