@@ -12,7 +12,7 @@ use ferrokv_wal::{SnapshotMarker, Wal, WalOptions};
 use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
-    Message, MessageType, Snapshot, SnapshotMetadata,
+    Message, Snapshot, SnapshotMetadata,
 };
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole, Storage};
@@ -128,7 +128,6 @@ pub(crate) fn start(
         last_heard: std::collections::HashMap::new(),
         active_window: election,
         timing: ProposalTiming::default(),
-        proposals: Vec::new(),
     };
     let base_conf = node.raw.raft.prs().conf().to_conf_state();
     node.conf_history
@@ -484,8 +483,6 @@ struct RaftLoop {
     last_heard: std::collections::HashMap<u64, Instant>,
     active_window: Duration,
     timing: ProposalTiming,
-    /// Proposals taken from the inbox in this drain, stepped together (`flush_proposals`).
-    proposals: Vec<(Vec<u8>, oneshot::Sender<Result<()>>)>,
 }
 
 /// The leader's own proposals on their way through the stages, for the stage histograms
@@ -588,7 +585,6 @@ impl RaftLoop {
             if self.stop {
                 return Ok(());
             }
-            self.flush_proposals();
 
             let now = Instant::now();
             if now >= self.next_tick {
@@ -647,7 +643,12 @@ impl RaftLoop {
         match cmd {
             Command::Propose { data, reply, at } => {
                 stages::PROPOSE_QUEUE.observe(at.elapsed());
-                self.proposals.push((data, reply));
+                let r = self.raw.propose(Vec::new(), data).map_err(proposal_error);
+                if r.is_ok() && self.raw.raft.state == StateRole::Leader {
+                    let index = self.raw.raft.raft_log.last_index();
+                    self.timing.accepted(index, Instant::now());
+                }
+                let _ = reply.send(r);
             }
             Command::ProposeConfChange { cc, reply } => {
                 let r = self
@@ -724,51 +725,6 @@ impl RaftLoop {
                 self.shutdown = Some(done);
                 self.stop = true;
             }
-        }
-    }
-
-    /// Steps every proposal queued during this inbox drain as ONE MsgPropose: the leader
-    /// appends them together and broadcasts one MsgAppend per follower (raft-rs sends one per
-    /// step), so the followers step, encode and ack one message instead of one per proposal.
-    /// A follower forwards the whole batch to the leader in one message. The batch is
-    /// accepted or dropped as a whole, which is what each proposer would have been told alone
-    /// (raft drops a proposal for the node's state, not for its content; a conf-change entry
-    /// never comes through here).
-    fn flush_proposals(&mut self) {
-        if self.proposals.is_empty() {
-            return;
-        }
-        let batch = std::mem::take(&mut self.proposals);
-        let mut entries = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        for (data, reply) in batch {
-            let mut e = Entry::default();
-            e.data = data.into();
-            entries.push(e);
-            replies.push(reply);
-        }
-        let n = entries.len() as u64;
-        let mut m = Message::default();
-        m.set_msg_type(MessageType::MsgPropose);
-        m.from = self.id;
-        m.set_entries(entries.into());
-        // What RawNode::propose does for one entry.
-        let r = self.raw.raft.step(m);
-        if r.is_ok() && self.raw.raft.state == StateRole::Leader {
-            let last = self.raw.raft.raft_log.last_index();
-            let now = Instant::now();
-            for index in (last + 1).saturating_sub(n)..=last {
-                self.timing.accepted(index, now);
-            }
-        }
-        for reply in replies {
-            let _ = reply.send(match &r {
-                Ok(()) => Ok(()),
-                Err(raft::Error::ProposalDropped) => Err(Error::ProposalDropped),
-                // raft::Error is not Clone; stepping a proposal only ever drops it, so any
-                // other refusal reaches each proposer as its message.
-                Err(e) => Err(Error::Io(format!("raft refused the proposal: {e}"))),
-            });
         }
     }
 
