@@ -54,6 +54,7 @@ bench: deps
 	$(CARGO) build --release -p ferrokv -p ferrokv-bench
 	FERROKV_BIN=$(CURDIR)/target/release/ferrokv $(CURDIR)/target/release/ferrokv-bench --rounds 3
 	$(CURDIR)/target/release/ferrokv-microbench --rounds 3
+	FERROKV_BIN=$(CURDIR)/target/release/ferrokv $(CURDIR)/target/release/ferrokv-breakdown --rounds 3
 
 ## make e2e: the kind end-to-end suite (docs/e2e.md): images and a kind node image built offline,
 ## the cluster's etcd is ferrokv; fails, never skips, when a prerequisite cannot be had.

@@ -1,6 +1,7 @@
 //! The async face of the raft node: every call becomes a command for the raft thread.
 
 use std::sync::mpsc;
+use std::time::Instant;
 
 use tokio::sync::{oneshot, watch};
 
@@ -12,6 +13,8 @@ pub(crate) enum Command {
     Propose {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<()>>,
+        /// When it was sent, for the stage histograms.
+        at: Instant,
     },
     ProposeConfChange {
         cc: ConfChangeV2,
@@ -19,8 +22,9 @@ pub(crate) enum Command {
     },
     ReadIndex {
         reply: ReadReply,
+        at: Instant,
     },
-    Step(Message),
+    Step(Message, Instant),
     TransferLeader {
         to: u64,
         reply: oneshot::Sender<Result<()>>,
@@ -67,7 +71,12 @@ impl RaftHandle {
     /// The server learns the result when the entry comes out of `Committed` (request id inside
     /// `data`).
     pub async fn propose(&self, data: Vec<u8>) -> Result<()> {
-        self.call(|reply| Command::Propose { data, reply }).await
+        self.call(|reply| Command::Propose {
+            data,
+            reply,
+            at: Instant::now(),
+        })
+        .await
     }
 
     /// Queue a configuration change; like `propose`, the outcome is seen in `Committed`.
@@ -79,14 +88,18 @@ impl RaftHandle {
     /// Linearizable read barrier: resolves to the commit index the caller must wait to see
     /// applied. Concurrent callers are batched into one raft ReadIndex round.
     pub async fn read_index(&self) -> Result<u64> {
-        self.call(|reply| Command::ReadIndex { reply }).await
+        self.call(|reply| Command::ReadIndex {
+            reply,
+            at: Instant::now(),
+        })
+        .await
     }
 
     /// Hand a message received from a peer to raft. Returns once queued: raft's verdict on a
     /// peer message (stale term, unknown peer) is no business of the transport, and waiting for
     /// it would serialise the transport behind the raft loop.
     pub async fn step(&self, msg: Message) -> Result<()> {
-        self.send(Command::Step(msg))
+        self.send(Command::Step(msg, Instant::now()))
     }
 
     /// Starts a leadership transfer to `to`. Needs this node to be the leader (`NotLeader`

@@ -23,6 +23,7 @@ mod node;
 mod read_index;
 mod snap_purge;
 mod snapfile;
+pub mod stages;
 mod store;
 
 use std::path::{Path, PathBuf};

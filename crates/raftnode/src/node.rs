@@ -23,6 +23,7 @@ use crate::force_new;
 use crate::handle::{Command, RaftHandle};
 use crate::read_index::{ReadAction, ReadBatcher};
 use crate::snap_purge::Purger;
+use crate::stages;
 use crate::store::LogStore;
 use crate::{
     logger, snap_dir, snapfile, wal_dir, Committed, Error, NodeConfig, RaftStatus, Result,
@@ -126,6 +127,7 @@ pub(crate) fn start(
         stop: false,
         last_heard: std::collections::HashMap::new(),
         active_window: election,
+        timing: ProposalTiming::default(),
     };
     let base_conf = node.raw.raft.prs().conf().to_conf_state();
     node.conf_history
@@ -480,6 +482,62 @@ struct RaftLoop {
     /// reset every election timeout, so it reads false for healthy peers part of the time).
     last_heard: std::collections::HashMap<u64, Instant>,
     active_window: Duration,
+    timing: ProposalTiming,
+}
+
+/// The leader's own proposals on their way through the stages, for the stage histograms
+/// (`stages.rs`): when raft accepted each one, then when its WAL append ended.
+#[derive(Default)]
+struct ProposalTiming {
+    /// (log index, accepted at), in index order.
+    accepted: std::collections::VecDeque<(u64, Instant)>,
+    /// (log index, accepted at, its append ended at), in index order.
+    appended: std::collections::VecDeque<(u64, Instant, Instant)>,
+}
+
+/// Beyond this many tracked proposals the timing is dropped: it only feeds histograms, and
+/// entries a new leader truncated would otherwise never leave the queues.
+const TIMING_LIMIT: usize = 100_000;
+
+impl ProposalTiming {
+    fn accepted(&mut self, index: u64, at: Instant) {
+        if self.accepted.len() >= TIMING_LIMIT {
+            self.accepted.clear();
+        }
+        self.accepted.push_back((index, at));
+    }
+
+    /// The WAL append of entries up to `last` started at `start` and ended at `end`.
+    fn appended(&mut self, last: u64, start: Instant, end: Instant) {
+        if self.appended.len() >= TIMING_LIMIT {
+            self.appended.clear();
+        }
+        while let Some(&(index, at)) = self.accepted.front() {
+            if index > last {
+                break;
+            }
+            self.accepted.pop_front();
+            stages::PROPOSE_TO_APPEND.observe(start.saturating_duration_since(at));
+            self.appended.push_back((index, at, end));
+        }
+    }
+
+    /// Entries up to `last` are being handed to apply now.
+    fn committed(&mut self, last: u64, now: Instant) {
+        while let Some(&(index, at, appended)) = self.appended.front() {
+            if index > last {
+                break;
+            }
+            self.appended.pop_front();
+            stages::APPEND_TO_COMMIT.observe(now.saturating_duration_since(appended));
+            stages::PROPOSE_TO_COMMIT.observe(now.saturating_duration_since(at));
+        }
+    }
+
+    fn clear(&mut self) {
+        self.accepted.clear();
+        self.appended.clear();
+    }
 }
 
 impl RaftLoop {
@@ -583,8 +641,13 @@ impl RaftLoop {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Propose { data, reply } => {
+            Command::Propose { data, reply, at } => {
+                stages::PROPOSE_QUEUE.observe(at.elapsed());
                 let r = self.raw.propose(Vec::new(), data).map_err(proposal_error);
+                if r.is_ok() && self.raw.raft.state == StateRole::Leader {
+                    let index = self.raw.raft.raft_log.last_index();
+                    self.timing.accepted(index, Instant::now());
+                }
                 let _ = reply.send(r);
             }
             Command::ProposeConfChange { cc, reply } => {
@@ -594,8 +657,9 @@ impl RaftLoop {
                     .map_err(proposal_error);
                 let _ = reply.send(r);
             }
-            Command::ReadIndex { reply } => self.reads.queue(reply),
-            Command::Step(msg) => {
+            Command::ReadIndex { reply, at } => self.reads.queue(reply, at),
+            Command::Step(msg, at) => {
+                stages::STEP_QUEUE.observe(at.elapsed());
                 let (from, ty) = (msg.from, msg.get_msg_type());
                 self.last_heard.insert(from, Instant::now());
                 if let Err(e) = self.raw.step(msg) {
@@ -665,6 +729,13 @@ impl RaftLoop {
     }
 
     fn on_ready(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let r = self.handle_ready();
+        stages::READY.observe(started.elapsed());
+        r
+    }
+
+    fn handle_ready(&mut self) -> Result<()> {
         let mut rd = self.raw.ready();
 
         if let Some(ss) = rd.ss() {
@@ -672,6 +743,8 @@ impl RaftLoop {
                 tracing::info!(id = self.id, leader = ss.leader_id, role = ?ss.raft_state, "raft leader changed");
                 // A read round sent to the old leader will never be answered.
                 self.reads.fail_in_flight();
+                // Entries of an old term may be truncated; their timings would never end.
+                self.timing.clear();
                 self.leader_id = ss.leader_id;
                 // etcd counts a change to a known leader, not the loss of one.
                 if ss.leader_id != 0 {
@@ -695,10 +768,23 @@ impl RaftLoop {
             self.reads.resolve(&rs.request_ctx, rs.index);
         }
 
-        // 3. Entries and hard state in ONE append with ONE fsync: the commit point. Raft may
+        // 3. Committed entries go to the apply loop (conf changes applied to raft first)
+        //    BEFORE this Ready's own append, so applying them overlaps its fsync instead of
+        //    waiting for it (etcd's raft loop hands `apply` its committed entries before the
+        //    WAL save, too). This is safe, and stricter than etcd: raft-rs hands out only
+        //    entries that are both committed by a quorum and already persisted in this
+        //    member's own WAL (`RaftLog::next_entries_since` stops at min(committed,
+        //    persisted)), which an earlier Ready's fsync made durable. The entries and hard
+        //    state being appended below are the new ones; no client hears about them until a
+        //    later Ready hands them out after this fsync and the quorum's. Nothing is lost on
+        //    a crash that an acknowledged client was told about.
+        self.hand_out(rd.take_committed_entries());
+
+        // 4. Entries and hard state in ONE append with ONE fsync: the commit point. Raft may
         //    only see them as stable (MemStorage) once the WAL holds them.
         let hs = rd.hs().cloned();
         if !rd.entries().is_empty() || hs.is_some() {
+            let start = Instant::now();
             let entries: Vec<ferrokv_wal::Entry> = rd.entries().iter().map(entry_to_wal).collect();
             let wal_hs = hs.as_ref().map(hard_state_to_wal);
             self.wal.append(&entries, wal_hs.as_ref())?;
@@ -706,13 +792,19 @@ impl RaftLoop {
             if let Some(hs) = hs {
                 self.mem.wl().set_hardstate(hs);
             }
+            let end = Instant::now();
+            if self.raw.raft.state == StateRole::Leader {
+                stages::WAL_APPEND_LEADER.observe(end - start);
+                if let Some(last) = rd.entries().last() {
+                    self.timing.appended(last.index, start, end);
+                }
+            } else if !rd.entries().is_empty() {
+                stages::WAL_APPEND_FOLLOWER.observe(end - start);
+            }
         }
 
-        // 4. Votes and append responses promise persisted state: only after the fsync.
+        // 5. Votes and append responses promise persisted state: only after the fsync.
         self.send(rd.take_persisted_messages());
-
-        // 5. Committed entries go to the apply loop (conf changes applied to raft first).
-        self.hand_out(rd.take_committed_entries());
 
         // 6. Advance, then the light ready: its commit index, messages and newly committed
         //    entries (a leader commits here once its own append counted).
@@ -763,6 +855,10 @@ impl RaftLoop {
                 self.snapshot_due.push_back(last);
             }
         }
+        let sending = Instant::now();
+        if let Some(last) = entries.last() {
+            self.timing.committed(last.index, sending);
+        }
         let batch = Committed {
             entries,
             conf_state: changed,
@@ -772,6 +868,7 @@ impl RaftLoop {
             tracing::info!(id = self.id, "apply loop is gone, stopping the raft node");
             self.stop = true;
         }
+        stages::HAND_OUT.observe(sending.elapsed());
     }
 
     /// Saves a snapshot received from the leader.

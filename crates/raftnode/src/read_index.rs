@@ -12,6 +12,8 @@ pub(crate) type ReadReply = oneshot::Sender<Result<u64>>;
 
 struct Round {
     replies: Vec<ReadReply>,
+    /// When each reply's request reached the raft thread (stage histogram).
+    arrived: Vec<Instant>,
     started: Instant,
     last_sent: Instant,
 }
@@ -27,6 +29,7 @@ pub(crate) struct ReadBatcher {
     id: u64,
     next_round: u64,
     queued: Vec<ReadReply>,
+    queued_at: Vec<Instant>,
     in_flight: HashMap<Vec<u8>, Round>,
     /// Raft drops a ReadIndex silently (no leader at the follower, a leader that has not yet
     /// committed in its term), so a round is re-sent after this long...
@@ -41,14 +44,16 @@ impl ReadBatcher {
             id,
             next_round: 0,
             queued: Vec::new(),
+            queued_at: Vec::new(),
             in_flight: HashMap::new(),
             retry_after,
             give_up_after,
         }
     }
 
-    pub(crate) fn queue(&mut self, reply: ReadReply) {
+    pub(crate) fn queue(&mut self, reply: ReadReply, at: Instant) {
         self.queued.push(reply);
+        self.queued_at.push(at);
     }
 
     /// Turns everything queued into one round. `has_leader` false fails them at once: raft would
@@ -58,6 +63,7 @@ impl ReadBatcher {
             return None;
         }
         let replies = std::mem::take(&mut self.queued);
+        let arrived = std::mem::take(&mut self.queued_at);
         if !has_leader {
             fail_all(replies, || Error::ProposalDropped);
             return None;
@@ -72,6 +78,7 @@ impl ReadBatcher {
             ctx.clone(),
             Round {
                 replies,
+                arrived,
                 started: now,
                 last_sent: now,
             },
@@ -82,6 +89,9 @@ impl ReadBatcher {
     /// A read state came out of a Ready.
     pub(crate) fn resolve(&mut self, ctx: &[u8], index: u64) {
         if let Some(round) = self.in_flight.remove(ctx) {
+            for at in &round.arrived {
+                crate::stages::READ_INDEX_ROUND.observe(at.elapsed());
+            }
             for r in round.replies {
                 let _ = r.send(Ok(index));
             }
@@ -116,6 +126,7 @@ impl ReadBatcher {
     }
 
     pub(crate) fn fail_everything(&mut self, err: fn() -> Error) {
+        self.queued_at.clear();
         fail_all(std::mem::take(&mut self.queued), err);
         for (_, round) in self.in_flight.drain() {
             fail_all(round.replies, err);
@@ -142,8 +153,8 @@ mod tests {
         let mut b = ReadBatcher::new(7, ms(20), ms(100));
         let (tx1, mut rx1) = oneshot::channel();
         let (tx2, mut rx2) = oneshot::channel();
-        b.queue(tx1);
-        b.queue(tx2);
+        b.queue(tx1, Instant::now());
+        b.queue(tx2, Instant::now());
         let now = Instant::now();
         let Some(ReadAction::Send(ctx)) = b.start_round(true, now) else {
             panic!("expected a round");
@@ -162,7 +173,7 @@ mod tests {
         let mut ctxs = Vec::new();
         for _ in 0..3 {
             let (tx, _rx) = oneshot::channel();
-            b.queue(tx);
+            b.queue(tx, Instant::now());
             let Some(ReadAction::Send(ctx)) = b.start_round(true, now) else {
                 panic!("expected a round");
             };
@@ -176,7 +187,7 @@ mod tests {
     fn no_leader_fails_at_once() {
         let mut b = ReadBatcher::new(1, ms(20), ms(100));
         let (tx, mut rx) = oneshot::channel();
-        b.queue(tx);
+        b.queue(tx, Instant::now());
         assert_eq!(b.start_round(false, Instant::now()), None);
         assert!(matches!(
             rx.try_recv().unwrap(),
@@ -188,7 +199,7 @@ mod tests {
     fn unanswered_rounds_are_resent_then_failed() {
         let mut b = ReadBatcher::new(1, ms(20), ms(100));
         let (tx, mut rx) = oneshot::channel();
-        b.queue(tx);
+        b.queue(tx, Instant::now());
         let t0 = Instant::now();
         let Some(ReadAction::Send(ctx)) = b.start_round(true, t0) else {
             panic!("expected a round");
@@ -214,7 +225,7 @@ mod tests {
     fn leader_loss_fails_in_flight() {
         let mut b = ReadBatcher::new(1, ms(20), ms(100));
         let (tx, mut rx) = oneshot::channel();
-        b.queue(tx);
+        b.queue(tx, Instant::now());
         b.start_round(true, Instant::now());
         b.fail_in_flight();
         assert!(matches!(

@@ -342,6 +342,7 @@ impl Applier {
         }
         self.metrics.set_applied(last_index);
         self.applied_tx.send_replace(last_index);
+        crate::metrics::stages::APPLY_BATCH.observe(started.elapsed());
         Ok(())
     }
 

@@ -18,9 +18,11 @@ impl EtcdServer {
             self.reject_learner()?;
             self.read_barrier().await?;
         }
+        let reading = std::time::Instant::now();
         let resp = self
             .blocking(move |s| s.range(&req).map_err(Error::from))
             .await?;
+        crate::metrics::stages::RANGE_LOCAL.observe(reading.elapsed());
         self.metrics.mvcc(MvccOps::range());
         Ok(self.filled(resp))
     }

@@ -215,6 +215,7 @@ impl EtcdServer {
         proposal: P,
         who: &AuthInfo,
     ) -> Result<P::Response> {
+        let started = std::time::Instant::now();
         let id = self.ids.next();
         let data = InternalRaftRequest {
             header: Some(RequestHeader {
@@ -259,7 +260,10 @@ impl EtcdServer {
         .await;
         match outcome {
             // Applied: a storage or auth error is the request's answer, not a failed proposal.
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => {
+                crate::metrics::stages::PROPOSE.observe(started.elapsed());
+                result
+            }
             Ok(Err(e)) => {
                 pending.failed = true;
                 Err(e)
@@ -293,6 +297,7 @@ impl EtcdServer {
         self.wait_leader().await?;
         let mut applied = self.applied.clone();
         let outcome = tokio::time::timeout(self.request_timeout, async {
+            let asked = std::time::Instant::now();
             let index = loop {
                 match self.raft.read_index().await {
                     Ok(i) => break i,
@@ -304,10 +309,13 @@ impl EtcdServer {
                     Err(e) => return Err(e.into()),
                 }
             };
+            let indexed = std::time::Instant::now();
+            crate::metrics::stages::READ_INDEX.observe(indexed - asked);
             applied
                 .wait_for(|a| *a >= index)
                 .await
                 .map_err(|_| Error::Stopped)?;
+            crate::metrics::stages::READ_APPLY_WAIT.observe(indexed.elapsed());
             Ok::<(), Error>(())
         })
         .await;

@@ -14,6 +14,7 @@ mod histogram;
 mod mvcc;
 mod process;
 mod runtime;
+pub mod stages;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -55,11 +55,11 @@ pub fn respond(core: &EtcdServer, path: &str) -> (u16, &'static str, String) {
                 )
             }
         }
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4",
-            core.metrics().render(&core.gauges()),
-        ),
+        "/metrics" => (200, "text/plain; version=0.0.4", {
+            let mut body = core.metrics().render(&core.gauges());
+            crate::metrics::stages::render(&mut body);
+            body
+        }),
         _ => (404, "text/plain", "404 page not found\n".into()),
     }
 }
