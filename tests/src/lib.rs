@@ -15,6 +15,7 @@ pub mod client;
 pub mod cluster;
 pub mod etcd_tools;
 pub mod etcdctl;
+pub mod history;
 pub mod kube;
 pub mod linearizability;
 pub mod member;
