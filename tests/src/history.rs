@@ -23,14 +23,14 @@ use crate::linearizability::{EventKind, Op, Outcome, Request, Response, Rev, Wat
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 }
 
@@ -48,35 +48,61 @@ pub fn seed_from_env(var: &str) -> u64 {
 }
 
 /// The client URLs the loops connect to, shared so that a test can replace them while the
-/// loops run (a restarted member pod has a new address). Each connection takes one of them,
-/// moving on to the next after a failure, as a client library's failover does.
+/// loops run (a restarted member pod has a new address), and the TLS they are reached with.
+/// Each connection takes one of them, moving on to the next after a failure, as a client
+/// library's failover does.
 #[derive(Clone, Default)]
-pub struct Endpoints(Arc<Mutex<Vec<String>>>);
+pub struct Endpoints {
+    urls: Arc<Mutex<Vec<String>>>,
+    tls: Option<etcd_client::TlsOptions>,
+}
 
 impl Endpoints {
     pub fn new(urls: Vec<String>) -> Self {
-        Endpoints(Arc::new(Mutex::new(urls)))
+        Endpoints {
+            urls: Arc::new(Mutex::new(urls)),
+            tls: None,
+        }
+    }
+
+    /// `https://` endpoints verified and authenticated with `tls`.
+    pub fn with_tls(urls: Vec<String>, tls: etcd_client::TlsOptions) -> Self {
+        Endpoints {
+            tls: Some(tls),
+            ..Endpoints::new(urls)
+        }
     }
 
     pub fn set(&self, urls: Vec<String>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = urls;
+        *self.urls.lock().unwrap_or_else(|e| e.into_inner()) = urls;
     }
 
     /// The `at`-th URL, wrapping; `None` while there is none.
     pub fn pick(&self, at: usize) -> Option<String> {
-        let urls = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let urls = self.urls.lock().unwrap_or_else(|e| e.into_inner());
         (!urls.is_empty()).then(|| urls[at % urls.len()].clone())
+    }
+
+    /// A client of the `at`-th URL within `timeout`; `None` when there is none or it fails.
+    pub async fn connect(&self, at: usize, timeout: Duration) -> Option<Client> {
+        let url = self.pick(at)?;
+        let mut opts = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
+        if let Some(tls) = &self.tls {
+            opts = opts.with_tls(tls.clone());
+        }
+        tokio::time::timeout(timeout, Client::connect([url], Some(opts)))
+            .await
+            .ok()?
+            .ok()
     }
 }
 
 /// Connects to one URL within `timeout`. No per-request timeout: it would also cut a watch
 /// stream; requests are bounded by `execute`'s timeout instead.
 pub async fn connect(url: &str, timeout: Duration) -> Option<Client> {
-    let opts = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
-    tokio::time::timeout(timeout, Client::connect([url], Some(opts)))
+    Endpoints::new(vec![url.to_string()])
+        .connect(0, timeout)
         .await
-        .ok()?
-        .ok()
 }
 
 /// The header's revision; -1 when there is no header.
@@ -234,9 +260,7 @@ pub async fn client_loop(
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let Some(c) = client.as_mut() else {
-            if let Some(url) = endpoints.pick(at) {
-                client = connect(&url, w.op_timeout).await;
-            }
+            client = endpoints.connect(at, w.op_timeout).await;
             if client.is_none() {
                 at += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -348,12 +372,8 @@ pub async fn watch_loop(
     let mut streams = 0;
     let mut at = 0;
     while !stop.load(Ordering::Relaxed) {
-        let url = endpoints.pick(at);
+        let client = endpoints.connect(at, cfg.op_timeout).await;
         at += 1;
-        let client = match url {
-            Some(url) => connect(&url, cfg.op_timeout).await,
-            None => None,
-        };
         let Some(mut c) = client else {
             tokio::time::sleep(cfg.retry_pause).await;
             continue;
