@@ -277,7 +277,7 @@ scenario "example cluster Available (3)" available
 # The recording client writes from here to the end of the upgrade through the client Service,
 # with the client certificate the operator issued; its history is checked in the last scenario.
 NODE="$CLUSTER-control-plane"
-HIST=/tmp/e2e-history
+HIST=/var/lib/ferrokv-e2e-history
 history_start() {
   local svc f
   svc="$(k get svc demo-client -o jsonpath='{.spec.clusterIP}')" && [ -n "$svc" ] || return 1
@@ -285,9 +285,13 @@ history_start() {
   k get secret demo-client-tls -o jsonpath='{.data.ca\.crt}' | base64 -d >"$WORK/tls/ca.crt" &&
     k get secret demo-client-tls -o jsonpath='{.data.tls\.crt}' | base64 -d >"$WORK/tls/tls.crt" &&
     k get secret demo-client-tls -o jsonpath='{.data.tls\.key}' | base64 -d >"$WORK/tls/tls.key" || return 1
-  docker exec "$NODE" mkdir -p "$HIST" &&
-    docker cp "$WORK/e2e_history" "$NODE:$HIST/e2e_history" >/dev/null || return 1
-  for f in ca.crt tls.crt tls.key; do docker cp "$WORK/tls/$f" "$NODE:$HIST/$f" >/dev/null || return 1; done
+  # Through docker exec's stdin, not docker cp, and not under the node's /tmp: a tmpfs that
+  # docker cp does not see and that is mounted noexec.
+  docker exec "$NODE" mkdir -p "$HIST" || return 1
+  for f in e2e_history tls/ca.crt tls/tls.crt tls/tls.key; do
+    docker exec -i "$NODE" sh -c "cat >$HIST/${f#tls/}" <"$WORK/$f" || return 1
+  done
+  docker exec "$NODE" chmod +x "$HIST/e2e_history" || return 1
   docker exec -d "$NODE" sh -c "cd $HIST && ./e2e_history --endpoint https://$svc:2379 --ca ca.crt --cert tls.crt --key tls.key --domain demo-client.$NS.svc --stop-file stop >out 2>err; echo \$? >rc"
   local i
   for i in $(seq 1 30); do
