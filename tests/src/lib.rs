@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod dns;
 pub mod etcd_tools;
 pub mod etcdctl;
+pub mod history;
 pub mod kube;
 pub mod linearizability;
 pub mod member;

@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+use etcd_client::GetOptions;
+use ferrokv_tests::history::{
+    client_loop, execute, header_rev, seed_from_env, watch_loop, Endpoints, WatchConfig, Workload,
 };
 use ferrokv_tests::linearizability::{
     check_linearizable, check_revisions, check_watch, EventKind, History, Linearizability, Op,
@@ -38,32 +38,8 @@ use ferrokv_tests::{Backend, Cluster, Error, Member, MemberOpts};
 
 const OP_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// xorshift64*, seeded from the clock (printed, `FAULTS_SEED` replays).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn seed() -> u64 {
-    std::env::var("FAULTS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
-        | 1
+    seed_from_env("FAULTS_SEED") | 1
 }
 
 fn tail(log: &str, n: usize) -> String {
@@ -110,84 +86,6 @@ const NAMED: &[&str] = &[
     "crc",
 ];
 
-async fn connect(url: &str) -> Option<Client> {
-    // No per-request timeout (it would cut the watch stream); ops use tokio timeouts.
-    let opts = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
-    tokio::time::timeout(OP_TIMEOUT, Client::connect([url], Some(opts)))
-        .await
-        .ok()?
-        .ok()
-}
-
-fn header_rev(h: Option<&etcd_client::ResponseHeader>) -> Rev {
-    h.map(|h| h.revision()).unwrap_or(-1)
-}
-
-fn first_kv(kvs: &[etcd_client::KeyValue]) -> Option<(String, Rev)> {
-    kvs.first().map(|kv| {
-        (
-            String::from_utf8_lossy(kv.value()).into_owned(),
-            kv.mod_revision(),
-        )
-    })
-}
-
-/// One request; `None` = no answer in time (outcome unknown).
-async fn execute(c: &mut Client, req: &Request) -> Option<Response> {
-    let fut = async {
-        Ok::<_, etcd_client::Error>(match req {
-            Request::Put { key, value } => {
-                let r = c.put(key.as_str(), value.as_str(), None).await?;
-                Response::Put {
-                    revision: header_rev(r.header()),
-                }
-            }
-            Request::Get { key } => {
-                let r = c.get(key.as_str(), None).await?;
-                Response::Get {
-                    kv: first_kv(r.kvs()),
-                    revision: header_rev(r.header()),
-                }
-            }
-            Request::Delete { key } => {
-                let r = c.delete(key.as_str(), None).await?;
-                Response::Delete {
-                    deleted: r.deleted(),
-                    revision: header_rev(r.header()),
-                }
-            }
-            Request::Cas {
-                key,
-                expected_mod_revision,
-                new_value,
-            } => {
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(
-                        key.as_str(),
-                        CompareOp::Equal,
-                        *expected_mod_revision,
-                    )])
-                    .and_then([TxnOp::put(key.as_str(), new_value.as_str(), None)])
-                    .or_else([TxnOp::get(key.as_str(), None)]);
-                let r = c.txn(txn).await?;
-                let kv = r.op_responses().into_iter().find_map(|o| match o {
-                    TxnOpResponse::Get(g) => Some(first_kv(g.kvs())),
-                    _ => None,
-                });
-                Response::Cas {
-                    succeeded: r.succeeded(),
-                    revision: header_rev(r.header()),
-                    kv: kv.flatten(),
-                }
-            }
-        })
-    };
-    match tokio::time::timeout(OP_TIMEOUT, fut).await {
-        Ok(Ok(r)) => Some(r),
-        _ => None,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Partitions
 // ---------------------------------------------------------------------------------------------
@@ -195,176 +93,6 @@ async fn execute(c: &mut Client, req: &Request) -> Option<Response> {
 const CLIENTS: u32 = 6;
 const KEYS: u64 = 5;
 const PREFIX: &str = "part/";
-
-/// One client: random put / get / CAS / delete until `stop`; after a failure it moves to the
-/// next member (a client library's failover), so a cut member costs it one timeout.
-async fn client_loop(
-    id: u32,
-    urls: Vec<String>,
-    seed: u64,
-    t0: Instant,
-    stop: Arc<AtomicBool>,
-    failed_reads: Arc<AtomicU64>,
-) -> Vec<Op> {
-    let mut rng = Rng(seed ^ (u64::from(id) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let mut ops = Vec::new();
-    let mut last_seen = [0 as Rev; KEYS as usize];
-    let mut at = id as usize % urls.len();
-    let mut client: Option<Client> = None;
-    let mut seq = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let Some(c) = client.as_mut() else {
-            client = connect(&urls[at]).await;
-            if client.is_none() {
-                at = (at + 1) % urls.len();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            continue;
-        };
-        let k = rng.below(KEYS) as usize;
-        let key = format!("{PREFIX}k{k}");
-        seq += 1;
-        let value = format!("c{id}-{seq}");
-        let req = match rng.below(100) {
-            0..=34 => Request::Get { key },
-            35..=59 => Request::Put { key, value },
-            60..=89 => Request::Cas {
-                key,
-                expected_mod_revision: match rng.below(10) {
-                    0 => 0,
-                    _ => last_seen[k],
-                },
-                new_value: value,
-            },
-            _ => Request::Delete { key },
-        };
-        let call = t0.elapsed().as_nanos();
-        let resp = execute(c, &req).await;
-        let ret = t0.elapsed().as_nanos();
-        match resp {
-            Some(resp) => {
-                last_seen[k] = match &resp {
-                    Response::Get { kv, .. } | Response::Cas { kv, .. } => {
-                        kv.as_ref().map_or(0, |(_, m)| *m)
-                    }
-                    Response::Put { revision } => *revision,
-                    Response::Delete { .. } => 0,
-                };
-                if let Response::Cas {
-                    succeeded: true,
-                    revision,
-                    ..
-                } = resp
-                {
-                    last_seen[k] = revision;
-                }
-                ops.push(Op {
-                    client: id,
-                    call,
-                    ret,
-                    req,
-                    outcome: Outcome::Known(resp),
-                });
-            }
-            None => {
-                // A failed read has no effect: counted, left out. A failed write may or may not
-                // have happened.
-                if matches!(req, Request::Get { .. }) {
-                    failed_reads.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    ops.push(Op {
-                        client: id,
-                        call,
-                        ret,
-                        req,
-                        outcome: Outcome::Unknown,
-                    });
-                }
-                client = None;
-                at = (at + 1) % urls.len();
-            }
-        }
-    }
-    ops
-}
-
-fn to_event(e: &etcd_client::Event) -> Option<WatchEvent> {
-    let kv = e.kv()?;
-    Some(WatchEvent {
-        kind: match e.event_type() {
-            EventType::Put => EventKind::Put,
-            EventType::Delete => EventKind::Delete,
-        },
-        key: String::from_utf8_lossy(kv.key()).into_owned(),
-        value: String::from_utf8_lossy(kv.value()).into_owned(),
-        mod_revision: kv.mod_revision(),
-        create_revision: kv.create_revision(),
-        version: kv.version(),
-        prev: e.prev_kv().map(|p| {
-            (
-                String::from_utf8_lossy(p.value()).into_owned(),
-                p.mod_revision(),
-            )
-        }),
-    })
-}
-
-/// The watcher: prefix watch from revision 1 with prev_kv. A stream on a cut member does not
-/// break, it goes silent, so 2 s without a message (clients write all the time) also moves it
-/// to the next member, resuming from last revision + 1.
-async fn watch_loop(
-    urls: Vec<String>,
-    stop: Arc<AtomicBool>,
-    events: Arc<Mutex<Vec<WatchEvent>>>,
-    last_rev: Arc<AtomicI64>,
-) -> usize {
-    let mut streams = 0;
-    let mut at = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let url = &urls[at];
-        at = (at + 1) % urls.len();
-        let Some(mut c) = connect(url).await else {
-            continue;
-        };
-        let start = last_rev.load(Ordering::SeqCst) + 1;
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(start)
-            .with_prev_key();
-        let Ok(Ok(mut stream)) =
-            tokio::time::timeout(OP_TIMEOUT, c.watch(PREFIX, Some(opts))).await
-        else {
-            continue;
-        };
-        streams += 1;
-        let mut quiet_since = Instant::now();
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return streams;
-            }
-            match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
-                Err(_) if quiet_since.elapsed() > Duration::from_secs(2) => break,
-                Err(_) => continue,
-                Ok(Ok(Some(resp))) => {
-                    quiet_since = Instant::now();
-                    assert!(
-                        !resp.canceled(),
-                        "watch from {start} canceled: {:?}",
-                        resp.cancel_reason()
-                    );
-                    let mut evs = events.lock().unwrap_or_else(|e| e.into_inner());
-                    for e in resp.events() {
-                        let ev = to_event(e).expect("watch event without kv");
-                        last_rev.fetch_max(ev.mod_revision, Ordering::SeqCst);
-                        evs.push(ev);
-                    }
-                }
-                Ok(_) => break,
-            }
-        }
-    }
-    streams
-}
 
 /// A 3-member cluster, each member in its own namespace of `net`.
 async fn netns_cluster(b: Backend, net: &Net, names: &[&str]) -> Cluster {
@@ -452,17 +180,34 @@ async fn partitions(b: Backend) {
     let failed_reads = Arc::new(AtomicU64::new(0));
     let events = Arc::new(Mutex::new(Vec::new()));
     let watch_last = Arc::new(AtomicI64::new(initial));
+    let endpoints = Endpoints::new(urls.clone());
+    // A stream on a cut member does not break, it goes silent: 2 s without a message (clients
+    // write all the time) moves the watcher to the next member.
+    let watch = WatchConfig {
+        prefix: PREFIX.into(),
+        op_timeout: OP_TIMEOUT,
+        quiet_failover: Some(Duration::from_secs(2)),
+        retry_pause: Duration::ZERO,
+    };
     let watcher = tokio::spawn(watch_loop(
-        urls.clone(),
+        endpoints.clone(),
+        watch,
         watch_stop.clone(),
         events.clone(),
         watch_last.clone(),
     ));
+    // After a failure a client moves to the next member (a client library's failover), so a
+    // cut member costs it one timeout.
+    let workload = Workload {
+        op_timeout: OP_TIMEOUT,
+        ..Workload::new(PREFIX, KEYS)
+    };
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
             tokio::spawn(client_loop(
                 id,
-                urls.clone(),
+                endpoints.clone(),
+                workload.clone(),
                 seed,
                 t0,
                 stop.clone(),
@@ -549,7 +294,9 @@ async fn partitions(b: Backend) {
             key: format!("{PREFIX}k{k}"),
         };
         let call = t0.elapsed().as_nanos();
-        let resp = execute(&mut cl, &req).await.expect("final read");
+        let resp = execute(&mut cl, &req, OP_TIMEOUT)
+            .await
+            .expect("final read");
         history.ops.push(Op {
             client: 100,
             call,

@@ -2656,3 +2656,326 @@ async fn corrupt_member_is_replaced_and_writes_resume() {
         t.elapsed()
     );
 }
+
+/// The member pods of `cluster` as (name, uid, image, Ready), by name, leaving out pods being
+/// deleted.
+async fn member_pod_states(
+    bed: &Testbed,
+    ns: &str,
+    cluster: &str,
+) -> Vec<(String, String, String, bool)> {
+    let pods: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("app.kubernetes.io/instance={cluster}"));
+    let mut out: Vec<(String, String, String, bool)> = pods
+        .list(&lp)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let image = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default();
+            let ready = is_ready(&p);
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                p.metadata.uid.clone().unwrap_or_default(),
+                image,
+                ready,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `spec.version` 0.1.0 → 0.1.1 rolls the three members one at a time on their own data
+/// (same names, same member ids, new pods on the new image), followers first and the leader
+/// last after leadership moved off it, while recording clients run put / get / CAS / delete
+/// through the member pods' addresses (refreshed as pods come back with new ones): at every
+/// poll at least 2 of 3 member pods are Ready, status says Available throughout and shows the
+/// roll's progress, no client sees more than a brief stretch without answers, and the
+/// recorded history (with every key read at the end) passes the linearizability checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn version_change_rolls_members_one_at_a_time_leader_last() {
+    use ferrokv_tests::history::{
+        client_loop, execute, header_rev, longest_gap, seed_from_env, watch_loop, Endpoints,
+        WatchConfig, Workload,
+    };
+    use ferrokv_tests::linearizability::{
+        check_linearizable, check_revisions, History, Linearizability, Op, Outcome, Request,
+    };
+    use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize};
+    const OLD: &str = "ghcr.io/ferrokv/ferrokv:0.1.0";
+    const NEW: &str = "ghcr.io/ferrokv/ferrokv:0.1.1";
+    const PREFIX: &str = "/upgrade/";
+    const OP_TIMEOUT: Duration = Duration::from_secs(2);
+    let bed = Testbed::start().await.or_panic();
+    let ns = "default";
+    let kubectl = bed.cp.kubectl();
+    kubectl
+        .apply(&cluster_yaml_with(
+            ns,
+            "up",
+            3,
+            "Disabled",
+            "  version: 0.1.0\n",
+        ))
+        .expect("apply up");
+    let status = bed
+        .wait_available(ns, "up", 3, Duration::from_secs(180))
+        .await
+        .or_panic();
+    let ids_before = member_ids(&status);
+    let before = member_pod_states(&bed, ns, "up").await;
+    assert!(
+        before.iter().all(|(_, _, image, _)| image == OLD),
+        "{before:?}"
+    );
+    let leader_before = status["leader"].as_str().expect("leader").to_string();
+
+    // Clients, a watcher (evidence for writes whose answer was lost) and the endpoint refresh.
+    let urls = |pods: &[(String, String)]| -> Vec<String> {
+        pods.iter()
+            .map(|(_, ip)| format!("http://{ip}:2379"))
+            .collect()
+    };
+    let pods = bed.member_pods(ns, "up").await.or_panic();
+    let endpoints = Endpoints::new(urls(&pods));
+    let initial = {
+        let mut c = ferrokv_tests::history::connect(&urls(&pods)[0], OP_TIMEOUT)
+            .await
+            .expect("connect");
+        header_rev(c.get(PREFIX, None).await.expect("get").header())
+    };
+    let seed = seed_from_env("UPGRADE_SEED");
+    eprintln!("UPGRADE_SEED={seed}");
+    let t0 = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watch_last = Arc::new(AtomicI64::new(initial));
+    let watcher = tokio::spawn(watch_loop(
+        endpoints.clone(),
+        WatchConfig {
+            prefix: PREFIX.into(),
+            op_timeout: OP_TIMEOUT,
+            quiet_failover: Some(Duration::from_secs(3)),
+            retry_pause: Duration::from_millis(100),
+        },
+        watch_stop.clone(),
+        events.clone(),
+        watch_last.clone(),
+    ));
+    let workload = Workload {
+        op_timeout: OP_TIMEOUT,
+        retry_pause: Duration::from_millis(100),
+        pace: Duration::from_millis(20),
+        ..Workload::new(PREFIX, 4)
+    };
+    let failed_reads = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..3)
+        .map(|id| {
+            tokio::spawn(client_loop(
+                id,
+                endpoints.clone(),
+                workload.clone(),
+                seed,
+                t0,
+                stop.clone(),
+                failed_reads.clone(),
+            ))
+        })
+        .collect();
+    // Polls the member pods: the fewest Ready seen, and the endpoints kept current.
+    let min_ready = Arc::new(AtomicUsize::new(3));
+    let poll = {
+        let (client, stop, min_ready, endpoints) = (
+            bed.client.clone(),
+            stop.clone(),
+            min_ready.clone(),
+            endpoints.clone(),
+        );
+        tokio::spawn(async move {
+            let pods: Api<Pod> = Api::namespaced(client, "default");
+            let lp = ListParams::default().labels("app.kubernetes.io/instance=up");
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(l) = pods.list(&lp).await {
+                    let live: Vec<&Pod> = l
+                        .items
+                        .iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_none())
+                        .collect();
+                    let ready = live.iter().filter(|p| is_ready(p)).count();
+                    min_ready.fetch_min(ready, Ordering::SeqCst);
+                    let ips: Vec<String> = live
+                        .iter()
+                        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+                        .map(|ip| format!("http://{ip}:2379"))
+                        .collect();
+                    if !ips.is_empty() {
+                        endpoints.set(ips);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let (statuses, status_task) = record_statuses(bed.client.clone(), ns, "up");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let t = Instant::now();
+    kubectl
+        .run(&[
+            "patch",
+            "-n",
+            ns,
+            "etcdcluster/up",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"version":"0.1.1"}}"#,
+        ])
+        .expect("patch version");
+    eventually(
+        Duration::from_secs(300),
+        "all three member pods Ready on 0.1.1",
+        || async {
+            let now = member_pod_states(&bed, ns, "up").await;
+            (now.len() == 3
+                && now
+                    .iter()
+                    .all(|(_, _, image, ready)| image == NEW && *ready))
+            .then_some(())
+        },
+        || bed.context(ns),
+    )
+    .await;
+    let status = bed
+        .wait_available(ns, "up", 3, Duration::from_secs(60))
+        .await
+        .or_panic();
+    eprintln!("0.1.0 -> 0.1.1 rolled in {:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    poll.await.expect("poll");
+    status_task.abort();
+
+    // The same members on their data, each in a new pod on the new image.
+    let after = member_pod_states(&bed, ns, "up").await;
+    assert_eq!(
+        member_ids(&status),
+        ids_before,
+        "members replaced, not restarted"
+    );
+    for ((name, uid, _, _), (name2, uid2, image, _)) in before.iter().zip(&after) {
+        assert_eq!(name, name2);
+        assert_ne!(uid, uid2, "{name} was not restarted");
+        assert_eq!(image, NEW);
+    }
+    let images: Vec<&str> = status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["image"].as_str())
+        .collect();
+    assert_eq!(images, [NEW; 3], "status.members[].image: {status}");
+    let min = min_ready.load(Ordering::SeqCst);
+    assert!(min >= 2, "only {min} of 3 member pods Ready at one poll");
+
+    // Followers first, the leader last, after leadership moved off it.
+    let evs = bed.events(ns, "up").await.or_panic();
+    let restarted: Vec<String> = evs
+        .iter()
+        .filter(|(r, _)| r == "MemberRestarted")
+        .filter_map(|(_, note)| note.split_whitespace().nth(2).map(str::to_string))
+        .collect();
+    assert_eq!(restarted.len(), 3, "MemberRestarted Events: {evs:?}");
+    assert_eq!(
+        restarted.last(),
+        Some(&leader_before),
+        "the leader must go last: {restarted:?}"
+    );
+    assert!(
+        evs.iter().any(|(r, _)| r == "LeaderMoved"),
+        "no LeaderMoved Event: {evs:?}"
+    );
+    // Available all along, and the roll's progress in Progressing.
+    let seen = statuses.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let cond = |st: &Value, t: &str| {
+        st["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == t).cloned())
+    };
+    for st in &seen {
+        let a = cond(st, "Available").expect("Available condition");
+        assert_eq!(a["status"], "True", "quorum lost during the roll: {st}");
+    }
+    assert!(
+        seen.iter().any(|st| cond(st, "Progressing")
+            .and_then(|c| c["message"]
+                .as_str()
+                .map(|m| m.contains("members on ghcr.io/ferrokv/ferrokv:0.1.1")))
+            .unwrap_or(false)),
+        "no progress in Progressing: {seen:?}"
+    );
+
+    // The history: every key read at the end, then the checks.
+    let mut history = History::new(initial);
+    for c in clients {
+        history.ops.extend(c.await.expect("client"));
+    }
+    let gap = longest_gap(&history.ops);
+    let (_, ip) = bed.member_pods(ns, "up").await.or_panic().remove(0);
+    let mut c = ferrokv_tests::history::connect(&format!("http://{ip}:2379"), OP_TIMEOUT)
+        .await
+        .expect("connect after the roll");
+    for k in 0..4 {
+        let req = Request::Get {
+            key: format!("{PREFIX}k{k}"),
+        };
+        let call = t0.elapsed().as_nanos();
+        let resp = execute(&mut c, &req, OP_TIMEOUT).await.expect("final read");
+        history.ops.push(Op {
+            client: 100,
+            call,
+            ret: t0.elapsed().as_nanos(),
+            req,
+            outcome: Outcome::Known(resp),
+        });
+    }
+    let final_rev = header_rev(c.get(PREFIX, None).await.expect("final rev").header());
+    let caught_up = Instant::now() + Duration::from_secs(10);
+    while watch_last.load(Ordering::SeqCst) < final_rev && Instant::now() < caught_up {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    watch_stop.store(true, Ordering::Relaxed);
+    watcher.await.expect("watcher");
+    let events = std::mem::take(&mut *events.lock().unwrap_or_else(|e| e.into_inner()));
+    history.ops.sort_by_key(|o| o.call);
+    let known = history
+        .ops
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Known(_)))
+        .count();
+    let unknown = history.ops.len() - known;
+    assert!(known > 100, "only {known} requests answered");
+    assert!(
+        gap < Duration::from_secs(15),
+        "the clients went {gap:?} without an answer"
+    );
+    let state = check_revisions(&history, &events).unwrap_or_else(|v| panic!("check A: {v}"));
+    match check_linearizable(&history, Some(&state), Duration::from_secs(20)) {
+        Linearizability::Ok { .. } => {}
+        Linearizability::Violation(v) => panic!("check B (linearizability): {v}"),
+        Linearizability::Unknown { key } => panic!("check B undecided on {key}"),
+    }
+    eprintln!(
+        "roll under load: {known} requests answered, {unknown} writes unknown, {} failed reads, longest gap {gap:?}, {} watch events; restarted {restarted:?}",
+        failed_reads.load(Ordering::Relaxed),
+        events.len()
+    );
+}

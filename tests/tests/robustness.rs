@@ -7,16 +7,17 @@
 //! revision model (A), the per-key linearizability search (B) and the watch checks. The same
 //! body runs against etcd, which validates the checker: if it flags etcd, the checker is wrong.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, Txn, TxnOp, TxnOpResponse, WatchOptions,
+use ferrokv_tests::history::{
+    client_loop, execute, header_rev, seed_from_env, watch_loop, Endpoints, Rng, WatchConfig,
+    Workload,
 };
 use ferrokv_tests::linearizability::{
-    check_linearizable, check_revisions, check_watch, EventKind, History, Linearizability, Op,
-    Outcome, Request, Response, Rev, StateHistory, WatchEvent,
+    check_linearizable, check_revisions, check_watch, History, Linearizability, Op, Outcome,
+    Request, Response, StateHistory, WatchEvent,
 };
 use ferrokv_tests::{both_backends, Backend, Member, MemberOpts};
 
@@ -28,276 +29,8 @@ const KILLS: usize = 3;
 const OP_TIMEOUT: Duration = Duration::from_secs(1);
 const SNAPSHOT_COUNT: u64 = 1000;
 
-/// xorshift64*: enough randomness for op mixes without a dependency; the seed is printed so a
-/// failing run can be replayed by setting `ROBUSTNESS_SEED`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-async fn connect(url: &str) -> Option<Client> {
-    // No per-request timeout: it would also cut the watch stream; ops are bounded by
-    // `tokio::time::timeout` instead.
-    let opts = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
-    tokio::time::timeout(OP_TIMEOUT, Client::connect([url], Some(opts)))
-        .await
-        .ok()?
-        .ok()
-}
-
-fn header_rev(h: Option<&etcd_client::ResponseHeader>) -> Rev {
-    h.map(|h| h.revision()).unwrap_or(-1)
-}
-
-fn first_kv(kvs: &[etcd_client::KeyValue]) -> Option<(String, Rev)> {
-    kvs.first().map(|kv| {
-        (
-            String::from_utf8_lossy(kv.value()).into_owned(),
-            kv.mod_revision(),
-        )
-    })
-}
-
-/// Runs one request; `None` = no answer (error or timeout), outcome unknown.
-async fn execute(c: &mut Client, req: &Request) -> Option<Response> {
-    let fut = async {
-        Ok::<_, etcd_client::Error>(match req {
-            Request::Put { key, value } => {
-                let r = c.put(key.as_str(), value.as_str(), None).await?;
-                Response::Put {
-                    revision: header_rev(r.header()),
-                }
-            }
-            Request::Get { key } => {
-                let r = c.get(key.as_str(), None).await?;
-                Response::Get {
-                    kv: first_kv(r.kvs()),
-                    revision: header_rev(r.header()),
-                }
-            }
-            Request::Delete { key } => {
-                let r = c.delete(key.as_str(), None).await?;
-                Response::Delete {
-                    deleted: r.deleted(),
-                    revision: header_rev(r.header()),
-                }
-            }
-            Request::Cas {
-                key,
-                expected_mod_revision,
-                new_value,
-            } => {
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(
-                        key.as_str(),
-                        CompareOp::Equal,
-                        *expected_mod_revision,
-                    )])
-                    .and_then([TxnOp::put(key.as_str(), new_value.as_str(), None)])
-                    .or_else([TxnOp::get(key.as_str(), None)]);
-                let r = c.txn(txn).await?;
-                let kv = r.op_responses().into_iter().find_map(|o| match o {
-                    TxnOpResponse::Get(g) => Some(first_kv(g.kvs())),
-                    _ => None,
-                });
-                Response::Cas {
-                    succeeded: r.succeeded(),
-                    revision: header_rev(r.header()),
-                    kv: kv.flatten(),
-                }
-            }
-        })
-    };
-    match tokio::time::timeout(OP_TIMEOUT, fut).await {
-        Ok(Ok(r)) => Some(r),
-        _ => None,
-    }
-}
-
-/// One client: random ops until `stop`, reconnecting after any failure.
-async fn client_loop(
-    id: u32,
-    url: String,
-    seed: u64,
-    t0: Instant,
-    stop: Arc<AtomicBool>,
-) -> Vec<Op> {
-    let mut rng = Rng(seed ^ (u64::from(id) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let mut ops = Vec::new();
-    // The mod_revision this client last saw per key: CAS mostly uses it (a realistic
-    // read-modify-write), sometimes 0 (create) or a stale guess.
-    let mut last_seen = [0 as Rev; KEYS as usize];
-    let mut client: Option<Client> = None;
-    let mut seq = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let Some(c) = client.as_mut() else {
-            client = connect(&url).await;
-            if client.is_none() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            continue;
-        };
-        let k = rng.below(KEYS) as usize;
-        let key = format!("{PREFIX}k{k}");
-        seq += 1;
-        // Values are unique per write so observations identify their write.
-        let value = format!("c{id}-{seq}");
-        let req = match rng.below(100) {
-            0..=34 => Request::Get { key },
-            35..=59 => Request::Put { key, value },
-            60..=84 => Request::Cas {
-                key,
-                expected_mod_revision: match rng.below(10) {
-                    0 => 0,
-                    1 => last_seen[k].saturating_sub(1),
-                    _ => last_seen[k],
-                },
-                new_value: value,
-            },
-            _ => Request::Delete { key },
-        };
-        let call = t0.elapsed().as_nanos();
-        let resp = execute(c, &req).await;
-        let ret = t0.elapsed().as_nanos();
-        match resp {
-            Some(resp) => {
-                match &resp {
-                    Response::Get { kv, .. } | Response::Cas { kv, .. } => {
-                        last_seen[k] = kv.as_ref().map_or(0, |(_, m)| *m)
-                    }
-                    Response::Put { revision } => last_seen[k] = *revision,
-                    Response::Delete { .. } => last_seen[k] = 0,
-                }
-                if let Response::Cas {
-                    succeeded: true,
-                    revision,
-                    ..
-                } = resp
-                {
-                    last_seen[k] = revision;
-                }
-                ops.push(Op {
-                    client: id,
-                    call,
-                    ret,
-                    req,
-                    outcome: Outcome::Known(resp),
-                });
-            }
-            None => {
-                // A failed read has no effect and proves nothing: leave it out. A failed write
-                // may or may not have happened.
-                if !matches!(req, Request::Get { .. }) {
-                    ops.push(Op {
-                        client: id,
-                        call,
-                        ret,
-                        req,
-                        outcome: Outcome::Unknown,
-                    });
-                }
-                client = None;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-    ops
-}
-
-fn to_event(e: &etcd_client::Event) -> Option<WatchEvent> {
-    let kv = e.kv()?;
-    Some(WatchEvent {
-        kind: match e.event_type() {
-            EventType::Put => EventKind::Put,
-            EventType::Delete => EventKind::Delete,
-        },
-        key: String::from_utf8_lossy(kv.key()).into_owned(),
-        value: String::from_utf8_lossy(kv.value()).into_owned(),
-        mod_revision: kv.mod_revision(),
-        create_revision: kv.create_revision(),
-        version: kv.version(),
-        prev: e.prev_kv().map(|p| {
-            (
-                String::from_utf8_lossy(p.value()).into_owned(),
-                p.mod_revision(),
-            )
-        }),
-    })
-}
-
-/// The watcher: prefix watch from revision 1 with prev_kv, resuming after every break from
-/// last revision + 1. Events are shared so the main task can wait until it caught up.
-async fn watch_loop(
-    url: String,
-    stop: Arc<AtomicBool>,
-    events: Arc<Mutex<Vec<WatchEvent>>>,
-    last_rev: Arc<AtomicI64>,
-) -> usize {
-    let mut resumes = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let Some(mut c) = connect(&url).await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let start = last_rev.load(Ordering::SeqCst) + 1;
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(start)
-            .with_prev_key();
-        let Ok(Ok(mut stream)) =
-            tokio::time::timeout(OP_TIMEOUT, c.watch(PREFIX, Some(opts))).await
-        else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        resumes += 1;
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return resumes;
-            }
-            // A short poll so `stop` is noticed; a silent stream is fine (no writes).
-            match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
-                Err(_) => continue,
-                Ok(Ok(Some(resp))) => {
-                    assert!(
-                        !resp.canceled(),
-                        "watch from {start} canceled: {:?}",
-                        resp.cancel_reason()
-                    );
-                    let mut evs = events.lock().unwrap_or_else(|e| e.into_inner());
-                    for e in resp.events() {
-                        let ev = to_event(e).expect("watch event without kv");
-                        last_rev.fetch_max(ev.mod_revision, Ordering::SeqCst);
-                        evs.push(ev);
-                    }
-                }
-                // Stream ended or broke (member killed): resume from last revision + 1.
-                Ok(_) => break,
-            }
-        }
-    }
-    resumes
-}
-
 async fn robustness(b: Backend) {
-    let seed = std::env::var("ROBUSTNESS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    let seed = seed_from_env("ROBUSTNESS_SEED");
     eprintln!("[{}] ROBUSTNESS_SEED={seed}", b.name());
     // A small snapshot count so restarts also recover from a raft snapshot plus a WAL tail,
     // not only from a WAL replay.
@@ -321,14 +54,41 @@ async fn robustness(b: Backend) {
     let watch_stop = Arc::new(AtomicBool::new(false));
     let events = Arc::new(Mutex::new(Vec::new()));
     let watch_last = Arc::new(AtomicI64::new(0));
+    let endpoints = Endpoints::new(vec![url.clone()]);
+    let watch = WatchConfig {
+        prefix: PREFIX.into(),
+        op_timeout: OP_TIMEOUT,
+        quiet_failover: None,
+        retry_pause: Duration::from_millis(50),
+    };
     let watcher = tokio::spawn(watch_loop(
-        url.clone(),
+        endpoints.clone(),
+        watch,
         watch_stop.clone(),
         events.clone(),
         watch_last.clone(),
     ));
+    // Gets 35%, Puts 25%, CAS 25% (sometimes on a stale mod_revision), Deletes 15%.
+    let workload = Workload {
+        cas_until: 85,
+        stale_cas: true,
+        op_timeout: OP_TIMEOUT,
+        retry_pause: Duration::from_millis(20),
+        ..Workload::new(PREFIX, KEYS)
+    };
+    let failed_reads = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|id| tokio::spawn(client_loop(id, url.clone(), seed, t0, stop.clone())))
+        .map(|id| {
+            tokio::spawn(client_loop(
+                id,
+                endpoints.clone(),
+                workload.clone(),
+                seed,
+                t0,
+                stop.clone(),
+                failed_reads.clone(),
+            ))
+        })
         .collect();
 
     // Kill at spread-out, seed-dependent points of the run; each outage lasts a little while
@@ -369,7 +129,7 @@ async fn robustness(b: Backend) {
             key: format!("{PREFIX}k{k}"),
         };
         let call = t0.elapsed().as_nanos();
-        let resp = execute(&mut c, &req)
+        let resp = execute(&mut c, &req, OP_TIMEOUT)
             .await
             .expect("final read on a healthy member");
         history.ops.push(Op {

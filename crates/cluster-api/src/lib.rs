@@ -671,6 +671,9 @@ pub struct MemberStatus {
     /// Server version it reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Image its pod runs (an image upgrade rolls the pods one at a time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Backend size in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_size: Option<i64>,

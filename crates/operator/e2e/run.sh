@@ -115,6 +115,19 @@ node_image() {
 step "kind node image" node_image
 NODE_IMAGE="$(cat "$WORK/node")"
 
+# The recording client (tests/examples/e2e_history.rs): E2E_BIN_DIR's when it has one, else
+# this checkout's cargo build. It runs inside the kind node (docker exec), which reaches the
+# Service and pod networks, so nothing is routed from this machine into the cluster.
+history_bin() {
+  if [ -n "${E2E_BIN_DIR:-}" ] && [ -x "$E2E_BIN_DIR/e2e_history" ]; then
+    cp "$E2E_BIN_DIR/e2e_history" "$WORK/e2e_history"
+    return
+  fi
+  (cd "$ROOT" && cargo build -q -p ferrokv-tests --example e2e_history) &&
+    cp "$ROOT/target/debug/examples/e2e_history" "$WORK/e2e_history"
+}
+step "recording client (e2e_history)" history_bin
+
 # ---- the cluster, on ferrokv ------------------------------------------------------------------
 # kind reuses a docker network named "kind"; creating it first lets the external etcd member
 # sit on it before the node exists.
@@ -261,6 +274,38 @@ available() {
 }
 scenario "example cluster Available (3)" available
 
+# The recording client writes from here to the end of the upgrade through the client Service,
+# with the client certificate the operator issued; its history is checked in the last scenario.
+NODE="$CLUSTER-control-plane"
+HIST=/var/lib/ferrokv-e2e-history
+history_start() {
+  local svc f
+  svc="$(k get svc demo-client -o jsonpath='{.spec.clusterIP}')" && [ -n "$svc" ] || return 1
+  mkdir -p "$WORK/tls" || return 1
+  k get secret demo-client-tls -o jsonpath='{.data.ca\.crt}' | base64 -d >"$WORK/tls/ca.crt" &&
+    k get secret demo-client-tls -o jsonpath='{.data.tls\.crt}' | base64 -d >"$WORK/tls/tls.crt" &&
+    k get secret demo-client-tls -o jsonpath='{.data.tls\.key}' | base64 -d >"$WORK/tls/tls.key" || return 1
+  # Through docker exec's stdin, not docker cp, and not under the node's /tmp: a tmpfs that
+  # docker cp does not see and that is mounted noexec.
+  docker exec "$NODE" mkdir -p "$HIST" || return 1
+  for f in e2e_history tls/ca.crt tls/tls.crt tls/tls.key; do
+    docker exec -i "$NODE" sh -c "cat >$HIST/${f#tls/}" <"$WORK/$f" || return 1
+  done
+  docker exec "$NODE" chmod +x "$HIST/e2e_history" || return 1
+  docker exec -d "$NODE" sh -c "cd $HIST && ./e2e_history --endpoint https://$svc:2379 --ca ca.crt --cert tls.crt --key tls.key --domain demo-client.$NS.svc --stop-file stop >out 2>err; echo \$? >rc"
+  local i
+  for i in $(seq 1 30); do
+    if docker exec "$NODE" grep -q 'recording from revision' "$HIST/err" 2>/dev/null; then
+      log "recording client: $(docker exec "$NODE" cat "$HIST/err")"
+      return 0
+    fi
+    sleep 1
+  done
+  docker exec "$NODE" cat "$HIST/err" "$HIST/out" >&2
+  return 1
+}
+step "recording client started" history_start
+
 scale() {
   k scale etcdcluster/demo --replicas=5 >/dev/null && wait_members 5 &&
     k scale etcdcluster/demo --replicas=3 >/dev/null && wait_members 3
@@ -338,7 +383,46 @@ cert_renewal() {
     sleep 1
   done
   [ -n "$after" ] && [ "$after" != "$before" ] || { echo "server certificate not reissued" >&2; return 1; }
-  wait_members 3
+  wait_members 3 || return 1
+  # Every member serves the new certificate (members reload it from the Secret's volume at the
+  # next handshake, without a restart): the serial and notAfter of what each one presents.
+  client_pod demo || return 1
+  local pod ip served
+  while read -r pod ip; do
+    served=""
+    for i in $(seq 1 180); do
+      served="$(served_cert "$ip" "$after" "$before")" && break
+      sleep 1
+    done
+    [[ "$served" == *" new "* ]] || { echo "$pod does not serve the new certificate: $served" >&2; return 1; }
+    log "$pod serves $served"
+  done < <(k get pods -l app.kubernetes.io/instance=demo -o jsonpath='{range .items[*]}{.metadata.name} {.status.podIP}{"\n"}{end}')
+}
+
+# served_cert IP NEW_PEM_B64 OLD_PEM_B64: the serial and notAfter of the certificate the member
+# at IP presents on its client port (a TLS handshake with the client certificate), and whether
+# it is NEW's ("new") or OLD's ("old"); fails unless it is NEW's.
+served_cert() {
+  k exec -i client-demo -- python3 - "$1" "$2" "$3" "demo-client.$NS.svc" <<'PY'
+import base64, socket, ssl, sys, tempfile
+ip, new, old, name = sys.argv[1:5]
+def decoded(b64):
+    pem = base64.b64decode(b64).decode()
+    end = pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")
+    with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as f:
+        f.write(pem[:end] + "\n")
+    return ssl._ssl._test_decode_cert(f.name)
+want, was = decoded(new), decoded(old)
+ctx = ssl.create_default_context(cafile="/etc/ferrokv/client-tls/ca.crt")
+ctx.load_cert_chain("/etc/ferrokv/client-tls/tls.crt", "/etc/ferrokv/client-tls/tls.key")
+with socket.create_connection((ip, 2379), timeout=5) as s:
+    with ctx.wrap_socket(s, server_hostname=name) as t:
+        got = t.getpeercert()
+serial = got["serialNumber"]
+which = "new" if serial == want["serialNumber"] else "old" if serial == was["serialNumber"] else "other"
+print("serial %s notAfter %s %s (the old one: serial %s notAfter %s)" % (serial, got["notAfter"], which, was["serialNumber"], was["notAfter"]))
+sys.exit(0 if which == "new" else 1)
+PY
 }
 scenario "certificate renewal" cert_renewal
 
@@ -425,6 +509,8 @@ scenario "backup to moto, restore" backup_restore
 
 upgrade() {
   # One member at a time: at every poll at least a quorum (2 of 3) of pods is Ready.
+  local leader
+  leader="$(k get etcdcluster demo -o jsonpath='{.status.leader}')"
   k patch etcdcluster demo --type merge -p '{"spec":{"version":"0.1.1"}}' >/dev/null || return 1
   local i ready on_new
   for i in $(seq 1 600); do
@@ -435,9 +521,29 @@ upgrade() {
     sleep 1
   done
   [ "$on_new" = 3 ] || { echo "only $on_new members on 0.1.1" >&2; return 1; }
-  wait_members 3 && [ "$(kv get e2e/backup)" = "before-backup" ]
+  wait_members 3 && [ "$(kv get e2e/backup)" = "before-backup" ] || return 1
+  # Followers first, the leader of when it started last, after leadership moved off it.
+  local order
+  order="$(k get events --field-selector involvedObject.name=demo,reason=MemberRestarted --sort-by=.metadata.creationTimestamp -o jsonpath='{range .items[*]}{.message}{"\n"}{end}' | awk '{print $3}' | tr '\n' ' ')"
+  log "restarted in order: $order(leader was $leader)"
+  [ "$(echo "$order" | wc -w)" = 3 ] || { echo "not 3 MemberRestarted Events: $order" >&2; return 1; }
+  [ "$(echo "$order" | awk '{print $NF}')" = "$leader" ] || { echo "the leader $leader was not restarted last" >&2; return 1; }
+  k get events --field-selector involvedObject.name=demo,reason=LeaderMoved -o name | grep -q . ||
+    { echo "no LeaderMoved Event" >&2; return 1; }
 }
 scenario "member image upgrade, quorum kept" upgrade
+
+history_check() {
+  docker exec "$NODE" touch "$HIST/stop" || return 1
+  local i
+  for i in $(seq 1 240); do
+    docker exec "$NODE" test -s "$HIST/rc" && break
+    sleep 1
+  done
+  docker exec "$NODE" cat "$HIST/out"
+  [ "$(docker exec "$NODE" cat "$HIST/rc" 2>/dev/null)" = 0 ] || { docker exec "$NODE" tail -20 "$HIST/err" >&2; return 1; }
+}
+scenario "client history linearizable" history_check
 
 log "passed"
 kubectl get etcdclusters,pods -A

@@ -212,6 +212,11 @@ impl StepExecutor for KubeExecutor<'_> {
         Ok(())
     }
 
+    async fn restart_member(&mut self, member: &str) -> Result<()> {
+        // Only the pod: the claim keeps the member's data, which it starts again on.
+        self.applier.delete::<Pod>(member).await
+    }
+
     async fn delete_member(&mut self, member: &str) -> Result<()> {
         self.applier.delete::<Pod>(member).await?;
         self.applier.delete::<PersistentVolumeClaim>(member).await

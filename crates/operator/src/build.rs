@@ -154,6 +154,7 @@ mod tests {
                         leader: false,
                         raft_index: None,
                         corrupt: None,
+                        version: None,
                     })
                     .collect()
             }),
@@ -163,6 +164,8 @@ mod tests {
             bootstrapped: members.is_some(),
             next_ordinal: 0,
             corrupt_alarms: vec![],
+            image: String::new(),
+            expected_version: None,
         }
     }
 

@@ -149,6 +149,10 @@ pub async fn reconcile(ec: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action
         warn!(%message, "restore failed");
         applier.warn(&ec, status::RESTORE_FAILED, &message).await;
     }
+    if let Some(message) = status::new_upgrade_failure(ec.status.as_ref(), &plain) {
+        warn!(%message, "image upgrade stopped");
+        applier.warn(&ec, status::UPGRADE_FAILED, &message).await;
+    }
     // Once per member, when it is first seen corrupt; Degraded keeps it in view.
     for (member, message) in status::new_corruptions(ec.status.as_ref(), &plain) {
         warn!(%member, %message, "member is corrupt");

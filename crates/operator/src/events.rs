@@ -48,6 +48,12 @@ pub fn for_step(step: &Step, outcome: &StepOutcome) -> Option<StepEvent> {
             "MemberRemoved",
             format!("removed member {name} ({id:x}): {}", why(*reason)),
         ),
+        Step::RestartMember { id, name, from, to } => (
+            "MemberRestarted",
+            format!(
+                "restarted member {name} ({id:x}) on its data to upgrade it from {from} to {to}"
+            ),
+        ),
         Step::DeletePod { name } => (
             "MemberDeleted",
             format!("deleted pod and data of former member {name}"),
@@ -116,6 +122,7 @@ fn member_of(step: &Step) -> Option<&str> {
         | Step::CreatePod { name }
         | Step::PromoteLearner { name, .. }
         | Step::RemoveMember { name, .. }
+        | Step::RestartMember { name, .. }
         | Step::DeletePod { name } => Some(name),
         Step::MoveLeader { .. }
         | Step::DisarmAlarm { .. }

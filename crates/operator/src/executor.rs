@@ -42,6 +42,9 @@ pub trait StepExecutor {
     fn disarm_alarm(&mut self, id: u64) -> impl Future<Output = Result<()>> + Send;
     /// Starts a member with its data volume and flags.
     fn start_member(&mut self, start: &MemberStart) -> impl Future<Output = Result<()>> + Send;
+    /// Stops what runs member `member`, keeping its data, so that it starts again from the
+    /// spec (`CreatePod`); already gone is fine.
+    fn restart_member(&mut self, member: &str) -> impl Future<Output = Result<()>> + Send;
     /// Deletes what ran a former member and its data; already gone is fine.
     fn delete_member(&mut self, member: &str) -> impl Future<Output = Result<()>> + Send;
 }
@@ -74,6 +77,10 @@ pub async fn execute<E: StepExecutor>(
         }
         Step::RemoveMember { id, .. } => {
             exec.remove_member(*id).await?;
+            StepOutcome::Applied
+        }
+        Step::RestartMember { name, .. } => {
+            exec.restart_member(name).await?;
             StepOutcome::Applied
         }
         Step::DeletePod { name } => {
@@ -131,6 +138,10 @@ mod tests {
             ));
             Ok(())
         }
+        async fn restart_member(&mut self, member: &str) -> Result<()> {
+            self.0.push(format!("restart {member}"));
+            Ok(())
+        }
         async fn delete_member(&mut self, member: &str) -> Result<()> {
             self.0.push(format!("delete {member}"));
             Ok(())
@@ -153,6 +164,7 @@ mod tests {
                         leader: i == 0,
                         raft_index: None,
                         corrupt: None,
+                        version: None,
                     })
                     .collect(),
             ),
@@ -162,6 +174,8 @@ mod tests {
             bootstrapped: true,
             next_ordinal: 2,
             corrupt_alarms: vec![],
+            image: String::new(),
+            expected_version: None,
         }
     }
 
@@ -212,6 +226,16 @@ mod tests {
                     reason: RemoveReason::ScaleDown,
                 },
                 "remove 1".into(),
+                StepOutcome::Applied,
+            ),
+            (
+                Step::RestartMember {
+                    id: 1,
+                    name: name(),
+                    from: "a".into(),
+                    to: "b".into(),
+                },
+                "restart kv-1".into(),
                 StepOutcome::Applied,
             ),
             (

@@ -136,6 +136,7 @@ impl ClusterView {
                 corrupt: self
                     .alarmed(m.id, CORRUPT)
                     .then(|| "the CORRUPT alarm is raised for it".to_string()),
+                version: h.as_ref().map(|h| h.version.clone()),
             })
             .collect()
     }

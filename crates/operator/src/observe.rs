@@ -186,6 +186,8 @@ fn observed(
         empty_dir: ec.spec.storage.empty_dir,
         bootstrapped: ec.status.as_ref().is_some_and(|s| s.cluster_id.is_some()),
         next_ordinal: ec.status.as_ref().map_or(0, |s| s.next_ordinal),
+        image: resources::image(ec),
+        expected_version: resources::expected_version(&resources::image(ec)),
         corrupt_alarms: view.map_or_else(Vec::new, |v| {
             v.alarms
                 .iter()
@@ -313,6 +315,15 @@ fn observe_pod(p: &Pod, now: Timestamp) -> ObservedPod {
         terminating: p.metadata.deletion_timestamp.is_some(),
         restore_failed: restore_failure(p),
         start_refused: start_refusal(p),
+        image: p
+            .spec
+            .as_ref()
+            .and_then(|s| {
+                s.containers
+                    .iter()
+                    .find(|c| c.name == resources::MEMBER_CONTAINER)
+            })
+            .and_then(|c| c.image.clone()),
     }
 }
 
@@ -577,6 +588,7 @@ mod tests {
             terminating: false,
             restore_failed: None,
             start_refused: refused.map(str::to_string),
+            image: None,
         };
         let ferrokv_both = "fatal error: b found data inconsistency with peers: local hash 1 at \
             revision 9 (compact revision -1), peer a has hash 2, peer c has hash 2";

@@ -61,6 +61,8 @@ pub struct ObservedMember {
     /// Why its data is known to be bad: the CORRUPT alarm names it, or it refuses to start
     /// on the corruption check and is the odd one out (`observe::corrupt_members`).
     pub corrupt: Option<String>,
+    /// Server version from its `Status` (`None` when it did not answer).
+    pub version: Option<String>,
 }
 
 /// One member pod (and its claim) as seen in Kubernetes.
@@ -81,6 +83,9 @@ pub struct ObservedPod {
     /// The termination message of its member container's last run, when that exited
     /// refusing to start on a corruption check and the container is not Ready since.
     pub start_refused: Option<String>,
+    /// The image its member container runs; `None` when unknown, which counts as the desired
+    /// one (nothing to roll).
+    pub image: Option<String>,
 }
 
 /// Everything the planner looks at.
@@ -101,6 +106,12 @@ pub struct Observed {
     pub next_ordinal: u64,
     /// Member ids the raised CORRUPT alarms name (0: the whole cluster, no member known).
     pub corrupt_alarms: Vec<u64>,
+    /// The member image the spec asks for (`resources::image`): pods on another one are rolled.
+    pub image: String,
+    /// The `Status` version a member on `image` must report, when the image says it (an etcd
+    /// image's tag); ferrokv reports the etcd API version it serves, not its release, so
+    /// `None` there.
+    pub expected_version: Option<String>,
 }
 
 /// The one next action.
@@ -118,6 +129,14 @@ pub enum Step {
     PromoteLearner { id: u64, name: String },
     /// `MoveLeader` to `to` before `from` is removed.
     MoveLeader { from: u64, to: u64 },
+    /// Stop member `name` for an image upgrade, keeping its data: its pod is deleted (the claim
+    /// stays) and the next reconcile's `CreatePod` starts it again on `to`.
+    RestartMember {
+        id: u64,
+        name: String,
+        from: String,
+        to: String,
+    },
     /// `MemberRemove`; its pod and claim are deleted by the next reconcile.
     RemoveMember {
         id: u64,
@@ -145,6 +164,7 @@ impl Step {
             Step::CreatePod { .. } => "CreatePod",
             Step::PromoteLearner { .. } => "PromoteLearner",
             Step::MoveLeader { .. } => "MoveLeader",
+            Step::RestartMember { .. } => "RestartMember",
             Step::RemoveMember { .. } => "RemoveMember",
             Step::DeletePod { .. } => "DeletePod",
             Step::DisarmAlarm { .. } => "DisarmAlarm",
@@ -176,6 +196,21 @@ pub struct Plan {
     /// step is not counted until it is seen (as a member, pod or claim), so a failed `MemberAdd`
     /// does not burn a name, while a successful one can never be handed out again.
     pub next_ordinal: u64,
+    /// The image roll under way, when some member runs another image than the spec's.
+    pub upgrade: Option<Upgrade>,
+}
+
+/// Progress of a roll of the members onto a new image, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    /// The image the members are rolled onto.
+    pub image: String,
+    /// Members that run it and are healthy, caught up and on its version.
+    pub done: usize,
+    pub total: usize,
+    /// Why the roll stopped: a restarted member did not come back healthy on the new image
+    /// (or reports another version). No other member is taken down until that changes.
+    pub failed: Option<String>,
 }
 
 impl Plan {
@@ -185,6 +220,7 @@ impl Plan {
             step: Step::Invalid { message },
             warnings: Vec::new(),
             next_ordinal,
+            upgrade: None,
         }
     }
 }
@@ -334,6 +370,7 @@ fn next_step(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
         step,
         warnings,
         next_ordinal: next,
+        upgrade: None,
     };
 
     let warnings = match validate_replicas(obs.replicas) {
@@ -372,16 +409,7 @@ fn next_step(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
     let learners: Vec<&ObservedMember> = members.iter().filter(|m| m.learner).collect();
     let healthy_voters = voters.iter().filter(|m| m.healthy).count();
     let has_quorum = healthy_voters >= quorum(voters.len());
-    // A removal is itself a raft proposal, so it needs a healthy majority now, and it must
-    // leave a healthy majority of the remaining voters.
-    let can_remove = |m: &ObservedMember| {
-        if m.learner {
-            return true;
-        }
-        let remaining = voters.len().saturating_sub(1);
-        let healthy_after = healthy_voters - usize::from(m.healthy);
-        has_quorum && remaining >= 1 && healthy_after >= quorum(remaining)
-    };
+    let can_remove = |m: &ObservedMember| keeps_quorum(&voters, m, Leave::Removed, |v| v.healthy);
     // A broken member is replaced only when removing it is safe; otherwise everything waits.
     let remove_or_wait = |m: &ObservedMember, reason, problem: &str| {
         if can_remove(m) {
@@ -474,7 +502,12 @@ fn next_step(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
     }
 
     // 5. Voters unhealthy past the grace period are replaced, never at the cost of quorum.
-    for m in voters.iter().filter(|m| !m.healthy) {
+    //    Not while an image roll is under way (rule 9): a member down on the old image is
+    //    restarted onto the new one first, which costs no data; one that fails on the new
+    //    image would be replaced by another on the same image, so the roll stops there
+    //    instead until the spec changes (setting the image back restarts it on that one).
+    let rolling = members.iter().any(|m| !on_image(obs, &m.name));
+    for m in voters.iter().filter(|m| !m.healthy && !rolling) {
         let unready = pod(&m.name).map_or(Duration::MAX, |p| p.unready_for);
         if unready >= cfg.unhealthy_grace {
             let step = remove_or_wait(m, RemoveReason::Failed, "is unhealthy");
@@ -563,6 +596,18 @@ fn next_step(cluster: &str, obs: &Observed, cfg: &PlanConfig) -> Plan {
         }
     }
 
+    // 9. Roll the members onto the spec's image, one at a time.
+    if rolling {
+        let leader_index = members.iter().find(|m| m.leader).and_then(|m| m.raft_index);
+        let (step, upgrade) = roll(cluster, obs, cfg, &voters, leader_index);
+        return Plan {
+            step,
+            warnings,
+            next_ordinal,
+            upgrade: Some(upgrade),
+        };
+    }
+
     // Renewed certificates need no step: members reload them from their Secret volumes at
     // the next handshake (ferrokv and etcd alike), so no pod is restarted for a renewal.
     if members.iter().any(|m| !m.healthy) {
@@ -602,13 +647,10 @@ fn replace_corrupt(
     }
     // The members that stay must keep a quorum of their own: healthy and not corrupt, since a
     // new member catches up from the leader's snapshot, which must be good data.
-    let remaining = voters.len().saturating_sub(1);
-    let good_after = voters
-        .iter()
-        .filter(|v| v.id != m.id && v.healthy && v.corrupt.is_none())
-        .count();
-    let healthy_now = voters.iter().filter(|v| v.healthy).count();
-    if remaining == 0 || good_after < quorum(remaining) || healthy_now < quorum(voters.len()) {
+    let good = |v: &ObservedMember| v.healthy && v.corrupt.is_none();
+    if !keeps_quorum(voters, m, Leave::Removed, good) {
+        let remaining = voters.len().saturating_sub(1);
+        let good_after = voters.iter().filter(|v| v.id != m.id && good(v)).count();
         return wait(format!(
             "removing it would leave {good_after} healthy member(s) of {remaining}, short of a \
              quorum of {}: it is kept until more members are healthy",
@@ -628,6 +670,210 @@ fn replace_corrupt(
     Some(remove)
 }
 
+/// How a member leaves the running voters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    /// `MemberRemove`: the voters that count afterwards are the others.
+    Removed,
+    /// Stopped for a restart: it keeps its vote, so the quorum stays one of all the voters.
+    Restarted,
+}
+
+/// Whether taking voter `victim` out (`leave`) keeps the cluster writable: a healthy majority
+/// now (a removal is itself a raft proposal; a restart must not start from a cluster already
+/// at its limit), and a majority of the voters that count afterwards among the others for
+/// which `good` holds. A learner holds no vote, so it can always go. The one rule behind the
+/// replacement of failed, lost and corrupt members and the image roll.
+fn keeps_quorum(
+    voters: &[&ObservedMember],
+    victim: &ObservedMember,
+    leave: Leave,
+    good: impl Fn(&ObservedMember) -> bool,
+) -> bool {
+    if victim.learner {
+        return true;
+    }
+    let healthy_now = voters.iter().filter(|v| v.healthy).count();
+    let counted_after = match leave {
+        Leave::Removed => voters.len().saturating_sub(1),
+        Leave::Restarted => voters.len(),
+    };
+    let good_after = voters
+        .iter()
+        .filter(|v| v.id != victim.id && good(v))
+        .count();
+    counted_after >= 1 && healthy_now >= quorum(voters.len()) && good_after >= quorum(counted_after)
+}
+
+/// Whether member `name`'s pod runs the spec's image (an unknown image counts as it; a
+/// missing pod too: `CreatePod` starts it on the spec's image).
+fn on_image(obs: &Observed, name: &str) -> bool {
+    obs.pods
+        .iter()
+        .find(|p| p.name == name)
+        .and_then(|p| p.image.as_deref())
+        .is_none_or(|i| i == obs.image)
+}
+
+/// Rule 9, the image roll, once membership matches the spec (no learner, no scale, every
+/// member has a pod): a member restarted on the new image must be healthy, Ready, caught up
+/// and on the image's version before the next goes; the next is an unhealthy member still on
+/// the old image (stopping it costs nothing), else a follower, the leader last (leadership
+/// moved off it first); one only while the others keep a quorum. A restarted member that does
+/// not come back healthy within `unhealthy_grace` (or crashes on start) stops the roll.
+fn roll(
+    cluster: &str,
+    obs: &Observed,
+    cfg: &PlanConfig,
+    voters: &[&ObservedMember],
+    leader_index: Option<u64>,
+) -> (Step, Upgrade) {
+    let image = obs.image.clone();
+    let pod = |name: &str| obs.pods.iter().find(|p| p.name == name);
+    let ready = |m: &ObservedMember| pod(&m.name).is_some_and(|p| p.ready);
+    let caught_up = |m: &ObservedMember| match (m.raft_index, leader_index) {
+        (Some(i), Some(l)) => i + CATCH_UP_LAG >= l,
+        _ => false,
+    };
+    let version_ok = |m: &ObservedMember| match &obs.expected_version {
+        Some(want) => m.version.as_deref() == Some(want.as_str()),
+        None => m.version.is_some(),
+    };
+    let current = |m: &ObservedMember| {
+        on_image(obs, &m.name) && m.healthy && ready(m) && caught_up(m) && version_ok(m)
+    };
+    let mut upgrade = Upgrade {
+        image: image.clone(),
+        done: voters.iter().filter(|m| current(m)).count(),
+        total: voters.len(),
+        failed: None,
+    };
+    let by_ordinal = |m: &&&ObservedMember| ordinal_of(cluster, &m.name);
+    let wait = |reason: String| Step::Wait { reason };
+
+    // A member already restarted onto the image must have come back first.
+    let mut pending: Vec<&&ObservedMember> = voters
+        .iter()
+        .filter(|m| on_image(obs, &m.name) && !current(m))
+        .collect();
+    pending.sort_by_key(by_ordinal);
+    if let Some(m) = pending.first() {
+        let p = pod(&m.name);
+        let unready = p.map_or(Duration::ZERO, |p| p.unready_for);
+        let refused = p.and_then(|p| p.start_refused.as_deref());
+        let step = if !m.healthy || !ready(m) {
+            if unready >= cfg.unhealthy_grace || refused.is_some() {
+                let why = match refused {
+                    Some(msg) => format!("its member container exited: {msg}"),
+                    None => format!("its pod has not been Ready for {}s", unready.as_secs()),
+                };
+                let failed = format!(
+                    "upgrade to {image} stopped: member {} did not come back healthy on it \
+                     ({why}); no other member is restarted until it does or the spec's \
+                     image changes",
+                    m.name
+                );
+                upgrade.failed = Some(failed.clone());
+                wait(failed)
+            } else {
+                wait(format!(
+                    "upgrade to {image}: waiting for {} to become healthy on it",
+                    m.name
+                ))
+            }
+        } else if !version_ok(m) {
+            let failed = format!(
+                "upgrade to {image} stopped: member {} reports version {} on it, expected {}",
+                m.name,
+                m.version.as_deref().unwrap_or("none"),
+                obs.expected_version.as_deref().unwrap_or("any")
+            );
+            upgrade.failed = Some(failed.clone());
+            wait(failed)
+        } else {
+            wait(format!(
+                "upgrade to {image}: waiting for {} to catch up with the leader (index {} of {})",
+                m.name,
+                m.raft_index.unwrap_or(0),
+                leader_index.unwrap_or(0)
+            ))
+        };
+        return (step, upgrade);
+    }
+
+    let mut outdated: Vec<&&ObservedMember> =
+        voters.iter().filter(|m| !on_image(obs, &m.name)).collect();
+    outdated.sort_by_key(by_ordinal);
+    let victim = outdated
+        .iter()
+        .find(|m| !m.healthy || !ready(m))
+        .or_else(|| outdated.iter().find(|m| !m.leader))
+        .or_else(|| outdated.first());
+    let Some(victim) = victim else {
+        return (
+            wait(format!("upgrade to {image}: nothing to roll")),
+            upgrade,
+        );
+    };
+    let restart = || Step::RestartMember {
+        id: victim.id,
+        name: victim.name.clone(),
+        from: pod(&victim.name)
+            .and_then(|p| p.image.clone())
+            .unwrap_or_default(),
+        to: image.clone(),
+    };
+    let victim_up = victim.healthy && ready(victim);
+    if victim_up {
+        // Taking a working member down needs every other one working.
+        if let Some(m) = voters
+            .iter()
+            .find(|m| m.id != victim.id && (!m.healthy || !ready(m)))
+        {
+            let reason = format!(
+                "upgrade to {image}: waiting for {} to be healthy and Ready before restarting {}",
+                m.name, victim.name
+            );
+            return (wait(reason), upgrade);
+        }
+    }
+    // A one-member cluster has no quorum to keep: it is unavailable while it restarts.
+    let alone = voters.len() == 1;
+    let good = |v: &ObservedMember| v.healthy && ready(v);
+    if !alone && !keeps_quorum(voters, victim, Leave::Restarted, good) {
+        let reason = format!(
+            "upgrade to {image}: restarting {} now would lose quorum",
+            victim.name
+        );
+        return (wait(reason), upgrade);
+    }
+    if victim.leader && !alone {
+        // The leader goes last, and not as leader: an election after it stops would leave
+        // the cluster without one for an election timeout.
+        let target = voters
+            .iter()
+            .filter(|m| m.id != victim.id && m.healthy && caught_up(m))
+            .min_by_key(|m| (!on_image(obs, &m.name), ordinal_of(cluster, &m.name)));
+        return match target {
+            Some(t) => (
+                Step::MoveLeader {
+                    from: victim.id,
+                    to: t.id,
+                },
+                upgrade,
+            ),
+            None => (
+                wait(format!(
+                    "upgrade to {image}: no caught-up member to take leadership from {}",
+                    victim.name
+                )),
+                upgrade,
+            ),
+        };
+    }
+    (restart(), upgrade)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -644,6 +890,7 @@ mod tests {
             leader,
             raft_index: Some(1000),
             corrupt: None,
+            version: None,
         }
     }
     fn learner(ord: u64, started: bool, index: Option<u64>) -> ObservedMember {
@@ -656,6 +903,7 @@ mod tests {
             leader: false,
             raft_index: index,
             corrupt: None,
+            version: None,
         }
     }
     fn down(mut m: ObservedMember) -> ObservedMember {
@@ -672,6 +920,7 @@ mod tests {
             terminating: false,
             restore_failed: None,
             start_refused: None,
+            image: None,
         }
     }
     fn pods(ords: &[u64]) -> Vec<ObservedPod> {
@@ -692,6 +941,8 @@ mod tests {
             empty_dir: false,
             next_ordinal: next,
             corrupt_alarms: vec![],
+            image: String::new(),
+            expected_version: None,
         }
     }
     fn unready(mut p: ObservedPod, secs: u64) -> ObservedPod {
@@ -1387,6 +1638,8 @@ mod tests {
                 bootstrapped: true,
                 next_ordinal: next,
                 corrupt_alarms: alarms.clone(),
+                image: String::new(),
+                expected_version: None,
             };
             let p = plan(C, &o, &cfg);
             next = p.next_ordinal;
@@ -1569,6 +1822,8 @@ mod tests {
                     empty_dir: false,
                     next_ordinal: next,
                     corrupt_alarms: vec![],
+                    image: String::new(),
+                    expected_version: None,
                 };
                 let p = plan(C, &o, &cfg);
                 next = p.next_ordinal;
@@ -1633,5 +1888,330 @@ mod tests {
             );
             assert_eq!(pods_.len(), voters);
         }
+    }
+
+    const OLD: &str = "ghcr.io/ferrokv/ferrokv:0.1.0";
+    const NEW: &str = "ghcr.io/ferrokv/ferrokv:0.1.1";
+
+    fn versioned(mut m: ObservedMember) -> ObservedMember {
+        m.version = Some("3.6.0".into());
+        m
+    }
+    /// Three voters (kv-0 leads) whose pods run `images[i]`, the spec asking for NEW.
+    fn rolling(members: Vec<ObservedMember>, images: [&str; 3]) -> Observed {
+        let members: Vec<ObservedMember> = members.into_iter().map(versioned).collect();
+        let mut o = obs(3, Some(members), pods(&[0, 1, 2]), 3);
+        for (p, img) in o.pods.iter_mut().zip(images) {
+            p.image = Some(img.to_string());
+        }
+        o.image = NEW.into();
+        o
+    }
+    fn three() -> Vec<ObservedMember> {
+        vec![voter(0, true), voter(1, false), voter(2, false)]
+    }
+    fn restart(ord: u64) -> Step {
+        Step::RestartMember {
+            id: 100 + ord,
+            name: member_name(C, ord),
+            from: OLD.into(),
+            to: NEW.into(),
+        }
+    }
+
+    /// Each rule of the image roll: followers first, one at a time, only with everyone else
+    /// healthy and a quorum left; the restarted member must be back, caught up and on the
+    /// version before the next; leadership moves off the leader, which goes last.
+    #[test]
+    fn image_roll_rules() {
+        let cfg = PlanConfig::default();
+        let mut not_ready_new = rolling(three(), [OLD, NEW, OLD]);
+        not_ready_new.pods[1] = unready(not_ready_new.pods[1].clone(), 10);
+        let mut behind = rolling(three(), [OLD, NEW, OLD]);
+        if let Some(ms) = behind.members.as_mut() {
+            ms[1].raft_index = Some(10);
+        }
+        let mut pod_unready_old = rolling(three(), [OLD, OLD, OLD]);
+        pod_unready_old.pods[2] = unready(pod_unready_old.pods[2].clone(), 10);
+        let mut one = obs(1, Some(vec![versioned(voter(0, true))]), pods(&[0]), 1);
+        one.pods[0].image = Some(OLD.into());
+        one.image = NEW.into();
+        let mut etcd_wrong = rolling(three(), [OLD, NEW, OLD]);
+        etcd_wrong.expected_version = Some("3.6.16".into());
+        let mut etcd_right = etcd_wrong.clone();
+        if let Some(ms) = etcd_right.members.as_mut() {
+            ms[1].version = Some("3.6.16".into());
+        }
+        let mut learner_in_flight = rolling(three(), [OLD, OLD, OLD]);
+        learner_in_flight.replicas = 5;
+        let mut restarted_gone = rolling(three(), [OLD, OLD, OLD]);
+        restarted_gone.pods.remove(1);
+        let cases: Vec<(&str, Observed, Step)> = vec![
+            (
+                "all on the spec's image: steady",
+                rolling(three(), [NEW, NEW, NEW]),
+                Step::Steady,
+            ),
+            (
+                "image changed: the first follower restarts, not the leader",
+                rolling(three(), [OLD, OLD, OLD]),
+                restart(1),
+            ),
+            (
+                "its pod gone: started again (on the new image, keeping its claim)",
+                restarted_gone,
+                Step::CreatePod {
+                    name: member_name(C, 1),
+                },
+            ),
+            (
+                "restarted pod not Ready yet: the next waits",
+                not_ready_new,
+                wait(),
+            ),
+            (
+                "restarted member far behind the leader: the next waits",
+                behind,
+                wait(),
+            ),
+            (
+                "restarted member back and caught up: the next follower",
+                rolling(three(), [OLD, NEW, OLD]),
+                restart(2),
+            ),
+            (
+                "only the leader left: leadership moves to an upgraded member",
+                rolling(three(), [OLD, NEW, NEW]),
+                Step::MoveLeader { from: 100, to: 101 },
+            ),
+            (
+                "the old leader, a follower now, restarts last",
+                rolling(
+                    vec![voter(0, false), voter(1, true), voter(2, false)],
+                    [OLD, NEW, NEW],
+                ),
+                restart(0),
+            ),
+            (
+                "another member's pod not Ready: no healthy member is taken down",
+                pod_unready_old,
+                // kv-2 is down already: restarting it costs nothing and is what comes first.
+                restart(2),
+            ),
+            (
+                "a member down, another not Ready: quorum would be lost, wait",
+                {
+                    let mut o = rolling(
+                        vec![voter(0, true), down(voter(1, false)), voter(2, false)],
+                        [OLD, OLD, OLD],
+                    );
+                    o.pods[2] = unready(o.pods[2].clone(), 10);
+                    o
+                },
+                wait(),
+            ),
+            (
+                "a down member on the old image is restarted first",
+                rolling(
+                    vec![voter(0, true), voter(1, false), down(voter(2, false))],
+                    [OLD, OLD, OLD],
+                ),
+                restart(2),
+            ),
+            (
+                "two of three down: nothing",
+                rolling(
+                    vec![voter(0, true), down(voter(1, false)), down(voter(2, false))],
+                    [OLD, OLD, OLD],
+                ),
+                wait(),
+            ),
+            (
+                "a one-member cluster restarts its member (it has no quorum to keep)",
+                one,
+                Step::RestartMember {
+                    id: 100,
+                    name: member_name(C, 0),
+                    from: OLD.into(),
+                    to: NEW.into(),
+                },
+            ),
+            (
+                "an etcd image: the restarted member must report the tag's version",
+                etcd_wrong,
+                wait(),
+            ),
+            (
+                "an etcd image on its version: go on",
+                etcd_right,
+                restart(2),
+            ),
+            (
+                "a scale-up goes first, its learner on the new image",
+                learner_in_flight,
+                Step::AddLearner {
+                    name: member_name(C, 3),
+                },
+            ),
+        ];
+        for (name, o, want) in cases {
+            let got = plan(C, &o, &cfg);
+            assert!(
+                same(&got.step, &want),
+                "{name}: got {:?}, want {:?}",
+                got.step,
+                want
+            );
+            match got.step {
+                Step::RestartMember { .. } | Step::MoveLeader { .. } => {
+                    assert!(got.upgrade.is_some(), "{name}: progress for status")
+                }
+                Step::Steady => assert_eq!(got.upgrade, None, "{name}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// A restarted member that never becomes healthy on the new image stops the roll with the
+    /// reason in the plan: no second member goes down, and the failed one is not replaced by
+    /// another on the same image. Setting the image back restarts it first.
+    #[test]
+    fn a_failed_upgrade_stops_the_roll() {
+        let cfg = PlanConfig::default();
+        let failing = |secs: u64| {
+            let mut o = rolling(
+                vec![voter(0, true), down(voter(1, false)), voter(2, false)],
+                [OLD, NEW, OLD],
+            );
+            o.pods[1] = unready(o.pods[1].clone(), secs);
+            o
+        };
+        let early = plan(C, &failing(30), &cfg);
+        assert_eq!(early.step.label(), "Wait", "{:?}", early.step);
+        assert_eq!(early.upgrade.as_ref().and_then(|u| u.failed.clone()), None);
+
+        let late = plan(C, &failing(3600), &cfg);
+        assert_eq!(late.step.label(), "Wait", "not replaced: {:?}", late.step);
+        let failed = late.upgrade.as_ref().and_then(|u| u.failed.clone());
+        let failed = failed.expect("the roll is reported stopped");
+        assert!(failed.contains("kv-1") && failed.contains(NEW), "{failed}");
+        assert!(failed.contains("not been Ready for 3600s"), "{failed}");
+
+        let mut crashed = failing(20);
+        crashed.pods[1].start_refused = Some("panicked at startup".into());
+        let p = plan(C, &crashed, &cfg);
+        let failed = p
+            .upgrade
+            .and_then(|u| u.failed)
+            .expect("a crash stops it at once");
+        assert!(failed.contains("panicked at startup"), "{failed}");
+
+        // The spec back on the old image: the failed member is the one restarted.
+        let mut back = failing(3600);
+        back.image = OLD.into();
+        let p = plan(C, &back, &cfg);
+        assert_eq!(
+            p.step,
+            Step::RestartMember {
+                id: 101,
+                name: member_name(C, 1),
+                from: NEW.into(),
+                to: OLD.into(),
+            }
+        );
+        // Without a roll, the same unhealthy member is replaced after the grace, as before.
+        let mut plain = failing(3600);
+        plain.pods[1].image = Some(NEW.into());
+        plain.pods[0].image = Some(NEW.into());
+        plain.pods[2].image = Some(NEW.into());
+        assert_eq!(plan(C, &plain, &cfg).step, remove(1, RemoveReason::Failed));
+    }
+
+    /// Drives the roll against a simulated cluster: every member ends on the new image, the
+    /// leader is restarted last and never while leading, and at every step at most one member
+    /// is down while the other two are up.
+    #[test]
+    fn simulated_roll_keeps_quorum_and_restarts_the_leader_last() {
+        let cfg = PlanConfig::default();
+        let mut o = rolling(three(), [OLD, OLD, OLD]);
+        let mut restarted = Vec::new();
+        for _ in 0..50 {
+            let p = plan(C, &o, &cfg);
+            let members = o.members.as_mut().expect("members");
+            match p.step {
+                Step::RestartMember { id, name, .. } => {
+                    let m = members.iter().find(|m| m.id == id).expect("member");
+                    assert!(!m.leader, "restarted the leader {name}");
+                    let down = members.iter().filter(|m| !m.healthy).count();
+                    assert_eq!(down, 0, "restarting {name} with a member already down");
+                    for m in members.iter_mut().filter(|m| m.id == id) {
+                        m.healthy = false;
+                        m.raft_index = None;
+                        m.version = None;
+                    }
+                    o.pods.retain(|p| p.name != name);
+                    restarted.push(name);
+                }
+                Step::CreatePod { name } => {
+                    let ord = ordinal_of(C, &name).expect("ordinal");
+                    let mut p = unready(pod(ord), 0);
+                    p.image = Some(NEW.into());
+                    o.pods.push(p);
+                    o.pods.sort_by(|a, b| a.name.cmp(&b.name));
+                }
+                Step::MoveLeader { from, to } => {
+                    assert_ne!(from, to);
+                    for m in members.iter_mut() {
+                        m.leader = m.id == to;
+                    }
+                }
+                Step::Wait { .. } => {
+                    // The restarted member comes back: Ready, caught up, answering.
+                    for p in o.pods.iter_mut().filter(|p| !p.ready) {
+                        p.ready = true;
+                        p.unready_for = Duration::ZERO;
+                        for m in members.iter_mut().filter(|m| m.name == p.name) {
+                            m.healthy = true;
+                            m.raft_index = Some(1000);
+                            m.version = Some("3.6.0".into());
+                        }
+                    }
+                }
+                Step::Steady => break,
+                other => panic!("unexpected step {other:?}"),
+            }
+        }
+        assert_eq!(
+            restarted,
+            [member_name(C, 1), member_name(C, 2), member_name(C, 0)],
+            "followers first, the first leader last"
+        );
+        assert!(o.pods.iter().all(|p| p.image.as_deref() == Some(NEW)));
+    }
+
+    #[test]
+    fn removal_and_restart_share_one_quorum_rule() {
+        let three: Vec<ObservedMember> = three();
+        let refs: Vec<&ObservedMember> = three.iter().collect();
+        let healthy = |v: &ObservedMember| v.healthy;
+        assert!(keeps_quorum(&refs, &three[1], Leave::Removed, healthy));
+        assert!(keeps_quorum(&refs, &three[1], Leave::Restarted, healthy));
+        let one_down = [voter(0, true), down(voter(1, false)), voter(2, false)];
+        let refs: Vec<&ObservedMember> = one_down.iter().collect();
+        // Removing the down one leaves 2 of 2; restarting a healthy one leaves 1 of 3.
+        assert!(keeps_quorum(&refs, &one_down[1], Leave::Removed, healthy));
+        assert!(keeps_quorum(&refs, &one_down[1], Leave::Restarted, healthy));
+        assert!(!keeps_quorum(
+            &refs,
+            &one_down[2],
+            Leave::Restarted,
+            healthy
+        ));
+        assert!(!keeps_quorum(&refs, &one_down[2], Leave::Removed, healthy));
+        let alone = [voter(0, true)];
+        let refs: Vec<&ObservedMember> = alone.iter().collect();
+        assert!(!keeps_quorum(&refs, &alone[0], Leave::Removed, healthy));
+        let l = learner(3, true, None);
+        assert!(keeps_quorum(&refs, &l, Leave::Removed, healthy));
     }
 }

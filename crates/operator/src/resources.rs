@@ -299,6 +299,23 @@ pub fn image(ec: &EtcdCluster) -> String {
     }
 }
 
+/// The `Status` version a member of `image` reports, when the image's tag says it: an etcd
+/// image tagged `v3.6.16` or `3.6.16-0` reports `3.6.16`. ferrokv reports the etcd API version
+/// it serves rather than its own release, and an untagged or digest reference says nothing.
+pub fn expected_version(image: &str) -> Option<String> {
+    if MemberImage::of(image) != MemberImage::Etcd || image.contains('@') {
+        return None;
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    let tag = last.split_once(':')?.1.trim_start_matches('v');
+    let version = tag.split('-').next().unwrap_or(tag);
+    let numeric = version.split('.').count() == 3
+        && version
+            .split('.')
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    numeric.then(|| version.to_string())
+}
+
 /// Name of the member pod's container.
 pub const MEMBER_CONTAINER: &str = "member";
 
@@ -814,6 +831,21 @@ mod tests {
             }
         });
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn expected_versions_come_from_etcd_tags_only() {
+        for (image, want) in [
+            ("quay.io/coreos/etcd:v3.6.16", Some("3.6.16")),
+            ("registry.k8s.io/etcd:3.5.9-0", Some("3.5.9")),
+            ("localhost:5000/etcd:v3.4.23", Some("3.4.23")),
+            ("quay.io/coreos/etcd:latest", None),
+            ("quay.io/coreos/etcd", None),
+            ("registry.k8s.io/etcd@sha256:abc", None),
+            ("ghcr.io/ferrokv/ferrokv:0.1.1", None),
+        ] {
+            assert_eq!(expected_version(image).as_deref(), want, "{image}");
+        }
     }
 
     #[test]

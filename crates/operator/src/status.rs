@@ -64,6 +64,10 @@ pub fn build(
                     leader: Some(m.id) == leader,
                     healthy: h.as_ref().is_some_and(MemberHealth::ok),
                     version: h.as_ref().map(|h| h.version.clone()),
+                    image: pods
+                        .iter()
+                        .find(|p| p.name == ClusterView::name_of(m))
+                        .and_then(|p| p.image.clone()),
                     db_size: h.as_ref().map(|h| h.db_size),
                     alarms: v
                         .alarms
@@ -122,6 +126,22 @@ pub fn build(
         Step::Wait { reason } => (true, reason.clone()),
         other => (true, other.label().to_string()),
     };
+    // An image roll says how far it is, whatever its step.
+    let progress_msg = match (&p.upgrade, &p.step) {
+        (Some(u), Step::Wait { reason }) => {
+            format!("{} of {} members on {}; {reason}", u.done, u.total, u.image)
+        }
+        (Some(u), Step::RestartMember { name, .. }) => format!(
+            "{} of {} members on {}; restarting {name} on it",
+            u.done, u.total, u.image
+        ),
+        (Some(u), Step::MoveLeader { .. }) => format!(
+            "{} of {} members on {}; moving leadership off the leader before it restarts",
+            u.done, u.total, u.image
+        ),
+        _ => progress_msg,
+    };
+    let upgrade_failed = p.upgrade.as_ref().and_then(|u| u.failed.clone());
     let restore_failure = pods
         .iter()
         .find_map(|p| Some((p.name.as_str(), p.restore_failed.as_deref()?)));
@@ -166,6 +186,11 @@ pub fn build(
             };
             (true, MEMBER_CORRUPT, msg)
         }
+        _ if upgrade_failed.is_some() => (
+            true,
+            UPGRADE_FAILED,
+            upgrade_failed.clone().unwrap_or_default(),
+        ),
         _ if members.iter().any(|m| !m.healthy && !m.learner) => {
             let down: Vec<&str> = members
                 .iter()
@@ -276,6 +301,28 @@ pub fn new_corruptions(
             ))
         })
         .collect()
+}
+
+/// Reason of `Degraded` when a member restarted on the new image did not come back healthy:
+/// the roll stops there.
+pub const UPGRADE_FAILED: &str = "UpgradeFailed";
+
+/// The `Degraded` message of a stopped image roll that `status` says and `old` did not: the
+/// Warning Event to publish, once per message.
+pub fn new_upgrade_failure(
+    old: Option<&EtcdClusterStatus>,
+    status: &EtcdClusterStatus,
+) -> Option<String> {
+    let failure = |s: &EtcdClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|c| {
+                c.type_ == condition::DEGRADED && c.status == "True" && c.reason == UPGRADE_FAILED
+            })
+            .map(|c| c.message.clone())
+    };
+    let now = failure(status)?;
+    (old.and_then(failure).as_ref() != Some(&now)).then_some(now)
 }
 
 /// Reason of `Degraded` when the seed's restore init container failed (`spec.restore`).
@@ -412,6 +459,7 @@ mod tests {
             },
             warnings: vec![],
             next_ordinal: 3,
+            upgrade: None,
         };
         let pod = |name: &str, ready: bool| ObservedPod {
             name: name.into(),
@@ -421,6 +469,7 @@ mod tests {
             terminating: false,
             restore_failed: None,
             start_refused: None,
+            image: None,
         };
         let pods = [pod("kv-0", true), pod("kv-1", true), pod("kv-2", false)];
         let s = build(&ec, Some(&view), &pods, &p);
@@ -444,6 +493,101 @@ mod tests {
         );
         assert_eq!(s.members[0].db_size, Some(20480));
         assert!(s.members[0].leader && !s.members[2].healthy);
+    }
+
+    /// An image roll: Progressing says how far it is, members[].image what each pod runs; a
+    /// stopped roll is Degraded with its reason, said once as an Event.
+    #[test]
+    fn an_image_roll_shows_progress_and_a_failure() {
+        use crate::members::{MemberHealth, MemberInfo};
+        let ec = cluster("kv", 3);
+        let info = |id, name: &str| MemberInfo {
+            id,
+            name: name.into(),
+            peer_urls: vec![format!("https://{name}.kv-peer.prod.svc:2380")],
+            client_urls: vec![],
+            learner: false,
+        };
+        let h = |id| {
+            Some(MemberHealth {
+                member_id: id,
+                leader: 1,
+                raft_index: 10,
+                version: "3.6.0".into(),
+                db_size: 20480,
+                errors: vec![],
+            })
+        };
+        let view = ClusterView {
+            cluster_id: 0xabc,
+            members: vec![
+                (info(1, "kv-0"), h(1)),
+                (info(2, "kv-1"), h(2)),
+                (info(3, "kv-2"), h(3)),
+            ],
+            alarms: vec![],
+        };
+        let pod = |name: &str, image: &str| ObservedPod {
+            name: name.into(),
+            age: std::time::Duration::from_secs(60),
+            unready_for: std::time::Duration::ZERO,
+            ready: true,
+            terminating: false,
+            restore_failed: None,
+            start_refused: None,
+            image: Some(image.into()),
+        };
+        let pods = [pod("kv-0", "a:1"), pod("kv-1", "a:2"), pod("kv-2", "a:1")];
+        let upgrade = |failed: Option<&str>| plan::Upgrade {
+            image: "a:2".into(),
+            done: 1,
+            total: 3,
+            failed: failed.map(str::to_string),
+        };
+        let p = plan::Plan {
+            step: Step::RestartMember {
+                id: 3,
+                name: "kv-2".into(),
+                from: "a:1".into(),
+                to: "a:2".into(),
+            },
+            warnings: vec![],
+            next_ordinal: 3,
+            upgrade: Some(upgrade(None)),
+        };
+        let s = build(&ec, Some(&view), &pods, &p);
+        let cond = |s: &EtcdClusterStatus, t: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        };
+        assert_eq!(
+            cond(&s, "Progressing"),
+            Some((
+                "True".into(),
+                "RestartMember".into(),
+                "1 of 3 members on a:2; restarting kv-2 on it".into()
+            ))
+        );
+        assert_eq!(cond(&s, "Degraded").map(|c| c.0), Some("False".into()));
+        let images: Vec<Option<&str>> = s.members.iter().map(|m| m.image.as_deref()).collect();
+        assert_eq!(images, [Some("a:1"), Some("a:2"), Some("a:1")]);
+        assert_eq!(new_upgrade_failure(None, &s), None);
+
+        let why = "upgrade to a:2 stopped: member kv-1 did not come back healthy on it";
+        let stopped = plan::Plan {
+            step: Step::Wait { reason: why.into() },
+            upgrade: Some(upgrade(Some(why))),
+            ..p
+        };
+        let s2 = build(&ec, Some(&view), &pods, &stopped);
+        assert_eq!(
+            cond(&s2, "Degraded"),
+            Some(("True".into(), UPGRADE_FAILED.into(), why.into()))
+        );
+        assert_eq!(new_upgrade_failure(Some(&s), &s2).as_deref(), Some(why));
+        assert_eq!(new_upgrade_failure(Some(&s2), &s2), None, "said once");
     }
 
     /// Members that answer but whose pods are not Ready (an etcd 3.4 image probed on a path
@@ -484,11 +628,13 @@ mod tests {
             terminating: false,
             restore_failed: None,
             start_refused: None,
+            image: None,
         };
         let steady = plan::Plan {
             step: Step::Steady,
             warnings: vec![],
             next_ordinal: 2,
+            upgrade: None,
         };
         let s = build(
             &ec,
@@ -560,12 +706,14 @@ mod tests {
             terminating: false,
             restore_failed: None,
             start_refused: None,
+            image: None,
         };
         let pods = [pod("kv-0"), pod("kv-1"), pod("kv-2")];
         let step = |step| plan::Plan {
             step,
             warnings: vec![],
             next_ordinal: 3,
+            upgrade: None,
         };
         let degraded = |s: &EtcdClusterStatus| {
             s.conditions
@@ -658,6 +806,7 @@ mod tests {
             },
             warnings: warnings.clone(),
             next_ordinal: 4,
+            upgrade: None,
         };
         ec.status = Some(build(&ec, None, &[], &p));
         assert!(!warnings_are_new(&ec, &warnings), "this spec was seen");
@@ -676,6 +825,7 @@ mod tests {
             },
             warnings: vec![],
             next_ordinal: 1,
+            upgrade: None,
         };
         let plain = build(&ec, None, &[], &p);
         assert_eq!(keep_refusal(&ec, &plain), plain, "nothing reported yet");

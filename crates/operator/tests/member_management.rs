@@ -164,6 +164,7 @@ async fn observe(
             terminating: false,
             restore_failed: None,
             start_refused: None,
+            image: None,
         })
         .collect();
     let claims: BTreeSet<String> = procs.running().map(|(n, _)| n.clone()).collect();
@@ -176,6 +177,8 @@ async fn observe(
         bootstrapped: next_ordinal > 0,
         next_ordinal,
         corrupt_alarms: vec![],
+        image: String::new(),
+        expected_version: None,
     };
     (o, view)
 }
@@ -209,6 +212,15 @@ impl StepExecutor for Processes {
             InitialState::Existing => "existing",
         };
         self.start(&start.name, &start.initial_members, state);
+        Ok(())
+    }
+
+    async fn restart_member(&mut self, member: &str) -> ferrokv_operator::Result<()> {
+        // Like a deleted pod whose claim stays: the process goes, its data directory stays.
+        if let Ok(m) = self.cluster.get_mut(member) {
+            m.terminate();
+        }
+        self.started.remove(member);
         Ok(())
     }
 
