@@ -19,9 +19,15 @@ impl EtcdServer {
             self.read_barrier().await?;
         }
         let reading = std::time::Instant::now();
-        let resp = self
-            .blocking(move |s| s.range(&req).map_err(Error::from))
-            .await?;
+        // A one-key get is a few microseconds of redb work, less than the hop to a blocking
+        // thread costs (docs/performance.md), so it runs on the async worker; a range may
+        // scan many keys and still goes to a blocking thread.
+        let resp = if req.range_end.is_empty() {
+            self.store.range(&req).map_err(Error::from)?
+        } else {
+            self.blocking(move |s| s.range(&req).map_err(Error::from))
+                .await?
+        };
         crate::metrics::stages::RANGE_LOCAL.observe(reading.elapsed());
         self.metrics.mvcc(MvccOps::range());
         Ok(self.filled(resp))
