@@ -86,6 +86,7 @@ fn fixture() -> Fixture {
             crate::apply::AuthData::default(),
             std::time::Duration::from_secs(300),
         )),
+        entry_format: crate::apply::EntryFormat::default(),
     };
     Fixture {
         _dir: dir,
@@ -609,4 +610,80 @@ fn a_lease_revoke_is_checked_against_the_leases_keys() {
     ));
     assert!(f.one_as(LeaseRevokeRequest { id: 7 }, "root", rev).is_ok());
     assert!(!f.keys().contains(&"c".to_string()));
+}
+
+fn attrs(member_id: u64) -> ferrokv_proto::ferrokvpb::ClusterMemberAttrSetRequest {
+    ferrokv_proto::ferrokvpb::ClusterMemberAttrSetRequest {
+        member_id,
+        member_attributes: Some(ferrokv_proto::ferrokvpb::Attributes {
+            name: format!("m{member_id}"),
+            client_urls: vec![format!("http://127.0.0.1:{member_id}")],
+        }),
+    }
+}
+
+fn peer(id: u64, learner: bool) -> Member {
+    Member {
+        id,
+        name: format!("m{id}"),
+        peer_ur_ls: vec![format!("http://127.0.0.1:{}", 2000 + id)],
+        is_learner: learner,
+        ..Default::default()
+    }
+}
+
+/// Member attributes in the old encoding, as a member of the previous version publishes them.
+fn legacy_attrs_entry(index: u64, id: u64, member_id: u64) -> eraftpb::Entry {
+    let req = InternalRaftRequest {
+        header: Some(RequestHeader {
+            id,
+            ..Default::default()
+        }),
+        request: Some(attrs(member_id).into_request()),
+    };
+    normal_entry(index, ferrokv_proto::entry::encode_legacy(&req).unwrap())
+}
+
+/// The entry format gate: the old encoding announces nothing; etcd's attributes entry of each
+/// member, learners included, does, and the last one switches (persisted in the meta).
+#[test]
+fn the_entry_format_switches_once_every_member_announced() {
+    use super::entry_gate::GateState;
+    let mut f = fixture();
+    f.conf(ConfChangeType::AddNode, peer(1, false));
+    f.conf(ConfChangeType::AddNode, peer(2, false));
+    f.conf(ConfChangeType::AddLearnerNode, peer(3, true));
+    for m in [1, 2, 3] {
+        f.one_entry::<ferrokv_proto::ferrokvpb::ClusterMemberAttrSetRequest>(|i, id| {
+            legacy_attrs_entry(i, id, m)
+        })
+        .unwrap();
+    }
+    assert!(!f.applier.entry_format.is_etcd());
+    assert!(GateState::load(&f.store).unwrap().announced.is_empty());
+    f.one(attrs(1)).unwrap();
+    f.one(attrs(2)).unwrap();
+    assert!(!f.applier.entry_format.is_etcd());
+    assert_eq!(GateState::load(&f.store).unwrap().announced.len(), 2);
+    f.one(attrs(3)).unwrap();
+    assert!(f.applier.entry_format.is_etcd());
+    assert!(GateState::load(&f.store).unwrap().switched);
+    // For good: a member added later does not switch it back.
+    f.conf(ConfChangeType::AddNode, peer(4, false));
+    assert!(f.applier.entry_format.is_etcd());
+    assert!(GateState::load(&f.store).unwrap().switched);
+}
+
+/// Removing the one member that never announced (an old member replaced) switches.
+#[test]
+fn removing_the_member_that_did_not_announce_switches() {
+    use super::entry_gate::GateState;
+    let mut f = fixture();
+    f.conf(ConfChangeType::AddNode, peer(1, false));
+    f.conf(ConfChangeType::AddNode, peer(2, false));
+    f.one(attrs(1)).unwrap();
+    assert!(!f.applier.entry_format.is_etcd());
+    f.conf(ConfChangeType::RemoveNode, peer(2, false));
+    assert!(f.applier.entry_format.is_etcd());
+    assert!(GateState::load(&f.store).unwrap().switched);
 }

@@ -12,7 +12,9 @@ use ferrokv_storage::Store;
 use prost::Message as _;
 use tokio::sync::watch;
 
-use crate::apply::{Alarms, AuthData, AuthInfo, AuthStore, DbSize, Lessor, Proposal, Waiters};
+use crate::apply::{
+    Alarms, AuthData, AuthInfo, AuthStore, DbSize, EntryFormat, Lessor, Proposal, Waiters,
+};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::header::HeaderSource;
@@ -58,6 +60,9 @@ pub struct EtcdServer {
     pub(super) peer_client_tls: Option<crate::peer::PeerClientTls>,
     /// A connection to the leader's peer port, for requests only the leader can answer.
     leader_conn: parking_lot::Mutex<Option<(u64, tonic::transport::Channel)>>,
+    /// Whether the cluster writes etcd's entry format yet (`apply::entry_gate`); the apply
+    /// loop sets it.
+    pub(super) entry_format: EntryFormat,
 }
 
 impl EtcdServer {
@@ -71,8 +76,10 @@ impl EtcdServer {
             crate::config::AuthToken::Jwt(o) => Some(super::jwt::Jwt::new(o)?),
             crate::config::AuthToken::Simple => None,
         };
+        let entry_format = EntryFormat::load(&p.store)?;
         Ok(EtcdServer {
             auth,
+            entry_format,
             jwt,
             request_timeout: Duration::from_secs(5) + 2 * p.cfg.election_timeout,
             peer_client_tls: peer_client_tls(&p.cfg.peer_tls)?,
@@ -99,6 +106,11 @@ impl EtcdServer {
             self.lessor.clone(),
             self.alarms.clone(),
         )
+    }
+
+    /// The entry format switch the apply loop keeps current.
+    pub fn entry_format(&self) -> EntryFormat {
+        self.entry_format.clone()
     }
 
     /// The auth store the apply loop keeps current.
@@ -215,16 +227,33 @@ impl EtcdServer {
         proposal: P,
         who: &AuthInfo,
     ) -> Result<P::Response> {
+        self.propose_encoded(proposal, who, self.entry_format.is_etcd())
+            .await
+    }
+
+    /// Proposes in etcd's format (`etcd`) or in the encoding of the previous version, which
+    /// the cluster keeps until every member reads etcd's (`apply::entry_gate`).
+    async fn propose_encoded<P: Proposal>(
+        &self,
+        proposal: P,
+        who: &AuthInfo,
+        etcd: bool,
+    ) -> Result<P::Response> {
         let id = self.ids.next();
-        let data = InternalRaftRequest {
+        let req = InternalRaftRequest {
             header: Some(RequestHeader {
                 id,
                 username: who.username.clone(),
                 auth_revision: who.revision,
             }),
             request: Some(proposal.into_request()),
-        }
-        .encode_to_vec();
+        };
+        // Requests the old encoding has no field for are never proposed by ferrokv; should
+        // one be, etcd's format is the only one that can carry it.
+        let legacy = (!etcd)
+            .then(|| ferrokv_proto::entry::encode_legacy(&req))
+            .flatten();
+        let data = legacy.unwrap_or_else(|| req.encode_to_vec());
         if data.len() > self.cfg.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
@@ -283,8 +312,16 @@ impl EtcdServer {
     }
 
     /// Publishes this member's name and client URLs through raft (into every member list).
+    /// Until the cluster writes etcd's entry format, it goes out twice: in the old encoding
+    /// for members of the previous version, then in etcd's, which they skip and which
+    /// announces that this member reads etcd's format (`apply::entry_gate`).
     pub async fn publish_attributes(&self, attr: ClusterMemberAttrSetRequest) -> Result<()> {
-        self.propose(attr).await
+        if self.entry_format.is_etcd() {
+            return self.propose(attr).await;
+        }
+        let who = AuthInfo::default();
+        self.propose_encoded(attr.clone(), &who, false).await?;
+        self.propose_encoded(attr, &who, true).await
     }
 
     /// Linearizable read barrier: after it returns, local reads see every write acknowledged

@@ -246,6 +246,7 @@ pub(super) fn start_apply(
         member_id: id.member_id,
         request_stop: signals.request_tx.clone(),
         auth: core.auth_store(),
+        entry_format: core.entry_format(),
     };
     let apply_fatal = signals.fatal_tx.clone();
     let committed = raft.committed;
