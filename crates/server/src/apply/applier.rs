@@ -278,16 +278,19 @@ impl Applier {
                             tracing::error!(index = entry.index, error = %e, "undecodable raft entry");
                             Error::Fatal(format!("entry {} does not decode: {e}", entry.index))
                         })?;
+                    // The switch: proposed by a member that saw every member announce.
+                    if let Some(Request::ClusterVersionSet(_)) = &decoded.0.request {
+                        if let Some(g) = self.gate_open(&mut gate)? {
+                            gate_changed |= g.switch();
+                        }
+                    }
                     // Only a member of this version writes etcd's format before the switch,
                     // and a member publishes only its own attributes: its announcement.
                     if let (Some(Request::ClusterMemberAttrSet(a)), Format::Etcd) =
                         (&decoded.0.request, decoded.1)
                     {
                         if let Some(g) = self.gate_open(&mut gate)? {
-                            if g.announce(a.member_id) {
-                                gate_changed = true;
-                                g.evaluate(self.members_copy(&mut members)?);
-                            }
+                            gate_changed |= g.announce(a.member_id);
                         }
                     }
                     replies.push(self.apply_request(
@@ -301,10 +304,6 @@ impl Applier {
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     self.apply_conf_change(entry, &mut members, &mut after)?;
-                    if let Some(g) = self.gate_open(&mut gate)? {
-                        let list = self.members_copy(&mut members)?;
-                        gate_changed |= g.evaluate(list);
-                    }
                 }
             }
         }
@@ -552,17 +551,6 @@ impl Applier {
             *gate = Some(GateState::load(&self.store).map_err(Error::Storage)?);
         }
         Ok(gate.as_mut().filter(|g| !g.switched))
-    }
-
-    /// The batch's working copy of the member list.
-    fn members_copy<'m>(
-        &self,
-        members: &'m mut Option<Vec<pb::Member>>,
-    ) -> Result<&'m [pb::Member]> {
-        if members.is_none() {
-            *members = Some(membership::load(&self.store).map_err(Error::Storage)?);
-        }
-        Ok(members.as_deref().unwrap_or_default())
     }
 
     /// The batch's working copy of the auth state (the installed one until an auth entry).

@@ -6,13 +6,17 @@
 //! may apply it. Every member of this version announces that it reads both formats by
 //! publishing its attributes once more in etcd's format (`cluster_member_attr_set`, 1301,
 //! which the previous version decodes as a request with no body and skips). Applying such an
-//! entry records the member; once every current member (voters and learners) has announced,
-//! the cluster switches to etcd's format for good. The decision is made while applying
-//! entries, one entry at a time, and kept in the keyspace meta (so raft snapshots carry it):
-//! every member reaches it at the same index. A membership change re-evaluates it (removing
-//! the last member that had not announced switches). Proposers read the switch from the
-//! applied state; an entry still encoded the old way after the switch is harmless, every
-//! member then reads both.
+//! entry records the member. Those records differ between members (one of the previous
+//! version skipped the announcements made before its own upgrade), so they only tell a
+//! member when to ask for the switch: once every current member (voters and learners) is in
+//! its records, they were all of this version when they announced, and it proposes the switch,
+//! etcd's `cluster_version_set` (1300, as etcd proposes its cluster version once every member
+//! reported its own; skipped by the previous version too). Applying that entry switches the
+//! cluster to etcd's format for good, at the same index on every member, kept in the keyspace
+//! meta (so raft snapshots carry it). A membership change re-evaluates it (removing the last
+//! member that had not announced lets the switch be proposed). Proposers read the switch from
+//! the applied state; an entry still encoded the old way after it is harmless, every member
+//! then reads both.
 //!
 //! A cluster bootstrapped by this version starts switched (its initial members are all of
 //! it); one whose keyspace has no gate state (written by the previous version) starts not
@@ -94,20 +98,18 @@ impl GateState {
         !self.switched && self.announced.insert(member)
     }
 
-    /// Switches when every member of `members` has announced (and forgets announcements of
-    /// members no longer in it); true when the state changed.
-    pub fn evaluate(&mut self, members: &[Member]) -> bool {
-        if self.switched {
-            return false;
-        }
-        let before = self.announced.len();
-        self.announced
-            .retain(|id| members.iter().any(|m| m.id == *id));
-        if !members.is_empty() && members.iter().all(|m| self.announced.contains(&m.id)) {
-            *self = Self::bootstrapped();
-            return true;
-        }
-        self.announced.len() != before
+    /// Whether every member of `members` announced: the switch may then be proposed.
+    pub fn complete(&self, members: &[Member]) -> bool {
+        !self.switched
+            && !members.is_empty()
+            && members.iter().all(|m| self.announced.contains(&m.id))
+    }
+
+    /// Applies the switch entry; true when the state changed.
+    pub fn switch(&mut self) -> bool {
+        let changed = !self.switched;
+        *self = Self::bootstrapped();
+        changed
     }
 }
 
@@ -146,30 +148,21 @@ mod tests {
     }
 
     #[test]
-    fn switches_once_every_member_announced_learners_included() {
+    fn complete_once_every_member_announced_learners_included() {
         let members = [member(1, false), member(2, false), member(3, true)];
         let mut g = GateState::default();
         assert!(g.announce(1) && g.announce(2));
-        assert!(!g.evaluate(&members));
-        assert!(!g.switched);
+        assert!(!g.complete(&members));
         assert!(g.announce(3));
-        assert!(g.evaluate(&members));
-        assert!(g.switched);
-        // For good: a member added afterwards changes nothing.
-        assert!(!g.evaluate(&[member(1, false), member(4, false)]));
-        assert!(g.switched && !g.announce(4));
-    }
-
-    #[test]
-    fn removing_the_last_old_member_switches() {
-        let mut g = GateState::default();
-        g.announce(1);
-        g.announce(9);
-        assert!(!g.evaluate(&[member(1, false), member(2, false)]));
-        // 9 is gone from the list and forgotten.
-        assert_eq!(g.announced.iter().copied().collect::<Vec<_>>(), vec![1]);
-        assert!(g.evaluate(&[member(1, false)]));
-        assert!(g.switched);
+        assert!(g.complete(&members));
+        // Removing the member that had not announced completes it too.
+        let mut h = GateState::default();
+        h.announce(1);
+        assert!(!h.complete(&[member(1, false), member(2, false)]));
+        assert!(h.complete(&[member(1, false)]));
+        // For good: once switched, nothing is recorded and nothing is left to propose.
+        assert!(g.switch() && g.switched && !g.switch());
+        assert!(!g.announce(4) && !g.complete(&members));
     }
 
     #[test]

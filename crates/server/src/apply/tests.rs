@@ -644,10 +644,30 @@ fn legacy_attrs_entry(index: u64, id: u64, member_id: u64) -> eraftpb::Entry {
     normal_entry(index, ferrokv_proto::entry::encode_legacy(&req).unwrap())
 }
 
+/// The switch entry (etcd's cluster version set), as a member proposes it.
+fn switch_entry(index: u64) -> eraftpb::Entry {
+    normal_entry(
+        index,
+        InternalRaftRequest {
+            header: Some(RequestHeader {
+                id: 9_999,
+                ..Default::default()
+            }),
+            request: Some(
+                ferrokv_proto::ferrokvpb::ClusterVersionSetRequest {
+                    ver: "3.6.0".into(),
+                }
+                .into_request(),
+            ),
+        }
+        .encode_to_vec(),
+    )
+}
+
 /// The entry format gate: the old encoding announces nothing; etcd's attributes entry of each
-/// member, learners included, does, and the last one switches (persisted in the meta).
+/// member, learners included, does; the switch entry switches (persisted in the meta).
 #[test]
-fn the_entry_format_switches_once_every_member_announced() {
+fn the_entry_format_switches_at_the_switch_entry_once_every_member_announced() {
     use super::entry_gate::GateState;
     let mut f = fixture();
     f.conf(ConfChangeType::AddNode, peer(1, false));
@@ -659,13 +679,23 @@ fn the_entry_format_switches_once_every_member_announced() {
         })
         .unwrap();
     }
-    assert!(!f.applier.entry_format.is_etcd());
+    let members = membership::load(&f.store).unwrap();
     assert!(GateState::load(&f.store).unwrap().announced.is_empty());
     f.one(attrs(1)).unwrap();
     f.one(attrs(2)).unwrap();
-    assert!(!f.applier.entry_format.is_etcd());
-    assert_eq!(GateState::load(&f.store).unwrap().announced.len(), 2);
+    assert!(!GateState::load(&f.store).unwrap().complete(&members));
     f.one(attrs(3)).unwrap();
+    let g = GateState::load(&f.store).unwrap();
+    assert!(g.complete(&members) && !g.switched);
+    assert!(!f.applier.entry_format.is_etcd());
+    let e = switch_entry(f.next_index);
+    f.next_index += 1;
+    f.applier
+        .apply_batch(Committed {
+            entries: vec![e],
+            conf_state: None,
+        })
+        .unwrap();
     assert!(f.applier.entry_format.is_etcd());
     assert!(GateState::load(&f.store).unwrap().switched);
     // For good: a member added later does not switch it back.
@@ -674,16 +704,17 @@ fn the_entry_format_switches_once_every_member_announced() {
     assert!(GateState::load(&f.store).unwrap().switched);
 }
 
-/// Removing the one member that never announced (an old member replaced) switches.
+/// Removing the one member that never announced (an old member replaced) completes it.
 #[test]
-fn removing_the_member_that_did_not_announce_switches() {
+fn removing_the_member_that_did_not_announce_completes_the_gate() {
     use super::entry_gate::GateState;
     let mut f = fixture();
     f.conf(ConfChangeType::AddNode, peer(1, false));
     f.conf(ConfChangeType::AddNode, peer(2, false));
     f.one(attrs(1)).unwrap();
-    assert!(!f.applier.entry_format.is_etcd());
+    let members = membership::load(&f.store).unwrap();
+    assert!(!GateState::load(&f.store).unwrap().complete(&members));
     f.conf(ConfChangeType::RemoveNode, peer(2, false));
-    assert!(f.applier.entry_format.is_etcd());
-    assert!(GateState::load(&f.store).unwrap().switched);
+    let members = membership::load(&f.store).unwrap();
+    assert!(GateState::load(&f.store).unwrap().complete(&members));
 }

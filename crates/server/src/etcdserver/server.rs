@@ -24,6 +24,9 @@ use crate::peer::{connect_peer, peer_client_tls};
 
 /// Pause before retrying a proposal or read round that raft dropped.
 const RETRY_DELAY: Duration = Duration::from_millis(20);
+/// How often a member checks whether it is time to propose the entry format switch (only
+/// until the cluster has switched).
+const SWITCH_POLL: Duration = Duration::from_millis(500);
 
 /// What the server core is built from (the node creates these during bootstrap).
 pub struct ServerParts {
@@ -322,6 +325,39 @@ impl EtcdServer {
         let who = AuthInfo::default();
         self.propose_encoded(attr.clone(), &who, false).await?;
         self.propose_encoded(attr, &who, true).await
+    }
+
+    /// Proposes the switch to etcd's entry format once this member's records show that every
+    /// member announced it reads it (`apply::entry_gate`). Returns once the cluster has
+    /// switched, or when the member stops.
+    pub async fn drive_entry_format_switch(&self, stop: &mut tokio::sync::watch::Receiver<bool>) {
+        while !self.entry_format.is_etcd() {
+            let gate = crate::apply::GateState::load(&self.store);
+            let members = crate::apply::membership::load(&self.store);
+            if let (Ok(g), Ok(m)) = (gate, members) {
+                if g.complete(&m) {
+                    // etcd's entry for a cluster version all members support, which the
+                    // previous version skips; the member that sees it complete proposes it.
+                    let switch = ferrokv_proto::ferrokvpb::ClusterVersionSetRequest {
+                        ver: "3.6.0".into(),
+                    };
+                    match self
+                        .propose_encoded(switch, &AuthInfo::default(), true)
+                        .await
+                    {
+                        Ok(()) => tracing::info!(
+                            members = m.len(),
+                            "every member announced etcd's entry format; proposed the switch"
+                        ),
+                        Err(e) => tracing::debug!(error = %e, "proposing the entry format switch"),
+                    }
+                }
+            }
+            tokio::select! {
+                _ = crate::stop::until_stopped(stop) => return,
+                _ = tokio::time::sleep(SWITCH_POLL) => {}
+            }
+        }
     }
 
     /// Linearizable read barrier: after it returns, local reads see every write acknowledged

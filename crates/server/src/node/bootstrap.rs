@@ -386,7 +386,7 @@ pub(super) fn publish_attributes(
                 r = core.publish_attributes(attr.clone()) => match r {
                     Ok(()) => {
                         tracing::info!("published member attributes");
-                        return;
+                        break;
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "publishing member attributes; retrying");
@@ -395,5 +395,6 @@ pub(super) fn publish_attributes(
                 },
             }
         }
+        core.drive_entry_format_switch(&mut stop).await;
     })
 }
