@@ -343,5 +343,10 @@ async fn a_rolling_upgrade_across_the_entry_format_change_keeps_members_in_agree
     // Those after the last member was upgraded: etcd's request lines, header first.
     let after = line("post/4");
     assert!(after.contains("header:<ID:"), "{after}");
-    eprintln!("before: {before}\nafter:  {after}");
+    // The switch itself: etcd's cluster version entry, proposed once every member announced.
+    let switch = dump
+        .lines()
+        .find(|l| l.contains("cluster_version_set:<ver:\"3.6.0\""))
+        .unwrap_or_else(|| panic!("no switch entry in the dump:\n{dump}"));
+    eprintln!("before: {before}\nswitch: {switch}\nafter:  {after}");
 }
