@@ -24,7 +24,8 @@ stop:
 ## make deps: what the tests need besides cargo: Debian's etcd 3.4 and etcdctl, and, built from
 ## the Go module proxy into ~/.cache/ferrokv (seconds when cached), etcd 3.6.16 with etcdctl and
 ## etcdutl, the Kubernetes control plane v1.34.10 and helm; and the object-storage servers of the
-## backup tests (moto from PyPI, Azurite from npm, fake-gcs-server from the Go module proxy).
+## backup tests (moto from PyPI, Azurite from npm, fake-gcs-server from the Go module proxy);
+## and, for the rolling upgrade test, the ferrokv binary of commit 29f8bdd (cargo, cached).
 deps:
 	scripts/install-test-deps.sh
 	scripts/build-etcd36.sh >/dev/null
@@ -32,6 +33,7 @@ deps:
 	scripts/build-kube.sh >/dev/null
 	scripts/build-helm.sh >/dev/null
 	scripts/build-backup-servers.sh >/dev/null
+	scripts/build-ferrokv-old.sh >/dev/null
 
 ## make test: install test dependencies, check formatting and lints, build every binary, run
 ## every test, then the kind e2e suite (installs docker.io when missing; fails, never skips,

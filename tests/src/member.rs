@@ -499,6 +499,11 @@ impl Member {
         Ok(())
     }
 
+    /// The binary the next `start_process` launches (a rolling upgrade swaps it).
+    pub fn set_binary(&mut self, bin: PathBuf) {
+        self.bin = bin;
+    }
+
     /// Starts the process again on the same data dir and ports and waits until ready.
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();

@@ -12,7 +12,7 @@ use crate::ferrokvpb::internal_raft_request::Request;
 use crate::ferrokvpb::legacy_internal_request::Request as Legacy;
 use crate::ferrokvpb::{
     Attributes, ClusterMemberAttrSetRequest, InternalAuthenticateRequest, InternalRaftRequest,
-    LegacyInternalRequest, RequestHeader,
+    LegacyAuthenticate, LegacyInternalRequest, MemberAttributes, RequestHeader,
 };
 
 /// Which encoding an entry was in.
@@ -76,11 +76,90 @@ pub fn decode(data: &[u8]) -> Result<(InternalRaftRequest, Format), prost::Decod
     Ok((req, Format::Legacy))
 }
 
+/// Encodes `req` the way ferrokv wrote entries before etcd's format, for a cluster whose
+/// members have not all announced that they read etcd's (the entry format gate, applied state
+/// of the server): a member of that version misreads etcd's field numbers (its compaction is
+/// etcd's lease revoke, ...), so until every member reads both, entries stay in the encoding
+/// all of them read. The header keeps only the id: those entries are not re-checked at apply.
+///
+/// `None` for the requests that encoding has no field for (etcd's linearizable auth reads,
+/// cluster version, downgrades: ferrokv never proposes them).
+pub fn encode_legacy(req: &InternalRaftRequest) -> Option<Vec<u8>> {
+    let id = req.header.as_ref().map_or(0, |h| h.id);
+    let request = match req.request.clone()? {
+        Request::Put(r) => Legacy::Put(r),
+        Request::DeleteRange(r) => Legacy::DeleteRange(r),
+        Request::Txn(r) => Legacy::Txn(r),
+        Request::Compaction(r) => Legacy::Compaction(r),
+        Request::LeaseGrant(r) => Legacy::LeaseGrant(r),
+        Request::LeaseRevoke(r) => Legacy::LeaseRevoke(r),
+        Request::LeaseCheckpoint(r) => Legacy::LeaseCheckpoint(r),
+        Request::Alarm(r) => Legacy::Alarm(r),
+        Request::ClusterMemberAttrSet(m) => {
+            let attrs = m.member_attributes.unwrap_or_default();
+            Legacy::MemberAttributes(MemberAttributes {
+                member_id: m.member_id,
+                name: attrs.name,
+                client_urls: attrs.client_urls,
+            })
+        }
+        Request::AuthEnable(r) => Legacy::AuthEnable(r),
+        Request::AuthDisable(r) => Legacy::AuthDisable(r),
+        Request::Authenticate(a) => Legacy::Authenticate(LegacyAuthenticate {
+            name: a.name,
+            simple_token: a.simple_token,
+        }),
+        Request::AuthUserAdd(mut r) => {
+            r.hashed_password = legacy_hash(&r.hashed_password);
+            Legacy::AuthUserAdd(r)
+        }
+        Request::AuthUserDelete(r) => Legacy::AuthUserDelete(r),
+        Request::AuthUserChangePassword(mut r) => {
+            r.hashed_password = legacy_hash(&r.hashed_password);
+            Legacy::AuthUserChangePassword(r)
+        }
+        Request::AuthUserGrantRole(r) => Legacy::AuthUserGrantRole(r),
+        Request::AuthUserRevokeRole(r) => Legacy::AuthUserRevokeRole(r),
+        Request::AuthRoleAdd(r) => Legacy::AuthRoleAdd(r),
+        Request::AuthRoleDelete(r) => Legacy::AuthRoleDelete(r),
+        Request::AuthRoleGrantPermission(r) => Legacy::AuthRoleGrantPermission(r),
+        Request::AuthRoleRevokePermission(r) => Legacy::AuthRoleRevokePermission(r),
+        Request::Range(_)
+        | Request::AuthStatus(_)
+        | Request::AuthUserGet(_)
+        | Request::AuthUserList(_)
+        | Request::AuthRoleList(_)
+        | Request::AuthRoleGet(_)
+        | Request::ClusterVersionSet(_)
+        | Request::DowngradeInfoSet(_) => return None,
+    };
+    Some(
+        LegacyInternalRequest {
+            id,
+            request: Some(request),
+        }
+        .encode_to_vec(),
+    )
+}
+
+/// The old encoding carried the bcrypt text itself where etcd's carries it in base64, and a
+/// member of that version stores what it finds: turn etcd's back into the text.
+fn legacy_hash(hashed: &str) -> String {
+    use base64::Engine as _;
+    if hashed.is_empty() || hashed.starts_with('$') {
+        return hashed.to_string();
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(hashed)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_else(|| hashed.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::etcdserverpb::{DeleteRangeRequest, PutRequest, TxnRequest};
-    use crate::ferrokvpb::{LegacyAuthenticate, MemberAttributes};
 
     fn legacy(id: u64, r: Legacy) -> Vec<u8> {
         LegacyInternalRequest {
@@ -182,6 +261,85 @@ mod tests {
         };
         assert_eq!((a.name.as_str(), a.simple_token.as_str()), ("u", "tok.1"));
         assert!(a.password.is_empty());
+    }
+
+    /// What the gate relies on: each request ferrokv proposes survives the old encoding (as the
+    /// previous version reads it) and comes back the same from `decode`.
+    #[test]
+    fn legacy_encoding_round_trips() {
+        use crate::etcdserverpb::{AuthUserAddRequest, CompactionRequest, LeaseRevokeRequest};
+        let cases = [
+            Request::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                lease: 5,
+                ..Default::default()
+            }),
+            Request::Compaction(CompactionRequest {
+                revision: 42,
+                physical: false,
+            }),
+            Request::LeaseRevoke(LeaseRevokeRequest { id: 9 }),
+            Request::Txn(TxnRequest::default()),
+            Request::ClusterMemberAttrSet(ClusterMemberAttrSetRequest {
+                member_id: 3,
+                member_attributes: Some(Attributes {
+                    name: "m".into(),
+                    client_urls: vec!["http://127.0.0.1:1".into()],
+                }),
+            }),
+        ];
+        for r in cases {
+            let req = InternalRaftRequest {
+                header: Some(RequestHeader {
+                    id: 11,
+                    username: "u".into(),
+                    auth_revision: 4,
+                }),
+                request: Some(r.clone()),
+            };
+            let data = encode_legacy(&req).unwrap();
+            let (back, f) = decode(&data).unwrap();
+            assert_eq!(f, Format::Legacy);
+            assert_eq!(back.header.unwrap().id, 11);
+            assert_eq!(back.request, Some(r));
+        }
+        // etcd's base64 of the bcrypt text goes back to the text the old version stored.
+        let add = InternalRaftRequest {
+            header: Some(RequestHeader::default()),
+            request: Some(Request::AuthUserAdd(AuthUserAddRequest {
+                name: "u".into(),
+                hashed_password: "JDJhJDEwJGFiYw==".into(),
+                ..Default::default()
+            })),
+        };
+        let data = encode_legacy(&add).unwrap();
+        let Some(Legacy::AuthUserAdd(r)) = LegacyInternalRequest::decode(data.as_slice())
+            .unwrap()
+            .request
+        else {
+            panic!()
+        };
+        assert_eq!(r.hashed_password, "$2a$10$abc");
+    }
+
+    /// The announcement: an etcd-format member attributes entry (1301 with header 100) is,
+    /// to the previous version's decoder, a request with no id and no body, which it skips.
+    #[test]
+    fn an_etcd_attr_set_is_empty_to_the_old_decoder() {
+        let data = InternalRaftRequest {
+            header: Some(RequestHeader {
+                id: 77,
+                ..Default::default()
+            }),
+            request: Some(Request::ClusterMemberAttrSet(ClusterMemberAttrSetRequest {
+                member_id: 3,
+                member_attributes: Some(Attributes::default()),
+            })),
+        }
+        .encode_to_vec();
+        let old = LegacyInternalRequest::decode(data.as_slice()).unwrap();
+        assert_eq!((old.id, old.request), (0, None));
     }
 
     #[test]

@@ -31,6 +31,7 @@ use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::auth::{AuthData, AuthStore, AuthView, AUTH_META_KEY};
+use super::entry_gate::{EntryFormat, GateState, ENTRY_FORMAT_META_KEY};
 use super::seams::{DurableIndexSink, EventSink, PeerDirectory};
 use super::{membership, Alarms, ApplyResult, AuthResult, DbSize, Lessor, Waiters};
 use crate::error::{Error, Result};
@@ -62,6 +63,8 @@ pub struct Applier {
     pub request_stop: Arc<watch::Sender<bool>>,
     /// The auth store: Auth* entries change it, installed only after the batch commits.
     pub auth: Arc<AuthStore>,
+    /// The entry format gate's switch, shared with the proposers (`entry_gate`).
+    pub entry_format: EntryFormat,
 }
 
 /// The auth side of one batch: a working copy of the auth state (taken at the first auth
@@ -212,6 +215,11 @@ impl Applier {
         let revision = self.store.current_revision();
         let leases: Vec<(i64, i64)> = self.store.leases()?.iter().map(|l| (l.id, l.ttl)).collect();
         self.auth.replace(AuthData::load(&self.store)?);
+        self.entry_format.set(
+            GateState::load(&self.store)
+                .map_err(Error::Storage)?
+                .switched,
+        );
         self.lessor.replace_all(&leases);
         for m in membership::load(&self.store)? {
             if m.id != self.member_id {
@@ -253,6 +261,10 @@ impl Applier {
         let mut after: Vec<AfterCommit> = Vec::new();
         let mut members: Option<Vec<pb::Member>> = None;
         let mut auth = AuthBatch::default();
+        // The gate's working copy, taken at the first entry that may change it while the
+        // cluster has not switched (once switched, nothing changes it again).
+        let mut gate: Option<GateState> = None;
+        let mut gate_changed = false;
 
         for entry in &committed.entries {
             match entry.get_entry_type() {
@@ -266,6 +278,21 @@ impl Applier {
                             tracing::error!(index = entry.index, error = %e, "undecodable raft entry");
                             Error::Fatal(format!("entry {} does not decode: {e}", entry.index))
                         })?;
+                    // The switch: proposed by a member that saw every member announce.
+                    if let Some(Request::ClusterVersionSet(_)) = &decoded.0.request {
+                        if let Some(g) = self.gate_open(&mut gate)? {
+                            gate_changed |= g.switch();
+                        }
+                    }
+                    // Only a member of this version writes etcd's format before the switch,
+                    // and a member publishes only its own attributes: its announcement.
+                    if let (Some(Request::ClusterMemberAttrSet(a)), Format::Etcd) =
+                        (&decoded.0.request, decoded.1)
+                    {
+                        if let Some(g) = self.gate_open(&mut gate)? {
+                            gate_changed |= g.announce(a.member_id);
+                        }
+                    }
                     replies.push(self.apply_request(
                         &mut batch,
                         decoded,
@@ -302,6 +329,11 @@ impl Applier {
                 .set_meta(AUTH_META_KEY, &data.encode())
                 .map_err(fatal)?;
         }
+        if let (Some(g), true) = (&gate, gate_changed) {
+            batch
+                .set_meta(ENTRY_FORMAT_META_KEY, &g.encode())
+                .map_err(fatal)?;
+        }
         let committing = Instant::now();
         batch.commit(false).map_err(fatal)?;
         self.metrics
@@ -312,6 +344,13 @@ impl Applier {
         }
         for (token, user) in auth.tokens {
             self.auth.assign_token(token, user);
+        }
+        if let Some(g) = gate.filter(|g| g.switched) {
+            tracing::info!(
+                index = last_index,
+                "every member reads etcd's entry format: entries are written in it from now on"
+            );
+            self.entry_format.set(g.switched);
         }
 
         let revision = self.store.current_revision();
@@ -501,6 +540,18 @@ impl Applier {
                     .map(|()| pb::AuthRoleRevokePermissionResponse::default())
             }),
         }
+    }
+
+    /// The batch's working copy of the gate state, or `None` once the cluster has switched
+    /// (as committed, or earlier in this batch).
+    fn gate_open<'g>(&self, gate: &'g mut Option<GateState>) -> Result<Option<&'g mut GateState>> {
+        if gate.is_none() {
+            if self.entry_format.is_etcd() {
+                return Ok(None);
+            }
+            *gate = Some(GateState::load(&self.store).map_err(Error::Storage)?);
+        }
+        Ok(gate.as_mut().filter(|g| !g.switched))
     }
 
     /// The batch's working copy of the auth state (the installed one until an auth entry).

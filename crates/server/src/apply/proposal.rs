@@ -19,7 +19,8 @@ use ferrokv_proto::etcdserverpb::{
     LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 use ferrokv_proto::ferrokvpb::{
-    internal_raft_request::Request, ClusterMemberAttrSetRequest, InternalAuthenticateRequest,
+    internal_raft_request::Request, ClusterMemberAttrSetRequest, ClusterVersionSetRequest,
+    InternalAuthenticateRequest,
 };
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -56,6 +57,7 @@ proposals! {
     // Requests whose only answer is "done".
     LeaseCheckpointRequest => (), LeaseCheckpoint;
     ClusterMemberAttrSetRequest => (), ClusterMemberAttrSet;
+    ClusterVersionSetRequest => (), ClusterVersionSet;
     // Auth requests: an auth store refusal (user exists, role not found, ...) is the
     // request's answer, not a storage failure, so it travels inside the response.
     pb::AuthEnableRequest => AuthResult<pb::AuthEnableResponse>, AuthEnable;

@@ -86,6 +86,7 @@ fn fixture() -> Fixture {
             crate::apply::AuthData::default(),
             std::time::Duration::from_secs(300),
         )),
+        entry_format: crate::apply::EntryFormat::default(),
     };
     Fixture {
         _dir: dir,
@@ -609,4 +610,111 @@ fn a_lease_revoke_is_checked_against_the_leases_keys() {
     ));
     assert!(f.one_as(LeaseRevokeRequest { id: 7 }, "root", rev).is_ok());
     assert!(!f.keys().contains(&"c".to_string()));
+}
+
+fn attrs(member_id: u64) -> ferrokv_proto::ferrokvpb::ClusterMemberAttrSetRequest {
+    ferrokv_proto::ferrokvpb::ClusterMemberAttrSetRequest {
+        member_id,
+        member_attributes: Some(ferrokv_proto::ferrokvpb::Attributes {
+            name: format!("m{member_id}"),
+            client_urls: vec![format!("http://127.0.0.1:{member_id}")],
+        }),
+    }
+}
+
+fn peer(id: u64, learner: bool) -> Member {
+    Member {
+        id,
+        name: format!("m{id}"),
+        peer_ur_ls: vec![format!("http://127.0.0.1:{}", 2000 + id)],
+        is_learner: learner,
+        ..Default::default()
+    }
+}
+
+/// Member attributes in the old encoding, as a member of the previous version publishes them.
+fn legacy_attrs_entry(index: u64, id: u64, member_id: u64) -> eraftpb::Entry {
+    let req = InternalRaftRequest {
+        header: Some(RequestHeader {
+            id,
+            ..Default::default()
+        }),
+        request: Some(attrs(member_id).into_request()),
+    };
+    normal_entry(index, ferrokv_proto::entry::encode_legacy(&req).unwrap())
+}
+
+/// The switch entry (etcd's cluster version set), as a member proposes it.
+fn switch_entry(index: u64) -> eraftpb::Entry {
+    normal_entry(
+        index,
+        InternalRaftRequest {
+            header: Some(RequestHeader {
+                id: 9_999,
+                ..Default::default()
+            }),
+            request: Some(
+                ferrokv_proto::ferrokvpb::ClusterVersionSetRequest {
+                    ver: "3.6.0".into(),
+                }
+                .into_request(),
+            ),
+        }
+        .encode_to_vec(),
+    )
+}
+
+/// The entry format gate: the old encoding announces nothing; etcd's attributes entry of each
+/// member, learners included, does; the switch entry switches (persisted in the meta).
+#[test]
+fn the_entry_format_switches_at_the_switch_entry_once_every_member_announced() {
+    use super::entry_gate::GateState;
+    let mut f = fixture();
+    f.conf(ConfChangeType::AddNode, peer(1, false));
+    f.conf(ConfChangeType::AddNode, peer(2, false));
+    f.conf(ConfChangeType::AddLearnerNode, peer(3, true));
+    for m in [1, 2, 3] {
+        f.one_entry::<ferrokv_proto::ferrokvpb::ClusterMemberAttrSetRequest>(|i, id| {
+            legacy_attrs_entry(i, id, m)
+        })
+        .unwrap();
+    }
+    let members = membership::load(&f.store).unwrap();
+    assert!(GateState::load(&f.store).unwrap().announced.is_empty());
+    f.one(attrs(1)).unwrap();
+    f.one(attrs(2)).unwrap();
+    assert!(!GateState::load(&f.store).unwrap().complete(&members));
+    f.one(attrs(3)).unwrap();
+    let g = GateState::load(&f.store).unwrap();
+    assert!(g.complete(&members) && !g.switched);
+    assert!(!f.applier.entry_format.is_etcd());
+    let e = switch_entry(f.next_index);
+    f.next_index += 1;
+    f.applier
+        .apply_batch(Committed {
+            entries: vec![e],
+            conf_state: None,
+        })
+        .unwrap();
+    assert!(f.applier.entry_format.is_etcd());
+    assert!(GateState::load(&f.store).unwrap().switched);
+    // For good: a member added later does not switch it back.
+    f.conf(ConfChangeType::AddNode, peer(4, false));
+    assert!(f.applier.entry_format.is_etcd());
+    assert!(GateState::load(&f.store).unwrap().switched);
+}
+
+/// Removing the one member that never announced (an old member replaced) completes it.
+#[test]
+fn removing_the_member_that_did_not_announce_completes_the_gate() {
+    use super::entry_gate::GateState;
+    let mut f = fixture();
+    f.conf(ConfChangeType::AddNode, peer(1, false));
+    f.conf(ConfChangeType::AddNode, peer(2, false));
+    f.one(attrs(1)).unwrap();
+    let members = membership::load(&f.store).unwrap();
+    assert!(!GateState::load(&f.store).unwrap().complete(&members));
+    f.conf(ConfChangeType::RemoveNode, peer(2, false));
+    let members = membership::load(&f.store).unwrap();
+    assert!(GateState::load(&f.store).unwrap().complete(&members));
 }

@@ -12,7 +12,9 @@ use ferrokv_storage::Store;
 use prost::Message as _;
 use tokio::sync::watch;
 
-use crate::apply::{Alarms, AuthData, AuthInfo, AuthStore, DbSize, Lessor, Proposal, Waiters};
+use crate::apply::{
+    Alarms, AuthData, AuthInfo, AuthStore, DbSize, EntryFormat, Lessor, Proposal, Waiters,
+};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::header::HeaderSource;
@@ -22,6 +24,9 @@ use crate::peer::{connect_peer, peer_client_tls};
 
 /// Pause before retrying a proposal or read round that raft dropped.
 const RETRY_DELAY: Duration = Duration::from_millis(20);
+/// How often a member checks whether it is time to propose the entry format switch (only
+/// until the cluster has switched).
+const SWITCH_POLL: Duration = Duration::from_millis(500);
 
 /// What the server core is built from (the node creates these during bootstrap).
 pub struct ServerParts {
@@ -58,6 +63,9 @@ pub struct EtcdServer {
     pub(super) peer_client_tls: Option<crate::peer::PeerClientTls>,
     /// A connection to the leader's peer port, for requests only the leader can answer.
     leader_conn: parking_lot::Mutex<Option<(u64, tonic::transport::Channel)>>,
+    /// Whether the cluster writes etcd's entry format yet (`apply::entry_gate`); the apply
+    /// loop sets it.
+    pub(super) entry_format: EntryFormat,
 }
 
 impl EtcdServer {
@@ -71,8 +79,10 @@ impl EtcdServer {
             crate::config::AuthToken::Jwt(o) => Some(super::jwt::Jwt::new(o)?),
             crate::config::AuthToken::Simple => None,
         };
+        let entry_format = EntryFormat::load(&p.store)?;
         Ok(EtcdServer {
             auth,
+            entry_format,
             jwt,
             request_timeout: Duration::from_secs(5) + 2 * p.cfg.election_timeout,
             peer_client_tls: peer_client_tls(&p.cfg.peer_tls)?,
@@ -99,6 +109,11 @@ impl EtcdServer {
             self.lessor.clone(),
             self.alarms.clone(),
         )
+    }
+
+    /// The entry format switch the apply loop keeps current.
+    pub fn entry_format(&self) -> EntryFormat {
+        self.entry_format.clone()
     }
 
     /// The auth store the apply loop keeps current.
@@ -215,17 +230,34 @@ impl EtcdServer {
         proposal: P,
         who: &AuthInfo,
     ) -> Result<P::Response> {
+        self.propose_encoded(proposal, who, self.entry_format.is_etcd())
+            .await
+    }
+
+    /// Proposes in etcd's format (`etcd`) or in the encoding of the previous version, which
+    /// the cluster keeps until every member reads etcd's (`apply::entry_gate`).
+    async fn propose_encoded<P: Proposal>(
+        &self,
+        proposal: P,
+        who: &AuthInfo,
+        etcd: bool,
+    ) -> Result<P::Response> {
         let started = std::time::Instant::now();
         let id = self.ids.next();
-        let data = InternalRaftRequest {
+        let req = InternalRaftRequest {
             header: Some(RequestHeader {
                 id,
                 username: who.username.clone(),
                 auth_revision: who.revision,
             }),
             request: Some(proposal.into_request()),
-        }
-        .encode_to_vec();
+        };
+        // Requests the old encoding has no field for are never proposed by ferrokv; should
+        // one be, etcd's format is the only one that can carry it.
+        let legacy = (!etcd)
+            .then(|| ferrokv_proto::entry::encode_legacy(&req))
+            .flatten();
+        let data = legacy.unwrap_or_else(|| req.encode_to_vec());
         if data.len() > self.cfg.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
@@ -287,8 +319,49 @@ impl EtcdServer {
     }
 
     /// Publishes this member's name and client URLs through raft (into every member list).
+    /// Until the cluster writes etcd's entry format, it goes out twice: in the old encoding
+    /// for members of the previous version, then in etcd's, which they skip and which
+    /// announces that this member reads etcd's format (`apply::entry_gate`).
     pub async fn publish_attributes(&self, attr: ClusterMemberAttrSetRequest) -> Result<()> {
-        self.propose(attr).await
+        if self.entry_format.is_etcd() {
+            return self.propose(attr).await;
+        }
+        let who = AuthInfo::default();
+        self.propose_encoded(attr.clone(), &who, false).await?;
+        self.propose_encoded(attr, &who, true).await
+    }
+
+    /// Proposes the switch to etcd's entry format once this member's records show that every
+    /// member announced it reads it (`apply::entry_gate`). Returns once the cluster has
+    /// switched, or when the member stops.
+    pub async fn drive_entry_format_switch(&self, stop: &mut tokio::sync::watch::Receiver<bool>) {
+        while !self.entry_format.is_etcd() {
+            let gate = crate::apply::GateState::load(&self.store);
+            let members = crate::apply::membership::load(&self.store);
+            if let (Ok(g), Ok(m)) = (gate, members) {
+                if g.complete(&m) {
+                    // etcd's entry for a cluster version all members support, which the
+                    // previous version skips; the member that sees it complete proposes it.
+                    let switch = ferrokv_proto::ferrokvpb::ClusterVersionSetRequest {
+                        ver: "3.6.0".into(),
+                    };
+                    match self
+                        .propose_encoded(switch, &AuthInfo::default(), true)
+                        .await
+                    {
+                        Ok(()) => tracing::info!(
+                            members = m.len(),
+                            "every member announced etcd's entry format; proposed the switch"
+                        ),
+                        Err(e) => tracing::debug!(error = %e, "proposing the entry format switch"),
+                    }
+                }
+            }
+            tokio::select! {
+                _ = crate::stop::until_stopped(stop) => return,
+                _ = tokio::time::sleep(SWITCH_POLL) => {}
+            }
+        }
     }
 
     /// Linearizable read barrier: after it returns, local reads see every write acknowledged

@@ -246,6 +246,7 @@ pub(super) fn start_apply(
         member_id: id.member_id,
         request_stop: signals.request_tx.clone(),
         auth: core.auth_store(),
+        entry_format: core.entry_format(),
     };
     let apply_fatal = signals.fatal_tx.clone();
     let committed = raft.committed;
@@ -385,7 +386,7 @@ pub(super) fn publish_attributes(
                 r = core.publish_attributes(attr.clone()) => match r {
                     Ok(()) => {
                         tracing::info!("published member attributes");
-                        return;
+                        break;
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "publishing member attributes; retrying");
@@ -394,5 +395,6 @@ pub(super) fn publish_attributes(
                 },
             }
         }
+        core.drive_entry_format_switch(&mut stop).await;
     })
 }

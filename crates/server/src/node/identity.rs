@@ -86,6 +86,12 @@ fn seed_members(store: &Store, members: &[Member]) -> Result<()> {
             membership::MEMBERS_KEY,
             &membership::encode_members(members),
         )?;
+        // A cluster this version bootstraps writes etcd's entry format from the start: its
+        // initial members are all of this version (`apply::entry_gate`).
+        batch.set_meta(
+            crate::apply::entry_gate::ENTRY_FORMAT_META_KEY,
+            &crate::apply::GateState::bootstrapped().encode(),
+        )?;
         batch.commit(true)?;
     }
     Ok(())

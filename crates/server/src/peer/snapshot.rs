@@ -13,8 +13,9 @@ pub trait SnapshotSource: Send + Sync + 'static {
     /// Writes to `path` (which must not exist) a copy of the keyspace that holds at least
     /// raft index `index`, waiting, bounded, until the keyspace has applied that far: the
     /// index is raft's commit index, and a copy behind it would let the follower skip
-    /// entries nobody applied for it.
-    async fn write_snapshot(&self, index: u64, path: &Path) -> Result<()>;
+    /// entries nobody applied for it. `to` is the follower it is for (the source may refuse
+    /// one that could not read it).
+    async fn write_snapshot(&self, to: u64, index: u64, path: &Path) -> Result<()>;
 }
 
 /// Installs a keyspace file received from the leader (the apply loop, the keyspace's only

@@ -378,7 +378,7 @@ async fn send_snapshot(
     let path = dir.scratch(Scratch::Send, &format!("{:x}-{index}", m.to));
     let _ = std::fs::remove_file(&path);
     let _cleanup = RemoveOnDrop(path.clone());
-    source.write_snapshot(index, &path).await?;
+    source.write_snapshot(m.to, index, &path).await?;
     let message = protobuf::Message::write_to_bytes(&m)
         .map_err(|e| Error::Io(format!("encode snapshot message: {e}")))?;
     let mut last = Error::LeaderChanged;
