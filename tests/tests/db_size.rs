@@ -288,14 +288,24 @@ async fn load_and_measure(
     (db, snap)
 }
 
+/// The file must be no longer than etcd's. Its used and allocated bytes may exceed etcd's by
+/// at most 1%: etcd's own figure for the same load varies by about that much between runs
+/// (216.8 MB and 219.8 MB of `dbSize` for the 128 KiB load in two runs), while ferrokv's grows
+/// a 4 MiB region at a time, so a strict comparison of two nearly equal sizes would decide by
+/// noise rather than by layout.
 fn assert_no_larger(what: &str, ferrokv: DbBytes, etcd: DbBytes) {
+    let within = |ours: f64, theirs: f64| ours <= theirs * 1.01;
     assert!(
-        ferrokv.len <= etcd.len && ferrokv.status <= etcd.status,
-        "{what}: ferrokv's db {ferrokv:?} is larger than etcd 3.6's {etcd:?}"
+        ferrokv.len <= etcd.len,
+        "{what}: ferrokv's db file {ferrokv:?} is longer than etcd 3.6's {etcd:?}"
     );
     assert!(
-        ferrokv.allocated <= etcd.allocated,
-        "{what}: ferrokv's db takes more disk than etcd 3.6's: {ferrokv:?} against {etcd:?}"
+        within(ferrokv.status as f64, etcd.status as f64),
+        "{what}: ferrokv's dbSize {ferrokv:?} is more than 1% above etcd 3.6's {etcd:?}"
+    );
+    assert!(
+        within(ferrokv.allocated as f64, etcd.allocated as f64),
+        "{what}: ferrokv's db takes more than 1% more disk than etcd 3.6's: {ferrokv:?} against {etcd:?}"
     );
 }
 
