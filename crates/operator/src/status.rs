@@ -313,12 +313,20 @@ pub fn new_upgrade_failure(
     old: Option<&EtcdClusterStatus>,
     status: &EtcdClusterStatus,
 ) -> Option<String> {
+    new_degraded(old, status, UPGRADE_FAILED)
+}
+
+/// The message of a `Degraded=True` condition with `reason` that `status` says and `old` did
+/// not, so a Warning Event goes out once per message rather than on every reconcile.
+fn new_degraded(
+    old: Option<&EtcdClusterStatus>,
+    status: &EtcdClusterStatus,
+    reason: &str,
+) -> Option<String> {
     let failure = |s: &EtcdClusterStatus| {
         s.conditions
             .iter()
-            .find(|c| {
-                c.type_ == condition::DEGRADED && c.status == "True" && c.reason == UPGRADE_FAILED
-            })
+            .find(|c| c.type_ == condition::DEGRADED && c.status == "True" && c.reason == reason)
             .map(|c| c.message.clone())
     };
     let now = failure(status)?;
@@ -334,16 +342,7 @@ pub fn new_restore_failure(
     old: Option<&EtcdClusterStatus>,
     status: &EtcdClusterStatus,
 ) -> Option<String> {
-    let failure = |s: &EtcdClusterStatus| {
-        s.conditions
-            .iter()
-            .find(|c| {
-                c.type_ == condition::DEGRADED && c.status == "True" && c.reason == RESTORE_FAILED
-            })
-            .map(|c| c.message.clone())
-    };
-    let now = failure(status)?;
-    (old.and_then(failure).as_ref() != Some(&now)).then_some(now)
+    new_degraded(old, status, RESTORE_FAILED)
 }
 
 /// Reason of `Degraded` when the API server refused one of the operator's writes.
