@@ -176,6 +176,12 @@ spec:
         !note.contains(&format!("from {leader} ")),
         "taken from the leader {leader}: {note}"
     );
+    // The newest Event tells of the newest backup, not of the first one of its series.
+    assert!(
+        note.starts_with(&format!("backup of revision {} ", newest.revision)),
+        "the newest BackupSucceeded Event does not tell of revision {}: {note}",
+        newest.revision
+    );
     let m = metrics(&bed).await;
     for name in [
         "ferrokv_operator_backup_last_success_timestamp_seconds{cluster=\"default/bk\"}",

@@ -14,6 +14,7 @@
 //! through, reports them (`BackupReady=False`, reason `MissedSchedule`) and takes one now.
 
 use crate::members::MemberClient;
+use crate::recorder::Recorder;
 use crate::resources::{self, Names};
 use chrono::{DateTime, Utc};
 use ferrokv_cluster_api::{
@@ -24,7 +25,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
@@ -637,9 +638,7 @@ impl Job {
             reason: reason.into(),
             note: Some(cap_note(&note)),
             action: "Backup".into(),
-            // The Recorder folds Events of equal reason and related object into one series
-            // that keeps the first note: an on-demand backup relates its own resource, so
-            // its message is not hidden behind an earlier one.
+            // An on-demand backup names its `EtcdBackup` as the related object.
             secondary: self.related.clone(),
         };
         if let Err(e) = self

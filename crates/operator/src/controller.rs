@@ -11,6 +11,7 @@
 use crate::apply::{Applier, KubeExecutor};
 use crate::metrics::Metrics;
 use crate::plan::{self, PlanConfig, Step};
+use crate::recorder::Recorder;
 use crate::resources::Names;
 use crate::{
     backup, build, etcdbackup, events, executor, observe, status, tls, Error, Result, MANAGER,
@@ -20,7 +21,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::watcher;
 use kube::ResourceExt;
 use std::collections::BTreeMap;

@@ -8,9 +8,8 @@ use crate::executor::StepOutcome;
 use crate::plan::{RemoveReason, Step};
 
 /// One Event: `reason` is a CamelCase machine word, `note` the sentence for humans, `member`
-/// the member (and pod) the step was about. The member becomes the Event's `related` object:
-/// the Recorder folds Events with equal reason and related object into one series that keeps
-/// the first note, so without it "added learner kv-1 (x6)" would stand for kv-1..kv-6.
+/// the member (and pod) the step was about; it becomes the Event's `related` object, so
+/// `kubectl get events --field-selector related.name=...` finds a member's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepEvent {
     pub reason: &'static str,
@@ -90,8 +89,8 @@ pub fn for_renewal(renewed: &[String]) -> Option<StepEvent> {
 }
 
 /// The Events of a CA rotation's steps, one per step taken: which Secrets now trust, are
-/// issued by, or trust only the new CA. Each step has its own reason, so the Recorder does not
-/// fold a later step into the series of an earlier one.
+/// issued by, or trust only the new CA. Each step has its own reason, so a filter on the
+/// reason finds one step.
 pub fn for_rotation(rotated: &[(u8, String)]) -> Vec<StepEvent> {
     [
         (1, "CATrustExtended"),

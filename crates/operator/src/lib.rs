@@ -23,6 +23,7 @@ pub mod members;
 pub mod metrics;
 pub mod observe;
 pub mod plan;
+pub mod recorder;
 pub mod resources;
 pub mod restore;
 pub mod status;

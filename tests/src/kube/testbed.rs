@@ -197,7 +197,14 @@ impl Testbed {
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cluster))
             .collect();
-        evs.sort_by_key(|e| e.metadata.creation_timestamp.clone());
+        // eventTime has microseconds; creationTimestamp only seconds, so Events of one second
+        // would come in name order.
+        evs.sort_by_key(|e| {
+            (
+                e.event_time.as_ref().map(|t| t.0),
+                e.metadata.creation_timestamp.clone(),
+            )
+        });
         Ok(evs
             .into_iter()
             .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
