@@ -1,21 +1,24 @@
 //! Listening sockets: binding a listen URL and the accepted-connection streams (Nagle off,
-//! and for client ports the `:authority` repair). Must not depend on the gRPC services.
+//! writes coalesced, and for client ports the `:authority` repair). Must not depend on the
+//! gRPC services.
 
 use tokio::net::TcpListener;
 
+use super::coalesce::Coalesce;
 use crate::error::{Error, Result};
 
 /// Accepted connections with Nagle's algorithm off. `serve_with_incoming` does not apply the
 /// builder's `tcp_nodelay`, and small gRPC replies held back by Nagle add tens of ms to every
-/// request that follows a write on the same connection.
+/// request that follows a write on the same connection. Replies ready together leave in one
+/// write ([`Coalesce`]).
 pub fn nodelay_incoming(
     listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+) -> impl tokio_stream::Stream<Item = std::io::Result<Coalesce<tokio::net::TcpStream>>> {
     use tokio_stream::StreamExt;
     tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
         let stream = accepted?;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok(Coalesce::new(stream))
     })
 }
 
@@ -24,7 +27,7 @@ pub fn nodelay_incoming(
 pub fn client_incoming(
     listener: TcpListener,
 ) -> impl tokio_stream::Stream<
-    Item = std::io::Result<super::authority::AuthorityFix<tokio::net::TcpStream>>,
+    Item = std::io::Result<super::authority::AuthorityFix<Coalesce<tokio::net::TcpStream>>>,
 > {
     use tokio_stream::StreamExt;
     nodelay_incoming(listener).map(|s| s.map(super::authority::AuthorityFix::new))

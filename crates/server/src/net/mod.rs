@@ -6,6 +6,7 @@
 //! `api` or `node`.
 
 pub mod authority;
+pub mod coalesce;
 pub mod gateway;
 pub mod http;
 pub mod listen;

@@ -16,6 +16,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::coalesce::Coalesce;
 use crate::config::TlsFiles;
 use crate::error::{Error, Result};
 use crate::reloading::Reloading;
@@ -129,7 +130,7 @@ pub fn incoming(
     listener: TcpListener,
     acceptor: Acceptor,
     mut stop: watch::Receiver<bool>,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+) -> ReceiverStream<io::Result<TlsStream<Coalesce<TcpStream>>>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -153,7 +154,7 @@ pub fn incoming(
             let acceptor = acceptor.current();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Coalesce::new(tcp))).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
                     }
