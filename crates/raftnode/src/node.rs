@@ -781,9 +781,25 @@ impl RaftLoop {
         self.hand_out(rd.take_committed_entries());
 
         // 4. Entries and hard state in ONE append with ONE fsync: the commit point. Raft may
-        //    only see them as stable (MemStorage) once the WAL holds them.
+        //    only see them as stable (MemStorage) once the WAL holds them. A hard state whose
+        //    only change is the commit index, with no entries, is written without an fsync
+        //    (etcd's `MustSync`): the commit index promises nothing to anyone, a restart
+        //    floors it at the keyspace's applied index, and the next append's fsync makes it
+        //    durable. Without this rule every put cost two fsyncs on every member: one for its
+        //    entry, one for the next Ready's commit index.
         let hs = rd.hs().cloned();
-        if !rd.entries().is_empty() || hs.is_some() {
+        let commit_only = rd.entries().is_empty()
+            && hs.as_ref().is_some_and(|h| {
+                let store = self.mem.rl();
+                let prev = store.hard_state();
+                h.term == prev.term && h.vote == prev.vote
+            });
+        if commit_only {
+            if let Some(hs) = hs {
+                self.wal.save_commit(&hard_state_to_wal(&hs))?;
+                self.mem.wl().set_hardstate(hs);
+            }
+        } else if !rd.entries().is_empty() || hs.is_some() {
             let start = Instant::now();
             let entries: Vec<ferrokv_wal::Entry> = rd.entries().iter().map(entry_to_wal).collect();
             let wal_hs = hs.as_ref().map(hard_state_to_wal);
