@@ -322,21 +322,25 @@ async fn snapshot_count_releases_wal_segments_and_restart_still_works() {
         }
     });
 
+    // One proposal at a time, each applied before the next: every append is then a single
+    // entry, so the 4 KiB segments fill and rotate (about a dozen of them, more than
+    // `max_wals`). Proposed all at once, a loaded machine batches them into a few large
+    // appends, a segment rotates only between appends, and fewer than `max_wals` segments
+    // leave nothing to release.
     const N: usize = 400;
+    let mut last = 0;
     for i in 0..N {
         handle.propose(vec![b'v'; 100 + i % 7]).await.unwrap();
-    }
-    let mut last = 0;
-    let mut seen = 0;
-    while seen < N {
-        let e = tokio::time::timeout(WAIT, applied_rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-            seen += 1;
+        loop {
+            let e = tokio::time::timeout(WAIT, applied_rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            last = e.index;
+            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                break;
+            }
         }
-        last = e.index;
     }
     // Let the node see the last durable report and snapshot.
     tokio::time::sleep(TICK * 5).await;
