@@ -70,6 +70,12 @@ pub(crate) fn start(
         applied: cfg.applied_index,
         max_size_per_msg: 1024 * 1024,
         max_inflight_msgs: 256,
+        // The loop steps every queued proposal before it builds a Ready; without batching
+        // each proposal left as its own MsgAppend to every follower (8 peer messages per put
+        // at 64 clients, each encoded, sent, stepped, fsync'd and acked). With it, the
+        // entries of one Ready go to a follower in one message, as etcd's raft does when it
+        // appends a batch of proposals.
+        batch_append: true,
         check_quorum: true,
         pre_vote: true,
         ..Default::default()
