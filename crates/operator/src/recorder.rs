@@ -129,8 +129,15 @@ impl Recorder {
                 });
                 let name = event.metadata.name.clone().unwrap_or_default();
                 let patch = serde_json::json!({ "series": event.series });
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
+                if let Err(e) = api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    // The Event may be gone (deleted, or expired on the API server): the next
+                    // one of this sentence starts a new series instead of failing the same way.
+                    cache.open.remove(&key);
+                    return Err(e);
+                }
                 cache.open.insert(
                     key,
                     Open {

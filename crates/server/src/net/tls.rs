@@ -154,7 +154,9 @@ pub fn incoming(
             let acceptor = acceptor.current();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Coalesce::new(tcp))).await {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Coalesce::new(tcp)))
+                    .await
+                {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
                     }
