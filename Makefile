@@ -38,10 +38,16 @@ deps:
 ## make test: install test dependencies, check formatting and lints, build every binary, run
 ## every test, then the kind e2e suite (installs docker.io when missing; fails, never skips,
 ## when it cannot run).
+## A clean clone gains nothing from incremental compilation, and its files take gigabytes, so
+## make test turns it off; the free disk space is printed before and after (a full disk once
+## failed a CI run).
+test: export CARGO_INCREMENTAL = 0
 test: deps lint
+	@df -h . | sed 's/^/make test: disk: /'
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 	crates/operator/e2e/run.sh
+	@df -h . | sed 's/^/make test: disk: /'; du -sh target | sed 's/^/make test: /'
 
 ## make fuzz: each cargo-fuzz target (fuzz/fuzz_targets) for FUZZ_SECONDS (default 120), growing
 ## fuzz/corpus/<target>; stable rustc via RUSTC_BOOTSTRAP. make test replays that corpus.
