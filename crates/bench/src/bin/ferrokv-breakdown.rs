@@ -50,6 +50,8 @@ enum Kind {
     TxnPut,
     RangeLinearizable,
     RangeSerializable,
+    /// `benchmark watch-latency`: put → event latency seen by every watcher of one key.
+    WatchLatency,
 }
 
 /// One load the `benchmark` tool runs.
@@ -72,13 +74,13 @@ impl Load {
     }
 
     fn writes(self) -> bool {
-        matches!(self.kind, Kind::Put | Kind::TxnPut)
+        matches!(self.kind, Kind::Put | Kind::TxnPut | Kind::WatchLatency)
     }
 }
 
 /// The 1-client and 64-client loads are the breakdown's; the others are `make bench`'s rows
 /// of the table (3 members, etcd's own client).
-const LOADS: [Load; 8] = [
+const LOADS: [Load; 9] = [
     Load::new("put, 1 client", 1, 1, Kind::Put),
     Load::new("put, 64 clients / 8 conns", 64, 8, Kind::Put),
     Load::new("put, 256 clients / 16 conns", 256, 16, Kind::Put),
@@ -106,6 +108,15 @@ const LOADS: [Load; 8] = [
         256,
         16,
         Kind::RangeLinearizable,
+    ),
+    // 10 streams of 100 watchers on one key; the tool's rate limiter sets the puts, so the
+    // row's numbers are the events' latency (from the put's response to each watcher's
+    // event) and events/s.
+    Load::new(
+        "watch latency, 1,000 watchers, 250 puts/s",
+        10,
+        10,
+        Kind::WatchLatency,
     ),
 ];
 
@@ -340,8 +351,20 @@ fn run_tool(tool: &Path, endpoint: &str, load: Load, total: u64) -> Result<ToolR
         ]),
         Kind::RangeLinearizable => cmd.args(["range", "breakdown/read", "--consistency=l"]),
         Kind::RangeSerializable => cmd.args(["range", "breakdown/read", "--consistency=s"]),
+        Kind::WatchLatency => cmd.args([
+            "watch-latency",
+            "--streams=10",
+            "--watchers-per-stream=100",
+            "--put-total=500",
+            "--put-rate=250",
+            "--key-size=8",
+            "--val-size=256",
+        ]),
     };
-    cmd.arg(total);
+    // watch-latency has no --total (its --put-total sets the load); every other command does.
+    if load.kind != Kind::WatchLatency {
+        cmd.arg(total);
+    }
     let out = cmd
         .output()
         .with_context(|| format!("running {}", tool.display()))?;
@@ -353,6 +376,12 @@ fn run_tool(tool: &Path, endpoint: &str, load: Load, total: u64) -> Result<ToolR
         );
     }
     let text = String::from_utf8_lossy(&out.stdout);
+    // watch-latency prints the puts' summary first; the row is the events'.
+    let text = match (load.kind, text.split_once("Watch events summary:")) {
+        (Kind::WatchLatency, Some((_, events))) => events.to_string(),
+        (Kind::WatchLatency, None) => bail!("benchmark {}: no watch events summary", load.label),
+        _ => text.into_owned(),
+    };
     let secs_after = |prefix: &str| -> Option<f64> {
         text.lines().find_map(|l| {
             let l = l.trim();
