@@ -108,6 +108,17 @@ pub async fn initial_check(
     let timeout = Duration::from_secs(5) + 2 * cfg.election_timeout;
     let me = format!("{member_id:x}");
     tracing::info!(local_member_id = %me, ?timeout, "starting initial corruption check");
+    // A lone member has no peer hash to compare with, and the only other thing the hash
+    // finds, `latest` disagreeing with `history`, is what the keyspace check at open has
+    // just looked for. Hashing the whole keyspace a second time would only delay the start
+    // (about 2 s of a 7 s restart with 1M keys).
+    let alone = crate::apply::membership::load(store)?
+        .iter()
+        .all(|m| m.id == member_id || m.peer_ur_ls.is_empty());
+    if alone && cfg.corrupt.verify_on_open {
+        tracing::info!(local_member_id = %me, "initial corruption checking passed; no peers to compare with, the keyspace was checked at open");
+        return Ok(());
+    }
     let h = hash_now(store, 0)
         .await
         .map_err(|e| Error::Fatal(format!("{me} failed to fetch hash ({e})")))?;
