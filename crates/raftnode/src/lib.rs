@@ -198,8 +198,7 @@ pub fn read_wal_metadata(member_dir: &Path) -> Result<Option<Vec<u8>>> {
     if !ferrokv_wal::Wal::exists(&wal_dir) {
         return Ok(None);
     }
-    let replay = ferrokv_wal::Wal::read(&wal_dir)?;
-    Ok(Some(replay.metadata))
+    Ok(Some(ferrokv_wal::Wal::read_metadata(&wal_dir)?))
 }
 
 pub(crate) fn wal_dir(member_dir: &Path) -> PathBuf {

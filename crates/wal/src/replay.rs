@@ -431,6 +431,49 @@ fn scan_etcd(seg: &SegmentInfo, buf: &[u8], is_last: bool, crc: Option<u32>) -> 
 }
 
 /// Reads and checks every segment of `dir`. Never writes.
+/// The metadata record from the head of the newest segment (every segment repeats it after
+/// its crc record), read without replaying the log. None when that segment is in the old
+/// format or holds no metadata record; the caller then replays everything.
+pub(crate) fn head_metadata(fs: &dyn FileSystem, dir: &Path) -> Result<Option<Vec<u8>>> {
+    let (all, _) = list_segments(fs, dir)?;
+    let Some(seg) = all.last() else {
+        return Err(Error::NotFound(dir.to_path_buf()));
+    };
+    let buf = fs
+        .read_file(&seg.path)
+        .map_err(io_err("read segment", &seg.path))?;
+    if is_legacy(&buf) {
+        return Ok(None);
+    }
+    let mut running = 0u32;
+    let mut off = 0usize;
+    // The crc record, then the metadata: two frames, each checked as replay checks them.
+    for _ in 0..2 {
+        let frame = record::read_frame(&buf, off).map_err(|e| corrupt(seg, off, e.reason()))?;
+        if frame.ty == record::CRC {
+            running = frame.crc;
+        } else {
+            let computed = crc32c::append(running, frame.data.unwrap_or(&[]));
+            if computed != frame.crc {
+                return Err(corrupt(
+                    seg,
+                    off,
+                    format!(
+                        "crc mismatch (stored {:08x}, computed {computed:08x})",
+                        frame.crc
+                    ),
+                ));
+            }
+            running = computed;
+        }
+        if let Record::Metadata(m) = record::decode(&frame).map_err(|r| corrupt(seg, off, r))? {
+            return Ok(Some(m));
+        }
+        off = frame.end;
+    }
+    Ok(None)
+}
+
 pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Loaded> {
     let (all, stale_tmps) = list_segments(fs, dir)?;
     if all.is_empty() {

@@ -246,6 +246,16 @@ impl Wal {
         Ok((wal, loaded.replay))
     }
 
+    /// The WAL's metadata (etcd's member and cluster ids) without replaying the log: a
+    /// restart needs the ids before raft opens the WAL, and replaying every segment twice
+    /// cost about a second and a second copy of the log in memory with 1M entries.
+    pub fn read_metadata(dir: &Path) -> Result<Vec<u8>> {
+        match replay::head_metadata(&StdFs, dir)? {
+            Some(m) => Ok(m),
+            None => Ok(Wal::read(dir)?.metadata),
+        }
+    }
+
     /// Read-only replay for tools (`ferrokv dump-logs`): no repair, no writes. A torn tail is
     /// ignored and reported through `repaired_tail`.
     pub fn read(dir: &Path) -> Result<Replay> {

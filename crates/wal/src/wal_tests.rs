@@ -837,3 +837,31 @@ fn random_operations_match_the_model_across_rotation_release_and_reopen() {
         model.check(&replay, seed, 300);
     }
 }
+
+#[test]
+fn metadata_is_read_from_the_newest_segments_head_and_checked() {
+    let (_tmp, dir) = wal_dir();
+    let mut wal = Wal::create(&dir, META, small_segments(1024)).unwrap();
+    for i in 1..=40 {
+        wal.append(&[big_entry(i)], Some(&hs(1, i))).unwrap();
+    }
+    drop(wal);
+    let files = segment_files(&dir);
+    assert!(files.len() > 2, "only {} segments", files.len());
+    assert_eq!(Wal::read_metadata(&dir).unwrap(), META);
+    assert_eq!(
+        Wal::read_metadata(&dir).unwrap(),
+        Wal::read(&dir).unwrap().metadata
+    );
+    // A flipped byte in the newest segment's metadata is refused, not returned.
+    let newest = files.last().unwrap();
+    let (start, end) = record_spans(newest)[1];
+    let mut buf = std::fs::read(newest).unwrap();
+    buf[end - 1] ^= 0x20;
+    std::fs::write(newest, &buf).unwrap();
+    let err = Wal::read_metadata(&dir).unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt { offset, .. } if offset == start as u64),
+        "{err:?}"
+    );
+}
