@@ -64,6 +64,7 @@ bench: deps
 	FERROKV_BIN=$(CURDIR)/target/release/ferrokv $(CURDIR)/target/release/ferrokv-bench --rounds 3
 	$(CURDIR)/target/release/ferrokv-microbench --rounds 3
 	FERROKV_BIN=$(CURDIR)/target/release/ferrokv $(CURDIR)/target/release/ferrokv-breakdown --rounds 3
+	FERROKV_BIN=$(CURDIR)/target/release/ferrokv $(CURDIR)/target/release/ferrokv-scale --rounds 2
 
 ## make e2e: the kind end-to-end suite alone (docs/e2e.md; the last step of make test): images and
 ## a kind node image built offline, the cluster's etcd is ferrokv; fails, never skips, when a
