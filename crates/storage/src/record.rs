@@ -28,7 +28,7 @@ pub(crate) const CHUNK: usize = 4096 - 4 - 4 - 16;
 /// chunked value when it is no longer: such records share leaf pages with their neighbours.
 pub(crate) const INLINE_MAX: usize = 2048;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Header {
     pub tombstone: bool,
     pub create_revision: i64,

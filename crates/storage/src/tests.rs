@@ -2219,6 +2219,118 @@ fn kv_hash_covers_latest_and_verify_finds_corruption() {
     check_pages(&path).unwrap();
 }
 
+/// The sequential check that runs on every start must see every kind of damage the detailed
+/// check names (else a damaged keyspace would be served), and pass a healthy one (else every
+/// start pays for the detailed check).
+#[test]
+fn the_sequential_keyspace_check_finds_what_the_detailed_one_finds() {
+    type Tamper = fn(&redb::WriteTransaction);
+    let big = "v".repeat(3 * crate::record::INLINE_MAX);
+    let big: &'static str = Box::leak(big.into_boxed_str());
+    let ops = vec![
+        Op::Grant(7),
+        Op::Put("a", "1"),
+        Op::PutLease("b", "2", 7),
+        Op::Put("c", "3"),
+        Op::Put("a", "11"),
+        Op::Put("big", big),
+        Op::Del("c", ""),
+        Op::Put("d", "4"),
+    ];
+    fn history_key_of(t: &redb::Table<HistoryKey, &'static [u8]>, key: &[u8]) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        for r in t.iter().unwrap() {
+            let (k, v) = r.unwrap();
+            let (m, s) = k.value();
+            let (_, hk, _) = crate::record::decode_history(m, s, v.value()).unwrap();
+            if hk == key {
+                out.push((m, s));
+            }
+        }
+        out
+    }
+    let cases: Vec<(&str, Tamper)> = vec![
+        ("a latest row's create revision flipped", |w| {
+            let mut t = w.open_table(LATEST).unwrap();
+            let mut row = t.get(b"a".as_slice()).unwrap().unwrap().value().to_vec();
+            row[1] ^= 0x20;
+            t.insert(b"a".as_slice(), row.as_slice()).unwrap();
+        }),
+        ("a latest row removed", |w| {
+            w.open_table(LATEST)
+                .unwrap()
+                .remove(b"d".as_slice())
+                .unwrap();
+        }),
+        ("a latest row without history", |w| {
+            let mut t = w.open_table(LATEST).unwrap();
+            let row = t.get(b"d".as_slice()).unwrap().unwrap().value().to_vec();
+            t.insert(b"dd".as_slice(), row.as_slice()).unwrap();
+        }),
+        ("the newest history record of a key removed", |w| {
+            let mut t = w.open_table(HISTORY).unwrap();
+            let revs = history_key_of(&t, b"d");
+            t.remove(revs[revs.len() - 1]).unwrap();
+        }),
+        ("an older history record of a key removed", |w| {
+            let mut t = w.open_table(HISTORY).unwrap();
+            let revs = history_key_of(&t, b"a");
+            t.remove(revs[0]).unwrap();
+        }),
+        ("a key index row removed", |w| {
+            let t = w.open_table(HISTORY).unwrap();
+            let revs = history_key_of(&t, b"a");
+            let mut i = w.open_table(KEY_INDEX).unwrap();
+            i.remove((b"a".as_slice(), revs[0].0, revs[0].1)).unwrap();
+        }),
+        ("a key index row's tombstone flag flipped", |w| {
+            let t = w.open_table(HISTORY).unwrap();
+            let revs = history_key_of(&t, b"c");
+            let mut i = w.open_table(KEY_INDEX).unwrap();
+            i.insert((b"c".as_slice(), revs[0].0, revs[0].1), true)
+                .unwrap();
+        }),
+        ("a chunk of a large value removed", |w| {
+            let mut c = w.open_table(CHUNKS).unwrap();
+            let first = c.iter().unwrap().next().unwrap().unwrap().0.value();
+            c.remove(first).unwrap();
+        }),
+        ("a lease removed", |w| {
+            w.open_table(LEASES).unwrap().remove(7).unwrap();
+        }),
+        ("a lease key list row removed", |w| {
+            w.open_table(LEASE_KEYS)
+                .unwrap()
+                .remove((7, b"b".as_slice()))
+                .unwrap();
+        }),
+        ("a lease key list row for a key not attached", |w| {
+            w.open_table(LEASE_KEYS)
+                .unwrap()
+                .insert((7, b"a".as_slice()), ())
+                .unwrap();
+        }),
+    ];
+    let (_d, healthy) = open();
+    apply(&healthy, &ops);
+    assert_eq!(healthy.sequential_problem().unwrap(), None);
+    assert!(healthy.verify().unwrap().ok());
+    for (name, tamper) in cases {
+        let (_d, s) = open();
+        apply(&s, &ops);
+        let w = s.db().begin_write().unwrap();
+        tamper(&w);
+        w.commit().unwrap();
+        let quick = s.sequential_problem().unwrap();
+        assert!(quick.is_some(), "{name}: the sequential check saw nothing");
+        let report = s.verify().unwrap();
+        assert!(
+            !report.ok(),
+            "{name}: the detailed check saw nothing ({quick:?})"
+        );
+    }
+}
+
 #[test]
 fn compaction_records_a_hash_equal_to_a_later_hash_kv() {
     let (_d, s) = open();
