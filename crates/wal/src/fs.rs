@@ -16,6 +16,12 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
     /// The whole content of a file.
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// At most the first `len` bytes of a file (replay tells a segment's format by its head).
+    fn read_head(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {
+        let mut b = self.read_file(path)?;
+        b.truncate(len);
+        Ok(b)
+    }
     /// Creates (or truncates) a file for writing from offset 0.
     fn create_file(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
     /// Opens an existing file; writes go to its end.
@@ -65,6 +71,14 @@ impl FileSystem for StdFs {
     }
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)
+    }
+    fn read_head(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut b = Vec::with_capacity(len);
+        std::fs::File::open(path)?
+            .take(len as u64)
+            .read_to_end(&mut b)?;
+        Ok(b)
     }
     fn create_file(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
         let file = OpenOptions::new()

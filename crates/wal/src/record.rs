@@ -236,13 +236,24 @@ pub(crate) fn decode(f: &Framed<'_>) -> Result<Record, String> {
     })
 }
 
-pub(crate) fn decode_entry(data: &[u8]) -> Result<Entry, String> {
-    let mut e = Entry {
+/// An entry's fields, borrowed from its record's bytes.
+pub(crate) struct EntryView<'a> {
+    pub index: u64,
+    pub term: u64,
+    pub entry_type: i32,
+    pub data: &'a [u8],
+    pub context: &'a [u8],
+}
+
+/// Parses and checks an entry without copying its data: replay checks every entry of the log
+/// but keeps only those after the snapshot.
+pub(crate) fn view_entry(data: &[u8]) -> Result<EntryView<'_>, String> {
+    let mut e = EntryView {
         index: 0,
         term: 0,
         entry_type: 0,
-        data: Vec::new(),
-        context: Vec::new(),
+        data: &[],
+        context: &[],
     };
     let mut has_data = false;
     for fl in pb::fields(data) {
@@ -252,8 +263,8 @@ pub(crate) fn decode_entry(data: &[u8]) -> Result<Entry, String> {
             1 => e.entry_type = pb::want_varint(n, &v)? as i32,
             2 => e.term = pb::want_varint(n, &v)?,
             3 => e.index = pb::want_varint(n, &v)?,
-            4 => e.data = pb::want_bytes(n, &v)?.to_vec(),
-            6 => e.context = pb::want_bytes(n, &v)?.to_vec(),
+            4 => e.data = pb::want_bytes(n, &v)?,
+            6 => e.context = pb::want_bytes(n, &v)?,
             _ => {}
         }
     }
@@ -267,6 +278,17 @@ pub(crate) fn decode_entry(data: &[u8]) -> Result<Entry, String> {
         ));
     }
     Ok(e)
+}
+
+pub(crate) fn decode_entry(data: &[u8]) -> Result<Entry, String> {
+    let v = view_entry(data)?;
+    Ok(Entry {
+        index: v.index,
+        term: v.term,
+        entry_type: v.entry_type,
+        data: v.data.to_vec(),
+        context: v.context.to_vec(),
+    })
 }
 
 /// Whether a record frame that parses and decodes starts at `off`: used to tell a torn tail

@@ -228,58 +228,104 @@ fn from_legacy(r: legacy::Record) -> Record {
     }
 }
 
+/// Where an entry's record is. Replay decides which entries it keeps before it decodes any,
+/// so the entries a snapshot covers (with the defaults, most of a long log) are checked on the
+/// way but never copied into memory.
+#[derive(Clone, Copy, Debug)]
+struct EntryAt {
+    index: u64,
+    term: u64,
+    /// Position of its segment in [`Loaded::segments`].
+    seg: usize,
+    off: usize,
+    /// The running CRC before the record: lets the second read check the bytes again.
+    crc_before: u32,
+}
+
+/// A scanned record: entries of etcd-format segments stay where they are until replay keeps
+/// them.
+enum Scan {
+    Record(Record),
+    Entry(EntryAt),
+}
+
+/// An entry replay keeps: decoded already (old-format segments), or still in its segment.
+enum Slot {
+    Decoded(Entry),
+    At(EntryAt),
+}
+
+impl Slot {
+    fn index(&self) -> u64 {
+        match self {
+            Slot::Decoded(e) => e.index,
+            Slot::At(a) => a.index,
+        }
+    }
+}
+
 /// Replay state machine over the records of all segments, in order.
 #[derive(Default)]
 struct ReplayState {
     metadata: Option<Vec<u8>>,
     hard_state: HardState,
     tracker: IndexTracker,
-    entries: Vec<Entry>,
+    entries: Vec<Slot>,
 }
 
 impl ReplayState {
-    fn apply(&mut self, rec: Record, seg: &mut SegmentInfo, offset: u64) -> Result<()> {
-        match rec {
-            Record::Crc(_) => {}
-            Record::Metadata(m) => match &self.metadata {
-                None => self.metadata = Some(m),
-                Some(first) if *first == m => {}
-                Some(_) => {
-                    return Err(Error::Corrupt {
+    fn apply(&mut self, rec: Scan, seg: &mut SegmentInfo, offset: u64) -> Result<()> {
+        let (slot, index, term) = match rec {
+            Scan::Entry(at) => (Slot::At(at), at.index, at.term),
+            Scan::Record(Record::Entry(e)) => {
+                let (index, term) = (e.index, e.term);
+                (Slot::Decoded(e), index, term)
+            }
+            Scan::Record(Record::Crc(_)) => return Ok(()),
+            Scan::Record(Record::Metadata(m)) => {
+                return match &self.metadata {
+                    None => {
+                        self.metadata = Some(m);
+                        Ok(())
+                    }
+                    Some(first) if *first == m => Ok(()),
+                    Some(_) => Err(Error::Corrupt {
                         path: seg.path.clone(),
                         offset,
                         reason: "metadata differs from the first segment's".into(),
-                    })
+                    }),
                 }
-            },
-            Record::HardState(hs) => self.hard_state = hs,
+            }
+            Scan::Record(Record::HardState(hs)) => {
+                self.hard_state = hs;
+                return Ok(());
+            }
             // etcd's empty snapshot record at the start of a new WAL: no snapshot.
-            Record::Snapshot(SnapshotMarker { index: 0, term: 0 }) => {}
-            Record::Snapshot(m) => {
+            Scan::Record(Record::Snapshot(SnapshotMarker { index: 0, term: 0 })) => return Ok(()),
+            Scan::Record(Record::Snapshot(m)) => {
                 self.tracker.on_snapshot(m);
                 let upto = self.tracker.snapshot.map_or(m.index, |s| s.index);
-                let covered = self.entries.partition_point(|e| e.index <= upto);
+                let covered = self.entries.partition_point(|e| e.index() <= upto);
                 self.entries.drain(..covered);
+                return Ok(());
             }
-            Record::Entry(e) => {
-                // Raft entries have a term >= 1. etcd's CRC does not cover the record type, so
-                // this also catches a hard state whose type byte flipped to "entry".
-                if e.term == 0 {
-                    return Err(Error::Corrupt {
-                        path: seg.path.clone(),
-                        offset,
-                        reason: format!("entry {} has term 0", e.index),
-                    });
-                }
-                seg.max_index = Some(seg.max_index.map_or(e.index, |m| m.max(e.index)));
-                let admit = self.tracker.admit(e.index)?;
-                // Either way the record replaces the entries >= its index.
-                let keep = self.entries.partition_point(|x| x.index < e.index);
-                self.entries.truncate(keep);
-                if admit == Admit::Keep {
-                    self.entries.push(e);
-                }
-            }
+        };
+        // Raft entries have a term >= 1. etcd's CRC does not cover the record type, so this
+        // also catches a hard state whose type byte flipped to "entry".
+        if term == 0 {
+            return Err(Error::Corrupt {
+                path: seg.path.clone(),
+                offset,
+                reason: format!("entry {index} has term 0"),
+            });
+        }
+        seg.max_index = Some(seg.max_index.map_or(index, |m| m.max(index)));
+        let admit = self.tracker.admit(index)?;
+        // Either way the record replaces the entries >= its index.
+        let keep = self.entries.partition_point(|x| x.index() < index);
+        self.entries.truncate(keep);
+        if admit == Admit::Keep {
+            self.entries.push(slot);
         }
         Ok(())
     }
@@ -287,7 +333,7 @@ impl ReplayState {
 
 /// What scanning one segment found.
 struct Scanned {
-    records: Vec<(u64, Record)>,
+    records: Vec<(u64, Scan)>,
     torn: Option<TornTail>,
     valid_end: u64,
     crc: u32,
@@ -351,7 +397,7 @@ fn scan_legacy(seg: &SegmentInfo, buf: &[u8], is_last: bool) -> Result<Scanned> 
                 "segment does not start with a metadata record".into(),
             ));
         }
-        records.push((off as u64, from_legacy(rec)));
+        records.push((off as u64, Scan::Record(from_legacy(rec))));
         off = frame.end;
     }
     let valid_end = torn.as_ref().map_or(buf.len() as u64, |t| t.offset);
@@ -365,7 +411,13 @@ fn scan_legacy(seg: &SegmentInfo, buf: &[u8], is_last: bool) -> Result<Scanned> 
 
 /// Scans a segment in etcd's format. `crc` is the running CRC at the end of the previous
 /// segment (None for the first one read: older segments may have been released).
-fn scan_etcd(seg: &SegmentInfo, buf: &[u8], is_last: bool, crc: Option<u32>) -> Result<Scanned> {
+fn scan_etcd(
+    seg: &SegmentInfo,
+    seg_no: usize,
+    buf: &[u8],
+    is_last: bool,
+    crc: Option<u32>,
+) -> Result<Scanned> {
     let mut records = Vec::new();
     let mut torn = None;
     let mut running = crc.unwrap_or(0);
@@ -409,8 +461,20 @@ fn scan_etcd(seg: &SegmentInfo, buf: &[u8], is_last: bool, crc: Option<u32>) -> 
                 break;
             }
         };
-        let rec = record::decode(&frame).map_err(|reason| corrupt(seg, off, reason))?;
-        if off == 0 && !matches!(rec, Record::Crc(_)) {
+        let rec = if frame.ty == record::ENTRY {
+            let e = record::view_entry(frame.data.unwrap_or(&[]))
+                .map_err(|reason| corrupt(seg, off, reason))?;
+            Scan::Entry(EntryAt {
+                index: e.index,
+                term: e.term,
+                seg: seg_no,
+                off,
+                crc_before: running,
+            })
+        } else {
+            Scan::Record(record::decode(&frame).map_err(|reason| corrupt(seg, off, reason))?)
+        };
+        if off == 0 && !matches!(rec, Scan::Record(Record::Crc(_))) {
             return Err(corrupt(
                 seg,
                 0,
@@ -492,23 +556,24 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Loaded> {
             });
         }
     }
-    let mut bufs = Vec::with_capacity(all.len());
+    // A segment's format shows in its first record, so the heads tell which segments to
+    // replay before any segment is read whole.
+    let mut heads = Vec::with_capacity(all.len());
     for seg in &all {
-        let buf = fs
-            .read_file(&seg.path)
+        let head = fs
+            .read_head(&seg.path, FORMAT_HEAD_LEN)
             .map_err(io_err("read segment", &seg.path))?;
-        bufs.push(buf);
+        heads.push(is_legacy(&head));
     }
     // An upgrade writes one etcd-format segment after the old ones, then removes them: old
     // segments before the first etcd-format one are superseded, and none may come after it.
-    let first_etcd = bufs.iter().position(|b| !is_legacy(b));
+    let first_etcd = heads.iter().position(|&l| !l);
     let legacy = first_etcd.is_none();
     let skip = first_etcd.unwrap_or(0);
     let superseded: Vec<PathBuf> = all[..skip].iter().map(|s| s.path.clone()).collect();
     let mut segments: Vec<SegmentInfo> = all[skip..].to_vec();
-    let bufs = &bufs[skip..];
     if !legacy {
-        if let Some(i) = bufs.iter().position(|b| is_legacy(b)) {
+        if let Some(i) = heads[skip..].iter().position(|&l| l) {
             return Err(Error::Corrupt {
                 path: segments[i].path.clone(),
                 offset: 0,
@@ -517,21 +582,25 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Loaded> {
         }
     }
 
-    // Pass 1 decodes everything; pass 2 applies the replay rules. Two passes because the
-    // newest snapshot marker can come after entries whose predecessors were in released
-    // segments: only with the newest marker known up front can those entries be told apart
-    // from a real gap.
-    let mut records: Vec<(usize, u64, Record)> = Vec::new();
+    // Pass 1 checks and indexes everything, one segment in memory at a time; pass 2 applies
+    // the replay rules. Two passes because the newest snapshot marker can come after entries
+    // whose predecessors were in released segments: only with the newest marker known up
+    // front can those entries be told apart from a real gap.
+    let mut records: Vec<(usize, u64, Scan)> = Vec::new();
     let mut torn = None;
     let mut last_valid_end = 0u64;
     let mut crc = None;
+    let mut last_buf = None;
     let count = segments.len();
     for (i, seg) in segments.iter().enumerate() {
         let is_last = i + 1 == count;
+        let buf = fs
+            .read_file(&seg.path)
+            .map_err(io_err("read segment", &seg.path))?;
         let scanned = if legacy {
-            scan_legacy(seg, &bufs[i], is_last)?
+            scan_legacy(seg, &buf, is_last)?
         } else {
-            scan_etcd(seg, &bufs[i], is_last, crc)?
+            scan_etcd(seg, i, &buf, is_last, crc)?
         };
         crc = Some(scanned.crc);
         records.extend(scanned.records.into_iter().map(|(off, r)| (i, off, r)));
@@ -547,6 +616,8 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Loaded> {
                     reason: "last segment has no valid record".into(),
                 });
             }
+            // The kept entries are mostly in the newest segment: keep it for pass 3.
+            last_buf = Some((i, buf));
         }
     }
 
@@ -554,7 +625,7 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Loaded> {
     let newest = records
         .iter()
         .filter_map(|(_, _, r)| match r {
-            Record::Snapshot(m) if m.index != 0 || m.term != 0 => Some(*m),
+            Scan::Record(Record::Snapshot(m)) if m.index != 0 || m.term != 0 => Some(*m),
             _ => None,
         })
         .max_by_key(|m| m.index);
@@ -564,13 +635,14 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Loaded> {
     for (i, off, rec) in records {
         state.apply(rec, &mut segments[i], off)?;
     }
+    let entries = decode_kept(fs, &segments, state.entries, last_buf)?;
     let metadata = state.metadata.unwrap_or_default();
     Ok(Loaded {
         replay: Replay {
             metadata,
             hard_state: state.hard_state,
             snapshot: state.tracker.snapshot,
-            entries: state.entries,
+            entries,
             repaired_tail: torn.is_some(),
         },
         segments,
@@ -582,6 +654,53 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Loaded> {
         legacy,
         superseded,
     })
+}
+
+/// How much of a segment's head tells its format (the old format's metadata record is 25
+/// bytes).
+const FORMAT_HEAD_LEN: usize = 4096;
+
+/// Pass 3 of [`load`]: decodes the entries replay kept, reading each of their segments once
+/// more (the newest one is still in memory). Every record is checked against the CRC pass 1
+/// verified it with, so a file that changed in between cannot slip in other bytes.
+fn decode_kept(
+    fs: &dyn FileSystem,
+    segments: &[SegmentInfo],
+    kept: Vec<Slot>,
+    mut cached: Option<(usize, Vec<u8>)>,
+) -> Result<Vec<Entry>> {
+    let mut out = Vec::with_capacity(kept.len());
+    for slot in kept {
+        let at = match slot {
+            Slot::Decoded(e) => {
+                out.push(e);
+                continue;
+            }
+            Slot::At(at) => at,
+        };
+        let seg = &segments[at.seg];
+        if cached.as_ref().map(|c| c.0) != Some(at.seg) {
+            let buf = fs
+                .read_file(&seg.path)
+                .map_err(io_err("read segment", &seg.path))?;
+            cached = Some((at.seg, buf));
+        }
+        let Some((_, buf)) = &cached else {
+            continue; // set just above
+        };
+        let changed = |why: &str| corrupt(seg, at.off, format!("entry {}: {why}", at.index));
+        let frame = record::read_frame(buf, at.off).map_err(|e| changed(&e.reason()))?;
+        let data = frame.data.unwrap_or(&[]);
+        if frame.ty != record::ENTRY || crc32c::append(at.crc_before, data) != frame.crc {
+            return Err(changed("the record changed while the wal was replayed"));
+        }
+        let e = record::decode_entry(data).map_err(|r| changed(&r))?;
+        if (e.index, e.term) != (at.index, at.term) {
+            return Err(changed("the record changed while the wal was replayed"));
+        }
+        out.push(e);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
