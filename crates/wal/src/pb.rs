@@ -29,10 +29,42 @@ pub mod crc32c {
 
     /// Continues a CRC-32C over `data`: `append(append(0, a), b) == append(0, a ++ b)`,
     /// which is how etcd chains the checksum of every WAL record onto the one before.
+    ///
+    /// Every WAL byte goes through this twice (written, then replayed at each start), so it
+    /// uses the CPU's CRC-32C instruction where there is one: the table loop manages a few
+    /// hundred MB/s, which made it most of the replay time of a 300 MB WAL.
     pub fn append(crc: u32, data: &[u8]) -> u32 {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("sse4.2") {
+            // SAFETY: the CPU has SSE4.2, checked just above.
+            return unsafe { append_sse42(crc, data) };
+        }
+        append_table(crc, data)
+    }
+
+    pub(crate) fn append_table(crc: u32, data: &[u8]) -> u32 {
         let mut c = !crc;
         for &b in data {
             c = TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+        }
+        !c
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "sse4.2")]
+    fn append_sse42(crc: u32, data: &[u8]) -> u32 {
+        use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+        let mut words = data.chunks_exact(8);
+        let mut c = u64::from(!crc);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            c = _mm_crc32_u64(c, u64::from_le_bytes(b));
+        }
+        // The instruction leaves the CRC in the low 32 bits.
+        let mut c = c as u32;
+        for &b in words.remainder() {
+            c = _mm_crc32_u8(c, b);
         }
         !c
     }
@@ -184,6 +216,18 @@ mod tests {
         assert_eq!(crc32c::checksum(b"123456789"), 0xe306_9283);
         let whole = crc32c::checksum(b"hello world");
         assert_eq!(crc32c::append(crc32c::checksum(b"hello "), b"world"), whole);
+        // The instruction path and the table agree at every length and alignment.
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
+        for start in 0..9 {
+            for end in start..data.len() {
+                let part = &data[start..end];
+                assert_eq!(
+                    crc32c::append(0x1234_5678, part),
+                    crc32c::append_table(0x1234_5678, part),
+                    "{start}..{end}"
+                );
+            }
+        }
     }
 
     #[test]
