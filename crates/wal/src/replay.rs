@@ -243,10 +243,36 @@ struct EntryAt {
 }
 
 /// A scanned record: entries of etcd-format segments stay where they are until replay keeps
-/// them.
+/// them. Pass 1 holds one of these per record of the whole WAL, so the common case (an
+/// entry) is kept small and the rare others are boxed.
 enum Scan {
-    Record(Record),
+    Record(Box<Placed>),
     Entry(EntryAt),
+}
+
+/// A record other than an etcd-format entry, and where it was.
+struct Placed {
+    seg: usize,
+    off: u64,
+    rec: Record,
+}
+
+impl Scan {
+    fn record(seg: usize, off: usize, rec: Record) -> Scan {
+        Scan::Record(Box::new(Placed {
+            seg,
+            off: off as u64,
+            rec,
+        }))
+    }
+
+    /// (segment position, offset) of the record.
+    fn place(&self) -> (usize, u64) {
+        match self {
+            Scan::Record(p) => (p.seg, p.off),
+            Scan::Entry(a) => (a.seg, a.off as u64),
+        }
+    }
 }
 
 /// An entry replay keeps: decoded already (old-format segments), or still in its segment.
@@ -275,14 +301,18 @@ struct ReplayState {
 
 impl ReplayState {
     fn apply(&mut self, rec: Scan, seg: &mut SegmentInfo, offset: u64) -> Result<()> {
+        let rec = match rec {
+            Scan::Entry(at) => Err(at),
+            Scan::Record(p) => Ok(p.rec),
+        };
         let (slot, index, term) = match rec {
-            Scan::Entry(at) => (Slot::At(at), at.index, at.term),
-            Scan::Record(Record::Entry(e)) => {
+            Err(at) => (Slot::At(at), at.index, at.term),
+            Ok(Record::Entry(e)) => {
                 let (index, term) = (e.index, e.term);
                 (Slot::Decoded(e), index, term)
             }
-            Scan::Record(Record::Crc(_)) => return Ok(()),
-            Scan::Record(Record::Metadata(m)) => {
+            Ok(Record::Crc(_)) => return Ok(()),
+            Ok(Record::Metadata(m)) => {
                 return match &self.metadata {
                     None => {
                         self.metadata = Some(m);
@@ -296,13 +326,13 @@ impl ReplayState {
                     }),
                 }
             }
-            Scan::Record(Record::HardState(hs)) => {
+            Ok(Record::HardState(hs)) => {
                 self.hard_state = hs;
                 return Ok(());
             }
             // etcd's empty snapshot record at the start of a new WAL: no snapshot.
-            Scan::Record(Record::Snapshot(SnapshotMarker { index: 0, term: 0 })) => return Ok(()),
-            Scan::Record(Record::Snapshot(m)) => {
+            Ok(Record::Snapshot(SnapshotMarker { index: 0, term: 0 })) => return Ok(()),
+            Ok(Record::Snapshot(m)) => {
                 self.tracker.on_snapshot(m);
                 let upto = self.tracker.snapshot.map_or(m.index, |s| s.index);
                 let covered = self.entries.partition_point(|e| e.index() <= upto);
@@ -333,7 +363,7 @@ impl ReplayState {
 
 /// What scanning one segment found.
 struct Scanned {
-    records: Vec<(u64, Scan)>,
+    records: Vec<Scan>,
     torn: Option<TornTail>,
     valid_end: u64,
     crc: u32,
@@ -372,7 +402,7 @@ fn torn_or_corrupt(
 }
 
 /// Scans a segment in ferrokv's previous format.
-fn scan_legacy(seg: &SegmentInfo, buf: &[u8], is_last: bool) -> Result<Scanned> {
+fn scan_legacy(seg: &SegmentInfo, seg_no: usize, buf: &[u8], is_last: bool) -> Result<Scanned> {
     let mut records = Vec::new();
     let mut torn = None;
     let mut off = 0usize;
@@ -397,7 +427,7 @@ fn scan_legacy(seg: &SegmentInfo, buf: &[u8], is_last: bool) -> Result<Scanned> 
                 "segment does not start with a metadata record".into(),
             ));
         }
-        records.push((off as u64, Scan::Record(from_legacy(rec))));
+        records.push(Scan::record(seg_no, off, from_legacy(rec)));
         off = frame.end;
     }
     let valid_end = torn.as_ref().map_or(buf.len() as u64, |t| t.offset);
@@ -472,9 +502,10 @@ fn scan_etcd(
                 crc_before: running,
             })
         } else {
-            Scan::Record(record::decode(&frame).map_err(|reason| corrupt(seg, off, reason))?)
+            let r = record::decode(&frame).map_err(|reason| corrupt(seg, off, reason))?;
+            Scan::record(seg_no, off, r)
         };
-        if off == 0 && !matches!(rec, Scan::Record(Record::Crc(_))) {
+        if off == 0 && !matches!(&rec, Scan::Record(p) if matches!(p.rec, Record::Crc(_))) {
             return Err(corrupt(
                 seg,
                 0,
@@ -482,7 +513,7 @@ fn scan_etcd(
             ));
         }
         running = next_crc;
-        records.push((off as u64, rec));
+        records.push(rec);
         off = frame.end;
     }
     let valid_end = torn.as_ref().map_or(buf.len() as u64, |t| t.offset);
@@ -586,7 +617,7 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Loaded> {
     // the replay rules. Two passes because the newest snapshot marker can come after entries
     // whose predecessors were in released segments: only with the newest marker known up
     // front can those entries be told apart from a real gap.
-    let mut records: Vec<(usize, u64, Scan)> = Vec::new();
+    let mut records: Vec<Scan> = Vec::new();
     let mut torn = None;
     let mut last_valid_end = 0u64;
     let mut crc = None;
@@ -598,12 +629,12 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Loaded> {
             .read_file(&seg.path)
             .map_err(io_err("read segment", &seg.path))?;
         let scanned = if legacy {
-            scan_legacy(seg, &buf, is_last)?
+            scan_legacy(seg, i, &buf, is_last)?
         } else {
             scan_etcd(seg, i, &buf, is_last, crc)?
         };
         crc = Some(scanned.crc);
-        records.extend(scanned.records.into_iter().map(|(off, r)| (i, off, r)));
+        records.extend(scanned.records);
         if is_last {
             torn = scanned.torn;
             last_valid_end = scanned.valid_end;
@@ -624,15 +655,19 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Loaded> {
     let mut state = ReplayState::default();
     let newest = records
         .iter()
-        .filter_map(|(_, _, r)| match r {
-            Scan::Record(Record::Snapshot(m)) if m.index != 0 || m.term != 0 => Some(*m),
+        .filter_map(|r| match r {
+            Scan::Record(p) => match p.rec {
+                Record::Snapshot(m) if m.index != 0 || m.term != 0 => Some(m),
+                _ => None,
+            },
             _ => None,
         })
         .max_by_key(|m| m.index);
     if let Some(m) = newest {
         state.tracker.on_snapshot(m);
     }
-    for (i, off, rec) in records {
+    for rec in records {
+        let (i, off) = rec.place();
         state.apply(rec, &mut segments[i], off)?;
     }
     let entries = decode_kept(fs, &segments, state.entries, last_buf)?;
