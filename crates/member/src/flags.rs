@@ -335,6 +335,10 @@ struct MemberArgs {
     /// Raise alarms when backend size exceeds the given quota (0 defaults to low space quota).
     #[arg(long = "quota-backend-bytes")]
     quota_backend_bytes: Option<String>,
+    /// ferrokv: bytes of the keyspace file kept in the member's own page cache (default
+    /// 67108864); pages beyond it are read from the kernel's page cache.
+    #[arg(long = "keyspace-cache-bytes")]
+    keyspace_cache_bytes: Option<String>,
     /// Maximum client request size in bytes the server will accept.
     #[arg(long = "max-request-bytes")]
     max_request_bytes: Option<String>,
@@ -900,6 +904,12 @@ fn build_serve(m: MemberArgs) -> Result<Serve> {
 
     if let Some(v) = &m.quota_backend_bytes {
         cfg.quota_backend_bytes = parse_u64("quota-backend-bytes", v)?;
+    }
+    if let Some(v) = &m.keyspace_cache_bytes {
+        let n = parse_u64("keyspace-cache-bytes", v)?;
+        cfg.keyspace_cache_bytes = usize::try_from(n).map_err(|_| {
+            Error::invalid("keyspace-cache-bytes", v, "is too large for this machine")
+        })?;
     }
     if let Some(v) = &m.max_request_bytes {
         let n = parse_u64("max-request-bytes", v)?;
@@ -1854,6 +1864,9 @@ mod tests {
             }),
             (&["--election-timeout=50000"], |s| {
                 s.config.election_timeout == Duration::from_millis(50_000)
+            }),
+            (&["--keyspace-cache-bytes=1048576"], |s| {
+                s.config.keyspace_cache_bytes == 1 << 20
             }),
             (&["--quota-backend-bytes=8589934592"], |s| {
                 s.config.quota_backend_bytes == 8 << 30

@@ -58,6 +58,8 @@ pub struct Config {
     pub election_timeout: Duration,
     /// 0 = the default quota (2 GiB, as etcd).
     pub quota_backend_bytes: u64,
+    /// `--keyspace-cache-bytes` (ferrokv's own): redb's page cache of the keyspace file.
+    pub keyspace_cache_bytes: usize,
     pub max_request_bytes: usize,
     pub auto_compaction: Option<AutoCompaction>,
     pub client_tls: TlsFiles,
@@ -221,6 +223,7 @@ impl Config {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             quota_backend_bytes: 0,
+            keyspace_cache_bytes: ferrokv_storage::DEFAULT_CACHE_BYTES,
             max_request_bytes: 1536 * 1024,
             auto_compaction: None,
             client_tls: TlsFiles::default(),

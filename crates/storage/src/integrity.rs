@@ -596,6 +596,8 @@ pub fn check_pages(path: &Path) -> Result<bool> {
     let repaired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = repaired.clone();
     let mut builder = redb::Builder::new();
+    // Every page is read once: redb's default cache (1 GiB) would only keep them resident.
+    builder.set_cache_size(crate::SCAN_CACHE_BYTES);
     builder.set_repair_callback(move |_| flag.store(true, std::sync::atomic::Ordering::Relaxed));
     let corrupt = |m: String| Error::Corrupt(format!("redb integrity check failed: {m}"));
     let mut db = match builder.open(path) {

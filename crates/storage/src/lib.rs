@@ -142,7 +142,24 @@ pub struct Store {
     applied: Mutex<(u64, u64)>,
     /// HashKV right after each recent compaction, for the compaction-time check.
     compaction_hashes: Mutex<VecDeque<KvHash>>,
+    /// redb's page cache for this file (kept for the file a defragment swaps in).
+    cache_bytes: usize,
+    /// The last measure of the bytes in use and when it was taken (see [`Store::db_size`]).
+    in_use: Mutex<Option<(std::time::Instant, i64)>>,
 }
+
+/// How long a measure of the bytes in use is served before it is taken again. Measuring
+/// walks every page of every table (half a second at 1M keys), and Status and each metrics
+/// scrape ask for it; a defragment or a restore measures again at once.
+const IN_USE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The default of [`Store::open_tuned`]'s page cache: most of a member's memory. redb's own
+/// default (1 GiB) holds a keyspace of 1M keys whole in the process; with a bounded cache the
+/// pages beyond it are read from the kernel's page cache, where etcd's mmap reads them too.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// The cache of a file read once from front to back (a snapshot copied in, the page check).
+pub(crate) const SCAN_CACHE_BYTES: usize = 16 << 20;
 
 type MetaTable = ReadOnlyTable<&'static str, &'static [u8]>;
 
@@ -157,6 +174,11 @@ impl Store {
     /// shutdown left, as a plain open does), then the logical check ([`Store::verify`]). A
     /// file that fails either is refused with `Corrupt`, so a damaged member never serves.
     pub fn open_with(path: &Path, verify: bool) -> Result<Store> {
+        Store::open_tuned(path, verify, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open_with`] with a page cache of `cache_bytes` (`--keyspace-cache-bytes`).
+    pub fn open_tuned(path: &Path, verify: bool, cache_bytes: usize) -> Result<Store> {
         if verify && path.exists() && !check_pages(path)? {
             tracing::warn!(path = %path.display(), "redb repaired the keyspace file on open (unclean shutdown)");
         }
@@ -166,7 +188,7 @@ impl Store {
             tracing::warn!(path = %tmp.display(), "removing the copy of an interrupted defragment");
             std::fs::remove_file(&tmp)?;
         }
-        let db = create_db(path)?;
+        let db = create_db_cached(path, cache_bytes)?;
         // Create every table up front so read transactions never see a missing table, and
         // bring a file of an older layout to the current one (one transaction: a crash in
         // the middle leaves the old file as it was, and the next open migrates again).
@@ -193,6 +215,8 @@ impl Store {
             compacted: AtomicI64::new(compacted),
             applied: Mutex::new(applied),
             compaction_hashes: Mutex::new(VecDeque::new()),
+            cache_bytes,
+            in_use: Mutex::new(None),
         };
         if verify {
             let report = store.verify()?;
@@ -305,8 +329,9 @@ impl Store {
         if let Some(dir) = self.path.parent() {
             std::fs::File::open(dir)?.sync_all()?;
         }
-        let db = create_db(&self.path)?;
+        let db = create_db_cached(&self.path, self.cache_bytes)?;
         *self.db.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(db);
+        self.remeasure_in_use();
         let after = self.file_size()?;
         tracing::info!(path = %self.path.display(), before, after, "defragmented keyspace");
         Ok((before, after))
@@ -535,6 +560,24 @@ impl Store {
     /// so it never waits for the writer.
     pub fn db_size(&self) -> Result<(i64, i64)> {
         let file = std::fs::metadata(&self.path)?.len();
+        let file = i64::try_from(file).unwrap_or(i64::MAX);
+        let mut last = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, in_use)) = *last {
+            if at.elapsed() < IN_USE_MAX_AGE {
+                return Ok((file, in_use.min(file)));
+            }
+        }
+        let in_use = self.measure_in_use()?;
+        *last = Some((std::time::Instant::now(), in_use));
+        Ok((file, in_use.min(file)))
+    }
+
+    /// Forgets the last measure of the bytes in use: the file was replaced.
+    fn remeasure_in_use(&self) {
+        *self.in_use.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn measure_in_use(&self) -> Result<i64> {
         // Held while the transaction lives: a defragment may swap the file meanwhile.
         let db = self.db();
         let rtx = db.begin_read()?;
@@ -551,10 +594,7 @@ impl Store {
             + used(&rtx.open_table(LEASES)?)?
             + used(&rtx.open_table(LEASE_KEYS)?)?
             + used(&rtx.open_table(META)?)?;
-        Ok((
-            i64::try_from(file).unwrap_or(i64::MAX),
-            i64::try_from(in_use.min(file)).unwrap_or(i64::MAX),
-        ))
+        Ok(i64::try_from(in_use).unwrap_or(i64::MAX))
     }
 
     /// Per keyspace table: where the file's bytes go.
@@ -627,7 +667,11 @@ impl Store {
     /// keyspace or the new one. Returns the applied (index, term) the snapshot carries.
     pub fn restore_from(&self, src: &Path) -> Result<(u64, u64)> {
         let bad = |e: &dyn std::fmt::Display| Error::BadSnapshot(format!("{}: {e}", src.display()));
-        let from = Database::open(src).map_err(|e| bad(&e))?;
+        // Read once, front to back: a large cache would only hold the copied pages.
+        let from = redb::Builder::new()
+            .set_cache_size(SCAN_CACHE_BYTES)
+            .open(src)
+            .map_err(|e| bad(&e))?;
         let rtx = from.begin_read().map_err(|e| bad(&e))?;
         let _gate = self.write_gate.write().unwrap_or_else(|e| e.into_inner());
         // Held while the transaction lives: a defragment may swap the file meanwhile.
@@ -662,6 +706,7 @@ impl Store {
         };
         wtx.set_durability(redb::Durability::Immediate)?;
         wtx.commit()?;
+        self.remeasure_in_use();
         self.publish(revision, compacted, Some(applied));
         tracing::info!(
             src = %src.display(),
@@ -703,6 +748,10 @@ static EMPTY_DB: &[u8] = include_bytes!("empty.redb");
 
 /// Opens or creates a keyspace file; a new one (missing or empty) starts as [`EMPTY_DB`].
 pub(crate) fn create_db(path: &Path) -> Result<Database> {
+    create_db_cached(path, DEFAULT_CACHE_BYTES)
+}
+
+fn create_db_cached(path: &Path, cache_bytes: usize) -> Result<Database> {
     let fresh = match std::fs::metadata(path) {
         Ok(m) => m.len() == 0,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
@@ -725,7 +774,9 @@ pub(crate) fn create_db(path: &Path) -> Result<Database> {
             std::fs::File::open(dir)?.sync_all()?;
         }
     }
-    Ok(Database::create(path)?)
+    Ok(redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create(path)?)
 }
 
 /// Where a defragment writes its copy before renaming it over the keyspace file.

@@ -32,9 +32,10 @@ pub(super) fn open_storage(cfg: &Config) -> Result<Arc<Store>> {
     let layout = cfg.layout();
     std::fs::create_dir_all(layout.snap())?;
     layout.remove_stale_scratch();
-    Ok(Arc::new(Store::open_with(
+    Ok(Arc::new(Store::open_tuned(
         &layout.db(),
         cfg.corrupt.verify_on_open,
+        cfg.keyspace_cache_bytes,
     )?))
 }
 
