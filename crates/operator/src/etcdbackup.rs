@@ -51,14 +51,35 @@ fn status(phase: BackupPhase, message: Option<String>) -> EtcdBackupStatus {
     }
 }
 
+fn finished(b: &EtcdBackup) -> bool {
+    let phase = b.status.as_ref().and_then(|s| s.phase);
+    matches!(phase, Some(BackupPhase::Succeeded | BackupPhase::Failed))
+}
+
 /// One reconcile of one `EtcdBackup`.
 pub async fn reconcile(b: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action> {
-    let phase = b.status.as_ref().and_then(|s| s.phase);
-    if matches!(phase, Some(BackupPhase::Succeeded | BackupPhase::Failed)) {
+    if finished(&b) {
         return Ok(Action::await_change());
     }
     let ns = b.namespace().unwrap_or_default();
     let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    // The watch cache can lag our own status writes: the reconcile queued by the `Running`
+    // patch may start after the `Succeeded` patch with the cached object still `Running`, and
+    // would take the backup a second time. The API server's copy is what decides.
+    let fresh = api
+        .get_opt(&b.name_any())
+        .await
+        .map_err(|source| Error::Kube {
+            op: format!("get EtcdBackup {}", b.name_any()),
+            source,
+        })?;
+    let Some(fresh) = fresh else {
+        return Ok(Action::await_change());
+    };
+    if finished(&fresh) {
+        return Ok(Action::await_change());
+    }
+    let b = Arc::new(fresh);
     let clusters: Api<EtcdCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let name = &b.spec.cluster_name;
     let ec = clusters.get_opt(name).await.map_err(|source| Error::Kube {
