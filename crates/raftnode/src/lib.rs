@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use handle::RaftHandle;
+pub use node::PreparedLog;
 pub use raft::eraftpb;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -167,7 +168,7 @@ pub fn start(
     tokio::sync::mpsc::Receiver<Committed>,
     std::thread::JoinHandle<Result<()>>,
 )> {
-    node::start(cfg, transport, ferrokv_wal::WalOptions::default())
+    node::start(cfg, transport, ferrokv_wal::WalOptions::default(), None)
 }
 
 /// [`start`] with explicit WAL options: the segment size, or a fault-injecting file system
@@ -182,7 +183,34 @@ pub fn start_with_wal_options(
     tokio::sync::mpsc::Receiver<Committed>,
     std::thread::JoinHandle<Result<()>>,
 )> {
-    node::start(cfg, transport, wal_options)
+    node::start(cfg, transport, wal_options, None)
+}
+
+/// Opens and replays the WAL under `member_dir/wal` without starting raft, so that the
+/// member can do it on another thread while it checks its keyspace (the two are the
+/// longest steps of a restart and touch different files). `Ok(None)`: there is no WAL yet.
+/// Hand the result to [`start_prepared`].
+pub fn prepare_log(
+    member_dir: &Path,
+    wal_options: ferrokv_wal::WalOptions,
+) -> Result<Option<PreparedLog>> {
+    node::prepare_log(member_dir, wal_options)
+}
+
+/// [`start_with_wal_options`] with the WAL [`prepare_log`] opened; `wal_options` then only
+/// matter when `prepared` is `None`.
+#[allow(clippy::type_complexity)]
+pub fn start_prepared(
+    cfg: NodeConfig,
+    transport: Arc<dyn Transport>,
+    wal_options: ferrokv_wal::WalOptions,
+    prepared: Option<PreparedLog>,
+) -> Result<(
+    RaftHandle,
+    tokio::sync::mpsc::Receiver<Committed>,
+    std::thread::JoinHandle<Result<()>>,
+)> {
+    node::start(cfg, transport, wal_options, prepared)
 }
 
 /// The metadata (index, term, configuration) of the newest readable `member/snap/*.snap`

@@ -4,7 +4,7 @@
 //! The loop order follows raft-rs `examples/five_mem_node` and etcd's raft node; each ordering
 //! rule is written next to the code that keeps it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -50,16 +50,43 @@ struct OpenedLog {
     conf_replay: Vec<Entry>,
 }
 
+/// A WAL opened and replayed ahead of [`start`] (see [`crate::prepare_log`]).
+#[derive(Debug)]
+pub struct PreparedLog {
+    wal: Wal,
+    replay: ferrokv_wal::Replay,
+}
+
+/// The snap dir brought to etcd's file format, then the WAL opened and replayed; `None` when
+/// there is no WAL yet (a first boot creates it in [`start`]).
+pub(crate) fn prepare_log(
+    member_dir: &Path,
+    wal_options: WalOptions,
+) -> Result<Option<PreparedLog>> {
+    let wal_dir = wal_dir(member_dir);
+    if !Wal::exists(&wal_dir) {
+        return Ok(None);
+    }
+    // Files of ferrokv's previous formats become etcd's before anything else reads them.
+    snapfile::upgrade_dir(&snap_dir(member_dir))?;
+    let (wal, replay) = Wal::open(&wal_dir, wal_options)?;
+    if replay.repaired_tail {
+        tracing::warn!(dir = %wal_dir.display(), "wal: cut off a torn record at the tail");
+    }
+    Ok(Some(PreparedLog { wal, replay }))
+}
+
 pub(crate) fn start(
     cfg: NodeConfig,
     transport: Arc<dyn Transport>,
     wal_options: WalOptions,
+    prepared: Option<PreparedLog>,
 ) -> Result<(
     RaftHandle,
     tokio::sync::mpsc::Receiver<Committed>,
     std::thread::JoinHandle<Result<()>>,
 )> {
-    let opened = open_log(&cfg, wal_options)?;
+    let opened = open_log(&cfg, wal_options, prepared)?;
 
     let raft_cfg = Config {
         id: cfg.id,
@@ -148,18 +175,20 @@ pub(crate) fn start(
 }
 
 /// Opens the WAL (or bootstraps a new one) and rebuilds the in-memory raft log from it.
-fn open_log(cfg: &NodeConfig, wal_options: WalOptions) -> Result<OpenedLog> {
-    let wal_dir = wal_dir(&cfg.member_dir);
-    if !Wal::exists(&wal_dir) {
-        return bootstrap(cfg, wal_options);
-    }
+fn open_log(
+    cfg: &NodeConfig,
+    wal_options: WalOptions,
+    prepared: Option<PreparedLog>,
+) -> Result<OpenedLog> {
+    let prepared = match prepared {
+        Some(p) => p,
+        None => match prepare_log(&cfg.member_dir, wal_options.clone())? {
+            Some(p) => p,
+            None => return bootstrap(cfg, wal_options),
+        },
+    };
     let snap_dir = snap_dir(&cfg.member_dir);
-    // Files of ferrokv's previous formats become etcd's before anything else reads them.
-    snapfile::upgrade_dir(&snap_dir)?;
-    let (wal, replay) = Wal::open(&wal_dir, wal_options)?;
-    if replay.repaired_tail {
-        tracing::warn!(dir = %wal_dir.display(), "wal: cut off a torn record at the tail");
-    }
+    let PreparedLog { wal, replay } = prepared;
 
     let mem = MemStorage::new();
     let (snap_index, snap_term, snap_conf) = match replay.snapshot {

@@ -10,8 +10,8 @@ use ferrokv_raftnode::eraftpb::{
     ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message,
 };
 use ferrokv_raftnode::{
-    read_wal_metadata, start, start_with_wal_options, Committed, Error, NodeConfig, RaftHandle,
-    RaftStatus, Transport,
+    prepare_log, read_wal_metadata, start, start_prepared, start_with_wal_options, Committed,
+    Error, NodeConfig, RaftHandle, RaftStatus, Transport,
 };
 use ferrokv_wal::{FaultFs, WalOptions};
 use tokio::sync::mpsc;
@@ -121,6 +121,10 @@ async fn single_node_commits_concurrent_proposals_in_order_and_replays_after_res
     let dir = tempfile::tempdir().unwrap();
     let member = ferrokv_datadir::DataDir::new(dir.path()).member();
     assert_eq!(read_wal_metadata(&member).unwrap(), None);
+    // No WAL yet: nothing to replay ahead, and the first start creates it.
+    assert!(prepare_log(&member, WalOptions::default())
+        .unwrap()
+        .is_none());
 
     let (handle, mut committed, thread) =
         start(config(1, &member, &[1]), Arc::new(NoPeers)).unwrap();
@@ -186,11 +190,19 @@ async fn single_node_commits_concurrent_proposals_in_order_and_replays_after_res
     );
 
     // Restart as if storage had applied (durably) up to k: exactly the entries after k come out
-    // again, in order, with the same contents.
+    // again, in order, with the same contents. The WAL is replayed ahead, on another thread,
+    // as a member does while it checks its keyspace.
     let k = entries[entries.len() / 2].index;
     let mut cfg = config(1, &member, &[1]);
     cfg.applied_index = k;
-    let (handle, mut committed, thread) = start(cfg, Arc::new(NoPeers)).unwrap();
+    let dir_for_replay = member.clone();
+    let prepared =
+        std::thread::spawn(move || prepare_log(&dir_for_replay, WalOptions::default()).unwrap())
+            .join()
+            .unwrap();
+    assert!(prepared.is_some());
+    let (handle, mut committed, thread) =
+        start_prepared(cfg, Arc::new(NoPeers), WalOptions::default(), prepared).unwrap();
     let replayed = collect_until(&mut committed, |e| {
         e.last().is_some_and(|l| l.index >= last)
     })

@@ -179,7 +179,18 @@ impl Store {
 
     /// [`Store::open_with`] with a page cache of `cache_bytes` (`--keyspace-cache-bytes`).
     pub fn open_tuned(path: &Path, verify: bool, cache_bytes: usize) -> Result<Store> {
-        if verify && path.exists() && !check_pages(path)? {
+        let store = Store::open_pages_checked(path, verify, cache_bytes)?;
+        if verify {
+            store.check_keyspace()?;
+        }
+        Ok(store)
+    }
+
+    /// The first half of [`Store::open_tuned`]: redb's page checksums (when `check`),
+    /// the open and the migration, without the keyspace check. The file is locked from here
+    /// on, so a member can replay its WAL while it runs [`Store::check_keyspace`].
+    pub fn open_pages_checked(path: &Path, check: bool, cache_bytes: usize) -> Result<Store> {
+        if check && path.exists() && !check_pages(path)? {
             tracing::warn!(path = %path.display(), "redb repaired the keyspace file on open (unclean shutdown)");
         }
         // A defragment interrupted before its rename leaves its half-written copy behind.
@@ -218,23 +229,28 @@ impl Store {
             cache_bytes,
             in_use: Mutex::new(None),
         };
-        if verify {
-            let report = store.verify()?;
-            if !report.ok() {
-                return Err(Error::Corrupt(format!(
-                    "{} failed the keyspace check: {}{}",
-                    path.display(),
-                    report.problems.join("; "),
-                    if report.more_problems > 0 {
-                        format!(" (and {} more)", report.more_problems)
-                    } else {
-                        String::new()
-                    }
-                )));
-            }
-            tracing::info!(path = %path.display(), keys = report.keys, "keyspace check passed");
-        }
         Ok(store)
+    }
+
+    /// The keyspace check of [`Store::open_tuned`]: every record against the indexes; a
+    /// problem is [`Error::Corrupt`] naming what was found.
+    pub fn check_keyspace(&self) -> Result<()> {
+        let path = &self.path;
+        let report = self.verify()?;
+        if !report.ok() {
+            return Err(Error::Corrupt(format!(
+                "{} failed the keyspace check: {}{}",
+                path.display(),
+                report.problems.join("; "),
+                if report.more_problems > 0 {
+                    format!(" (and {} more)", report.more_problems)
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        tracing::info!(path = %path.display(), keys = report.keys, "keyspace check passed");
+        Ok(())
     }
 
     pub fn current_revision(&self) -> i64 {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::net::tls::Acceptor;
 use ferrokv_proto::ferrokvpb::{Attributes, ClusterMemberAttrSetRequest};
-use ferrokv_raftnode::{Committed, NodeConfig, RaftHandle};
+use ferrokv_raftnode::{Committed, NodeConfig, PreparedLog, RaftHandle};
 use ferrokv_storage::Store;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -27,16 +27,55 @@ use crate::peer::{peer_client_tls, PeerTransport, SnapshotSource};
 use crate::stop::until_stopped;
 use crate::watch::WatchHub;
 
-/// Step 1: the data dir (`<data-dir>/member/{wal,snap/db}`) and the keyspace in it.
-pub(super) fn open_storage(cfg: &Config) -> Result<Arc<Store>> {
+/// The opened keyspace and, on a restart, the WAL replayed beside its check.
+pub(super) struct Storage {
+    pub store: Arc<Store>,
+    pub log: Option<PreparedLog>,
+}
+
+/// Step 1: the data dir (`<data-dir>/member/{wal,snap/db}`), the keyspace in it and its
+/// check, and the WAL opened and replayed on another thread meanwhile.
+pub(super) fn open_storage(cfg: &Config, metrics: &Arc<Metrics>) -> Result<Storage> {
     let layout = cfg.layout();
     std::fs::create_dir_all(layout.snap())?;
     layout.remove_stale_scratch();
-    Ok(Arc::new(Store::open_tuned(
+    // The keyspace is opened (and so locked) before the WAL is touched: a second process
+    // started on this data dir fails at redb's lock and never reaches the WAL's tail repair.
+    let store = Store::open_pages_checked(
         &layout.db(),
         cfg.corrupt.verify_on_open,
         cfg.keyspace_cache_bytes,
-    )?))
+    )?;
+    // The keyspace check and the WAL replay are a restart's two longest steps (about 1.7 s
+    // and 0.7 s with 1M keys), both mostly CPU, and they read different files.
+    let member_dir = cfg.member_dir();
+    let options = wal_options(cfg, metrics);
+    let replay = std::thread::Builder::new()
+        .name("ferrokv-wal-open".into())
+        .spawn(move || ferrokv_raftnode::prepare_log(&member_dir, options))?;
+    let checked = if cfg.corrupt.verify_on_open {
+        store.check_keyspace()
+    } else {
+        Ok(())
+    };
+    // Joined before either result is looked at, so a failed start leaves no thread that
+    // still holds the WAL open.
+    let log = replay
+        .join()
+        .map_err(|_| Error::Fatal("the WAL replay thread panicked".into()))?;
+    checked?;
+    Ok(Storage {
+        store: Arc::new(store),
+        log: log?,
+    })
+}
+
+fn wal_options(cfg: &Config, metrics: &Arc<Metrics>) -> ferrokv_wal::WalOptions {
+    ferrokv_wal::WalOptions {
+        observer: Arc::new(WalMetrics(metrics.clone())),
+        segment_bytes: cfg.wal_segment_bytes,
+        ..ferrokv_wal::WalOptions::default()
+    }
 }
 
 /// Every bound socket, with the TLS config of the https ones.
@@ -97,10 +136,13 @@ pub(super) struct Raft {
 }
 
 /// Step 4: the peer transport (to the replicated member list, or the bootstrap flags) and
-/// the raft node on its thread; the thread's end while we are not stopping is fatal.
+/// the raft node on its thread, on the WAL step 1 replayed; the thread's end while we are
+/// not stopping is fatal.
 pub(super) fn start_raft(
     cfg: &Config,
     store: &Arc<Store>,
+    log: Option<PreparedLog>,
+    metrics: Arc<Metrics>,
     id: &Identity,
     signals: &Signals,
 ) -> Result<Raft> {
@@ -143,20 +185,18 @@ pub(super) fn start_raft(
         .filter(|m| m.id != id.member_id)
         .map(|m| (m.id, m.peer_ur_ls.clone()))
         .collect();
-    let metrics = Arc::new(Metrics::new(cfg.metrics_extensive));
     let transport = Arc::new(PeerTransport::start(
         peers,
         signals.stop_rx.clone(),
         peer_client_tls(&cfg.peer_tls)?,
         metrics.clone(),
     ));
-    let wal_options = ferrokv_wal::WalOptions {
-        observer: Arc::new(WalMetrics(metrics.clone())),
-        segment_bytes: cfg.wal_segment_bytes,
-        ..ferrokv_wal::WalOptions::default()
-    };
-    let (handle, committed, raft_thread) =
-        ferrokv_raftnode::start_with_wal_options(node_cfg, transport.clone(), wal_options)?;
+    let (handle, committed, raft_thread) = ferrokv_raftnode::start_prepared(
+        node_cfg,
+        transport.clone(),
+        wal_options(cfg, &metrics),
+        log,
+    )?;
     transport.set_raft(handle.clone());
     let fatal_tx = signals.fatal_tx.clone();
     std::thread::Builder::new()

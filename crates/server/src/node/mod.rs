@@ -1,7 +1,8 @@
 //! Member start-up, serving and shutdown. [`Member::start`] runs the bootstrap steps in
 //! order, each a function of its own module:
 //!
-//! 1. [`bootstrap::open_storage`]: the data dir and the keyspace;
+//! 1. [`bootstrap::open_storage`]: the data dir, the keyspace and its check, with the WAL
+//!    replayed on another thread meanwhile;
 //! 2. [`discovery::discover`] (first boot with discovery flags only): the initial cluster
 //!    from a v3 or v2 discovery service; then [`identity::recover_identity`]: member id,
 //!    cluster id, first member list;
@@ -75,7 +76,9 @@ impl Member {
     /// Opens/creates the data dir, starts raft, the apply loop, the gRPC servers on every
     /// listen URL and the HTTP endpoints.
     pub async fn start(mut cfg: Config) -> Result<Member> {
-        let store = bootstrap::open_storage(&cfg)?;
+        // Created first: the WAL reports into it from its open in step 1.
+        let metrics = Arc::new(crate::metrics::Metrics::new(cfg.metrics_extensive));
+        let bootstrap::Storage { store, log } = bootstrap::open_storage(&cfg, &metrics)?;
         // etcd's "have WAL": only a first boot runs discovery.
         let has_wal = ferrokv_wal::Wal::exists(&cfg.layout().wal());
         discovery::discover(&mut cfg, has_wal).await?;
@@ -107,7 +110,7 @@ impl Member {
             request_tx: Arc::new(watch::channel(false).0),
             fatal_tx,
         };
-        let raft = bootstrap::start_raft(&cfg, &store, &id, &signals)?;
+        let raft = bootstrap::start_raft(&cfg, &store, log, metrics, &id, &signals)?;
         let mut tasks = Vec::new();
         let applied = bootstrap::start_apply(&cfg, store, &id, raft, &signals, &mut tasks)?;
         let core = applied.core.clone();
