@@ -36,6 +36,14 @@ pub use raft::eraftpb;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A started node: its handle, the committed entries for the apply loop, and the raft
+/// thread, which ends with Err on a fatal error (WAL write/fsync failure).
+pub type StartedNode = (
+    RaftHandle,
+    tokio::sync::mpsc::Receiver<Committed>,
+    std::thread::JoinHandle<Result<()>>,
+);
+
 /// Everything that can go wrong in the raft node.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -159,30 +167,17 @@ impl Progress {
 /// Opens or creates the WAL under `member_dir/wal`, rebuilds the raft log, starts the node on
 /// its own OS thread. The JoinHandle ends with Err on a fatal error (WAL write/fsync failure):
 /// the member must then exit (fail-stop).
-#[allow(clippy::type_complexity)]
-pub fn start(
-    cfg: NodeConfig,
-    transport: Arc<dyn Transport>,
-) -> Result<(
-    RaftHandle,
-    tokio::sync::mpsc::Receiver<Committed>,
-    std::thread::JoinHandle<Result<()>>,
-)> {
+pub fn start(cfg: NodeConfig, transport: Arc<dyn Transport>) -> Result<StartedNode> {
     node::start(cfg, transport, ferrokv_wal::WalOptions::default(), None)
 }
 
 /// [`start`] with explicit WAL options: the segment size, or a fault-injecting file system
 /// (tests of fail-stop here and in the server).
-#[allow(clippy::type_complexity)]
 pub fn start_with_wal_options(
     cfg: NodeConfig,
     transport: Arc<dyn Transport>,
     wal_options: ferrokv_wal::WalOptions,
-) -> Result<(
-    RaftHandle,
-    tokio::sync::mpsc::Receiver<Committed>,
-    std::thread::JoinHandle<Result<()>>,
-)> {
+) -> Result<StartedNode> {
     node::start(cfg, transport, wal_options, None)
 }
 
@@ -199,17 +194,12 @@ pub fn prepare_log(
 
 /// [`start_with_wal_options`] with the WAL [`prepare_log`] opened; `wal_options` then only
 /// matter when `prepared` is `None`.
-#[allow(clippy::type_complexity)]
 pub fn start_prepared(
     cfg: NodeConfig,
     transport: Arc<dyn Transport>,
     wal_options: ferrokv_wal::WalOptions,
     prepared: Option<PreparedLog>,
-) -> Result<(
-    RaftHandle,
-    tokio::sync::mpsc::Receiver<Committed>,
-    std::thread::JoinHandle<Result<()>>,
-)> {
+) -> Result<StartedNode> {
     node::start(cfg, transport, wal_options, prepared)
 }
 

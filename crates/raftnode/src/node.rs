@@ -81,11 +81,7 @@ pub(crate) fn start(
     transport: Arc<dyn Transport>,
     wal_options: WalOptions,
     prepared: Option<PreparedLog>,
-) -> Result<(
-    RaftHandle,
-    tokio::sync::mpsc::Receiver<Committed>,
-    std::thread::JoinHandle<Result<()>>,
-)> {
+) -> Result<crate::StartedNode> {
     let opened = open_log(&cfg, wal_options, prepared)?;
 
     let raft_cfg = Config {
