@@ -1,6 +1,8 @@
 //! Measures the keyspace file for a put workload and times reads, to compare layouts:
 //! `cargo run --release -p ferrokv-storage --example sizebench -- <keys> <key bytes> <value bytes> [puts per batch] [batches per sync]`.
 //! Keys are `key-<n>` zero-padded to the key size, values pseudo-random (incompressible).
+//! `KEYS=varint` makes them as etcd's `benchmark put --sequential-keys` does (the zigzag varint
+//! of n, zero-padded): in key order they land all over the key space, as in `ferrokv-scale`.
 
 use ferrokv_proto::etcdserverpb as pb;
 use ferrokv_storage::Store;
@@ -17,7 +19,23 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("db");
     let store = Store::open(&path).expect("open");
-    let key = |i: usize| format!("key-{i:0>w$}", w = ksz.saturating_sub(4)).into_bytes();
+    let varint = std::env::var("KEYS").is_ok_and(|k| k == "varint");
+    let key = |i: usize| {
+        if varint {
+            let mut k = vec![0u8; ksz];
+            let mut v = (i as u64) << 1;
+            let mut at = 0;
+            while v >= 0x80 {
+                k[at] = (v as u8) | 0x80;
+                v >>= 7;
+                at += 1;
+            }
+            k[at] = v as u8;
+            k
+        } else {
+            format!("key-{i:0>w$}", w = ksz.saturating_sub(4)).into_bytes()
+        }
+    };
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut value = vec![0u8; vsz];
     let t = Instant::now();
