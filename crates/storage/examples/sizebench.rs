@@ -121,6 +121,11 @@ fn main() {
         "range limit 100: {:.2} us/op",
         t.elapsed().as_secs_f64() * 1e6 / pages as f64
     );
+    if varint {
+        // key(i)..key(i + 1000) spans 1000 keys only when the keys sort as their numbers do.
+        println!("range of 1000 keys: not timed with KEYS=varint (the keys are out of order)");
+        return;
+    }
     // Ranges of exactly 1000 keys with their values (no counting past the page).
     let t = Instant::now();
     let spans = 200;
