@@ -39,8 +39,8 @@ struct Args {
     etcd_bin: Option<PathBuf>,
     /// Restarts per side and round; the row is the fastest (a restart takes seconds and the
     /// machine's noise is of the same size).
-    #[arg(long, default_value_t = 3)]
-    restarts: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    restarts: u32,
     /// A flag passed to ferrokv only, after the standard ones (repeatable), e.g.
     /// `--ferrokv-arg=--keyspace-cache-bytes=1073741824`.
     #[arg(long = "ferrokv-arg", allow_hyphen_values = true)]
@@ -204,7 +204,7 @@ async fn measure(backend: Backend, bin: &Path, tool: &Path, a: &Args) -> Result<
     }
 
     s.restart_s = f64::INFINITY;
-    for _ in 0..a.restarts.max(1) {
+    for _ in 0..a.restarts {
         m.terminate();
         let started = Instant::now();
         m.start_process()?;

@@ -79,8 +79,9 @@ impl Member {
         // Created first: the WAL reports into it from its open in step 1.
         let metrics = Arc::new(crate::metrics::Metrics::new(cfg.metrics_extensive));
         let bootstrap::Storage { store, log } = bootstrap::open_storage(&cfg, &metrics)?;
-        // etcd's "have WAL": only a first boot runs discovery.
-        let has_wal = ferrokv_wal::Wal::exists(&cfg.layout().wal());
+        // etcd's "have WAL": only a first boot runs discovery. Step 1 replayed a WAL exactly
+        // when there was one.
+        let has_wal = log.is_some();
         discovery::discover(&mut cfg, has_wal).await?;
         let id = identity::recover_identity(&cfg, &store).await?;
         // etcd checks only a member that already has data (`memberInitialized`).
