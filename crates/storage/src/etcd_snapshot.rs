@@ -25,7 +25,7 @@ use ferrokv_proto::{authpb, etcdserverpb as pb, mvccpb};
 use prost::Message;
 use redb::{ReadableDatabase, ReadableTable};
 
-use crate::record::{decode_history, encode_history, encode_latest, Header};
+use crate::record::{decode_history, encode_history, Header};
 use crate::tables::*;
 use crate::view::assemble;
 use crate::{meta_applied, meta_i64, Error, Result, Store};
@@ -430,9 +430,9 @@ pub fn import_etcd(db: &Reader, dest: &Path) -> Result<Imported> {
             for (n, c) in pieces.iter().enumerate() {
                 chunks.insert((main, sub, n as u32), *c)?;
             }
-            index.insert((key.as_slice(), main, sub), tombstone)?;
-            // Revisions arrive in order, so the last write of a key is its newest state.
-            latest.insert(key.as_slice(), encode_latest(&h).as_slice())?;
+            // Revisions arrive in order, so the last write of a key is its newest state and
+            // each earlier one goes to the key index as the next one replaces it.
+            crate::write::set_latest(&mut latest, &mut index, &key, &h)?;
             last_main = main;
             imported.key_revisions += 1;
             Ok(())

@@ -20,7 +20,6 @@ use crate::record::decode_latest;
 use crate::tables::*;
 use crate::{Error, Result, Store};
 use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata};
-use std::ops::Bound;
 use std::path::Path;
 
 /// One HashKV: etcd's `KeyValueHash` plus what the `latest` check found.
@@ -85,78 +84,74 @@ type Latest = ReadOnlyTable<&'static [u8], &'static [u8]>;
 type Index = ReadOnlyTable<IndexKey, bool>;
 type History = ReadOnlyTable<HistoryKey, &'static [u8]>;
 
-/// Every `latest` row that disagrees with `history`/`key_index`, in key order.
+/// Every `latest` row that disagrees with `history`/`key_index`, in key order. `latest` and
+/// `key_index` are both ordered by key, so one merge walk pairs each `latest` row with its
+/// key's index rows (the revisions it replaced, which must all be older than it) and finds
+/// index rows of keys that have no `latest` row.
 pub(crate) fn latest_mismatches(
     latest: &Latest,
     index: &Index,
     history: &History,
 ) -> Result<Vec<Mismatch>> {
     let mut out = Vec::new();
-    let mut keys = 0u64;
-    // key_index is ordered by (key, main, sub): the last entry of a run is the key's newest.
-    let mut newest: Option<(Vec<u8>, u64, u32, bool)> = None;
-    for r in index.iter()? {
+    let mut rows = index.iter()?;
+    let mut pending = rows.next().transpose()?;
+    for r in latest.iter()? {
         let (k, v) = r?;
-        let (key, main, sub) = k.value();
-        match &mut newest {
-            Some(n) if n.0 == key => {
-                n.1 = main;
-                n.2 = sub;
-                n.3 = v.value();
-            }
-            _ => {
-                if let Some(n) = newest.take() {
-                    keys += 1;
-                    check_key(latest, history, n, &mut out)?;
+        let key = k.value();
+        // Index rows of keys before this one have no latest row.
+        let mut orphan: Option<Vec<u8>> = None;
+        // The newest index row of this key.
+        let mut replaced: Option<(u64, u32)> = None;
+        while let Some((ik, _)) = &pending {
+            let (ikey, main, sub) = ik.value();
+            match ikey.cmp(key) {
+                std::cmp::Ordering::Greater => break,
+                std::cmp::Ordering::Equal => replaced = Some((main, sub)),
+                std::cmp::Ordering::Less => {
+                    if orphan.as_deref() != Some(ikey) {
+                        out.push(Mismatch {
+                            key: ikey.to_vec(),
+                            latest: Vec::new(),
+                            what: format!(
+                                "history has revision {main} but there is no latest record"
+                            ),
+                        });
+                        orphan = Some(ikey.to_vec());
+                    }
                 }
-                newest = Some((key.to_vec(), main, sub, v.value()));
             }
+            pending = rows.next().transpose()?;
         }
+        check_key(history, key, v.value(), replaced, &mut out)?;
     }
-    if let Some(n) = newest.take() {
-        keys += 1;
-        check_key(latest, history, n, &mut out)?;
-    }
-    if latest.len()? != keys {
-        // Some latest rows have no history at all: find them.
-        for r in latest.iter()? {
-            let (k, v) = r?;
-            let key = k.value();
-            let lo: (&[u8], u64, u32) = (key, 0, 0);
-            let hi: (&[u8], u64, u32) = (key, u64::MAX, u32::MAX);
-            if index
-                .range((Bound::Included(lo), Bound::Included(hi)))?
-                .next()
-                .is_none()
-            {
-                out.push(Mismatch {
-                    key: key.to_vec(),
-                    latest: v.value().to_vec(),
-                    what: "latest record has no history".into(),
-                });
-            }
+    let mut orphan: Option<Vec<u8>> = None;
+    while let Some((ik, _)) = pending {
+        let (ikey, main, _) = ik.value();
+        if orphan.as_deref() != Some(ikey) {
+            out.push(Mismatch {
+                key: ikey.to_vec(),
+                latest: Vec::new(),
+                what: format!("history has revision {main} but there is no latest record"),
+            });
+            orphan = Some(ikey.to_vec());
         }
+        pending = rows.next().transpose()?;
     }
     Ok(out)
 }
 
+/// Checks one `latest` row: decodable, newer than every revision it replaced (`replaced`, the
+/// key's newest index row), and exactly the header of the history record it names.
 fn check_key(
-    latest: &Latest,
     history: &History,
-    (key, main, sub, tombstone): (Vec<u8>, u64, u32, bool),
+    key: &[u8],
+    row: &[u8],
+    replaced: Option<(u64, u32)>,
     out: &mut Vec<Mismatch>,
 ) -> Result<()> {
-    let Some(row) = latest.get(key.as_slice())? else {
-        out.push(Mismatch {
-            key,
-            latest: Vec::new(),
-            what: format!("history has revision {main} but there is no latest record"),
-        });
-        return Ok(());
-    };
-    let row = row.value();
     let mismatch = |what: String| Mismatch {
-        key: key.clone(),
+        key: key.to_vec(),
         latest: row.to_vec(),
         what,
     };
@@ -167,17 +162,10 @@ fn check_key(
             return Ok(());
         }
     };
-    if u64::try_from(h.mod_revision).ok() != Some(main) || h.tombstone != tombstone {
+    let (main, sub) = h.history_key();
+    if let Some((m, s)) = replaced.filter(|&r| r >= (main, sub)) {
         out.push(mismatch(format!(
-            "latest record is at revision {} (tombstone {}), history's newest at {main} (tombstone {tombstone})",
-            h.mod_revision, h.tombstone
-        )));
-        return Ok(());
-    }
-    if h.sub != sub {
-        out.push(mismatch(format!(
-            "latest record names history record {main}/{}, the key index {main}/{sub}",
-            h.sub
+            "latest record is at revision {main}/{sub}, the key index has a later one at {m}/{s}"
         )));
         return Ok(());
     }
@@ -188,7 +176,7 @@ fn check_key(
             "history record {main}/{sub} of the latest record is missing"
         ))),
         Some(rec) => match crate::record::decode_history(main, sub, rec.value()) {
-            Ok((hh, hk, _)) if hh == h && hk == key.as_slice() => {}
+            Ok((hh, hk, _)) if hh == h && hk == key => {}
             Ok(_) => out.push(mismatch(format!(
                 "latest record differs from its history record at revision {main}"
             ))),
@@ -259,7 +247,8 @@ impl Store {
     }
 
     /// The logical check of the whole keyspace: `latest` against `history`, every history
-    /// record decodable and indexed, and the lease tables against `latest`.
+    /// record decodable and either its key's newest (in `latest`) or indexed, and the lease
+    /// tables against `latest`.
     ///
     /// A member runs it on every start, so it must cost about one sequential read of the
     /// tables: [`sequential_check`] proves a healthy keyspace healthy that way. Only when it
@@ -308,9 +297,19 @@ impl Store {
                     if let Err(e) = crate::view::assemble(&chunks, main, sub, body) {
                         report.problem(format!("history record {main}/{sub}: {e}"));
                     }
-                    if index.get((key, main, sub))?.map(|g| g.value()) != Some(h.tombstone) {
+                    // Each record is either its key's newest (named by `latest`) or in
+                    // the key index.
+                    let newest = match latest.get(key)? {
+                        Some(g) => decode_latest(g.value())
+                            .map(|l| l.history_key() == (main, sub) && l.tombstone == h.tombstone)
+                            .unwrap_or(false),
+                        None => false,
+                    };
+                    if !newest
+                        && index.get((key, main, sub))?.map(|g| g.value()) != Some(h.tombstone)
+                    {
                         report.problem(format!(
-                            "history record {main}/{sub} of key {:?} is not in the key index",
+                            "history record {main}/{sub} of key {:?} is neither its latest record nor in the key index",
                             String::from_utf8_lossy(key)
                         ));
                     }
@@ -410,9 +409,9 @@ struct VerifyTables<'a> {
     lease_keys: &'a ReadOnlyTable<(i64, &'static [u8]), ()>,
 }
 
-/// A 128-bit fingerprint of one revision of a key. Sums of these compare two tables as
-/// multisets: `key_index` and `history` hold the same (key, main, sub, tombstone) rows exactly
-/// when their sums and counts agree (up to a 2^-128-scale accident).
+/// A 128-bit fingerprint of one revision of a key. Sums of these compare tables as multisets:
+/// `history` holds exactly the (key, main, sub, tombstone) rows of `key_index` and `latest`
+/// together when the sums and counts agree (up to a 2^-128-scale accident).
 fn fingerprint(key: &[u8], main: u64, sub: u32, tombstone: bool) -> u128 {
     use std::hash::{Hash, Hasher};
     let half = |salt: u8| {
@@ -435,94 +434,69 @@ fn header_digest(header: &crate::record::Header, key: &[u8]) -> u64 {
 /// Every property [`Store::verify`] checks, proven by walking each table once in its own order
 /// instead of looking records up one by one (on 1M keys: millions of B-tree descents against
 /// three scans). Returns the first problem seen, or None when the keyspace is consistent:
-/// - `key_index` and `latest` are both ordered by key, so one merge walk pairs each key's
-///   newest index row with its `latest` row (and finds rows of either without the other);
+/// - `key_index` and `latest` are both ordered by key, so one merge walk pairs each `latest`
+///   row with its key's index rows, which must all be older than it (and finds index rows of
+///   a key without a `latest` row);
 /// - the `latest` rows name their history records; sorted by revision, those names are then
 ///   checked against the walk of `history`, which is ordered by revision;
-/// - `key_index` and `history` are compared as multisets by fingerprint sums (every history
-///   record indexed, with its tombstone flag; no index row without its record);
+/// - `history` and `key_index` plus `latest` are compared as multisets by fingerprint sums
+///   (every history record is a key's newest or indexed, with its tombstone flag; no index or
+///   `latest` row without its record);
 /// - every attached `latest` row has its lease and its `lease_keys` row, and `lease_keys` has
 ///   no other rows (equal counts), which is all the detailed lease checks ask.
 fn sequential_check(t: &VerifyTables<'_>) -> Result<Option<String>> {
-    let mut index_sum = 0u128;
-    let mut index_rows = 0u64;
+    let mut named_sum = 0u128;
+    let mut named_rows = 0u64;
     // (main, sub, digest of the latest row) of each key's newest revision.
     let mut newest: Vec<(u64, u32, u64)> = Vec::new();
     let mut attached = 0u64;
-    let mut latest_rows = t.latest.iter()?;
-    let mut pending_latest = latest_rows.next().transpose()?;
-    let mut run: Option<(Vec<u8>, u64, u32, bool)> = None;
-    let mut index_rows_iter = t.index.iter()?;
-    loop {
-        let next = index_rows_iter.next().transpose()?;
-        let next = next.map(|(k, v)| {
-            let (key, main, sub) = k.value();
-            (key.to_vec(), main, sub, v.value())
-        });
-        if let Some((key, main, sub, tombstone)) = &next {
-            index_sum = index_sum.wrapping_add(fingerprint(key, *main, *sub, *tombstone));
-            index_rows += 1;
-            if let Some(r) = &mut run {
-                if r.0 == *key {
-                    (r.1, r.2, r.3) = (*main, *sub, *tombstone);
-                    continue;
-                }
-            }
-        }
-        // A run of one key's index rows ended: pair its newest with the key's latest row.
-        if let Some((key, main, sub, tombstone)) = run.take() {
-            let Some((lk, lv)) = pending_latest.take() else {
-                return Ok(Some(format!("key {:?} has no latest record", lossy(&key))));
-            };
-            match lk.value().cmp(key.as_slice()) {
+    let mut index_rows = t.index.iter()?;
+    let mut pending = index_rows.next().transpose()?;
+    for r in t.latest.iter()? {
+        let (lk, lv) = r?;
+        let key = lk.value();
+        let h = match decode_latest(lv.value()) {
+            Ok(h) => h,
+            Err(e) => return Ok(Some(format!("key {:?}: {e}", lossy(key)))),
+        };
+        let (main, sub) = h.history_key();
+        while let Some((ik, iv)) = &pending {
+            let (ikey, m, s) = ik.value();
+            match ikey.cmp(key) {
+                std::cmp::Ordering::Greater => break,
                 std::cmp::Ordering::Less => {
-                    return Ok(Some(format!(
-                        "latest record of {:?} has no history",
-                        lossy(lk.value())
-                    )))
-                }
-                std::cmp::Ordering::Greater => {
-                    return Ok(Some(format!("key {:?} has no latest record", lossy(&key))))
+                    return Ok(Some(format!("key {:?} has no latest record", lossy(ikey))))
                 }
                 std::cmp::Ordering::Equal => {}
             }
-            let h = match decode_latest(lv.value()) {
-                Ok(h) => h,
-                Err(e) => return Ok(Some(format!("key {:?}: {e}", lossy(&key)))),
-            };
-            if u64::try_from(h.mod_revision).ok() != Some(main)
-                || h.sub != sub
-                || h.tombstone != tombstone
-            {
+            if (m, s) >= (main, sub) {
                 return Ok(Some(format!(
                     "key {:?}: latest record and key index disagree",
-                    lossy(&key)
+                    lossy(key)
                 )));
             }
-            if !h.tombstone && h.lease != 0 {
-                attached += 1;
-                if t.leases.get(h.lease)?.is_none()
-                    || t.lease_keys.get((h.lease, key.as_slice()))?.is_none()
-                {
-                    return Ok(Some(format!(
-                        "key {:?}: lease {:x} or its key list entry is missing",
-                        lossy(&key),
-                        h.lease
-                    )));
-                }
+            named_sum = named_sum.wrapping_add(fingerprint(ikey, m, s, iv.value()));
+            named_rows += 1;
+            pending = index_rows.next().transpose()?;
+        }
+        named_sum = named_sum.wrapping_add(fingerprint(key, main, sub, h.tombstone));
+        named_rows += 1;
+        if !h.tombstone && h.lease != 0 {
+            attached += 1;
+            if t.leases.get(h.lease)?.is_none() || t.lease_keys.get((h.lease, key))?.is_none() {
+                return Ok(Some(format!(
+                    "key {:?}: lease {:x} or its key list entry is missing",
+                    lossy(key),
+                    h.lease
+                )));
             }
-            newest.push((main, sub, header_digest(&h, &key)));
-            pending_latest = latest_rows.next().transpose()?;
         }
-        match next {
-            Some(n) => run = Some(n),
-            None => break,
-        }
+        newest.push((main, sub, header_digest(&h, key)));
     }
-    if let Some((lk, _)) = pending_latest {
+    if let Some((ik, _)) = pending {
         return Ok(Some(format!(
-            "latest record of {:?} has no history",
-            lossy(lk.value())
+            "key {:?} has no latest record",
+            lossy(ik.value().0)
         )));
     }
     if t.lease_keys.len()? != attached {
@@ -569,9 +543,9 @@ fn sequential_check(t: &VerifyTables<'_>) -> Result<Option<String>> {
             "history record {m}/{s} of a latest record is missing"
         )));
     }
-    if history_rows != index_rows || history_sum != index_sum {
+    if history_rows != named_rows || history_sum != named_sum {
         return Ok(Some(format!(
-            "key index ({index_rows} rows) and history ({history_rows} records) disagree"
+            "key index and latest ({named_rows} rows) and history ({history_rows} records) disagree"
         )));
     }
     Ok(None)

@@ -3,7 +3,8 @@
 //!
 //! Schema 1: `latest` held a fixed 33-byte header (flags, create, mod, version, lease as i64
 //! LE) followed by the value; `history` the same header, `u32 len` + key, then the value
-//! again. `key_index`, `leases`, `lease_keys` and `meta` are the same in schema 2.
+//! again. `key_index`, `leases`, `lease_keys` and `meta` are the same in schema 2
+//! (schema 3 leaves each key's newest revision out of `key_index`).
 
 use crate::record::Header;
 use crate::tables::HistoryKey;

@@ -511,7 +511,7 @@ impl Store {
                 let (hd, key, body) = decode_history(main, sub, rec.value())?;
                 if any_live
                     && main <= view::rev_u64(compacted)
-                    && v.index_at(key, rev)? != Some((main, sub, false))
+                    && v.revision_at(key, rev)? != Some((main, sub, false))
                 {
                     continue;
                 }
@@ -651,6 +651,12 @@ impl Store {
 
     /// Writes a consistent, self-contained copy of the keyspace to a new redb file at `dest`
     /// (which must not exist). Taken from one read snapshot, so writers are not blocked.
+    ///
+    /// The copy is in schema 2 (the key index holds each key's newest revision too): it is
+    /// what a leader sends a lagging follower, and during a rolling upgrade that follower may
+    /// still run the version before schema 3, which reads a schema 3 file without noticing
+    /// and misses the newest revisions in its index. This version migrates the copy when it
+    /// restores it ([`Store::restore_from`]).
     pub fn snapshot_to(&self, dest: &Path) -> Result<()> {
         self.snapshot_revision_to(dest).map(|_| ())
     }
@@ -671,6 +677,7 @@ impl Store {
         let out = create_db(dest)?;
         let wtx = out.begin_write()?;
         copy_tables(&rtx, &wtx)?;
+        migrate::to_schema_2(&wtx)?;
         wtx.commit()?;
         let revision = meta_i64(&rtx.open_table(META)?, META_REVISION)?.unwrap_or(1);
         tracing::info!(dest = %dest.display(), revision, "wrote keyspace snapshot");
@@ -703,13 +710,18 @@ impl Store {
         wtx.delete_table(META)?;
         wtx.delete_table(legacy::LATEST_V1)?;
         wtx.delete_table(legacy::HISTORY_V1)?;
-        // A member of an older version sends a schema 1 file: take its tables as they are,
-        // then migrate them here, in the same transaction.
-        if migrate::schema_of(&rtx)? < SCHEMA {
-            migrate::copy_v1_tables(&rtx, &wtx)?;
-            migrate::to_current(&wtx)?;
-        } else {
-            copy_tables(&rtx, &wtx)?;
+        // A member of an older version sends a file of an older schema: take its tables as
+        // they are, then migrate them here, in the same transaction.
+        match migrate::schema_of(&rtx)? {
+            1 => {
+                migrate::copy_v1_tables(&rtx, &wtx)?;
+                migrate::to_current(&wtx)?;
+            }
+            s if s < SCHEMA => {
+                copy_tables(&rtx, &wtx)?;
+                migrate::to_current(&wtx)?;
+            }
+            _ => copy_tables(&rtx, &wtx)?,
         }
         let (revision, compacted, applied) = {
             // The same rows as just copied, read from the source.

@@ -4,7 +4,7 @@
 //! middle of a migration leaves the old file, which the next open migrates again.
 
 use crate::legacy::{self, HISTORY_V1, LATEST_V1};
-use crate::record::{encode_history, encode_latest};
+use crate::record::{decode_latest, encode_history, encode_latest};
 use crate::tables::*;
 use crate::{meta_i64, Error, Result};
 use redb::{ReadableTable, TableHandle};
@@ -67,6 +67,14 @@ pub(crate) fn to_current(txn: &redb::WriteTransaction) -> Result<Option<Migrated
                 )))
             }
             Some(s) if s == SCHEMA && !v1 => return Ok(None),
+            // Schema 2: the records are as they are now, only the key index has more rows.
+            Some(2) if !v1 => {
+                drop(meta);
+                let keys = index_without_newest(txn)?;
+                txn.open_table(META)?
+                    .insert(META_SCHEMA, SCHEMA.to_le_bytes().as_slice())?;
+                return Ok(Some(Migrated { records: 0, keys }));
+            }
             _ => {}
         }
         if !v1 {
@@ -75,6 +83,53 @@ pub(crate) fn to_current(txn: &redb::WriteTransaction) -> Result<Option<Migrated
             return Ok(None);
         }
     }
+    let mut done = v1_to_v2(txn)?;
+    done.keys = index_without_newest(txn)?;
+    txn.open_table(META)?
+        .insert(META_SCHEMA, SCHEMA.to_le_bytes().as_slice())?;
+    Ok(Some(done))
+}
+
+/// Schema 2 -> 3: the key index drops each key's newest revision, which `latest` names (see
+/// `write::set_latest`). Returns the number of keys.
+fn index_without_newest(txn: &redb::WriteTransaction) -> Result<u64> {
+    let latest = txn.open_table(LATEST)?;
+    let mut index = txn.open_table(KEY_INDEX)?;
+    let mut keys = 0;
+    for r in latest.iter()? {
+        let (k, rec) = r?;
+        let h = decode_latest(rec.value())?;
+        let (main, sub) = h.history_key();
+        if index.remove((k.value(), main, sub))?.is_none() {
+            return Err(Error::Corrupt(format!(
+                "migrating: latest row of {:?} at revision {main}/{sub} has no key index entry",
+                String::from_utf8_lossy(k.value())
+            )));
+        }
+        keys += 1;
+    }
+    Ok(keys)
+}
+
+/// Schema 3 -> 2, for a copy of the keyspace that a member of the version before schema 3
+/// may read: each key's newest revision is added to the key index. Latest and the index are
+/// both in key order, so the rows go in in order.
+pub(crate) fn to_schema_2(txn: &redb::WriteTransaction) -> Result<()> {
+    let latest = txn.open_table(LATEST)?;
+    let mut index = txn.open_table(KEY_INDEX)?;
+    for r in latest.iter()? {
+        let (k, rec) = r?;
+        let h = decode_latest(rec.value())?;
+        let (main, sub) = h.history_key();
+        index.insert((k.value(), main, sub), h.tombstone)?;
+    }
+    txn.open_table(META)?
+        .insert(META_SCHEMA, 2i64.to_le_bytes().as_slice())?;
+    Ok(())
+}
+
+/// Schema 1 -> 2: the records rewritten into the new tables, the old ones deleted.
+fn v1_to_v2(txn: &redb::WriteTransaction) -> Result<Migrated> {
     let mut done = Migrated {
         records: 0,
         keys: 0,
@@ -122,7 +177,5 @@ pub(crate) fn to_current(txn: &redb::WriteTransaction) -> Result<Option<Migrated
     }
     txn.delete_table(LATEST_V1)?;
     txn.delete_table(HISTORY_V1)?;
-    txn.open_table(META)?
-        .insert(META_SCHEMA, SCHEMA.to_le_bytes().as_slice())?;
-    Ok(Some(done))
+    Ok(done)
 }

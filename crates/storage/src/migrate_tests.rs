@@ -1,5 +1,5 @@
-//! Schema 1 files (written here by the schema 1 writer kept in `legacy.rs`) open with nothing
-//! lost, and a SIGKILL in the middle of their migration leaves a file that opens.
+//! Schema 1 files (written here by the schema 1 writer kept in `legacy.rs`) and schema 2 files
+//! open with nothing lost, and a SIGKILL in the middle of a migration leaves a file that opens.
 
 use super::*;
 use crate::legacy::{HISTORY_V1, LATEST_V1};
@@ -115,7 +115,7 @@ fn write_v1(src: &Store, dest: &Path) {
                 .unwrap();
         }
     }
-    copy_table(&rtx, &wtx, KEY_INDEX).unwrap();
+    write_full_index(&rtx, &wtx);
     copy_table(&rtx, &wtx, LEASES).unwrap();
     copy_table(&rtx, &wtx, LEASE_KEYS).unwrap();
     {
@@ -129,6 +129,41 @@ fn write_v1(src: &Store, dest: &Path) {
             }
         }
     }
+    wtx.commit().unwrap();
+}
+
+/// The key index of schemas 1 and 2: every revision of a key, its newest (`latest`) too.
+fn write_full_index(rtx: &redb::ReadTransaction, wtx: &redb::WriteTransaction) {
+    copy_table(rtx, wtx, KEY_INDEX).unwrap();
+    let mut index = wtx.open_table(KEY_INDEX).unwrap();
+    for r in rtx.open_table(LATEST).unwrap().iter().unwrap() {
+        let (k, rec) = r.unwrap();
+        let h = record::decode_latest(rec.value()).unwrap();
+        let (m, s) = h.history_key();
+        assert!(index
+            .insert((k.value(), m, s), h.tombstone)
+            .unwrap()
+            .is_none());
+    }
+}
+
+/// Writes the content of `src` as the schema 2 code wrote it, to a new file at `dest`.
+fn write_v2(src: &Store, dest: &Path) {
+    let db = src.db();
+    let rtx = db.begin_read().unwrap();
+    let out = Database::create(dest).unwrap();
+    let wtx = out.begin_write().unwrap();
+    copy_table(&rtx, &wtx, LATEST).unwrap();
+    copy_table(&rtx, &wtx, HISTORY).unwrap();
+    copy_table(&rtx, &wtx, CHUNKS).unwrap();
+    write_full_index(&rtx, &wtx);
+    copy_table(&rtx, &wtx, LEASES).unwrap();
+    copy_table(&rtx, &wtx, LEASE_KEYS).unwrap();
+    copy_table(&rtx, &wtx, META).unwrap();
+    wtx.open_table(META)
+        .unwrap()
+        .insert(META_SCHEMA, 2i64.to_le_bytes().as_slice())
+        .unwrap();
     wtx.commit().unwrap();
 }
 
@@ -159,6 +194,104 @@ fn a_schema_1_file_opens_migrated_with_nothing_lost() {
     // Reopening a migrated file changes nothing.
     let again = Store::open(&v1).unwrap();
     assert_eq!(content(&again), content(&want));
+}
+
+#[test]
+fn a_schema_2_file_opens_migrated_with_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = Store::open(&dir.path().join("new")).unwrap();
+    fill(&want, 60);
+    let v2 = dir.path().join("v2");
+    write_v2(&want, &v2);
+    assert_eq!(file_schema(&v2), 2);
+    let got = Store::open_with(&v2, true).unwrap();
+    assert_eq!(content(&got), content(&want));
+    assert!(got.verify().unwrap().ok());
+    assert_eq!(got.sequential_problem().unwrap(), None);
+    drop(got);
+    assert_eq!(file_schema(&v2), SCHEMA);
+    let again = Store::open(&v2).unwrap();
+    assert_eq!(content(&again), content(&want));
+}
+
+#[test]
+fn a_schema_2_snapshot_restores_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = Store::open(&dir.path().join("new")).unwrap();
+    fill(&want, 30);
+    let v2 = dir.path().join("v2.snap");
+    write_v2(&want, &v2);
+    let s = Store::open(&dir.path().join("follower")).unwrap();
+    apply_one_put(&s);
+    assert_eq!(s.restore_from(&v2).unwrap(), want.applied_index());
+    assert_eq!(content(&s), content(&want));
+    assert!(s.verify().unwrap().ok());
+}
+
+/// A raft snapshot is written in schema 2 (a follower of the previous version may read it),
+/// the same file `write_v2` writes, and restores migrated.
+#[test]
+fn a_raft_snapshot_is_schema_2_and_restores_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = Store::open(&dir.path().join("new")).unwrap();
+    fill(&want, 30);
+    let snap = dir.path().join("raft.snap");
+    want.snapshot_to(&snap).unwrap();
+    assert_eq!(file_schema(&snap), 2);
+    let v2 = dir.path().join("v2");
+    write_v2(&want, &v2);
+    let rows = |p: &Path| -> Vec<(Vec<u8>, u64, u32, bool)> {
+        let db = Database::open(p).unwrap();
+        let rtx = db.begin_read().unwrap();
+        let t = rtx.open_table(KEY_INDEX).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                let (key, m, s) = k.value();
+                (key.to_vec(), m, s, v.value())
+            })
+            .collect()
+    };
+    assert_eq!(rows(&snap), rows(&v2));
+    let s = Store::open(&dir.path().join("follower")).unwrap();
+    apply_one_put(&s);
+    assert_eq!(s.restore_from(&snap).unwrap(), want.applied_index());
+    assert_eq!(content(&s), content(&want));
+    assert_eq!(s.sequential_problem().unwrap(), None);
+}
+
+/// A schema 2 key index that lacks a key's newest revision is not silently trimmed: the
+/// migration refuses the file.
+#[test]
+fn a_schema_2_file_with_an_index_row_missing_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = Store::open(&dir.path().join("new")).unwrap();
+    fill(&want, 10);
+    let v2 = dir.path().join("v2");
+    write_v2(&want, &v2);
+    {
+        let db = Database::open(&v2).unwrap();
+        let wtx = db.begin_write().unwrap();
+        {
+            let latest = wtx.open_table(LATEST).unwrap();
+            let (k, rec) = latest.first().unwrap().unwrap();
+            let (m, s) = record::decode_latest(rec.value()).unwrap().history_key();
+            let mut index = wtx.open_table(KEY_INDEX).unwrap();
+            index.remove((k.value(), m, s)).unwrap();
+        }
+        wtx.commit().unwrap();
+    }
+    let err = Store::open(&v2)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("has no key index entry"), "{err}");
+    assert_eq!(
+        file_schema(&v2),
+        2,
+        "the refused migration left the file as it was"
+    );
 }
 
 #[test]

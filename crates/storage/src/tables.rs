@@ -1,6 +1,7 @@
 //! Every redb table of the keyspace, in one place so the on-disk layout can be read at a glance.
 //!
-//! Layout (schema 2, see `record.rs` for the rows; schema 1 is in `legacy.rs`):
+//! Layout (schema 3, see `record.rs` for the rows; schema 1 is in `legacy.rs`, schema 2 is
+//! schema 3 with every revision of a key in `key_index`, its newest too):
 //! - `kv_latest`: user key -> header of its newest revision (a tombstone when the newest change
 //!   was a delete), no value. The hot path: a range at the current revision walks this table
 //!   and fetches each value from `kv_history` by its (main, sub).
@@ -9,8 +10,11 @@
 //!   compaction.
 //! - `kv_chunks`: (main, sub, n) -> the n-th page-sized piece of a large value of that
 //!   history record.
-//! - `key_index`: (user key, main, sub) -> tombstone flag. Finds a key's state at an older
-//!   revision with one O(log n) seek instead of scanning history.
+//! - `key_index`: (user key, main, sub) -> tombstone flag, for every kept revision of a key
+//!   except its newest (which `kv_latest` names). Finds a key's state at an older revision
+//!   with one O(log n) seek instead of scanning history. Leaving the newest out keeps a key
+//!   written once out of the index: with keys written out of order redb's splits leave this
+//!   table's pages about half full, so each row costs about twice its size.
 //! - `leases`: lease id -> (granted ttl, remaining ttl checkpoint).
 //! - `lease_keys`: (lease id, user key) -> (). Keys currently attached to a lease.
 //! - `meta`: internal bookkeeping (revision, compaction, applied index) and free-form entries.
@@ -35,7 +39,7 @@ pub(crate) const META_REVISION: &str = "sys/revision";
 /// Meta key of the layout version of the file (i64 LE); missing in schema 1 files.
 pub(crate) const META_SCHEMA: &str = "sys/schema";
 /// The layout this code reads and writes.
-pub(crate) const SCHEMA: i64 = 2;
+pub(crate) const SCHEMA: i64 = 3;
 /// Meta key of the compacted revision (i64 LE).
 pub(crate) const META_COMPACTED: &str = "sys/compacted";
 /// Meta key of the applied raft (index, term) (two u64 LE).

@@ -252,7 +252,22 @@ where
         Ok((!header.tombstone).then_some(header))
     }
 
-    /// Newest index entry of `key` at or below `rev`: (main, sub, tombstone).
+    /// Newest revision of `key` at or below `rev`: (main, sub, tombstone). `latest` names the
+    /// key's newest revision of all, the key index the older ones.
+    pub(crate) fn revision_at(&self, key: &[u8], rev: i64) -> Result<Option<(u64, u32, bool)>> {
+        if let Some(g) = self.latest.get(key)? {
+            let h = decode_latest(g.value())?;
+            if h.mod_revision <= rev {
+                let (m, s) = h.history_key();
+                return Ok(Some((m, s, h.tombstone)));
+            }
+        }
+        self.index_at(key, rev)
+    }
+
+    /// Newest index entry of `key` at or below `rev`: (main, sub, tombstone). The index holds
+    /// every kept revision but the key's newest, so this is the revision at `rev` only when
+    /// the newest (in `latest`) is later than `rev`; [`View::revision_at`] covers both.
     pub(crate) fn index_at(&self, key: &[u8], rev: i64) -> Result<Option<(u64, u32, bool)>> {
         let lo: (&[u8], u64, u32) = (key, 0, 0);
         let hi: (&[u8], u64, u32) = (key, rev_u64(rev), u32::MAX);

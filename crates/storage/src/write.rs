@@ -72,18 +72,18 @@ impl<'t> Tables<'t> {
         }
     }
 
-    /// Writes one key revision to the keyspace tables: its header to `latest`, the one copy
-    /// of its value to `history` (and `chunks`), and its index entry.
+    /// Writes one key revision to the keyspace tables: its header to `latest` (the revision
+    /// it replaces to the key index) and the one copy of its value to `history` (and
+    /// `chunks`).
     fn write_record(&mut self, key: &[u8], h: &Header, value: &[u8]) -> Result<()> {
         let (main, sub) = h.history_key();
-        self.latest.insert(key, encode_latest(h).as_slice())?;
+        set_latest(&mut self.latest, &mut self.index, key, h)?;
         let (rec, chunks) = encode_history(h, key, value);
         self.history.insert((main, sub), rec.as_slice())?;
         for (n, c) in chunks.iter().enumerate() {
             let n = u32::try_from(n).map_err(|_| Error::Backend("value too large".into()))?;
             self.chunks.insert((main, sub, n), *c)?;
         }
-        self.index.insert((key, main, sub), h.tombstone)?;
         Ok(())
     }
 
@@ -214,6 +214,27 @@ impl<'t> Tables<'t> {
             prev_kv: Some(to_kv(key, prev, value)),
         })
     }
+}
+
+/// Makes `h` the newest revision of `key` in `latest` and moves the revision it replaces, if
+/// any, into the key index: the index holds every kept revision of a key but its newest, which
+/// `latest` names already (schema 3). A key written once costs no index row, and the replaced
+/// row comes back from the same insert, so this costs no extra lookup.
+pub(crate) fn set_latest(
+    latest: &mut Table<'_, &'static [u8], &'static [u8]>,
+    index: &mut Table<'_, IndexKey, bool>,
+    key: &[u8],
+    h: &Header,
+) -> Result<()> {
+    let replaced = match latest.insert(key, encode_latest(h).as_slice())? {
+        Some(old) => Some(decode_latest(old.value())?),
+        None => None,
+    };
+    if let Some(old) = replaced {
+        let (main, sub) = old.history_key();
+        index.insert((key, main, sub), old.tombstone)?;
+    }
+    Ok(())
 }
 
 /// The branch taken by a txn and by each nested txn inside that branch, decided from the
@@ -541,6 +562,12 @@ impl<'a> WriteBatch<'a> {
         }
         let mut removed = 0u64;
         for key in &keys {
+            let newest = match t.latest.get(key.as_slice())? {
+                Some(g) => Some(decode_latest(g.value())?),
+                None => None,
+            };
+            // The key's revisions <= `revision` other than its newest one (which only
+            // `latest` names): all superseded.
             let lo: (&[u8], u64, u32) = (key, 0, 0);
             let hi: (&[u8], u64, u32) = (key, to, u32::MAX);
             let mut doomed: Vec<(u64, u32, bool)> = Vec::new();
@@ -549,30 +576,32 @@ impl<'a> WriteBatch<'a> {
                 let (_, m, s) = k.value();
                 doomed.push((m, s, v.value()));
             }
-            // Keep the newest revision <= `revision` unless it is a delete.
-            let Some(&(nm, _, newest_is_delete)) = doomed.last() else {
-                continue;
-            };
-            if !newest_is_delete {
-                doomed.pop();
+            match newest.filter(|h| rev_u64(h.mod_revision) <= to) {
+                // The newest revision <= `revision` is the key's newest of all: it stays
+                // unless it is a delete, every older one goes.
+                Some(h) => {
+                    if h.tombstone {
+                        // The key is gone at every readable revision: forget it.
+                        let (m, s) = h.history_key();
+                        t.remove_history(m, s)?;
+                        t.latest.remove(key.as_slice())?;
+                        removed += 1;
+                    }
+                }
+                // It is the last index row: kept unless it is a delete.
+                None => {
+                    let Some(&(_, _, newest_is_delete)) = doomed.last() else {
+                        continue;
+                    };
+                    if !newest_is_delete {
+                        doomed.pop();
+                    }
+                }
             }
             for (m, s, _) in &doomed {
                 t.index.remove((key.as_slice(), *m, *s))?;
                 t.remove_history(*m, *s)?;
                 removed += 1;
-            }
-            if newest_is_delete {
-                // The key is gone at every readable revision; forget it unless rewritten later.
-                let drop_latest = match t.latest.get(key.as_slice())? {
-                    Some(g) => {
-                        let h = decode_latest(g.value())?;
-                        h.tombstone && rev_u64(h.mod_revision) == nm
-                    }
-                    None => false,
-                };
-                if drop_latest {
-                    t.latest.remove(key.as_slice())?;
-                }
             }
         }
         self.compacted = revision;
